@@ -1,0 +1,152 @@
+#include "common.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+
+namespace zaya {
+
+namespace {
+thread_local std::string g_last_error;
+}  // namespace
+
+void set_last_error(const std::string& msg) { g_last_error = msg; }
+
+std::string shape_str(const mx::Shape& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+std::string dtype_str(mx::Dtype t) {
+  std::ostringstream os;
+  os << t;
+  return os.str();
+}
+
+void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+void expect_dtype(const mx::array& a, mx::Dtype t, const char* name) {
+  if (a.dtype() != t)
+    fail(std::string(name) + " must be " + dtype_str(t) + ", got " + dtype_str(a.dtype()));
+}
+
+void expect_ndim(const mx::array& a, int ndim, const char* name) {
+  if (a.ndim() != ndim)
+    fail(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
+         shape_str(a.shape()));
+}
+
+int num_threads() {
+  static int n = [] {
+    if (const char* e = std::getenv("ZAYA_THREADS")) {
+      int v = std::atoi(e);
+      if (v > 0) return v;
+    }
+    unsigned h = std::thread::hardware_concurrency();
+    return h == 0 ? 1 : static_cast<int>(h);
+  }();
+  return n;
+}
+
+namespace {
+
+// A persistent fork-join pool: num_threads()-1 workers sleep on a condition variable and the caller
+// thread takes part as worker 0. One job at a time; a nested or concurrent call runs inline.
+class Pool {
+ public:
+  explicit Pool(int n) : n_(n) {
+    for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { loop(i); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      stop_ = true;
+      ++gen_;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  int size() const { return n_; }
+
+  // Runs f(tid) for tid in [0, nt). Returns false (without running) if the pool is busy.
+  bool run(int nt, const std::function<void(int)>& f) {
+    std::unique_lock<std::mutex> busy(run_m_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      job_ = &f;
+      nt_ = nt;
+      pending_ = nt - 1;
+      ++gen_;
+    }
+    cv_.notify_all();
+    f(0);
+    std::unique_lock<std::mutex> lk(m_);
+    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  void loop(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* job = nullptr;
+      int nt = 0;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return gen_ != seen; });
+        seen = gen_;
+        if (stop_) return;
+        job = job_;
+        nt = nt_;
+      }
+      if (job && id < nt) {
+        (*job)(id);
+        std::lock_guard<std::mutex> lk(m_);
+        if (--pending_ == 0) done_cv_.notify_one();
+      }
+    }
+  }
+
+  int n_;
+  std::vector<std::thread> workers_;
+  std::mutex m_, run_m_;
+  std::condition_variable cv_, done_cv_;
+  uint64_t gen_ = 0;
+  bool stop_ = false;
+  const std::function<void(int)>* job_ = nullptr;
+  int nt_ = 0;
+  int pending_ = 0;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool(num_threads());  // leaked on purpose: no join at process exit
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f) {
+  if (n <= 0) return;
+  int64_t nt = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / std::max<int64_t>(min_chunk, 1));
+  if (nt <= 1) {
+    f(0, n);
+    return;
+  }
+  auto job = [&](int tid) {
+    int64_t b = n * tid / nt, e = n * (tid + 1) / nt;
+    if (b < e) f(b, e);
+  };
+  if (!pool().run(static_cast<int>(nt), job)) f(0, n);
+}
+
+}  // namespace zaya
+
+extern "C" const char* zaya_ext_last_error(void) { return zaya::g_last_error.c_str(); }
+extern "C" const char* zaya_ext_version(void) { return "zaya-mlx-ext 0.1"; }

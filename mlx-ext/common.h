@@ -1,0 +1,74 @@
+// Shared helpers of the zaya-mlx extension: error capture at the C boundary, handle conversion,
+// argument checks (run while the graph is built, never inside a scheduled CPU task) and a small
+// fork-join helper for kernels.
+#pragma once
+
+#include <functional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <mlx/mlx.h>
+#include <mlx/primitives.h>
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/allocator.h>
+
+#include "zaya_ext.h"
+
+namespace zaya {
+namespace mx = mlx::core;
+
+void set_last_error(const std::string& msg);
+
+// Runs `f`; converts any exception into a non-zero return code plus zaya_ext_last_error().
+template <class F>
+int guard(const char* fn, F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    set_last_error(std::string(fn) + ": " + e.what());
+  } catch (...) {
+    set_last_error(std::string(fn) + ": unknown C++ exception");
+  }
+  return 1;
+}
+
+inline mx::array& get(mlx_array a, const char* what) {
+  if (!a.ctx) throw std::invalid_argument(std::string(what) + " is an empty array handle");
+  return *static_cast<mx::array*>(a.ctx);
+}
+
+inline mx::Stream get(mlx_stream s) {
+  if (!s.ctx) return mx::default_stream(mx::default_device());
+  return *static_cast<mx::Stream*>(s.ctx);
+}
+
+inline void set(mlx_array* dst, mx::array v) {
+  if (dst->ctx) {
+    *static_cast<mx::array*>(dst->ctx) = std::move(v);
+  } else {
+    dst->ctx = new mx::array(std::move(v));
+  }
+}
+
+std::string shape_str(const mx::Shape& s);
+std::string dtype_str(mx::Dtype t);
+
+[[noreturn]] void fail(const std::string& msg);
+void expect_dtype(const mx::array& a, mx::Dtype t, const char* name);
+void expect_ndim(const mx::array& a, int ndim, const char* name);
+
+// Is there a custom CPU kernel for this stream?
+inline bool has_cpu_kernel(const mx::Stream& s) { return s.device == mx::Device::cpu; }
+
+// Number of worker threads kernels split their work over (ZAYA_THREADS or the hardware count).
+int num_threads();
+
+// Runs f(begin, end) over [0, n) split into at most num_threads() contiguous chunks, on the calling
+// thread plus short-lived helpers; rows are split so each chunk holds at least `min_chunk` items.
+void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f);
+
+}  // namespace zaya

@@ -1,0 +1,3 @@
+fn main() {
+    println!("zaya {} ({})", env!("CARGO_PKG_VERSION"), zaya_mlx::ext::version());
+}

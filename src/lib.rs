@@ -1,6 +1,30 @@
 //! zaya-mlx: a Rust + MLX inference runtime for Zyphra's ZAYA1-8B as shipped in the
 //! OsaurusAI JANGTQ4 bundle (and its siblings).
+//!
+//! Module map (see docs/architecture.md):
+//! - [`config`]: config.json / jang_config.json / generation_config.json → [`config::ZayaConfig`]
+//! - [`bundle`]: safetensors shards → validated canonical weights, every layout
+//! - [`quant`]: weight formats (float, affine, MXFP4, TurboQuant), their matmuls and encoders
+//! - [`ext`]: safe wrappers over our C++ MLX primitives (`mlx-ext/`)
+//! - [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state
+//! - [`tokenizer`], [`chat`], [`sampling`], [`generate`]: text in, text out
+//! - [`synth`]: exact-format synthetic bundles; [`parity`]: comparison with reference outputs
+//! - [`bench`]: end-to-end benchmark and the memory-bandwidth bound
+pub mod bench;
+pub mod bundle;
+pub mod cache;
+pub mod cca;
+pub mod chat;
+pub mod config;
 pub mod error;
 pub mod ext;
+pub mod generate;
+pub mod model;
+pub mod moe;
+pub mod parity;
+pub mod quant;
+pub mod sampling;
+pub mod synth;
+pub mod tokenizer;
 
 pub use error::{Result, ZayaError};

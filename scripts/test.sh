@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test: installs what the tests need (MLX for Rust, the Python reference environment),
+# then `cargo test --release` (unit, integration, parity and doc tests). Idempotent; needs no root.
+# Extra arguments go to cargo test (e.g. `scripts/test.sh --test cca_conv`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup-mlx-linux.sh
+bash scripts/setup-python-ref.sh
+exec cargo test --release "$@"

@@ -1,0 +1,1 @@
+//! CCA attention half-layer: q/k projections, the CCA conv step (mlx-ext primitive), mean paths, fp32 L2 q/k normalisation with the key temperature, dual time-stream values, partial RoPE and GQA attention.

@@ -1,0 +1,10 @@
+//! CLI subcommands. Each `run` returns the process exit code on success (0, or non-zero for a
+//! reported failure such as a parity or smoke-test failure) and a typed error otherwise.
+pub mod bench;
+pub mod chat;
+pub mod generate;
+pub mod info;
+pub mod logits;
+pub mod parity;
+pub mod smoke;
+pub mod synth;

@@ -1,0 +1,700 @@
+//! Model configuration: parses `config.json` of every published ZAYA1 revision (the legacy
+//! 80-half-layer configs with `cca_num_q_heads` or `num_attention_heads`, and the upstream
+//! transformers 40-block config), `jang_config.json` and `generation_config.json` into one
+//! normalized [`ZayaConfig`]. Inconsistent or unknown configs are typed errors naming the field.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Result, ZayaError};
+
+/// End-of-turn token id of the ZAYA tokenizer (`<|im_end|>` / `<end_of_turn>`).
+pub const END_OF_TURN_ID: u32 = 106;
+
+/// Which published config revision the file follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigRevision {
+    /// Legacy Zyphra/Megatron config: `num_hidden_layers` counts half-layers (80 for ZAYA1-8B).
+    Legacy,
+    /// Upstream transformers config: 40 `hybrid` blocks (`layer_types`), `num_experts_per_tok`...
+    Upstream,
+}
+
+/// Per-module quantization override of the `quantization` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantOverride {
+    pub bits: Option<u32>,
+    pub group_size: Option<u32>,
+    pub mode: Option<String>,
+}
+
+/// The `quantization` block of config.json (mlx-lm convention), non-module keys skipped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QuantizationConfig {
+    pub bits: Option<u32>,
+    pub group_size: Option<u32>,
+    /// "affine" (default) or "mxfp4".
+    pub mode: Option<String>,
+    /// `routed_expert_bits` (JANGTQ), descriptive.
+    pub routed_expert_bits: Option<u32>,
+    /// Per-module overrides keyed by module path (e.g. `model.embed_tokens`).
+    pub overrides: BTreeMap<String, QuantOverride>,
+}
+
+/// Normalized ZAYA configuration. Layer counts are always in **half-layers** (even = CCA
+/// attention, odd = MoE), whatever the file's revision.
+#[derive(Debug, Clone)]
+pub struct ZayaConfig {
+    pub revision: ConfigRevision,
+    pub hidden_size: usize,
+    /// Half-layers (80 for ZAYA1-8B).
+    pub num_hidden_layers: usize,
+    /// CCA query heads (8).
+    pub num_q_heads: usize,
+    /// CCA key/value heads (2).
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub partial_rotary_factor: f32,
+    pub rope_theta: f32,
+    pub max_position_embeddings: usize,
+    /// Kernel sizes of the two CCA convs (2, 2).
+    pub cca_time0: usize,
+    pub cca_time1: usize,
+    /// Raw learned key temperature (false) or exp(clip(temp)) (true).
+    pub clamp_temp: bool,
+    pub num_experts: usize,
+    pub top_k: usize,
+    /// Per-expert SwiGLU intermediate width (`ffn_hidden_size / 2` in the legacy config).
+    pub expert_intermediate_size: usize,
+    /// Router MLP width (`zaya_mlp_expansion`).
+    pub router_hidden_size: usize,
+    /// 17th router logit = MOD skip route.
+    pub use_mod: bool,
+    /// Depth-carried router state.
+    pub use_eda: bool,
+    pub norm_eps: f32,
+    pub vocab_size: usize,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    /// All end-of-sequence ids (config.json merged with generation_config.json), deduplicated.
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// `weight_format` ("mxtq" for JANGTQ bundles).
+    pub weight_format: Option<String>,
+    /// `mxtq_seed` (42) of the Hadamard sign vector.
+    pub mxtq_seed: Option<u64>,
+    pub quantization: Option<QuantizationConfig>,
+    /// The file as parsed, for fields not modelled here.
+    pub raw: Value,
+}
+
+impl ZayaConfig {
+    /// Number of CCA attention half-layers.
+    pub fn num_attention_layers(&self) -> usize {
+        self.num_hidden_layers.div_ceil(2)
+    }
+    /// Number of MoE half-layers.
+    pub fn num_moe_layers(&self) -> usize {
+        self.num_hidden_layers / 2
+    }
+    /// Query latent width (Hq · D).
+    pub fn q_dim(&self) -> usize {
+        self.num_q_heads * self.head_dim
+    }
+    /// Key latent width (Hk · D).
+    pub fn k_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+    /// Channels through the CCA convs (q ‖ k).
+    pub fn conv_channels(&self) -> usize {
+        self.q_dim() + self.k_dim()
+    }
+    /// Frames carried in `conv_state`: (K0-1)+(K1-1).
+    pub fn conv_state_len(&self) -> usize {
+        self.cca_time0.saturating_sub(1) + self.cca_time1.saturating_sub(1)
+    }
+    /// Dimensions RoPE rotates per head.
+    pub fn rotary_dim(&self) -> usize {
+        ((self.head_dim as f32 * self.partial_rotary_factor) as usize).min(self.head_dim)
+    }
+    /// Router logits (experts + skip route).
+    pub fn num_router_logits(&self) -> usize {
+        self.num_experts + usize::from(self.use_mod)
+    }
+
+    /// Reads `dir/config.json`, merging EOS ids from `dir/generation_config.json` when present.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ZayaError::io(&path, e))?;
+        let mut cfg = Self::from_json_str(&text, "config.json")?;
+        let gen_path = dir.join("generation_config.json");
+        if gen_path.exists() {
+            let g = GenerationConfig::from_file(&gen_path)?;
+            cfg.merge_eos(&g.eos_token_ids);
+        }
+        Ok(cfg)
+    }
+
+    /// Adds EOS ids (deduplicated, order kept).
+    pub fn merge_eos(&mut self, ids: &[u32]) {
+        for &id in ids {
+            if !self.eos_token_ids.contains(&id) {
+                self.eos_token_ids.push(id);
+            }
+        }
+    }
+
+    /// Parses a config.json text; `file` names it in errors.
+    pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| ZayaError::config(file, "<json>", format!("not valid JSON: {e}")))?;
+        Self::from_value(raw, file)
+    }
+
+    /// Parses a config.json value; `file` names it in errors.
+    pub fn from_value(raw: Value, file: &str) -> Result<Self> {
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| ZayaError::config(file, "<root>", "config must be a JSON object"))?;
+        let f = Fields { obj, file };
+        let model_type = f.str("model_type")?.ok_or_else(|| ZayaError::config(file, "model_type", "missing"))?;
+        if model_type != "zaya" {
+            return Err(ZayaError::UnsupportedModel {
+                file: file.to_string(),
+                msg: format!("model_type `{model_type}` is not `zaya` (zaya-mlx runs ZAYA1 models only)"),
+            });
+        }
+        let upstream = obj.contains_key("layer_types") || obj.contains_key("num_experts_per_tok");
+        let revision = if upstream { ConfigRevision::Upstream } else { ConfigRevision::Legacy };
+
+        let hidden_size = f.req_usize("hidden_size")?;
+        let blocks_or_half = f.req_usize("num_hidden_layers")?;
+        let num_hidden_layers = match revision {
+            ConfigRevision::Legacy => blocks_or_half,
+            ConfigRevision::Upstream => {
+                if let Some(types) = obj.get("layer_types").and_then(Value::as_array) {
+                    if types.len() != blocks_or_half {
+                        return Err(ZayaError::config(
+                            file,
+                            "layer_types",
+                            format!("has {} entries but num_hidden_layers is {blocks_or_half}", types.len()),
+                        ));
+                    }
+                    if let Some(bad) = types.iter().find(|t| t.as_str() != Some("hybrid")) {
+                        return Err(ZayaError::config(file, "layer_types", format!("unsupported layer type {bad}")));
+                    }
+                }
+                blocks_or_half * 2
+            }
+        };
+
+        // q heads: cca_num_q_heads (older legacy revision, where num_attention_heads = 16 is the
+        // "full" head count) else num_attention_heads.
+        let num_q_heads = match f.usize("cca_num_q_heads")? {
+            Some(v) => v,
+            None => f.req_usize("num_attention_heads")?,
+        };
+        let num_kv_heads = match (f.usize("num_key_value_heads")?, f.usize("num_query_groups")?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ZayaError::config(
+                    file,
+                    "num_query_groups",
+                    format!("{b} differs from num_key_value_heads {a}; CCA needs them equal"),
+                ))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => return Err(ZayaError::config(file, "num_key_value_heads", "missing")),
+        };
+        let head_dim = match (f.usize("head_dim")?, f.usize("kv_channels")?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ZayaError::config(file, "kv_channels", format!("{b} differs from head_dim {a}")))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => 128,
+        };
+
+        // rope: legacy top-level keys, or upstream rope_parameters {"hybrid": {...}} / flat
+        let mut rope_theta = f.f64("rope_theta")?;
+        let mut partial = f.f64("partial_rotary_factor")?;
+        if let Some(rp) = obj.get("rope_parameters").and_then(Value::as_object) {
+            let inner = rp.get("hybrid").and_then(Value::as_object).unwrap_or(rp);
+            let rf = Fields { obj: inner, file };
+            rope_theta = rope_theta.or(rf.f64("rope_theta")?);
+            partial = partial.or(rf.f64("partial_rotary_factor")?);
+        }
+        if let Some(rs) = obj.get("rope_scaling") {
+            let none = rs.is_null() || rs == &Value::Bool(false);
+            let default_type = rs
+                .get("rope_type")
+                .or_else(|| rs.get("type"))
+                .and_then(Value::as_str)
+                .is_some_and(|t| t == "default");
+            if !none && !default_type {
+                return Err(ZayaError::config(file, "rope_scaling", format!("unsupported RoPE scaling {rs}")));
+            }
+        }
+
+        let num_experts = f.req_usize("num_experts")?;
+        let top_k = match revision {
+            ConfigRevision::Legacy => f.usize("moe_router_topk")?.unwrap_or(1),
+            ConfigRevision::Upstream => f.usize("num_experts_per_tok")?.or(f.usize("moe_router_topk")?).unwrap_or(1),
+        };
+        let expert_intermediate_size = match f.usize("moe_intermediate_size")? {
+            Some(v) => v,
+            None => {
+                let ffn = f.req_usize("ffn_hidden_size")?;
+                if ffn % 2 != 0 {
+                    return Err(ZayaError::config(file, "ffn_hidden_size", format!("{ffn} is odd; it is the fused gate+up width")));
+                }
+                ffn / 2
+            }
+        };
+        let router_hidden_size = match f.usize("zaya_mlp_expansion")? {
+            Some(v) => v,
+            None => f.usize("router_hidden_size")?.unwrap_or(256),
+        };
+        let norm_eps = f.f64("norm_epsilon")?.or(f.f64("rms_norm_eps")?).unwrap_or(1e-5) as f32;
+
+        let cfg = ZayaConfig {
+            revision,
+            hidden_size,
+            num_hidden_layers,
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            partial_rotary_factor: partial.unwrap_or(0.5) as f32,
+            rope_theta: rope_theta.unwrap_or(5_000_000.0) as f32,
+            max_position_embeddings: f.usize("max_position_embeddings")?.unwrap_or(131_072),
+            cca_time0: f.usize("cca_time0")?.unwrap_or(2),
+            cca_time1: f.usize("cca_time1")?.unwrap_or(2),
+            clamp_temp: f.bool("clamp_temp")?.unwrap_or(false),
+            num_experts,
+            top_k,
+            expert_intermediate_size,
+            router_hidden_size,
+            use_mod: f.bool("zaya_use_mod")?.unwrap_or(true),
+            use_eda: f.bool("zaya_use_eda")?.unwrap_or(true),
+            norm_eps,
+            vocab_size: f.req_usize("vocab_size")?,
+            tie_word_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(true),
+            bos_token_id: f.u32("bos_token_id")?,
+            eos_token_ids: f.ids("eos_token_id")?,
+            pad_token_id: f.u32("pad_token_id")?,
+            weight_format: f.str("weight_format")?,
+            mxtq_seed: f.usize("mxtq_seed")?.map(|v| v as u64),
+            quantization: match obj.get("quantization") {
+                Some(q) if !q.is_null() => Some(QuantizationConfig::from_value(q, file)?),
+                _ => None,
+            },
+            raw: raw.clone(),
+        };
+        cfg.check(file)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, file: &str) -> Result<()> {
+        let err = |field: &str, msg: String| Err(ZayaError::config(file, field, msg));
+        if self.hidden_size == 0 {
+            return err("hidden_size", "must be positive".into());
+        }
+        if self.num_hidden_layers == 0 {
+            return err("num_hidden_layers", "must be positive".into());
+        }
+        if self.num_q_heads == 0 || self.num_kv_heads == 0 || self.num_q_heads % self.num_kv_heads != 0 {
+            return err(
+                "num_attention_heads",
+                format!("{} query heads must be a positive multiple of {} KV heads", self.num_q_heads, self.num_kv_heads),
+            );
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return err("head_dim", format!("{} must be positive and even", self.head_dim));
+        }
+        if self.k_dim() % 2 != 0 {
+            return err("num_key_value_heads", "Hk·D must be even (the value is split in two halves)".into());
+        }
+        if self.rotary_dim() % 2 != 0 {
+            return err("partial_rotary_factor", format!("rotary dim {} must be even", self.rotary_dim()));
+        }
+        if self.conv_channels() % self.head_dim != 0 {
+            return err("head_dim", "conv channels must split into head-sized groups".into());
+        }
+        if self.cca_time0 == 0 || self.cca_time1 == 0 {
+            return err("cca_time0", "CCA conv kernel sizes must be ≥ 1".into());
+        }
+        if self.num_experts == 0 {
+            return err("num_experts", "must be positive".into());
+        }
+        if self.top_k != 1 {
+            return err("moe_router_topk", format!("{} is not supported: ZAYA routes top-1", self.top_k));
+        }
+        if self.vocab_size == 0 {
+            return err("vocab_size", "must be positive".into());
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return err("norm_epsilon", format!("{} is out of range", self.norm_eps));
+        }
+        if !(self.rope_theta > 0.0) {
+            return err("rope_theta", format!("{} must be positive", self.rope_theta));
+        }
+        if let Some(b) = self.bos_token_id {
+            if b as usize >= self.vocab_size {
+                return err("bos_token_id", format!("{b} ≥ vocab_size {}", self.vocab_size));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QuantizationConfig {
+    /// Keys of the block that are not module overrides.
+    const NON_MODULE_KEYS: &'static [&'static str] =
+        &["bits", "group_size", "mode", "routed_expert_bits", "mxtq_bits", "expert_layout", "quant_method"];
+
+    fn from_value(v: &Value, file: &str) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ZayaError::config(file, "quantization", "must be an object"))?;
+        let f = Fields { obj, file };
+        let mut q = QuantizationConfig {
+            bits: f.u32("bits")?,
+            group_size: f.u32("group_size")?,
+            mode: f.str("mode")?,
+            routed_expert_bits: f.u32("routed_expert_bits")?,
+            overrides: BTreeMap::new(),
+        };
+        for (k, v) in obj {
+            if Self::NON_MODULE_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            // `false` means "not quantized"; objects carry overrides; anything else is ignored
+            if let Some(o) = v.as_object() {
+                let of = Fields { obj: o, file };
+                q.overrides.insert(
+                    k.clone(),
+                    QuantOverride { bits: of.u32("bits")?, group_size: of.u32("group_size")?, mode: of.str("mode")? },
+                );
+            }
+        }
+        if let Some(b) = q.bits {
+            if ![2, 3, 4, 5, 6, 8].contains(&b) {
+                return Err(ZayaError::config(file, "quantization.bits", format!("{b} is not a supported bit width")));
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// `jang_config.json` of JANG/JANGTQ bundles.
+#[derive(Debug, Clone, Default)]
+pub struct JangConfig {
+    pub version: Option<u64>,
+    pub weight_format: Option<String>,
+    pub profile: Option<String>,
+    pub mxtq_seed: Option<u64>,
+    /// `tq_in_features`: module base → in_features.
+    pub tq_in_features: BTreeMap<String, usize>,
+    /// `mxtq_bits.routed_expert`, as a number or per projection (JANGTQ_K).
+    pub routed_expert_bits: BTreeMap<String, u32>,
+    pub group_size: Option<u32>,
+    pub raw: Value,
+}
+
+impl JangConfig {
+    /// Reads `dir/jang_config.json` if present.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("jang_config.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ZayaError::io(&path, e))?;
+        Self::from_json_str(&text, "jang_config.json").map(Some)
+    }
+
+    pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| ZayaError::config(file, "<json>", format!("not valid JSON: {e}")))?;
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
+        let f = Fields { obj, file };
+        let mut tq_in_features = BTreeMap::new();
+        if let Some(m) = obj.get("tq_in_features").and_then(Value::as_object) {
+            for (k, v) in m {
+                let n = v
+                    .as_u64()
+                    .ok_or_else(|| ZayaError::config(file, format!("tq_in_features.{k}"), "must be an integer"))?;
+                tq_in_features.insert(k.clone(), n as usize);
+            }
+        }
+        let mut routed_expert_bits = BTreeMap::new();
+        if let Some(re) = obj.get("mxtq_bits").and_then(|m| m.get("routed_expert")) {
+            match re {
+                Value::Number(n) => {
+                    let b = n.as_u64().ok_or_else(|| ZayaError::config(file, "mxtq_bits.routed_expert", "must be an integer"))?;
+                    for p in ["gate_proj", "up_proj", "down_proj"] {
+                        routed_expert_bits.insert(p.to_string(), b as u32);
+                    }
+                }
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        let b = v.as_u64().ok_or_else(|| {
+                            ZayaError::config(file, format!("mxtq_bits.routed_expert.{k}"), "must be an integer")
+                        })?;
+                        routed_expert_bits.insert(k.clone(), b as u32);
+                    }
+                }
+                _ => return Err(ZayaError::config(file, "mxtq_bits.routed_expert", "must be a number or an object")),
+            }
+        }
+        Ok(JangConfig {
+            version: f.usize("version")?.map(|v| v as u64),
+            weight_format: f.str("weight_format")?,
+            profile: f.str("profile")?,
+            mxtq_seed: f.usize("mxtq_seed")?.map(|v| v as u64),
+            tq_in_features,
+            routed_expert_bits,
+            group_size: obj
+                .get("quantization")
+                .and_then(|q| q.get("group_size"))
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
+            raw: raw.clone(),
+        })
+    }
+}
+
+/// `generation_config.json`.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationConfig {
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub raw: Value,
+}
+
+impl GenerationConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ZayaError::io(path, e))?;
+        Self::from_json_str(&text, "generation_config.json")
+    }
+
+    /// Parses the file. The end-of-turn id 106 is always included: some published bundles had
+    /// `eos_token_id = 1` only (zaya-architecture.md §7.2 item 4).
+    pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| ZayaError::config(file, "<json>", format!("not valid JSON: {e}")))?;
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
+        let f = Fields { obj, file };
+        let mut eos = f.ids("eos_token_id")?;
+        if !eos.contains(&END_OF_TURN_ID) {
+            eos.push(END_OF_TURN_ID);
+        }
+        Ok(GenerationConfig {
+            eos_token_ids: eos,
+            bos_token_id: f.u32("bos_token_id")?,
+            temperature: f.f64("temperature")?.map(|v| v as f32),
+            top_p: f.f64("top_p")?.map(|v| v as f32),
+            top_k: f.u32("top_k")?,
+            raw: raw.clone(),
+        })
+    }
+}
+
+/// Typed field access with errors that name the field.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    file: &'a str,
+}
+
+impl Fields<'_> {
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.obj.get(k).filter(|v| !v.is_null())
+    }
+    fn usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a non-negative integer, found {v}"))),
+        }
+    }
+    fn req_usize(&self, k: &str) -> Result<usize> {
+        self.usize(k)?.ok_or_else(|| ZayaError::config(self.file, k, "missing"))
+    }
+    fn u32(&self, k: &str) -> Result<Option<u32>> {
+        match self.usize(k)? {
+            None => Ok(None),
+            Some(n) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| ZayaError::config(self.file, k, format!("{n} is too large"))),
+        }
+    }
+    fn f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a number, found {v}"))),
+        }
+    }
+    fn bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected true/false, found {v}"))),
+        }
+    }
+    fn str(&self, k: &str) -> Result<Option<String>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a string, found {v}"))),
+        }
+    }
+    /// An id or a list of ids.
+    fn ids(&self, k: &str) -> Result<Vec<u32>> {
+        let bad = |v: &Value| ZayaError::config(self.file, k, format!("expected a token id or a list of ids, found {v}"));
+        match self.get(k) {
+            None => Ok(vec![]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(x)))
+                .collect(),
+            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(|n| vec![n]).ok_or_else(|| bad(v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy() -> Value {
+        // The published legacy config's key set (zaya-architecture.md §1.1).
+        serde_json::json!({
+            "architectures": ["ZayaForCausalLM"], "model_type": "zaya", "hidden_size": 2048,
+            "num_hidden_layers": 80, "num_attention_heads": 8, "num_key_value_heads": 2,
+            "num_query_groups": 2, "head_dim": 128, "kv_channels": 128, "partial_rotary_factor": 0.5,
+            "rope_theta": 5000000, "rope_scaling": false, "max_position_embeddings": 131072,
+            "num_experts": 16, "moe_router_topk": 1, "ffn_hidden_size": 4096, "zaya_mlp_expansion": 256,
+            "zaya_use_mod": true, "zaya_use_eda": true, "norm_epsilon": 1e-5, "vocab_size": 262272,
+            "bos_token_id": 2, "eos_token_id": 106, "pad_token_id": 0, "sliding_window": null
+        })
+    }
+
+    #[test]
+    fn legacy_revision() {
+        let c = ZayaConfig::from_value(legacy(), "config.json").unwrap();
+        assert_eq!(c.revision, ConfigRevision::Legacy);
+        assert_eq!((c.num_hidden_layers, c.num_q_heads, c.num_kv_heads, c.head_dim), (80, 8, 2, 128));
+        assert_eq!((c.expert_intermediate_size, c.router_hidden_size, c.rotary_dim()), (2048, 256, 64));
+        assert_eq!(c.conv_channels(), 1280);
+        assert_eq!(c.conv_state_len(), 2);
+        assert!(c.tie_word_embeddings);
+        assert_eq!(c.eos_token_ids, vec![106]);
+    }
+
+    #[test]
+    fn older_revision_uses_cca_num_q_heads() {
+        let mut v = legacy();
+        v["num_attention_heads"] = 16.into();
+        v["cca_num_q_heads"] = 8.into();
+        v.as_object_mut().unwrap().remove("head_dim");
+        let c = ZayaConfig::from_value(v, "config.json").unwrap();
+        assert_eq!((c.num_q_heads, c.head_dim), (8, 128));
+    }
+
+    #[test]
+    fn upstream_revision() {
+        let v = serde_json::json!({
+            "model_type": "zaya", "hidden_size": 2048, "num_hidden_layers": 40,
+            "layer_types": vec!["hybrid"; 40], "num_attention_heads": 8, "num_key_value_heads": 2,
+            "head_dim": 128, "moe_intermediate_size": 2048, "num_experts": 16, "num_experts_per_tok": 1,
+            "router_hidden_size": 256, "rms_norm_eps": 1e-5,
+            "rope_parameters": {"hybrid": {"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.5}},
+            "cca_time0": 2, "cca_time1": 2, "tie_word_embeddings": true, "vocab_size": 262272,
+            "bos_token_id": 2, "eos_token_id": 106, "pad_token_id": 0
+        });
+        let c = ZayaConfig::from_value(v, "config.json").unwrap();
+        assert_eq!(c.revision, ConfigRevision::Upstream);
+        assert_eq!(c.num_hidden_layers, 80);
+        assert_eq!(c.expert_intermediate_size, 2048);
+        assert_eq!(c.rope_theta, 5e6);
+    }
+
+    #[test]
+    fn unknown_model_type_is_typed() {
+        let mut v = legacy();
+        v["model_type"] = "llama".into();
+        let e = ZayaConfig::from_value(v, "config.json").unwrap_err();
+        assert!(matches!(e, ZayaError::UnsupportedModel { .. }), "{e}");
+        assert!(e.to_string().contains("llama"));
+    }
+
+    #[test]
+    fn inconsistent_fields_name_the_field() {
+        let mut v = legacy();
+        v["num_query_groups"] = 4.into();
+        let e = ZayaConfig::from_value(v, "config.json").unwrap_err().to_string();
+        assert!(e.contains("num_query_groups"), "{e}");
+        let mut v = legacy();
+        v["hidden_size"] = "big".into();
+        let e = ZayaConfig::from_value(v, "config.json").unwrap_err().to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+        let mut v = legacy();
+        v["moe_router_topk"] = 2.into();
+        let e = ZayaConfig::from_value(v, "config.json").unwrap_err().to_string();
+        assert!(e.contains("moe_router_topk"), "{e}");
+    }
+
+    #[test]
+    fn quantization_block_skips_non_module_keys() {
+        let mut v = legacy();
+        v["quantization"] = serde_json::json!({
+            "bits": 8, "group_size": 32, "mode": "affine", "routed_expert_bits": 4,
+            "mxtq_bits": {"routed_expert": 4}, "expert_layout": "split_switch_mlp",
+            "model.embed_tokens": {"bits": 8, "group_size": 64}
+        });
+        let c = ZayaConfig::from_value(v, "config.json").unwrap();
+        let q = c.quantization.unwrap();
+        assert_eq!((q.bits, q.group_size, q.routed_expert_bits), (Some(8), Some(32), Some(4)));
+        assert_eq!(q.overrides.len(), 1);
+        assert_eq!(q.overrides["model.embed_tokens"].group_size, Some(64));
+    }
+
+    #[test]
+    fn generation_config_merges_eos_and_adds_end_of_turn() {
+        let g = GenerationConfig::from_json_str(r#"{"eos_token_id": [1], "bos_token_id": 2}"#, "g").unwrap();
+        assert_eq!(g.eos_token_ids, vec![1, 106]);
+        let mut c = ZayaConfig::from_value(legacy(), "config.json").unwrap();
+        c.merge_eos(&g.eos_token_ids);
+        assert_eq!(c.eos_token_ids, vec![106, 1]);
+    }
+
+    #[test]
+    fn jang_config_per_projection_bits() {
+        let j = JangConfig::from_json_str(
+            r#"{"version":2,"weight_format":"mxtq","profile":"JANGTQ_K","mxtq_seed":42,
+                "mxtq_bits":{"routed_expert":{"gate_proj":2,"up_proj":2,"down_proj":4}},
+                "tq_in_features":{"model.layers.1.zaya_block.experts.switch_mlp.gate_proj":2048},
+                "quantization":{"method":"affine+mxtq","group_size":32,"bits_default":4}}"#,
+            "jang_config.json",
+        )
+        .unwrap();
+        assert_eq!(j.routed_expert_bits["down_proj"], 4);
+        assert_eq!(j.routed_expert_bits["gate_proj"], 2);
+        assert_eq!(j.group_size, Some(32));
+        assert_eq!(j.tq_in_features.len(), 1);
+    }
+}

@@ -1,1 +1,207 @@
-//! CCA attention half-layer: q/k projections, the CCA conv step (mlx-ext primitive), mean paths, fp32 L2 q/k normalisation with the key temperature, dual time-stream values, partial RoPE and GQA attention.
+//! The CCA attention half-layer (zaya-architecture.md §3): q/k latent projections, the two-stage
+//! causal conv over time (through [`ext::cca_conv`], carrying `conv_state`), the mean paths, fp32 L2
+//! q/k normalisation to √D with the key temperature, dual time-stream values (current token ‖ previous
+//! token via `prev_hs`), partial NeoX RoPE, GQA softmax attention over the KV cache, and `o_proj`.
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::Param;
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::ops::{broadcast_to, clip, concatenate, exp, maximum, zeros_dtype};
+use mlx_rs::{Array, Dtype};
+
+use crate::cache::AttnCache;
+use crate::config::ZayaConfig;
+use crate::error::Result;
+use crate::ext::{self, ExtMode};
+use crate::quant::linear::{take_float, QLinear, WeightSource};
+
+/// One CCA conv stage (`qkv.conv_qk.{0,1}`): weight in MLX layout `[C, K, C/G]`, bias `[C]`, f32.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct ConvStage {
+    #[param]
+    pub weight: Param<Array>,
+    #[param]
+    pub bias: Param<Array>,
+}
+
+/// `self_attn.qkv`: the CCA projections, convs and key temperature.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct CcaQkv {
+    #[param]
+    pub linear_q: QLinear,
+    #[param]
+    pub linear_k: QLinear,
+    #[param]
+    pub val_proj1: QLinear,
+    #[param]
+    pub val_proj2: QLinear,
+    /// `conv_qk.0` (depthwise) and `conv_qk.1` (grouped, one group per head).
+    #[param]
+    pub conv_qk: Vec<ConvStage>,
+    /// Per-KV-head key multiplier, f32 `[Hk]`.
+    #[param]
+    pub temp: Param<Array>,
+}
+
+/// Shapes and options of the attention computation.
+#[derive(Debug, Clone, Copy)]
+pub struct CcaDims {
+    pub hidden: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rotary_dim: usize,
+    pub rope_theta: f32,
+    pub clamp_temp: bool,
+}
+
+/// A CCA attention half-layer (`model.layers.{n}.self_attn`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct CcaAttention {
+    #[param]
+    pub qkv: CcaQkv,
+    #[param]
+    pub o_proj: QLinear,
+    pub dims: CcaDims,
+}
+
+/// Per-call options of the attention forward.
+#[derive(Debug, Clone, Copy)]
+pub struct CcaOptions {
+    pub conv_mode: ExtMode,
+    pub kv_step: usize,
+}
+
+impl CcaAttention {
+    /// Loads `base` = `model.layers.{n}.self_attn`; float linear weights go to `dtype`, conv
+    /// weights and `temp` to f32.
+    pub fn load(src: &mut WeightSource, base: &str, cfg: &ZayaConfig, dtype: Dtype) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (qd, kd) = (cfg.q_dim(), cfg.k_dim());
+        let c = cfg.conv_channels() as i32;
+        let cg = cfg.head_dim as i32;
+        let q = format!("{base}.qkv");
+        let f32 = Dtype::Float32;
+        let conv = |src: &mut WeightSource, i: usize, k: usize, in_g: i32| -> Result<ConvStage> {
+            Ok(ConvStage {
+                weight: Param::new(take_float(src, &format!("{q}.conv_qk.{i}.weight"), &[c, k as i32, in_g], f32)?),
+                bias: Param::new(take_float(src, &format!("{q}.conv_qk.{i}.bias"), &[c], f32)?),
+            })
+        };
+        let qkv = CcaQkv {
+            linear_q: QLinear::load(src, &format!("{q}.linear_q"), h, qd, false, dtype)?,
+            linear_k: QLinear::load(src, &format!("{q}.linear_k"), h, kd, false, dtype)?,
+            val_proj1: QLinear::load(src, &format!("{q}.val_proj1"), h, kd / 2, false, dtype)?,
+            val_proj2: QLinear::load(src, &format!("{q}.val_proj2"), h, kd / 2, false, dtype)?,
+            conv_qk: vec![conv(src, 0, cfg.cca_time0, 1)?, conv(src, 1, cfg.cca_time1, cg)?],
+            temp: Param::new(take_float(src, &format!("{q}.temp"), &[cfg.num_kv_heads as i32], f32)?),
+        };
+        Ok(CcaAttention {
+            qkv,
+            o_proj: QLinear::load(src, &format!("{base}.o_proj"), qd, h, false, dtype)?,
+            dims: CcaDims {
+                hidden: h,
+                q_heads: cfg.num_q_heads,
+                kv_heads: cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                rotary_dim: cfg.rotary_dim(),
+                rope_theta: cfg.rope_theta,
+                clamp_temp: cfg.clamp_temp,
+            },
+        })
+    }
+
+    /// `x [B, T, H]` (input_norm output, compute dtype) at absolute position `offset` → `h_n [B, T, H]`.
+    /// Reads and updates the layer's KV cache, `conv_state` and `prev_hs`.
+    pub fn forward(&self, x: &Array, cache: &mut AttnCache, offset: usize, opts: CcaOptions) -> Result<Array> {
+        let d = self.dims;
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let (hq, hk, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
+        let g = hq / hk;
+        let f32 = Dtype::Float32;
+        let c = (hq + hk) * hd;
+        let s = (self.qkv.conv_qk[0].weight.shape()[1] - 1) + (self.qkv.conv_qk[1].weight.shape()[1] - 1);
+
+        // 1. latent projections
+        let q_pre = self.qkv.linear_q.forward(x)?.as_dtype(f32)?; // [B, T, Hq·D]
+        let k_pre = self.qkv.linear_k.forward(x)?.as_dtype(f32)?; // [B, T, Hk·D]
+
+        // 2. two-stage causal conv over [q̃ ‖ k̃] with the carried frames
+        let u = concatenate(&[&q_pre, &k_pre], -1)?;
+        let state = match cache.conv_state.take() {
+            Some(st) => st,
+            None => zeros_dtype(&[b, c, s], f32)?,
+        };
+        let (z, new_state) = ext::cca_conv(
+            &u,
+            &state,
+            &self.qkv.conv_qk[0].weight,
+            &self.qkv.conv_qk[0].bias,
+            &self.qkv.conv_qk[1].weight,
+            &self.qkv.conv_qk[1].bias,
+            opts.conv_mode,
+        )?;
+        cache.conv_state = Some(new_state);
+
+        // 3. mean paths from the pre-conv projections
+        let q4 = q_pre.reshape(&[b, t, hq, hd])?;
+        let k4 = k_pre.reshape(&[b, t, hk, hd])?;
+        let k_rep = broadcast_to(k4.reshape(&[b, t, hk, 1, hd])?, &[b, t, hk, g, hd])?.reshape(&[b, t, hq, hd])?;
+        let q_mean = q4.add(&k_rep)?.multiply(Array::from_f32(0.5))?;
+        let k_mean = q_mean.reshape(&[b, t, hk, g, hd])?.mean_axis(3, false)?;
+        let z_q = z.index((.., .., 0..hq * hd)).reshape(&[b, t, hq, hd])?;
+        let z_k = z.index((.., .., hq * hd..)).reshape(&[b, t, hk, hd])?;
+        let queries = z_q.add(&q_mean)?;
+        let keys = z_k.add(&k_mean)?;
+
+        // 4. fp32 L2 normalisation to √D; keys times the temperature
+        let sqrt_d = Array::from_f32((d.head_dim as f32).sqrt());
+        let l2 = |a: &Array| -> Result<Array> {
+            Ok(maximum(a.square()?.sum_axis(-1, true)?.sqrt()?, Array::from_f32(1e-6))?)
+        };
+        let queries = queries.multiply(sqrt_d.divide(l2(&queries)?)?)?;
+        let temp = if d.clamp_temp {
+            exp(clip(&*self.qkv.temp, (1e-7f32, 2.0f32))?)?
+        } else {
+            (*self.qkv.temp).clone()
+        };
+        let keys = keys.multiply(sqrt_d.divide(l2(&keys)?)?)?.multiply(temp.reshape(&[1, 1, hk, 1])?)?;
+
+        // 5. values: [x_t W_v1ᵀ ‖ x_{t-1} W_v2ᵀ] reshaped to Hk heads
+        let prev = match cache.prev_hs.take() {
+            Some(p) => p,
+            None => zeros_dtype(&[b, d.hidden as i32], f32)?,
+        };
+        cache.prev_hs = Some(x.index((.., t - 1, ..)).as_dtype(f32)?);
+        let prev = prev.as_dtype(x.dtype())?.reshape(&[b, 1, d.hidden as i32])?;
+        let shifted = if t > 1 { concatenate(&[prev, x.index((.., 0..t - 1, ..))], 1)? } else { prev };
+        let v1 = self.qkv.val_proj1.forward(x)?;
+        let v2 = self.qkv.val_proj2.forward(&shifted)?;
+        let values = concatenate(&[v1, v2], -1)?.reshape(&[b, t, hk, hd])?.as_dtype(f32)?;
+
+        // 6. [B, heads, T, D], partial NeoX RoPE at the absolute position
+        let queries = queries.transpose_axes(&[0, 2, 1, 3])?;
+        let keys = keys.transpose_axes(&[0, 2, 1, 3])?;
+        let values = values.transpose_axes(&[0, 2, 1, 3])?;
+        let rd = d.rotary_dim as i32;
+        let (queries, keys) = if rd > 0 {
+            let off = offset as i32;
+            (
+                fast::rope(&queries, rd, false, d.rope_theta, 1.0, off, None)?,
+                fast::rope(&keys, rd, false, d.rope_theta, 1.0, off, None)?,
+            )
+        } else {
+            (queries, keys)
+        };
+
+        // 7. GQA attention over the cache (fp32), causal within the chunk
+        let (all_k, all_v) = cache.update_and_fetch(&keys, &values, opts.kv_step)?;
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        let mask = if t > 1 { Some(ScaledDotProductAttentionMask::Causal) } else { None };
+        let out = fast::scaled_dot_product_attention(&queries, &all_k, &all_v, scale, mask, None)?;
+
+        // 8. heads concatenated → o_proj
+        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, hq * hd])?.as_dtype(x.dtype())?;
+        self.o_proj.forward(&out)
+    }
+}

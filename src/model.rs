@@ -1,1 +1,491 @@
-//! The ZAYA model: embedding, 80 half-layers with residual scaling, final norm and tied lm_head.
+//! The ZAYA1 model (zaya-architecture.md §2, §8): embedding, the 80 residual-scaled half-layers
+//! (even = CCA attention in [`crate::cca`], odd = MoE in [`crate::moe`]), the final residual scaling
+//! and RMSNorm, and the tied lm_head; loading from a [`Bundle`] / [`CanonicalWeights`] by canonical
+//! name; chunked prefill and one-token decode over a [`ModelCache`]; optional per-layer capture of
+//! hidden states, residuals and routes for parity checks.
+//!
+//! Dtype policy: the residual stream, the final norm, the logits, the router, the q/k
+//! normalisation, attention, the CCA conv and its state are f32 always; the input norms' outputs, the
+//! linear projections and the experts run in [`ModelOptions::dtype`] (f32 default, bf16/f16 allowed).
+//! Float weights are converted to their compute dtype once, when the model is built.
+use std::collections::BTreeMap;
+
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::Param;
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::ops::concatenate;
+use mlx_rs::{fast, Array, Dtype};
+
+use crate::bundle::{Bundle, CanonicalWeights};
+use crate::cache::{ModelCache, DEFAULT_KV_STEP};
+use crate::cca::{CcaAttention, CcaOptions};
+use crate::config::ZayaConfig;
+use crate::error::{Result, ZayaError};
+use crate::ext::ExtMode;
+use crate::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
+use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
+
+/// Default prefill chunk (positions per forward call inside [`ZayaModel::prefill`]).
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// How the model runs. `Default` = f32, `p·x` skip route, plain backends, chunks of 512.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelOptions {
+    /// Activation dtype of the projections and experts: `Float32`, `Bfloat16` or `Float16`.
+    pub dtype: Dtype,
+    /// MOD skip-route semantics.
+    pub mod_skip: ModSkip,
+    /// Routed-expert implementation.
+    pub expert_backend: ExpertBackend,
+    /// Quantized-linear implementation (attention, router, embedding, lm_head).
+    pub linear_backend: LinearBackend,
+    /// CCA conv implementation.
+    pub conv_mode: ExtMode,
+    /// Positions per chunk when a forward covers more tokens.
+    pub prefill_chunk: usize,
+    /// KV cache growth step in positions.
+    pub kv_step: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            dtype: Dtype::Float32,
+            mod_skip: ModSkip::ScaledIdentity,
+            expert_backend: ExpertBackend::Plain,
+            linear_backend: LinearBackend::Plain,
+            conv_mode: ExtMode::Auto,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            kv_step: DEFAULT_KV_STEP,
+        }
+    }
+}
+
+/// RMSNorm with a plain weight: `w ⊙ x / sqrt(mean(x²) + eps)` (input cast to the weight dtype,
+/// statistics in f32 by MLX's `fast::rms_norm`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct RmsNorm {
+    #[param]
+    pub weight: Param<Array>,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `{base}.weight` `[dim]` converted to `dtype`.
+    pub fn load(src: &mut WeightSource, base: &str, dim: usize, eps: f32, dtype: Dtype) -> Result<Self> {
+        Ok(RmsNorm { weight: Param::new(take_float(src, &format!("{base}.weight"), &[dim as i32], dtype)?), eps })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let x = if x.dtype() == self.weight.dtype() { x.clone() } else { x.as_dtype(self.weight.dtype())? };
+        Ok(fast::rms_norm(&x, Some(&*self.weight), self.eps)?)
+    }
+}
+
+/// Learned residual scaling (`res_scale`): `h' = (h + b_h)·s_h`, `R' = (R + b_r)·s_r`, in f32.
+/// Layer 0 has only the hidden pair.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct ResScale {
+    #[param]
+    pub hidden_states_scale: Param<Array>,
+    #[param]
+    pub hidden_states_bias: Param<Array>,
+    #[param]
+    pub residual_scale: Param<Option<Array>>,
+    #[param]
+    pub residual_bias: Param<Option<Array>>,
+}
+
+impl ResScale {
+    /// Loads `base` (= `….res_scale`); `residual`: whether the residual pair must exist.
+    pub fn load(src: &mut WeightSource, base: &str, dim: usize, residual: bool) -> Result<Self> {
+        let f = Dtype::Float32;
+        let d = [dim as i32];
+        let (rs, rb) = if residual {
+            (
+                Some(take_float(src, &format!("{base}.residual_scale"), &d, f)?),
+                Some(take_float(src, &format!("{base}.residual_bias"), &d, f)?),
+            )
+        } else {
+            (take_float_opt(src, &format!("{base}.residual_scale"), &d, f)?, take_float_opt(src, &format!("{base}.residual_bias"), &d, f)?)
+        };
+        Ok(ResScale {
+            hidden_states_scale: Param::new(take_float(src, &format!("{base}.hidden_states_scale"), &d, f)?),
+            hidden_states_bias: Param::new(take_float(src, &format!("{base}.hidden_states_bias"), &d, f)?),
+            residual_scale: Param::new(rs),
+            residual_bias: Param::new(rb),
+        })
+    }
+
+    /// Scales `(R, h)` and merges them: returns the new residual stream `R' + h'` (or `h'`), f32.
+    pub fn merge(&self, residual: Option<&Array>, h: &Array) -> Result<Array> {
+        let hs = h.as_dtype(Dtype::Float32)?.add(&*self.hidden_states_bias)?.multiply(&*self.hidden_states_scale)?;
+        match residual {
+            None => Ok(hs),
+            Some(r) => {
+                let r = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
+                    (Some(s), Some(b)) => r.add(b)?.multiply(s)?,
+                    _ => r.clone(),
+                };
+                Ok(r.add(&hs)?)
+            }
+        }
+    }
+}
+
+/// One half-layer `model.layers.{n}`: residual scaling, input norm and either CCA attention (even
+/// n) or MoE (odd n).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct ZayaLayer {
+    #[param]
+    pub input_norm: RmsNorm,
+    #[param]
+    pub res_scale: ResScale,
+    #[param]
+    pub self_attn: Option<CcaAttention>,
+    #[param]
+    pub zaya_block: Option<ZayaMoe>,
+    pub index: usize,
+}
+
+/// The `model.` subtree.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct ZayaBody {
+    /// Token embedding; also the tied lm_head (`x · Eᵀ`).
+    #[param]
+    pub embed_tokens: QLinear,
+    #[param]
+    pub layers: Vec<ZayaLayer>,
+    #[param]
+    pub final_norm: RmsNorm,
+    #[param]
+    pub res_scale: ResScale,
+}
+
+/// Which logits a forward produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Every position `[B, T, V]`.
+    All,
+    /// Only the last position `[B, 1, V]` (prefill).
+    Last,
+    /// None (warm the cache only).
+    None,
+}
+
+/// Options of one [`ZayaModel::forward_with`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardOptions {
+    pub logits: LogitsMode,
+    /// Capture per-layer hidden states, residuals and routes.
+    pub capture: bool,
+    /// Chunk size (positions) for this call; `None` = the model's `prefill_chunk`.
+    pub chunk: Option<usize>,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        ForwardOptions { logits: LogitsMode::All, capture: false, chunk: None }
+    }
+}
+
+/// Per-layer tensors of one forward (reference naming of `reference.safetensors`).
+#[derive(Debug, Clone, Default)]
+pub struct LayerCapture {
+    /// `hidden.{n}`: sub-layer output h_n, f32 `[B, T, H]`.
+    pub hidden: Vec<Array>,
+    /// `residual.{n}`: residual stream R_n entering input_norm n, f32 `[B, T, H]`.
+    pub residual: Vec<Array>,
+    /// `route.{n}` (odd n): chosen route, int32 `[B, T]` (`num_experts` = skip).
+    pub routes: BTreeMap<usize, Array>,
+}
+
+/// Output of [`ZayaModel::forward_with`].
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// f32 `[B, T, V]` (All) or `[B, 1, V]` (Last).
+    pub logits: Option<Array>,
+    pub capture: Option<LayerCapture>,
+}
+
+/// The ZAYA1 causal LM.
+#[derive(Debug, ModuleParameters)]
+pub struct ZayaModel {
+    #[param]
+    pub model: ZayaBody,
+    /// Only for untied checkpoints.
+    #[param]
+    pub lm_head: Option<QLinear>,
+    config: ZayaConfig,
+    options: ModelOptions,
+}
+
+fn check_options(o: &ModelOptions) -> Result<()> {
+    if !matches!(o.dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
+        return Err(ZayaError::InvalidArgument(format!("compute dtype {:?} unsupported (f32, bf16, f16)", o.dtype)));
+    }
+    if o.prefill_chunk == 0 || o.kv_step == 0 {
+        return Err(ZayaError::InvalidArgument("prefill_chunk and kv_step must be positive".into()));
+    }
+    Ok(())
+}
+
+impl ZayaModel {
+    /// Builds the model from an opened bundle.
+    pub fn from_bundle(bundle: Bundle, options: ModelOptions) -> Result<Self> {
+        let origin = bundle.dir.display().to_string();
+        Self::from_weights(bundle.config, bundle.weights, options, &origin)
+    }
+
+    /// Builds the model from canonical weights; every tensor must be consumed (`origin` names the
+    /// weights in errors).
+    pub fn from_weights(config: ZayaConfig, weights: CanonicalWeights, options: ModelOptions, origin: &str) -> Result<Self> {
+        check_options(&options)?;
+        let cfg = &config;
+        let mut src = WeightSource::new(weights, origin);
+        let dt = options.dtype;
+        let f32 = Dtype::Float32;
+        let h = cfg.hidden_size;
+        let mut embed_tokens = QLinear::load(&mut src, "model.embed_tokens", h, cfg.vocab_size, false, f32)?;
+        embed_tokens.backend = options.linear_backend;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for n in 0..cfg.num_hidden_layers {
+            let base = format!("model.layers.{n}");
+            let input_norm = RmsNorm::load(&mut src, &format!("{base}.input_norm"), h, cfg.norm_eps, dt)?;
+            let res_scale = ResScale::load(&mut src, &format!("{base}.res_scale"), h, n > 0)?;
+            let (self_attn, zaya_block) = if n % 2 == 0 {
+                let mut a = CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?;
+                for l in [&mut a.qkv.linear_q, &mut a.qkv.linear_k, &mut a.qkv.val_proj1, &mut a.qkv.val_proj2, &mut a.o_proj] {
+                    l.backend = options.linear_backend;
+                }
+                (Some(a), None)
+            } else {
+                (None, Some(ZayaMoe::load(&mut src, &format!("{base}.zaya_block"), cfg, dt)?))
+            };
+            layers.push(ZayaLayer { input_norm, res_scale, self_attn, zaya_block, index: n });
+        }
+        let final_norm = RmsNorm::load(&mut src, "model.final_norm", h, cfg.norm_eps, f32)?;
+        let res_scale = ResScale::load(&mut src, "model.res_scale", h, true)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            let mut l = QLinear::load(&mut src, "lm_head", h, cfg.vocab_size, false, f32)?;
+            l.backend = options.linear_backend;
+            Some(l)
+        };
+        src.finish()?;
+        Ok(ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options })
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &ZayaConfig {
+        &self.config
+    }
+
+    /// The options the model was built with.
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
+    }
+
+    /// Changes the per-call options (skip semantics, chunk size, KV step, conv mode, expert backend).
+    /// The dtype and linear backend are fixed at build time; changing them here is an error.
+    pub fn set_options(&mut self, options: ModelOptions) -> Result<()> {
+        check_options(&options)?;
+        if options.dtype != self.options.dtype || options.linear_backend != self.options.linear_backend {
+            return Err(ZayaError::InvalidArgument("dtype and linear backend are fixed when the model is built".into()));
+        }
+        self.options = options;
+        Ok(())
+    }
+
+    /// A fresh cache for this model (KV growth step from the options).
+    pub fn new_cache(&self) -> ModelCache {
+        ModelCache::with_kv_step(&self.config, self.options.kv_step)
+    }
+
+    /// Checks token ids (shape `[T]` or `[B, T]`, integer, each < vocab) against the cache offset and
+    /// the context limit; returns them as uint32 `[B, T]`.
+    pub fn check_tokens(&self, tokens: &Array, cache: &ModelCache) -> Result<Array> {
+        let tokens = match tokens.ndim() {
+            1 => tokens.reshape(&[1, tokens.shape()[0]])?,
+            2 => tokens.clone(),
+            n => return Err(ZayaError::InvalidArgument(format!("token ids must be [T] or [B, T], got {n} dimensions"))),
+        };
+        let (b, t) = (tokens.shape()[0] as usize, tokens.shape()[1] as usize);
+        if t == 0 || b == 0 {
+            return Err(ZayaError::InvalidArgument("empty token sequence".into()));
+        }
+        let ids = match tokens.dtype() {
+            Dtype::Int32 | Dtype::Uint32 | Dtype::Int64 | Dtype::Uint64 | Dtype::Int16 | Dtype::Uint16 | Dtype::Int8 | Dtype::Uint8 => {
+                tokens.as_dtype(Dtype::Int64)?
+            }
+            other => return Err(ZayaError::InvalidArgument(format!("token ids must be integers, got {other:?}"))),
+        };
+        ids.eval()?;
+        let vocab = self.config.vocab_size as i64;
+        if let Some((pos, &bad)) = ids.as_slice::<i64>().iter().enumerate().find(|(_, &v)| v < 0 || v >= vocab) {
+            return Err(ZayaError::InvalidArgument(format!(
+                "token id {bad} at position {} is outside the vocabulary (0..{vocab})",
+                pos % t
+            )));
+        }
+        let total = cache.offset() + t;
+        if total > self.config.max_position_embeddings {
+            return Err(ZayaError::ContextOverflow { tokens: total, limit: self.config.max_position_embeddings });
+        }
+        if let Some(cb) = cache.batch() {
+            if cb != b && cache.offset() > 0 {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "batch of {b} sequences does not match the cache's batch of {cb}"
+                )));
+            }
+        }
+        Ok(ids.as_dtype(Dtype::Uint32)?)
+    }
+
+    /// All-position logits f32 `[B, T, V]` for `tokens` (`[T]` or `[B, T]`), continuing `cache`.
+    pub fn forward(&self, tokens: &Array, cache: &mut ModelCache) -> Result<Array> {
+        let out = self.forward_with(tokens, cache, ForwardOptions::default())?;
+        Ok(out.logits.expect("LogitsMode::All"))
+    }
+
+    /// The general forward: chunks the tokens (`opts.chunk` or the model's `prefill_chunk`),
+    /// carries every state across chunks in `cache`, evaluates each chunk, and optionally captures
+    /// per-layer tensors.
+    pub fn forward_with(&self, tokens: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let ids = self.check_tokens(tokens, cache)?;
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        cache.bind_batch(b as usize)?;
+        let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk);
+        if chunk == 0 {
+            return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
+        }
+        let chunk = chunk as i32;
+        let mut logits_parts = Vec::new();
+        let mut captures: Vec<LayerCapture> = Vec::new();
+        let mut start = 0i32;
+        while start < t {
+            let end = (start + chunk).min(t);
+            let last_chunk = end == t;
+            let mode = match opts.logits {
+                LogitsMode::All => LogitsMode::All,
+                LogitsMode::Last if last_chunk => LogitsMode::Last,
+                _ => LogitsMode::None,
+            };
+            let piece = ids.index((.., start..end));
+            let (logits, cap) = self.forward_chunk(&piece, cache, mode, opts.capture)?;
+            let mut to_eval: Vec<&Array> = Vec::new();
+            if let Some(l) = &logits {
+                to_eval.push(l);
+            }
+            if let Some(c) = &cap {
+                to_eval.extend(c.hidden.iter().chain(c.residual.iter()).chain(c.routes.values()));
+            }
+            mlx_rs::transforms::eval(to_eval)?;
+            cache.eval()?;
+            if let Some(l) = logits {
+                logits_parts.push(l);
+            }
+            if let Some(c) = cap {
+                captures.push(c);
+            }
+            start = end;
+        }
+        let logits = match logits_parts.len() {
+            0 => None,
+            1 => logits_parts.pop(),
+            _ => Some(concatenate(&logits_parts, 1)?),
+        };
+        let capture = if opts.capture { Some(join_captures(captures)?) } else { None };
+        Ok(ForwardOutput { logits, capture })
+    }
+
+    /// Prefills `tokens` (one sequence) in chunks of `chunk` (default: the model's `prefill_chunk`)
+    /// and returns the last position's logits, f32 `[1, V]`, evaluated.
+    pub fn prefill(&self, tokens: &[u32], cache: &mut ModelCache, chunk: Option<usize>) -> Result<Array> {
+        let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
+        let out = self.forward_with(&ids, cache, ForwardOptions { logits: LogitsMode::Last, capture: false, chunk })?;
+        let l = out.logits.expect("LogitsMode::Last");
+        Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
+    }
+
+    /// One decode step for one sequence: logits f32 `[1, V]` of the position after `token`, evaluated.
+    pub fn decode_step(&self, token: u32, cache: &mut ModelCache) -> Result<Array> {
+        self.prefill(&[token], cache, Some(1))
+    }
+
+    /// The lm_head: `y [.., H]` f32 → logits f32 `[.., V]`.
+    fn lm_head(&self, y: &Array) -> Result<Array> {
+        let logits = match &self.lm_head {
+            Some(l) => l.forward(y)?,
+            None => self.model.embed_tokens.forward(y)?,
+        };
+        Ok(logits.as_dtype(Dtype::Float32)?)
+    }
+
+    /// One chunk `ids [B, T]` through the whole model.
+    fn forward_chunk(&self, ids: &Array, cache: &mut ModelCache, mode: LogitsMode, capture: bool) -> Result<(Option<Array>, Option<LayerCapture>)> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        let hdim = self.config.hidden_size as i32;
+        let offset = cache.offset();
+        let cca_opts = CcaOptions { conv_mode: self.options.conv_mode, kv_step: cache.kv_step() };
+        let moe_opts = MoeOptions { mod_skip: self.options.mod_skip, backend: self.options.expert_backend };
+        let mut cap = capture.then(LayerCapture::default);
+
+        let mut h = self.model.embed_tokens.embed(ids)?; // [B, T, H] f32
+        let mut residual: Option<Array> = None;
+        let mut router_state: Option<Array> = None;
+        for layer in &self.model.layers {
+            let n = layer.index;
+            let r = layer.res_scale.merge(residual.as_ref(), &h)?;
+            let x = layer.input_norm.forward(&r)?;
+            if let Some(c) = cap.as_mut() {
+                c.residual.push(r.clone());
+            }
+            residual = Some(r);
+            h = if let Some(attn) = &layer.self_attn {
+                attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
+            } else {
+                let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
+                let out = moe.forward(&x.reshape(&[b * t, hdim])?, router_state.as_ref(), moe_opts)?;
+                cache.count_routes(n, (b * t) as usize, out.skipped);
+                if let Some(c) = cap.as_mut() {
+                    c.routes.insert(n, out.route.reshape(&[b, t])?);
+                }
+                router_state = Some(out.state);
+                out.y.reshape(&[b, t, hdim])?
+            };
+            if let Some(c) = cap.as_mut() {
+                c.hidden.push(h.as_dtype(Dtype::Float32)?);
+            }
+        }
+        let r = self.model.res_scale.merge(residual.as_ref(), &h)?;
+        let logits = match mode {
+            LogitsMode::None => None,
+            LogitsMode::All => Some(self.lm_head(&self.model.final_norm.forward(&r)?)?),
+            LogitsMode::Last => {
+                let last = r.index((.., t - 1..t, ..));
+                Some(self.lm_head(&self.model.final_norm.forward(&last)?)?)
+            }
+        };
+        cache.advance(t as usize);
+        Ok((logits, cap))
+    }
+}
+
+fn join_captures(mut parts: Vec<LayerCapture>) -> Result<LayerCapture> {
+    if parts.len() == 1 {
+        return Ok(parts.pop().unwrap());
+    }
+    let mut out = LayerCapture::default();
+    let layers = parts.first().map_or(0, |p| p.hidden.len());
+    for n in 0..layers {
+        out.hidden.push(concatenate(&parts.iter().map(|p| &p.hidden[n]).collect::<Vec<_>>(), 1)?);
+        out.residual.push(concatenate(&parts.iter().map(|p| &p.residual[n]).collect::<Vec<_>>(), 1)?);
+    }
+    let keys: Vec<usize> = parts.first().map(|p| p.routes.keys().copied().collect()).unwrap_or_default();
+    for k in keys {
+        out.routes.insert(k, concatenate(&parts.iter().map(|p| &p.routes[&k]).collect::<Vec<_>>(), 1)?);
+    }
+    Ok(out)
+}

@@ -1,1 +1,528 @@
-//! MoE half-layer: the router (depth-carried EDA state, 17 logits incl. the MOD skip route) and the top-1 SwiGLU experts in every weight format.
+//! The MoE half-layer (zaya-architecture.md §4): the router with its depth-carried EDA state, the
+//! top-1 SwiGLU experts in every storage format (TurboQuant, MLX affine, MXFP4, float), and the MOD
+//! skip route.
+//!
+//! Router (all f32): `r = W_d x + b_d (+ ρ ⊙ router_states_scale)`, `ρ_next = r`,
+//! `p = softmax(W₄ GELU(W₂ GELU(W₀ RMSNorm(r) + b₀) + b₂))`, choice `e* = argmax(p + balancing_biases)`,
+//! gate weight `w = p[e*]` (unbiased). Experts: `y = w · down(silu(gate x) ⊙ up x)`; the skip route
+//! (`e* = E`) gives `w · x` ([`ModSkip::ScaledIdentity`], the legacy reference) or `0` ([`ModSkip::Zero`]).
+//!
+//! The plain expert path groups the tokens by chosen expert on the host (one sync per MoE layer) and
+//! runs each used expert once over its rows; TurboQuant rows are rotated once and shared by gate and
+//! up (jangtq-format.md §3.6, §4.4).
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::{ModuleParamMut, ModuleParamRef, ModuleParameters, Param};
+use mlx_rs::nested::{NestedHashMap, NestedValue};
+use mlx_rs::ops::indexing::{argmax_axis, take_along_axis, take_axis, IndexOp};
+use mlx_rs::ops::{concatenate, erf, sigmoid, softmax_axis, zeros_dtype};
+use mlx_rs::{Array, Dtype};
+
+use crate::config::ZayaConfig;
+use crate::error::{Result, ZayaError};
+use crate::model::RmsNorm;
+use crate::quant::affine::{self, QuantMode, QuantSpec};
+use crate::quant::linear::{take_float, take_float_opt, QLinear, WeightSource};
+use crate::quant::turboquant::{rotate, TqMatrix};
+use crate::quant::WeightFormat;
+
+/// What the MOD skip route (`e* = num_experts`) outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModSkip {
+    /// `p_skip · x`: the token's normalized hidden state scaled by the route probability (the legacy
+    /// checkpoint's reference semantics, jang_tools, mlx-lm).
+    #[default]
+    ScaledIdentity,
+    /// `0`: no MoE contribution (upstream transformers / vLLM).
+    Zero,
+}
+
+/// Which implementation runs the routed experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpertBackend {
+    /// Plain MLX ops, tokens grouped by expert on the host: the reference path.
+    #[default]
+    Plain,
+    /// The fused mlx-ext TurboQuant switch-GLU primitive (`ext::tq_switch_glu`). Not part of this
+    /// build yet: selecting it is an `InvalidArgument` error at the first TurboQuant MoE layer.
+    Fused,
+}
+
+/// Exact-erf GELU (torch `nn.GELU()` default): `x · (1 + erf(x/√2)) / 2`.
+pub fn gelu(x: &Array) -> Result<Array> {
+    let inner = erf(x.multiply(Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
+    Ok(x.multiply(inner.add(Array::from_f32(1.0))?)?.multiply(Array::from_f32(0.5))?)
+}
+
+/// SiLU `x · σ(x)`.
+pub fn silu(x: &Array) -> Result<Array> {
+    Ok(x.multiply(sigmoid(x)?)?)
+}
+
+/// The router MLP `router_mlp.{0,2,4}` (GELUs at 1 and 3 have no parameters; 4 has no bias).
+#[derive(Debug, Clone)]
+pub struct RouterMlp {
+    pub l0: QLinear,
+    pub l2: QLinear,
+    pub l4: QLinear,
+}
+
+impl RouterMlp {
+    fn items(&self) -> [(&'static str, &QLinear); 3] {
+        [("0", &self.l0), ("2", &self.l2), ("4", &self.l4)]
+    }
+    fn items_mut(&mut self) -> [(&'static str, &mut QLinear); 3] {
+        [("0", &mut self.l0), ("2", &mut self.l2), ("4", &mut self.l4)]
+    }
+}
+
+impl ModuleParameters for RouterMlp {
+    fn num_parameters(&self) -> usize {
+        self.items().iter().map(|(_, l)| l.num_parameters()).sum()
+    }
+    fn parameters(&self) -> ModuleParamRef<'_> {
+        let mut p = NestedHashMap::new();
+        for (k, l) in self.items() {
+            p.insert(Rc::from(k), NestedValue::Map(l.parameters().entries));
+        }
+        p
+    }
+    fn parameters_mut(&mut self) -> ModuleParamMut<'_> {
+        let mut p = NestedHashMap::new();
+        for (k, l) in self.items_mut() {
+            p.insert(Rc::from(k), NestedValue::Map(l.parameters_mut().entries));
+        }
+        p
+    }
+    fn trainable_parameters(&self) -> ModuleParamRef<'_> {
+        let mut p = NestedHashMap::new();
+        for (k, l) in self.items() {
+            p.insert(Rc::from(k), NestedValue::Map(l.trainable_parameters().entries));
+        }
+        p
+    }
+    fn freeze_parameters(&mut self, recursive: bool) {
+        for (_, l) in self.items_mut() {
+            l.freeze_parameters(recursive);
+        }
+    }
+    fn unfreeze_parameters(&mut self, recursive: bool) {
+        for (_, l) in self.items_mut() {
+            l.unfreeze_parameters(recursive);
+        }
+    }
+    fn all_frozen(&self) -> Option<bool> {
+        let mut r = None;
+        for (_, l) in self.items() {
+            match l.all_frozen() {
+                Some(false) => return Some(false),
+                Some(true) => r = Some(true),
+                None => {}
+            }
+        }
+        r
+    }
+    fn any_frozen(&self) -> Option<bool> {
+        let mut r = None;
+        for (_, l) in self.items() {
+            match l.any_frozen() {
+                Some(true) => return Some(true),
+                Some(false) => r = Some(false),
+                None => {}
+            }
+        }
+        r
+    }
+}
+
+/// The router's outputs for N tokens.
+#[derive(Debug, Clone)]
+pub struct RouteOut {
+    /// f32 `[N, E(+1)]` route probabilities.
+    pub probs: Array,
+    /// int32 `[N]`: argmax of `probs + balancing_biases` (`num_experts` = skip).
+    pub choice: Array,
+    /// f32 `[N]`: the unbiased probability of the chosen route.
+    pub score: Array,
+    /// f32 `[N, R]`: the EDA state handed to the next MoE layer (pre-norm `r`).
+    pub state: Array,
+}
+
+/// The MoE router (`zaya_block.router`). Everything is computed in f32.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Router {
+    #[param]
+    pub down_proj: QLinear,
+    #[param]
+    pub rmsnorm_eda: RmsNorm,
+    #[param]
+    pub router_mlp: RouterMlp,
+    #[param]
+    pub balancing_biases: Param<Array>,
+    /// Absent in the first MoE layer.
+    #[param]
+    pub router_states_scale: Param<Option<Array>>,
+    pub num_experts: usize,
+    pub use_eda: bool,
+}
+
+impl Router {
+    /// Loads `{base}.*` (base = `model.layers.{n}.zaya_block.router`).
+    pub fn load(src: &mut WeightSource, base: &str, cfg: &ZayaConfig) -> Result<Self> {
+        let (h, r) = (cfg.hidden_size, cfg.router_hidden_size);
+        let nl = cfg.num_router_logits();
+        let f32 = Dtype::Float32;
+        Ok(Router {
+            down_proj: QLinear::load(src, &format!("{base}.down_proj"), h, r, true, f32)?,
+            rmsnorm_eda: RmsNorm::load(src, &format!("{base}.rmsnorm_eda"), r, cfg.norm_eps, f32)?,
+            router_mlp: RouterMlp {
+                l0: QLinear::load(src, &format!("{base}.router_mlp.0"), r, r, true, f32)?,
+                l2: QLinear::load(src, &format!("{base}.router_mlp.2"), r, r, true, f32)?,
+                l4: QLinear::load(src, &format!("{base}.router_mlp.4"), r, nl, false, f32)?,
+            },
+            balancing_biases: Param::new(take_float(src, &format!("{base}.balancing_biases"), &[nl as i32], f32)?),
+            router_states_scale: Param::new(take_float_opt(src, &format!("{base}.router_states_scale"), &[r as i32], f32)?),
+            num_experts: cfg.num_experts,
+            use_eda: cfg.use_eda,
+        })
+    }
+
+    /// Routes `x` `[N, H]` given the previous MoE layer's state `[N, R]`.
+    pub fn forward(&self, x: &Array, prev_state: Option<&Array>) -> Result<RouteOut> {
+        let mut r = self.down_proj.forward(&x.as_dtype(Dtype::Float32)?)?;
+        if let (true, Some(prev), Some(scale)) = (self.use_eda, prev_state, self.router_states_scale.value.as_ref()) {
+            r = r.add(prev.multiply(scale)?)?;
+        }
+        let n = self.rmsnorm_eda.forward(&r)?;
+        let a1 = gelu(&self.router_mlp.l0.forward(&n)?)?;
+        let a2 = gelu(&self.router_mlp.l2.forward(&a1)?)?;
+        let logits = self.router_mlp.l4.forward(&a2)?;
+        let probs = softmax_axis(&logits, -1, true)?;
+        let choice = argmax_axis(probs.add(&*self.balancing_biases)?, -1, true)?;
+        let score = take_along_axis(&probs, &choice, -1)?.squeeze_axes(&[-1])?;
+        let choice = choice.squeeze_axes(&[-1])?.as_dtype(Dtype::Int32)?;
+        Ok(RouteOut { probs, choice, score, state: r })
+    }
+}
+
+/// One stacked expert projection (`experts.switch_mlp.{gate,up,down}_proj`), `[E, out, in]`, in any
+/// format. Parameter names follow the bundle (`weight`/`scales`/`biases` or `tq_packed`/`tq_norms`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct SwitchProj {
+    #[param]
+    pub weight: Param<Option<Array>>,
+    #[param]
+    pub scales: Param<Option<Array>>,
+    #[param]
+    pub biases: Param<Option<Array>>,
+    #[param]
+    pub tq_packed: Param<Option<Array>>,
+    #[param]
+    pub tq_norms: Param<Option<Array>>,
+    pub format: WeightFormat,
+    pub num_experts: usize,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// TurboQuant sidecar data (codebook f32 `[2^bits]`, signs f32 `[in]`).
+    pub tq_codebook: Option<Array>,
+    pub tq_signs: Option<Array>,
+}
+
+impl SwitchProj {
+    /// Loads `base` (`...switch_mlp.gate_proj` etc.). Float weights and affine scales go to `dtype`.
+    pub fn load(src: &mut WeightSource, base: &str, e: usize, in_f: usize, out_f: usize, dtype: Dtype) -> Result<Self> {
+        let format = if src.has(&format!("{base}.tq_packed")) {
+            match src.format(base, in_f)? {
+                f @ WeightFormat::TurboQuant { .. } => f,
+                other => return Err(src.quant_err(base, format!("has tq_packed but is declared {other:?}"))),
+            }
+        } else {
+            src.format(base, in_f)?
+        };
+        let (ei, oi) = (e as i32, out_f as i32);
+        let mut p = SwitchProj {
+            weight: Param::new(None),
+            scales: Param::new(None),
+            biases: Param::new(None),
+            tq_packed: Param::new(None),
+            tq_norms: Param::new(None),
+            format: format.clone(),
+            num_experts: e,
+            in_features: in_f,
+            out_features: out_f,
+            tq_codebook: None,
+            tq_signs: None,
+        };
+        match format {
+            WeightFormat::Float => {
+                *p.weight = Some(take_float(src, &format!("{base}.weight"), &[ei, oi, in_f as i32], dtype)?);
+            }
+            WeightFormat::Affine { bits, group_size } => {
+                let (b, g) = (bits as usize, group_size as usize);
+                if g == 0 || in_f % g != 0 || (in_f * b) % 32 != 0 {
+                    return Err(src.quant_err(base, format!("in_features {in_f} does not fit {b}-bit groups of {g}")));
+                }
+                *p.weight = Some(src.take_shaped(&format!("{base}.weight"), &[ei, oi, (in_f * b / 32) as i32])?);
+                let gs = [ei, oi, (in_f / g) as i32];
+                *p.scales = Some(take_float(src, &format!("{base}.scales"), &gs, dtype)?);
+                *p.biases = Some(take_float(src, &format!("{base}.biases"), &gs, dtype)?);
+            }
+            WeightFormat::Mxfp4 { group_size } => {
+                if group_size != 32 || in_f % 32 != 0 {
+                    return Err(src.quant_err(base, format!("mxfp4 needs groups of 32 dividing in_features {in_f}")));
+                }
+                *p.weight = Some(src.take_shaped(&format!("{base}.weight"), &[ei, oi, (in_f / 8) as i32])?);
+                *p.scales = Some(src.take_shaped(&format!("{base}.scales"), &[ei, oi, (in_f / 32) as i32])?);
+            }
+            WeightFormat::TurboQuant { bits, in_features, seed } => {
+                if in_features as usize != in_f {
+                    return Err(src.quant_err(base, format!("declared in_features {in_features}, the model needs {in_f}")));
+                }
+                if !(1..=8).contains(&bits) || 32 % bits != 0 {
+                    return Err(src.quant_err(base, format!("{bits}-bit TurboQuant codes are not supported")));
+                }
+                let cols = (in_f * bits as usize).div_ceil(32) as i32;
+                let packed = src.take_shaped(&format!("{base}.tq_packed"), &[ei, oi, cols])?;
+                if packed.dtype() != Dtype::Uint32 {
+                    return Err(ZayaError::Dtype {
+                        name: format!("{base}.tq_packed"),
+                        file: src.origin().to_string(),
+                        expected: "uint32".into(),
+                        found: format!("{:?}", packed.dtype()),
+                    });
+                }
+                *p.tq_packed = Some(packed);
+                *p.tq_norms = Some(take_float(src, &format!("{base}.tq_norms"), &[ei, oi], Dtype::Float32)?);
+                let cb = src.tq_codebook(in_features, bits)?;
+                let signs = src.tq_signs(in_features, seed)?;
+                if cb.shape() != [1 << bits] || signs.shape() != [in_f as i32] {
+                    return Err(ZayaError::MissingSidecar(format!(
+                        "codebook/signs for {base} have shapes {:?}/{:?}, expected [{}]/[{in_f}]",
+                        cb.shape(),
+                        signs.shape(),
+                        1 << bits
+                    )));
+                }
+                p.tq_codebook = Some(cb.as_dtype(Dtype::Float32)?);
+                p.tq_signs = Some(signs.as_dtype(Dtype::Float32)?);
+            }
+        }
+        Ok(p)
+    }
+
+    /// The TurboQuant view of this projection, if it is TurboQuant.
+    pub fn tq(&self) -> Option<TqMatrix> {
+        match self.format {
+            WeightFormat::TurboQuant { bits, .. } => Some(TqMatrix {
+                packed: self.tq_packed.value.as_ref().unwrap().clone(),
+                norms: self.tq_norms.value.as_ref().unwrap().clone(),
+                codebook: self.tq_codebook.clone().unwrap(),
+                signs: self.tq_signs.clone().unwrap(),
+                bits,
+                in_features: self.in_features,
+                out_features: self.out_features,
+            }),
+            _ => None,
+        }
+    }
+
+    fn quant_spec(&self) -> Option<QuantSpec> {
+        match self.format {
+            WeightFormat::Affine { bits, group_size } => {
+                Some(QuantSpec { mode: QuantMode::Affine, bits: bits as i32, group_size: group_size as i32 })
+            }
+            WeightFormat::Mxfp4 { group_size } => Some(QuantSpec { mode: QuantMode::Mxfp4, bits: 4, group_size: group_size as i32 }),
+            _ => None,
+        }
+    }
+
+    /// `x [N, in] → [N, out]` through expert `e` (non-TurboQuant formats).
+    fn matmul(&self, x: &Array, e: i32) -> Result<Array> {
+        let w = self.weight.value.as_ref().expect("float/affine weight").index(e);
+        match self.quant_spec() {
+            None => Ok(x.matmul(w.t())?),
+            Some(spec) => {
+                let s = self.scales.value.as_ref().unwrap().index(e);
+                let b = self.biases.value.as_ref().map(|b| b.index(e));
+                affine::matmul_t(x, &w, &s, b.as_ref(), spec)
+            }
+        }
+    }
+}
+
+/// `experts.switch_mlp`: the stacked SwiGLU experts.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct SwitchMlp {
+    #[param]
+    pub gate_proj: SwitchProj,
+    #[param]
+    pub up_proj: SwitchProj,
+    #[param]
+    pub down_proj: SwitchProj,
+}
+
+impl SwitchMlp {
+    /// `down_e(silu(gate_e x) ⊙ up_e x)` for rows `x [n, H]` that all chose expert `e`; f32 or
+    /// the compute dtype depending on the format.
+    fn expert(&self, x: &Array, e: i32) -> Result<Array> {
+        match (self.gate_proj.tq(), self.up_proj.tq(), self.down_proj.tq()) {
+            (Some(g), Some(u), Some(d)) => {
+                // one rotation shared by gate and up when they use the same signs (always for ZAYA)
+                let xr = rotate(x, &g.signs)?;
+                let xu = if same_rotation(&self.gate_proj.format, &self.up_proj.format) { xr.clone() } else { rotate(x, &u.signs)? };
+                let a = silu(&g.matmul_rotated(&xr, e)?)?.multiply(u.matmul_rotated(&xu, e)?)?;
+                d.matmul(&a, e)
+            }
+            (None, None, None) => {
+                let g = self.gate_proj.matmul(x, e)?;
+                let u = self.up_proj.matmul(x, e)?;
+                let a = silu(&g)?.multiply(&u)?;
+                self.down_proj.matmul(&a, e)
+            }
+            _ => Err(ZayaError::InvalidArgument(
+                "mixing TurboQuant and other formats inside one expert set is not supported".into(),
+            )),
+        }
+    }
+
+    fn is_turboquant(&self) -> bool {
+        matches!(self.gate_proj.format, WeightFormat::TurboQuant { .. })
+    }
+}
+
+/// Gate and up read the same sidecar sign vector (same in_features and seed), so one rotation of
+/// the input serves both.
+fn same_rotation(a: &WeightFormat, b: &WeightFormat) -> bool {
+    matches!((a, b), (WeightFormat::TurboQuant { in_features: ia, seed: sa, .. },
+                      WeightFormat::TurboQuant { in_features: ib, seed: sb, .. }) if ia == ib && sa == sb)
+}
+
+/// `zaya_block.experts` (only holds `switch_mlp`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Experts {
+    #[param]
+    pub switch_mlp: SwitchMlp,
+}
+
+/// Options of the MoE forward.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MoeOptions {
+    pub mod_skip: ModSkip,
+    pub backend: ExpertBackend,
+}
+
+/// Result of one MoE half-layer.
+pub struct MoeOut {
+    /// `[N, H]` in the input dtype: `h_n`.
+    pub y: Array,
+    /// EDA state for the next MoE layer, f32 `[N, R]`.
+    pub state: Array,
+    /// int32 `[N]` chosen route (`num_experts` = skip).
+    pub route: Array,
+    /// How many of the N tokens took the skip route.
+    pub skipped: usize,
+}
+
+/// A MoE half-layer (`model.layers.{n}.zaya_block`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct ZayaMoe {
+    #[param]
+    pub router: Router,
+    #[param]
+    pub experts: Experts,
+    pub num_experts: usize,
+}
+
+impl ZayaMoe {
+    /// Loads `base` = `model.layers.{n}.zaya_block`; float expert weights go to `dtype`.
+    pub fn load(src: &mut WeightSource, base: &str, cfg: &ZayaConfig, dtype: Dtype) -> Result<Self> {
+        let router = Router::load(src, &format!("{base}.router"), cfg)?;
+        let (e, h, i) = (cfg.num_experts, cfg.hidden_size, cfg.expert_intermediate_size);
+        let sm = format!("{base}.experts.switch_mlp");
+        let switch_mlp = SwitchMlp {
+            gate_proj: SwitchProj::load(src, &format!("{sm}.gate_proj"), e, h, i, dtype)?,
+            up_proj: SwitchProj::load(src, &format!("{sm}.up_proj"), e, h, i, dtype)?,
+            down_proj: SwitchProj::load(src, &format!("{sm}.down_proj"), e, i, h, dtype)?,
+        };
+        let tq = [&switch_mlp.gate_proj, &switch_mlp.up_proj, &switch_mlp.down_proj]
+            .iter()
+            .filter(|p| matches!(p.format, WeightFormat::TurboQuant { .. }))
+            .count();
+        if tq != 0 && tq != 3 {
+            return Err(src.quant_err(&sm, "gate/up/down must all be TurboQuant or none".into()));
+        }
+        Ok(ZayaMoe { router, experts: Experts { switch_mlp }, num_experts: e })
+    }
+
+    /// `x [N, H]` (the input_norm output) → `h_n [N, H]`, given the previous MoE layer's state.
+    pub fn forward(&self, x: &Array, prev_state: Option<&Array>, opts: MoeOptions) -> Result<MoeOut> {
+        let route = self.router.forward(x, prev_state)?;
+        let sm = &self.experts.switch_mlp;
+        if opts.backend == ExpertBackend::Fused && sm.is_turboquant() {
+            return Err(ZayaError::InvalidArgument(
+                "the fused TurboQuant expert backend is not available in this build; use the plain backend".into(),
+            ));
+        }
+        let n = x.shape()[0] as usize;
+        let e_count = self.num_experts as i32;
+        route.choice.eval()?;
+        let choice: Vec<i32> = route.choice.as_slice::<i32>().to_vec();
+
+        // group rows by expert (BTreeMap: deterministic expert order)
+        let mut groups: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+        for (row, &c) in choice.iter().enumerate() {
+            if c < e_count {
+                groups.entry(c).or_default().push(row as u32);
+            }
+        }
+        let skipped = n - groups.values().map(Vec::len).sum::<usize>();
+        let out_dtype = x.dtype();
+        let score = route.score.expand_dims(-1)?; // [N, 1] f32
+
+        let expert_y = if groups.is_empty() {
+            None
+        } else if groups.len() == 1 && skipped == 0 {
+            let (&e, _) = groups.iter().next().unwrap();
+            Some(sm.expert(x, e)?)
+        } else {
+            let mut parts = Vec::with_capacity(groups.len() + 1);
+            let mut position = HashMap::with_capacity(n);
+            let mut next = 0u32;
+            for (&e, rows) in &groups {
+                let idx = Array::from_slice(rows, &[rows.len() as i32]);
+                parts.push(sm.expert(&take_axis(x, &idx, 0)?, e)?);
+                for &r in rows {
+                    position.insert(r, next);
+                    next += 1;
+                }
+            }
+            let h = *x.shape().last().unwrap();
+            let dt = parts[0].dtype();
+            parts.push(zeros_dtype(&[1, h], dt)?); // row `next`: skip tokens
+            let gather: Vec<u32> = (0..n as u32).map(|r| *position.get(&r).unwrap_or(&next)).collect();
+            let all = concatenate(&parts, 0)?;
+            Some(take_axis(&all, Array::from_slice(&gather, &[n as i32]), 0)?)
+        };
+
+        let y = match (expert_y, skipped) {
+            (Some(ey), 0) => ey.multiply(&score)?,
+            (ey, _) => {
+                let skip_value = match opts.mod_skip {
+                    ModSkip::ScaledIdentity => x.multiply(&score)?,
+                    ModSkip::Zero => zeros_dtype(x.shape(), Dtype::Float32)?,
+                };
+                match ey {
+                    None => skip_value,
+                    Some(ey) => {
+                        let active = route.choice.lt(Array::from_int(e_count))?.expand_dims(-1)?;
+                        mlx_rs::ops::select(&active, ey.multiply(&score)?, skip_value)?
+                    }
+                }
+            }
+        };
+        let y = if y.dtype() == out_dtype { y } else { y.as_dtype(out_dtype)? };
+        Ok(MoeOut { y, state: route.state, route: route.choice, skipped })
+    }
+}

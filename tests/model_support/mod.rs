@@ -89,13 +89,13 @@ pub fn build(dir: &Path, opts: ModelOptions) -> ZayaModel {
 }
 
 pub fn to_vec_f32(a: &Array) -> Vec<f32> {
-    let a = a.as_dtype(Dtype::Float32).unwrap();
+    let a = a.as_dtype(Dtype::Float32).unwrap().contiguous().unwrap();
     a.eval().unwrap();
     a.as_slice::<f32>().to_vec()
 }
 
 pub fn to_vec_i32(a: &Array) -> Vec<i32> {
-    let a = a.as_dtype(Dtype::Int32).unwrap();
+    let a = a.as_dtype(Dtype::Int32).unwrap().contiguous().unwrap();
     a.eval().unwrap();
     a.as_slice::<i32>().to_vec()
 }

@@ -48,6 +48,10 @@ PRESETS = {
     "skip": dict(hidden_size=64, num_hidden_layers=6, num_attention_heads=4, cca_num_q_heads=4,
                  num_key_value_heads=2, num_query_groups=2, kv_channels=16, num_experts=4,
                  ffn_hidden_size=128, zaya_mlp_expansion=32, vocab_size=256),
+    # the real per-layer dimensions of ZAYA1-8B (one attention + one MoE half-layer), small vocab.
+    "real": dict(hidden_size=2048, num_hidden_layers=2, num_attention_heads=8, cca_num_q_heads=8,
+                 num_key_value_heads=2, num_query_groups=2, kv_channels=128, num_experts=16,
+                 ffn_hidden_size=4096, zaya_mlp_expansion=256, vocab_size=1024),
 }
 GROUP = 32
 T = 13

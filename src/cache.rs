@@ -100,6 +100,8 @@ pub struct ModelCache {
     /// Per half-layer: tokens that took the MOD skip route / tokens routed (MoE layers only).
     skip_counts: Vec<u64>,
     routed_counts: Vec<u64>,
+    /// Set when a forward failed after it had started updating layer states.
+    poisoned: bool,
 }
 
 impl ModelCache {
@@ -117,6 +119,7 @@ impl ModelCache {
             kv_step: kv_step.max(1),
             skip_counts: vec![0; cfg.num_hidden_layers],
             routed_counts: vec![0; cfg.num_hidden_layers],
+            poisoned: false,
         }
     }
 
@@ -144,6 +147,17 @@ impl ModelCache {
         self.batch = None;
         self.skip_counts.iter_mut().for_each(|c| *c = 0);
         self.routed_counts.iter_mut().for_each(|c| *c = 0);
+        self.poisoned = false;
+    }
+
+    /// True after a forward failed midway: some layers saw the failed tokens, others did not, so
+    /// the cache must be [`reset`](Self::reset) or [`restore`](Self::restore)d before further use.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub(crate) fn poison(&mut self) {
+        self.poisoned = true;
     }
 
     /// A snapshot to [`restore`](Self::restore) later (cheap: arrays are shared; later updates of

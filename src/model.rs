@@ -220,6 +220,17 @@ pub struct ZayaModel {
     options: ModelOptions,
 }
 
+/// Backends this build can run (the fused kernels are wired in when mlx-ext provides them).
+fn check_backends(o: &ModelOptions, has_tq_experts: bool) -> Result<()> {
+    if o.linear_backend == LinearBackend::Fused {
+        return Err(ZayaError::InvalidArgument("the fused affine linear backend is not available in this build".into()));
+    }
+    if o.expert_backend == ExpertBackend::Fused && has_tq_experts {
+        return Err(ZayaError::InvalidArgument("the fused TurboQuant expert backend is not available in this build".into()));
+    }
+    Ok(())
+}
+
 fn check_options(o: &ModelOptions) -> Result<()> {
     if !matches!(o.dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
         return Err(ZayaError::InvalidArgument(format!("compute dtype {:?} unsupported (f32, bf16, f16)", o.dtype)));
@@ -274,7 +285,9 @@ impl ZayaModel {
             Some(l)
         };
         src.finish()?;
-        Ok(ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options })
+        let model = ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options };
+        check_backends(&options, model.has_turboquant_experts())?;
+        Ok(model)
     }
 
     /// The model configuration.
@@ -294,8 +307,14 @@ impl ZayaModel {
         if options.dtype != self.options.dtype || options.linear_backend != self.options.linear_backend {
             return Err(ZayaError::InvalidArgument("dtype and linear backend are fixed when the model is built".into()));
         }
+        check_backends(&options, self.has_turboquant_experts())?;
         self.options = options;
         Ok(())
+    }
+
+    /// True when the routed experts are stored as TurboQuant.
+    pub fn has_turboquant_experts(&self) -> bool {
+        self.model.layers.iter().filter_map(|l| l.zaya_block.as_ref()).any(|m| m.experts.switch_mlp.is_turboquant())
     }
 
     /// A fresh cache for this model (KV growth step from the options).
@@ -353,14 +372,26 @@ impl ZayaModel {
     /// carries every state across chunks in `cache`, evaluates each chunk, and optionally captures
     /// per-layer tensors.
     pub fn forward_with(&self, tokens: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
-        let ids = self.check_tokens(tokens, cache)?;
-        let (b, t) = (ids.shape()[0], ids.shape()[1]);
-        cache.bind_batch(b as usize)?;
-        let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk);
-        if chunk == 0 {
+        if cache.is_poisoned() {
+            return Err(ZayaError::InvalidArgument(
+                "the cache is inconsistent after a failed forward; reset it or restore a snapshot".into(),
+            ));
+        }
+        if opts.chunk == Some(0) {
             return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
         }
-        let chunk = chunk as i32;
+        let ids = self.check_tokens(tokens, cache)?;
+        let out = self.forward_checked(&ids, cache, opts);
+        if out.is_err() {
+            cache.poison();
+        }
+        out
+    }
+
+    fn forward_checked(&self, ids: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        cache.bind_batch(b as usize)?;
+        let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk) as i32;
         let mut logits_parts = Vec::new();
         let mut captures: Vec<LayerCapture> = Vec::new();
         let mut start = 0i32;

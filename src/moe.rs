@@ -25,7 +25,7 @@ use crate::error::{Result, ZayaError};
 use crate::model::RmsNorm;
 use crate::quant::affine::{self, QuantMode, QuantSpec};
 use crate::quant::linear::{take_float, take_float_opt, QLinear, WeightSource};
-use crate::quant::turboquant::{rotate, TqMatrix};
+use crate::quant::turboquant::{halfword_lut, rotate, TqMatrix};
 use crate::quant::WeightFormat;
 
 /// What the MOD skip route (`e* = num_experts`) outputs.
@@ -225,9 +225,11 @@ pub struct SwitchProj {
     pub num_experts: usize,
     pub in_features: usize,
     pub out_features: usize,
-    /// TurboQuant sidecar data (codebook f32 `[2^bits]`, signs f32 `[in]`).
+    /// TurboQuant sidecar data (codebook f32 `[2^bits]`, signs f32 `[in]`) and the codebook's
+    /// halfword lookup table (`turboquant::halfword_lut`).
     pub tq_codebook: Option<Array>,
     pub tq_signs: Option<Array>,
+    pub tq_lut: Option<Array>,
 }
 
 impl SwitchProj {
@@ -254,6 +256,7 @@ impl SwitchProj {
             out_features: out_f,
             tq_codebook: None,
             tq_signs: None,
+            tq_lut: None,
         };
         match format {
             WeightFormat::Float => {
@@ -305,7 +308,9 @@ impl SwitchProj {
                         1 << bits
                     )));
                 }
-                p.tq_codebook = Some(cb.as_dtype(Dtype::Float32)?);
+                let cb = cb.as_dtype(Dtype::Float32)?;
+                p.tq_lut = Some(halfword_lut(&cb, bits)?);
+                p.tq_codebook = Some(cb);
                 p.tq_signs = Some(signs.as_dtype(Dtype::Float32)?);
             }
         }
@@ -323,6 +328,7 @@ impl SwitchProj {
                 bits,
                 in_features: self.in_features,
                 out_features: self.out_features,
+                lut: self.tq_lut.clone(),
             }),
             _ => None,
         }
@@ -387,7 +393,8 @@ impl SwitchMlp {
         }
     }
 
-    fn is_turboquant(&self) -> bool {
+    /// True when the experts are TurboQuant.
+    pub fn is_turboquant(&self) -> bool {
         matches!(self.gate_proj.format, WeightFormat::TurboQuant { .. })
     }
 }

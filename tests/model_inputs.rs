@@ -6,7 +6,8 @@ mod model_support;
 
 use mlx_rs::{Array, Dtype};
 use model_support::*;
-use zaya_mlx::model::{ModelOptions, ZayaModel};
+use zaya_mlx::model::{ForwardOptions, ModelOptions, ZayaModel};
+use zaya_mlx::moe::ExpertBackend;
 use zaya_mlx::moe::ModSkip;
 use zaya_mlx::ZayaError;
 
@@ -59,6 +60,16 @@ fn batch_mismatch_and_bad_options_are_typed_errors() {
     let (cfg, w) = load_weights(&dir);
     let e = ZayaModel::from_weights(cfg, w, ModelOptions { dtype: Dtype::Int32, ..Default::default() }, "t").unwrap_err();
     assert!(matches!(e, ZayaError::InvalidArgument(_)), "{e}");
+    let e = model.forward_with(&Array::from_slice(&[2u32], &[1]), &mut c, ForwardOptions { chunk: Some(0), ..Default::default() }).unwrap_err();
+    assert!(matches!(e, ZayaError::InvalidArgument(_)), "{e}");
+    assert!(!c.is_poisoned());
+    // backends this build does not have are refused up front, not in the middle of a forward
+    let mut m2 = build(&dir, ModelOptions::default());
+    let e = m2.set_options(ModelOptions { expert_backend: ExpertBackend::Fused, ..Default::default() }).unwrap_err();
+    assert!(matches!(e, ZayaError::InvalidArgument(_)), "{e}");
+    let e = m2.set_options(ModelOptions { dtype: Dtype::Bfloat16, ..Default::default() }).unwrap_err();
+    assert!(matches!(e, ZayaError::InvalidArgument(_)), "{e}");
+    m2.set_options(ModelOptions { mod_skip: ModSkip::Zero, prefill_chunk: 3, ..Default::default() }).unwrap();
 }
 
 #[test]

@@ -108,15 +108,18 @@ fn turboquant_matmul_matches_f64_dequantized_weights() {
     let mut cb: Vec<f32> = (0..16).map(|_| rng.gen_range(-0.3..0.3)).collect();
     cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let s = signs(&mut rng, inf);
-    let m = TqMatrix {
-        packed: Array::from_slice(&packed, &[e as i32, out as i32, (inf / 8) as i32]),
-        norms: Array::from_slice(&norms, &[e as i32, out as i32]),
-        codebook: Array::from_slice(&cb, &[16]),
-        signs: Array::from_slice(&s, &[inf as i32]),
+    let m = TqMatrix::new(
+        Array::from_slice(&packed, &[e as i32, out as i32, (inf / 8) as i32]),
+        Array::from_slice(&norms, &[e as i32, out as i32]),
+        Array::from_slice(&cb, &[16]),
+        Array::from_slice(&s, &[inf as i32]),
         bits,
-        in_features: inf,
-        out_features: out,
-    };
+        inf,
+        out,
+    )
+    .unwrap();
+    // the code-by-code unpacking path (no lookup table) must agree exactly
+    let plain = TqMatrix { lut: None, ..m.clone() };
     let n = 4;
     let x: Vec<f32> = (0..n * inf).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let s64: Vec<f64> = s.iter().map(|&v| v as f64).collect();
@@ -137,6 +140,7 @@ fn turboquant_matmul_matches_f64_dequantized_weights() {
         let got = host(&m.matmul(&Array::from_slice(&x, &[n as i32, inf as i32]), ex as i32).unwrap());
         let err = rel_err(&got, &want);
         assert!(err < 1e-5, "expert {ex}: rel err {err}");
+        assert_eq!(host(&m.rotated_codes_weight(ex as i32).unwrap()), host(&plain.rotated_codes_weight(ex as i32).unwrap()));
         let deq = host(&m.dequantized_expert(ex as i32).unwrap());
         let err = rel_err(&deq, &w.concat());
         assert!(err < 1e-5, "dequantized expert {ex}: rel err {err}");

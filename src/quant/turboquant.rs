@@ -75,6 +75,28 @@ pub fn unpack_codes(packed: &Array, bits: u32, in_features: usize) -> Result<Arr
     }
 }
 
+/// The 16-bit lookup table of a codebook: row `h` holds the `16/bits` codebook values of the codes
+/// packed LSB-first in the halfword `h`, f32 `[65536, 16/bits]`. Dequantizing through it takes one
+/// gather per halfword instead of one per code.
+pub fn halfword_lut(codebook: &Array, bits: u32) -> Result<Array> {
+    if !matches!(bits, 1 | 2 | 4 | 8) {
+        return Err(ZayaError::InvalidArgument(format!("TurboQuant bits {bits} unsupported (need 1, 2, 4 or 8)")));
+    }
+    if codebook.shape() != [1 << bits] {
+        return Err(ZayaError::InvalidArgument(format!(
+            "codebook has shape {:?}, expected [{}] for {bits} bits",
+            codebook.shape(),
+            1 << bits
+        )));
+    }
+    let h: Vec<u32> = (0..65536u32).collect();
+    let h = Array::from_slice(&h, &[65536, 1]);
+    let per = (16 / bits) as usize;
+    let pows: Vec<u32> = (0..per).map(|k| 1u32 << (k as u32 * bits)).collect();
+    let codes = remainder(floor_divide(&h, Array::from_slice(&pows, &[1, per as i32]))?, Array::from_slice(&[1u32 << bits], &[1]))?;
+    Ok(take(&codebook.as_dtype(Dtype::Float32)?, &codes)?)
+}
+
 /// One stacked TurboQuant projection `[E, out, in]` (`tq_packed` + `tq_norms`) with its sidecar
 /// codebook and signs.
 #[derive(Debug, Clone)]
@@ -90,14 +112,38 @@ pub struct TqMatrix {
     pub bits: u32,
     pub in_features: usize,
     pub out_features: usize,
+    /// [`halfword_lut`] of the codebook (built by [`TqMatrix::new`]); `None` unpacks code by code.
+    pub lut: Option<Array>,
 }
 
 impl TqMatrix {
+    /// A projection with its lookup table precomputed.
+    pub fn new(packed: Array, norms: Array, codebook: Array, signs: Array, bits: u32, in_features: usize, out_features: usize) -> Result<Self> {
+        let lut = Some(halfword_lut(&codebook, bits)?);
+        Ok(TqMatrix { packed, norms, codebook, signs, bits, in_features, out_features, lut })
+    }
+
     /// Rotated-domain weight of expert `e` without norms: `C[codes[e]]`, f32 `[out, in]`.
     pub fn rotated_codes_weight(&self, e: i32) -> Result<Array> {
         let packed_e = take_axis(&self.packed, Array::from_int(e), 0)?;
-        let codes = unpack_codes(&packed_e, self.bits, self.in_features)?;
-        Ok(take(&self.codebook, &codes)?)
+        match &self.lut {
+            Some(lut) => {
+                // little-endian: halfword 2k is the low half of word k, so LSB-first order holds
+                let cols = packed_e.shape()[1];
+                let halves = packed_e.view::<u16>()?.reshape(&[self.out_features as i32, cols * 2])?;
+                let per = lut.shape()[1];
+                let w = take_axis(lut, &halves, 0)?.reshape(&[self.out_features as i32, cols * 2 * per])?;
+                if (cols * 2 * per) as usize == self.in_features {
+                    Ok(w)
+                } else {
+                    Ok(w.index((.., 0..self.in_features as i32)))
+                }
+            }
+            None => {
+                let codes = unpack_codes(&packed_e, self.bits, self.in_features)?;
+                Ok(take(&self.codebook, &codes)?)
+            }
+        }
     }
 
     /// `y = norms[e] ⊙ (C[codes[e]] · x_rot)` for already-rotated rows `x_rot` f32 `[N, in]` → `[N, out]`.

@@ -391,7 +391,7 @@ impl ZayaModel {
     fn forward_checked(&self, ids: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         cache.bind_batch(b as usize)?;
-        let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk) as i32;
+        let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk).clamp(1, t as usize) as i32;
         let mut logits_parts = Vec::new();
         let mut captures: Vec<LayerCapture> = Vec::new();
         let mut start = 0i32;

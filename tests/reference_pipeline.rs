@@ -332,6 +332,10 @@ fn check_meta(fx: &Fixture) {
     let sv = &meta["source_vs_bundle_f32"];
     // 4-bit experts: the bundle's logits stay near the float source's (jangtq-format.md §5.2)
     assert!(sv["max_abs_diff"].as_f64().unwrap() < 0.5 * sv["max_abs_logit"].as_f64().unwrap(), "{sv}");
+    assert!(2 * sv["argmax_agree"].as_u64().unwrap() >= m.t as u64, "{sv}");
+    // 4-bit TurboQuant of Gaussian rows: relative RMS error ≈ 0.1 (jangtq-format.md §3.5)
+    let e = meta["expert_dequant_max_rel_rms_error"].as_f64().unwrap();
+    assert!((0.05..0.15).contains(&e), "expert dequantization error {e}");
 }
 
 #[test]
@@ -410,4 +414,19 @@ fn missing_venv_names_the_setup_script() {
 #[should_panic(expected = "unknown fixture `nope`")]
 fn unknown_fixture_name_panics_with_the_known_names() {
     fixture("nope");
+}
+
+#[test]
+fn decode_stream_reproduces_the_reference_greedy_ids() {
+    let fx = fixture("tiny");
+    let r = read_all(&fx.reference);
+    let ids: Vec<String> = r["token_ids"].to_i64().iter().map(|i| i.to_string()).collect();
+    let greedy = r["greedy_ids"].to_i64();
+    let script = common::reference_dir().join("decode_stream.py");
+    let bundle = fx.bundle.to_str().unwrap();
+    let n = greedy.len().to_string();
+    let out = common::run_python(&script, &[bundle, "--ids", &ids.join(","), "--max-new", &n]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("decode_stream prints one JSON object");
+    let got: Vec<i64> = v["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    assert_eq!(got, greedy);
 }

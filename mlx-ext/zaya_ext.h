@@ -36,6 +36,10 @@ const char* zaya_ext_version(void);
 int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u, mlx_array state, mlx_array w0,
                   mlx_array b0, mlx_array w1, mlx_array b1, int mode, mlx_stream stream);
 
+// Counts the unevaluated primitive nodes reachable from `outs` (siblings once) and how many of them
+// are dtype casts (AsType). For benchmarks: graph nodes evaluated per decode step.
+int zaya_graph_nodes(const mlx_array* outs, size_t n, int64_t* nodes, int64_t* casts);
+
 #ifdef __cplusplus
 }
 #endif

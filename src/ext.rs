@@ -27,6 +27,7 @@ extern "C" {
         mode: c_int,
         stream: mlx_stream,
     ) -> c_int;
+    fn zaya_graph_nodes(outs: *const mlx_array, n: usize, nodes: *mut i64, casts: *mut i64) -> c_int;
 }
 
 /// Which implementation of an extension op to build.
@@ -128,4 +129,25 @@ pub fn cca_conv(
             s,
         )
     })
+}
+
+/// Size of a lazy graph: unevaluated primitive nodes reachable from some outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GraphStats {
+    /// Primitive nodes an evaluation of the outputs will run (multi-output nodes counted once).
+    pub nodes: i64,
+    /// How many of them are dtype casts (`AsType`).
+    pub casts: i64,
+}
+
+/// Counts the nodes that evaluating `outputs` would run (call before `eval`).
+pub fn graph_nodes(outputs: &[&Array]) -> Result<GraphStats> {
+    let handles: Vec<mlx_array> = outputs.iter().map(|a| a.as_ptr()).collect();
+    let mut st = GraphStats::default();
+    // SAFETY: the handles stay alive (borrowed) for the duration of the call.
+    let rc = unsafe { zaya_graph_nodes(handles.as_ptr(), handles.len(), &mut st.nodes, &mut st.casts) };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(st)
 }

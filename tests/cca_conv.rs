@@ -148,3 +148,4 @@ fn bad_inputs_are_errors_not_aborts() {
     let e = cca_conv(&u, &st, &w0, &b0, &w1_pt, &b1, ExtMode::Auto).unwrap_err().to_string();
     assert!(e.contains("conv_qk.1.weight"), "{e}");
 }
+

@@ -4,10 +4,11 @@
 //! name; chunked prefill and one-token decode over a [`ModelCache`]; optional per-layer capture of
 //! hidden states, residuals and routes for parity checks.
 //!
-//! Dtype policy: the residual stream, the final norm, the logits, the router, the q/k
-//! normalisation, attention, the CCA conv and its state are f32 always; the input norms' outputs, the
-//! linear projections and the experts run in [`ModelOptions::dtype`] (f32 default, bf16/f16 allowed).
-//! Float weights are converted to their compute dtype once, when the model is built.
+//! Dtype policy: the residual stream, the RMSNorms, the final norm, the logits, the router (and its
+//! input, the f32 input_norm output), the q/k normalisation, attention, the CCA conv and its state
+//! are f32 always; the linear projections and the experts run in [`ModelOptions::dtype`] (f32
+//! default, bf16/f16 allowed) on the input_norm output rounded once to that dtype. Float weights
+//! are converted to their compute dtype once, when the model is built.
 use std::collections::BTreeMap;
 
 use mlx_rs::macros::ModuleParameters;
@@ -262,7 +263,7 @@ impl ZayaModel {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for n in 0..cfg.num_hidden_layers {
             let base = format!("model.layers.{n}");
-            let input_norm = RmsNorm::load(&mut src, &format!("{base}.input_norm"), h, cfg.norm_eps, dt)?;
+            let input_norm = RmsNorm::load(&mut src, &format!("{base}.input_norm"), h, cfg.norm_eps, f32)?;
             let res_scale = ResScale::load(&mut src, &format!("{base}.res_scale"), h, n > 0)?;
             let (self_attn, zaya_block) = if n % 2 == 0 {
                 let mut a = CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?;
@@ -459,6 +460,7 @@ impl ZayaModel {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let hdim = self.config.hidden_size as i32;
         let offset = cache.offset();
+        let dt = self.options.dtype;
         let cca_opts = CcaOptions { conv_mode: self.options.conv_mode, kv_step: cache.kv_step() };
         let moe_opts = MoeOptions { mod_skip: self.options.mod_skip, backend: self.options.expert_backend };
         let mut cap = capture.then(LayerCapture::default);
@@ -469,7 +471,9 @@ impl ZayaModel {
         for layer in &self.model.layers {
             let n = layer.index;
             let r = layer.res_scale.merge(residual.as_ref(), &h)?;
-            let x = layer.input_norm.forward(&r)?;
+            // the norm in f32; the router reads it in f32, projections and experts in the compute dtype
+            let x32 = layer.input_norm.forward(&r)?;
+            let x = if x32.dtype() == dt { x32.clone() } else { x32.as_dtype(dt)? };
             if let Some(c) = cap.as_mut() {
                 c.residual.push(r.clone());
             }
@@ -478,7 +482,7 @@ impl ZayaModel {
                 attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
             } else {
                 let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
-                let out = moe.forward(&x.reshape(&[b * t, hdim])?, router_state.as_ref(), moe_opts)?;
+                let out = moe.forward(&x.reshape(&[b * t, hdim])?, &x32.reshape(&[b * t, hdim])?, router_state.as_ref(), moe_opts)?;
                 cache.count_routes(n, (b * t) as usize, out.skipped);
                 if let Some(c) = cap.as_mut() {
                     c.routes.insert(n, out.route.reshape(&[b, t])?);

@@ -233,7 +233,8 @@ pub struct SwitchProj {
 }
 
 impl SwitchProj {
-    /// Loads `base` (`...switch_mlp.gate_proj` etc.). Float weights and affine scales go to `dtype`.
+    /// Loads `base` (`...switch_mlp.gate_proj` etc.). Float weights go to `dtype`, affine scales and
+    /// biases to f32.
     pub fn load(src: &mut WeightSource, base: &str, e: usize, in_f: usize, out_f: usize, dtype: Dtype) -> Result<Self> {
         let format = if src.has(&format!("{base}.tq_packed")) {
             match src.format(base, in_f)? {
@@ -269,8 +270,9 @@ impl SwitchProj {
                 }
                 *p.weight = Some(src.take_shaped(&format!("{base}.weight"), &[ei, oi, (in_f * b / 32) as i32])?);
                 let gs = [ei, oi, (in_f / g) as i32];
-                *p.scales = Some(take_float(src, &format!("{base}.scales"), &gs, dtype)?);
-                *p.biases = Some(take_float(src, &format!("{base}.biases"), &gs, dtype)?);
+                // f32: quantized matmuls accumulate in f32 (see QLinear)
+                *p.scales = Some(take_float(src, &format!("{base}.scales"), &gs, Dtype::Float32)?);
+                *p.biases = Some(take_float(src, &format!("{base}.biases"), &gs, Dtype::Float32)?);
             }
             WeightFormat::Mxfp4 { group_size } => {
                 if group_size != 32 || in_f % 32 != 0 {
@@ -352,7 +354,8 @@ impl SwitchProj {
             Some(spec) => {
                 let s = self.scales.value.as_ref().unwrap().index(e);
                 let b = self.biases.value.as_ref().map(|b| b.index(e));
-                affine::matmul_t(x, &w, &s, b.as_ref(), spec)
+                let xf = if x.dtype() == Dtype::Float32 { x.clone() } else { x.as_dtype(Dtype::Float32)? };
+                affine::matmul_t(&xf, &w, &s, b.as_ref(), spec)
             }
         }
     }
@@ -463,9 +466,11 @@ impl ZayaMoe {
         Ok(ZayaMoe { router, experts: Experts { switch_mlp }, num_experts: e })
     }
 
-    /// `x [N, H]` (the input_norm output) → `h_n [N, H]`, given the previous MoE layer's state.
-    pub fn forward(&self, x: &Array, prev_state: Option<&Array>, opts: MoeOptions) -> Result<MoeOut> {
-        let route = self.router.forward(x, prev_state)?;
+    /// `x [N, H]` (the input_norm output in the compute dtype) → `h_n [N, H]`, given the previous
+    /// MoE layer's state. `x_router` is the same input in f32 (the router always runs in f32; pass
+    /// `x` itself when it is f32).
+    pub fn forward(&self, x: &Array, x_router: &Array, prev_state: Option<&Array>, opts: MoeOptions) -> Result<MoeOut> {
+        let route = self.router.forward(x_router, prev_state)?;
         let sm = &self.experts.switch_mlp;
         if opts.backend == ExpertBackend::Fused && sm.is_turboquant() {
             return Err(ZayaError::InvalidArgument(
@@ -517,7 +522,7 @@ impl ZayaMoe {
             (Some(ey), 0) => ey.multiply(&score)?,
             (ey, _) => {
                 let skip_value = match opts.mod_skip {
-                    ModSkip::ScaledIdentity => x.multiply(&score)?,
+                    ModSkip::ScaledIdentity => x_router.multiply(&score)?,
                     ModSkip::Zero => zeros_dtype(x.shape(), Dtype::Float32)?,
                 };
                 match ey {

@@ -692,3 +692,52 @@ fn load_sidecar(
     }
     Ok((parsed.map, keep))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real_config() -> ZayaConfig {
+        let v = serde_json::json!({
+            "model_type": "zaya", "hidden_size": 2048, "num_hidden_layers": 80, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 128, "num_experts": 16, "moe_router_topk": 1,
+            "ffn_hidden_size": 4096, "zaya_mlp_expansion": 256, "vocab_size": 262272
+        });
+        ZayaConfig::from_value(v, "config.json").unwrap()
+    }
+
+    #[test]
+    fn expected_key_count_matches_the_published_bundle() {
+        // jangtq-format.md §1.3: 1965 keys = 998 attention + 959 MoE + 3 embed + 1 final_norm + 4
+        // res_scale; with affine attention (3 tensors per linear) and TurboQuant experts (3 per projection).
+        let e = Expected::from_config(&real_config());
+        let mut keys = e.params.len();
+        for l in &e.linears {
+            keys += 3 + usize::from(l.bias);
+            if l.kind == TensorKind::Router {
+                keys -= 2; // routers are float: `.weight` only (+ `.bias`)
+            }
+        }
+        assert_eq!(keys, 1965);
+    }
+
+    #[test]
+    fn parameter_counts_of_zaya1_8b() {
+        let c = Expected::from_config(&real_config()).param_counts(1);
+        // hand count: experts 40 layers × 16 × 3 × 2048² = 8.053B; attention per layer q 2048·1024 +
+        // k 2048·256 + v 2·2048·128 + o 1024·2048 + convs 1280·2 + 1280 + 1280·128·2 + 1280 + temp 2
+        let attn: u64 = 2048 * 1024 + 2048 * 256 + 2 * 2048 * 128 + 1024 * 2048 + 1280 * 2 + 1280 + 1280 * 128 * 2 + 1280 + 2;
+        let router: u64 = 256 * 2048 + 256 + 2 * (256 * 256 + 256) + 17 * 256 + 256 + 17;
+        let expert: u64 = 3 * 2048 * 2048;
+        let norms_scales: u64 = 80 * 2048 + 2048 + 4 * 2048 + (80 * 4 - 2) * 2048 + 39 * 256;
+        let embed: u64 = 262272 * 2048;
+        let total = 40 * (attn + router + 16 * expert) + norms_scales + embed;
+        let active_ne = 40 * (attn + router + expert) + norms_scales;
+        eprintln!("{c:?}");
+        assert_eq!(c.total, total);
+        assert_eq!(c.active_non_embedding, active_ne);
+        assert_eq!(c.active, active_ne + embed);
+        // zaya-architecture.md §4.3: ≈ 0.76B active without embeddings ("760M")
+        assert!((0.75e9..0.78e9).contains(&(c.active_non_embedding as f64)), "{}", c.active_non_embedding);
+    }
+}

@@ -240,7 +240,7 @@ pub fn upstream_name(n: &str, half_layers: usize) -> String {
     if let Some(r) = n.strip_prefix("model.res_scale.") {
         return format!("model.layers.{}.post_mlp_residual_scale.{r}", half_layers / 2 - 1);
     }
-    let r = n.strip_prefix("model.layers.").unwrap();
+    let Some(r) = n.strip_prefix("model.layers.") else { return n.to_string() };
     let (l, rest) = r.split_once('.').unwrap();
     let l: usize = l.parse().unwrap();
     let k = l / 2;

@@ -8,38 +8,8 @@ mod bundle_fixture;
 use std::collections::BTreeMap;
 
 use bundle_fixture::*;
-use mlx_rs::Array;
 use zaya_mlx::bundle::Bundle;
-use zaya_mlx::quant::{affine, turboquant, WeightFormat};
-
-fn to_vec(a: &Array) -> Vec<f32> {
-    let a = a.as_type::<f32>().unwrap();
-    a.eval().unwrap();
-    a.as_slice::<f32>().to_vec()
-}
-
-fn f32s(s: &Stored) -> Vec<f32> {
-    assert_eq!(s.dtype, safetensors::Dtype::F32);
-    s.bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-}
-
-fn max_abs(v: &[f32]) -> f32 {
-    v.iter().fold(0f32, |m, x| m.max(x.abs()))
-}
-
-/// max |a-b| / max |b|
-fn rel_max(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    d / max_abs(b)
-}
-
-/// ‖a-b‖ / ‖b‖
-fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
+use zaya_mlx::quant::WeightFormat;
 
 /// The float source in canonical stacked form (experts stacked from `local_experts`, fc1 split).
 fn source_canonical(src: &std::path::Path) -> BTreeMap<String, Vec<f32>> {
@@ -78,44 +48,18 @@ fn source_canonical(src: &std::path::Path) -> BTreeMap<String, Vec<f32>> {
 fn loaded_weights_equal_numpy_decode_of_the_same_files() {
     let (src, dir) = jang_tiny();
     let b = Bundle::open(dir).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let ref_path = tmp.path().join("decoded.safetensors");
-    let script = repo().join("tests/reference/decode_bundle.py");
-    run_python(&[script.to_str().unwrap(), dir.to_str().unwrap(), ref_path.to_str().unwrap()]);
-    let reference = read_safetensors(&ref_path);
+    let reference = numpy_decode(dir);
     let source = source_canonical(src);
     let w = &b.weights;
 
     let (mut n_tq, mut n_aff) = (0, 0);
     for (base, fmt) in &w.formats {
-        let ours = match fmt {
-            WeightFormat::TurboQuant { bits, in_features, seed } => {
-                n_tq += 1;
-                let cb = &w.tq_runtime[&format!("codebook.{in_features}.{bits}")];
-                let signs = &w.tq_runtime[&format!("signs.{in_features}.{seed}")];
-                turboquant::dequantize(
-                    &w.tensors[&format!("{base}.tq_packed")],
-                    &w.tensors[&format!("{base}.tq_norms")],
-                    cb,
-                    signs,
-                    *bits,
-                    *in_features as usize,
-                )
-                .unwrap()
-            }
-            WeightFormat::Affine { bits, group_size } => {
-                n_aff += 1;
-                affine::dequantize(
-                    &w.tensors[&format!("{base}.weight")],
-                    &w.tensors[&format!("{base}.scales")],
-                    &w.tensors[&format!("{base}.biases")],
-                    *bits,
-                    *group_size,
-                )
-                .unwrap()
-            }
-            _ => continue,
-        };
+        let Some(ours) = dequantize_module(w, base) else { continue };
+        match fmt {
+            WeightFormat::TurboQuant { .. } => n_tq += 1,
+            WeightFormat::Affine { .. } => n_aff += 1,
+            _ => panic!("unexpected format {fmt:?}"),
+        }
         let name = format!("{base}.weight");
         let r = reference.get(&name).unwrap_or_else(|| panic!("the NumPy decode lacks {name}"));
         assert_eq!(ours.shape().iter().map(|&d| d as usize).collect::<Vec<_>>(), r.shape, "{name}");

@@ -262,10 +262,10 @@ struct QuantSettings {
     mode: Option<String>,
 }
 
-fn quant_settings(q: &QuantizationConfig, bases: &[&str]) -> QuantSettings {
+fn quant_settings(q: &QuantizationConfig, bases: &[&str], embed_bits: Option<u32>) -> QuantSettings {
     let o = bases.iter().find_map(|b| q.overrides.get(*b));
     QuantSettings {
-        bits: o.and_then(|o| o.bits).or(q.bits),
+        bits: o.and_then(|o| o.bits).or(embed_bits).or(q.bits),
         group_size: o.and_then(|o| o.group_size).or(q.group_size),
         mode: o.and_then(|o| o.mode.clone()).or_else(|| q.mode.clone()),
     }
@@ -505,7 +505,13 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                     let bits = (wc * 32 / l.inp) as u32;
                     let bases_owned = [Some(b.clone()), stored_base(&w, ".weight")];
                     let bases: Vec<&str> = bases_owned.iter().flatten().map(String::as_str).collect();
-                    let settings = cfg.quantization.as_ref().map(|q| quant_settings(q, &bases));
+                    // jang's converters store the embedding's (and an untied lm_head's) width as a
+                    // top-level `embed_bits` of the quantization block instead of a module override
+                    let embed_bits = matches!(l.kind, TensorKind::Embeddings | TensorKind::LmHead)
+                        .then(|| cfg.raw.get("quantization").and_then(|q| q.get("embed_bits")).and_then(|v| v.as_u64()))
+                        .flatten()
+                        .map(|v| v as u32);
+                    let settings = cfg.quantization.as_ref().map(|q| quant_settings(q, &bases, embed_bits));
                     let fmt = match biases {
                         Some(bi) => {
                             check_float(&sname, &s)?;

@@ -425,3 +425,66 @@ pub fn only_shard(dir: &Path) -> PathBuf {
     assert_eq!(v.len(), 1);
     v.pop().unwrap()
 }
+
+// ---- comparison helpers ------------------------------------------------------------------------
+
+use mlx_rs::Array;
+use zaya_mlx::bundle::CanonicalWeights;
+use zaya_mlx::quant::{affine, turboquant, WeightFormat};
+
+/// An array's values as f32.
+pub fn to_vec(a: &Array) -> Vec<f32> {
+    let a = a.as_type::<f32>().unwrap();
+    a.eval().unwrap();
+    a.as_slice::<f32>().to_vec()
+}
+
+/// A stored F32 tensor's values.
+pub fn f32s(s: &Stored) -> Vec<f32> {
+    assert_eq!(s.dtype, Dtype::F32);
+    s.bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// max |a - b| / max |b|
+pub fn rel_max(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    d / b.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// ‖a - b‖ / ‖b‖
+pub fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// A quantized module dequantized to f32 with the library's plain-MLX-ops helpers (None for float).
+pub fn dequantize_module(w: &CanonicalWeights, base: &str) -> Option<Array> {
+    let t = |s: &str| &w.tensors[&format!("{base}.{s}")];
+    Some(match &w.formats[base] {
+        WeightFormat::TurboQuant { bits, in_features, seed } => turboquant::dequantize(
+            t("tq_packed"),
+            t("tq_norms"),
+            &w.tq_runtime[&format!("codebook.{in_features}.{bits}")],
+            &w.tq_runtime[&format!("signs.{in_features}.{seed}")],
+            *bits,
+            *in_features as usize,
+        )
+        .unwrap(),
+        WeightFormat::Affine { bits, group_size } => {
+            affine::dequantize(t("weight"), t("scales"), t("biases"), *bits, *group_size).unwrap()
+        }
+        WeightFormat::Mxfp4 { group_size } => affine::dequantize_mxfp4(t("weight"), t("scales"), *group_size).unwrap(),
+        WeightFormat::Float => return None,
+    })
+}
+
+/// Runs tests/reference/decode_bundle.py on `dir` and returns its tensors.
+pub fn numpy_decode(dir: &Path) -> BTreeMap<String, Stored> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("decoded.safetensors");
+    let script = repo().join("tests/reference/decode_bundle.py");
+    run_python(&[script.to_str().unwrap(), dir.to_str().unwrap(), out.to_str().unwrap()]);
+    read_safetensors(&out)
+}

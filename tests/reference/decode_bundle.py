@@ -3,14 +3,18 @@
 
 Usage: decode_bundle.py BUNDLE_DIR OUT.safetensors
 
-Reads the shards (through model.safetensors.index.json) and jangtq_runtime.safetensors with a tiny
+Reads the shards (through model.safetensors.index.json, else every *.safetensors) and jangtq_runtime.safetensors with a tiny
 hand-written safetensors reader, and writes float32 tensors:
   * `{base}.weight` for every TurboQuant module `{base}.tq_packed` (stacked [E, out, in]):
       codes unpacked LSB-first (32/bits codes per uint32 word), codebook lookup, times the row norm,
       then the inverse rotation  w_row = s * (H @ row)  with H the orthonormal Sylvester
       Walsh-Hadamard matrix built here (jangtq-format.md §3.2-§3.6);
   * `{base}.weight` for every MLX affine module (`.weight` U32 + `.scales` + `.biases`):
-      w = scales * q + biases per group (jangtq-format.md §2).
+      w = scales * q + biases per group (jangtq-format.md §2), bits from config.json's quantization
+      block (module override, else `embed_bits` for embed_tokens/lm_head, else the global bits);
+  * `{base}.weight` for every MLX mxfp4 module (`.weight` U32 + `.scales` U8, no biases): 4-bit
+      e2m1 codes (sign bit 3, magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6) times 2^(scale - 127) per group
+      of 32 (the OCP MX format MLX implements).
 Only numpy is used (no mlx, no safetensors package), so the decode is independent of the runtime.
 """
 import json
@@ -80,9 +84,13 @@ def main():
     jang_path = bundle / "jang_config.json"
     jang = json.loads(jang_path.read_text()) if jang_path.exists() else {}
     seed = jang.get("mxtq_seed", cfg.get("mxtq_seed", 42))
-    index = json.loads((bundle / "model.safetensors.index.json").read_text())
+    index_path = bundle / "model.safetensors.index.json"
+    if index_path.exists():
+        shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    else:
+        shards = sorted(p.name for p in bundle.glob("*.safetensors") if p.name != "jangtq_runtime.safetensors")
     tensors = {}
-    for shard in sorted(set(index["weight_map"].values())):
+    for shard in shards:
         tensors.update(read_safetensors(bundle / shard))
     sidecar_path = bundle / "jangtq_runtime.safetensors"
     sidecar = read_safetensors(sidecar_path) if sidecar_path.exists() else {}
@@ -110,7 +118,10 @@ def main():
             # bits from config.json's quantization block (per-module override, else global)
             q_cfg = cfg.get("quantization") or {}
             override = q_cfg.get(base) if isinstance(q_cfg.get(base), dict) else {}
-            bits = int(override.get("bits", q_cfg["bits"]))
+            default = q_cfg["bits"]
+            if base in ("model.embed_tokens", "lm_head") and "embed_bits" in q_cfg:
+                default = q_cfg["embed_bits"]
+            bits = int(override.get("bits", default))
             assert 32 % bits == 0, "this reference decoder handles 2/4/8-bit affine"
             n_in = wq.shape[-1] * 32 // bits
             q = unpack_codes(wq, bits, n_in).astype(np.float32)
@@ -118,6 +129,15 @@ def main():
             q = q.reshape(*q.shape[:-1], groups, g)
             w = q * scales[..., None] + biases[..., None]
             out[base + ".weight"] = w.reshape(*w.shape[:-2], n_in).astype(np.float32)
+        elif name.endswith(".scales") and tensors[name].dtype == np.uint8:
+            base = name[: -len(".scales")]
+            codes = unpack_codes(tensors[base + ".weight"], 4, tensors[base + ".weight"].shape[-1] * 8)
+            e2m1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+            vals = e2m1[codes & 7] * np.where(codes >= 8, -1.0, 1.0)
+            scales = np.exp2(tensors[name].astype(np.float64) - 127.0)
+            groups = scales.shape[-1]
+            vals = vals.reshape(*vals.shape[:-1], groups, -1) * scales[..., None]
+            out[base + ".weight"] = vals.reshape(*vals.shape[:-2], -1).astype(np.float32)
     write_safetensors(out_path, out)
     print(json.dumps({"decoded": len(out)}))
 

@@ -16,7 +16,7 @@ fn open_err(dir: &Path) -> ZayaError {
         Ok(_) => panic!("{} should not open", dir.display()),
         Err(e) => e,
     };
-    let i = inspect(dir, &BundleOptions::default()).err().expect("inspect should fail too");
+    let Err(i) = inspect(dir, &BundleOptions::default()) else { panic!("inspect should fail too") };
     assert_eq!(e.to_string(), i.to_string());
     eprintln!("{e}");
     e
@@ -39,6 +39,22 @@ fn missing_tensor() {
     });
     let e = open_err(&d);
     assert!(matches!(&e, ZayaError::MissingTensor { name, .. } if name == "model.layers.2.input_norm.weight"), "{e}");
+
+    // a quantized module without its biases (f16 scales, so not MXFP4)
+    let (_t, d) = jang_copy();
+    edit_shard(&d, |t| {
+        t.remove("model.layers.0.self_attn.o_proj.biases").unwrap();
+    });
+    let e = open_err(&d);
+    assert!(matches!(&e, ZayaError::MissingTensor { name, .. } if name == "model.layers.0.self_attn.o_proj.biases"), "{e}");
+
+    // TurboQuant norms without codes
+    let (_t, d) = jang_copy();
+    edit_shard(&d, |t| {
+        t.remove("model.layers.1.zaya_block.experts.switch_mlp.down_proj.tq_packed").unwrap();
+    });
+    let e = open_err(&d);
+    assert!(matches!(&e, ZayaError::MissingTensor { name, .. } if name.ends_with("down_proj.tq_packed")), "{e}");
 
     // a missing expert of the per-expert layout names that expert
     let t = tempfile::tempdir().unwrap();

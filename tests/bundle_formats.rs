@@ -113,3 +113,61 @@ fn mlx_mxfp4_mode() {
         Ok(_) => panic!("should fail"),
     }
 }
+
+#[test]
+fn turboquant_2_bit_and_per_projection_bits() {
+    // JANGTQ2 from the converter, then a JANGTQ_K-style mix: gate/up at 2 bits, down at 4 bits
+    // (jang_config.json `mxtq_bits.routed_expert` per projection), sidecar with both codebooks.
+    let (src, tq4) = jang_tiny();
+    let t = tempfile::tempdir().unwrap();
+    let tq2 = t.path().join("tq2");
+    run_python(&["-m", "jang_tools.convert_zaya_jangtq", src.to_str().unwrap(), tq2.to_str().unwrap(), "JANGTQ2"]);
+    let m = random_model(&tiny_config(), SEED);
+    let b = Bundle::open(&tq2).unwrap();
+    assert_eq!(
+        b.weights.formats["model.layers.1.zaya_block.experts.switch_mlp.up_proj"],
+        WeightFormat::TurboQuant { bits: 2, in_features: 64, seed: 42 }
+    );
+    let packed = &b.weights.tensors["model.layers.1.zaya_block.experts.switch_mlp.up_proj.tq_packed"];
+    assert_eq!(packed.shape(), &[4, 64, 4]);
+    // 2-bit codes: ≈ 0.35 relative RMS error
+    let seen = check_decode(&tq2, &m, 2e-6, 0.45);
+    assert_eq!(seen["TurboQuant { bits: 2, in_features: 64, seed: 42 }"], 6);
+
+    let mix = t.path().join("mix");
+    copy_dir(&tq2, &mix);
+    let down4: BTreeMap<String, Stored> = read_safetensors(&only_shard(tq4))
+        .into_iter()
+        .filter(|(n, _)| n.contains(".down_proj.tq_"))
+        .collect();
+    edit_shard(&mix, |t| t.extend(down4));
+    let mut side = read_safetensors(&mix.join("jangtq_runtime.safetensors"));
+    side.extend(read_safetensors(&tq4.join("jangtq_runtime.safetensors")));
+    write_safetensors(&mix.join("jangtq_runtime.safetensors"), &side);
+    edit_json(&mix.join("jang_config.json"), |j| {
+        j["profile"] = serde_json::json!("JANGTQ_K");
+        j["mxtq_bits"]["routed_expert"] = serde_json::json!({"gate_proj": 2, "up_proj": 2, "down_proj": 4});
+    });
+    edit_json(&mix.join("config.json"), |c| {
+        c["quantization"].as_object_mut().unwrap().remove("routed_expert_bits");
+    });
+    let b = Bundle::open(&mix).unwrap();
+    for (p, bits) in [("gate_proj", 2), ("up_proj", 2), ("down_proj", 4)] {
+        assert_eq!(
+            b.weights.formats[&format!("model.layers.3.zaya_block.experts.switch_mlp.{p}")],
+            WeightFormat::TurboQuant { bits, in_features: 64, seed: 42 }
+        );
+    }
+    assert_eq!(b.summary.turboquant_bits, vec![2, 4]);
+    let seen = check_decode(&mix, &m, 2e-6, 0.45);
+    assert_eq!(seen["TurboQuant { bits: 2, in_features: 64, seed: 42 }"], 4);
+    assert_eq!(seen["TurboQuant { bits: 4, in_features: 64, seed: 42 }"], 2);
+
+    // the per-projection bits are enforced: down_proj declared 2-bit but stored 4-bit
+    edit_json(&mix.join("jang_config.json"), |j| j["mxtq_bits"]["routed_expert"]["down_proj"] = serde_json::json!(2));
+    match Bundle::open(&mix) {
+        Err(e @ ZayaError::Quant { .. }) => assert!(e.to_string().contains("down_proj.tq_bits"), "{e}"),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("should fail"),
+    }
+}

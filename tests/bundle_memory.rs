@@ -108,7 +108,7 @@ fn write_streaming(path: &Path, specs: &[&Spec], seed: u64) {
         off += s.bytes();
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());

@@ -116,7 +116,7 @@ pub fn array_from_meta(meta: &TensorMeta) -> Result<(Array, bool)> {
     let dt = mlx_dtype_of(meta.dtype).ok_or_else(|| unsupported(&meta.name, &file, meta.dtype))?;
     let dims = dims_i32(&meta.name, &file, &meta.shape)?;
     let ptr = meta.shard.base_ptr().wrapping_add(meta.offset);
-    let aligned = (ptr as usize) % meta.dtype.size().max(1) == 0;
+    let aligned = (ptr as usize).is_multiple_of(meta.dtype.size().max(1));
     // The 8 bytes before the data are read by MLX (see external_array.cpp); the data section always
     // starts after the 8-byte length field and the header.
     if meta.nbytes == 0 || !aligned || meta.offset < 8 {
@@ -269,7 +269,7 @@ mod tests {
         let path = dir.path().join("m.safetensors");
         let header = r#"{"x":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},"y":{"dtype":"U32","shape":[2],"data_offsets":[3,11]}}"#;
         let mut hb = header.as_bytes().to_vec();
-        while (8 + hb.len()) % 8 != 0 {
+        while !(8 + hb.len()).is_multiple_of(8) {
             hb.push(b' ');
         }
         let mut f = (hb.len() as u64).to_le_bytes().to_vec();

@@ -362,11 +362,8 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
         let has = |s: &str| plan.contains_key(&format!("{b}{s}"));
         let fmt = if has(".tq_packed") || has(".tq_norms") {
             if l.experts.is_none() {
-                return Err(quant_err(
-                    &format!("{b}.tq_packed"),
-                    &plan[&format!("{b}.tq_packed")].files(),
-                    "TurboQuant storage is only supported for the routed experts",
-                ));
+                let name = [".tq_packed", ".tq_norms"].iter().map(|s| format!("{b}{s}")).find(|n| plan.contains_key(n)).unwrap();
+                return Err(quant_err(&name, &plan[&name].files(), "TurboQuant storage is only supported for the routed experts"));
             }
             let packed_name = format!("{b}.tq_packed");
             let norms_name = format!("{b}.tq_norms");
@@ -540,6 +537,7 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                             out.plan.insert(bname, bi);
                             WeightFormat::Affine { bits, group_size: group }
                         }
+                        None if s.dtype.is_float() => return Err(missing(&bname, ctx.layout)),
                         None => {
                             check_dtype(&sname, &s, DType::U8)?;
                             if bits != 4 || group != 32 {

@@ -244,7 +244,7 @@ pub fn upstream_name(n: &str, half_layers: usize) -> String {
     let (l, rest) = r.split_once('.').unwrap();
     let l: usize = l.parse().unwrap();
     let k = l / 2;
-    if l % 2 == 0 {
+    if l.is_multiple_of(2) {
         if let Some(x) = rest.strip_prefix("res_scale.") {
             return format!("model.layers.{}.post_mlp_residual_scale.{x}", k - 1);
         }

@@ -212,6 +212,7 @@ fn full_size_bundle_peak_rss() {
     let b = Bundle::open(tmp.path()).unwrap();
     let open = t1.elapsed();
     assert_eq!(b.summary.stored_tensors, 1965);
+    eprintln!("{}", b.summary.to_text());
     assert_eq!(b.report.copied_tensors, 80, "only the 2×40 transposed conv weights are copied");
     // read every byte through MLX
     let t2 = std::time::Instant::now();

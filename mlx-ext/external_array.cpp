@@ -1,12 +1,14 @@
 // Zero-copy MLX arrays over external memory (the memory-mapped safetensors shards of a bundle).
 //
 // mlx-c's `mlx_array_new_data_managed` goes through `allocator::make_buffer`, which the CPU allocator of
-// MLX 0.32 does not implement, so it always copies. On the CPU backend a `Buffer` is a pointer to a
-// `size_t` size header followed by the data (`Buffer::raw_ptr()` = ptr + sizeof(size_t)), and an array
-// built from a Buffer with a custom deleter never goes through the allocator again. We therefore build
-// the Buffer from `data - sizeof(size_t)` and verify, at run time, that `raw_ptr()` gives back `data`
-// exactly; where it does not (another backend), we fall back to MLX's own managed constructor (which
-// copies, or wraps page-aligned memory on Metal).
+// MLX 0.32 does not implement, so it always copies. With that allocator (CPU-only builds) a `Buffer` is a
+// pointer to a `size_t` size header followed by the data (`Buffer::raw_ptr()` = ptr + sizeof(size_t)),
+// and an array built from a Buffer with a custom deleter never goes through the allocator again. We
+// therefore build the Buffer from `data - sizeof(size_t)`. Whether the allocator has that layout is
+// checked once at run time on a real allocation (Metal and CUDA buffers are objects, for which the
+// check fails without dereferencing anything foreign), and again per array (`raw_ptr()` must give back
+// `data` exactly); otherwise we fall back to MLX's own managed constructor (which copies, or wraps
+// page-aligned memory on Metal).
 //
 // Contract with the caller (src/bundle/mmap.rs):
 //   * the 8 bytes before `data` are readable (MLX may read them as the "buffer size" when deciding
@@ -42,6 +44,22 @@ mx::Dtype dtype_from_code(int code) {
   }
 }
 
+// True when the allocator is MLX's common CPU allocator: a buffer is [size_t size][data...].
+bool cpu_buffer_layout() {
+  static const bool ok = [] {
+    try {
+      auto b = mx::allocator::malloc(16);
+      bool r = b.ptr() != nullptr && static_cast<char*>(b.raw_ptr()) == static_cast<char*>(b.ptr()) + sizeof(size_t) &&
+               *static_cast<size_t*>(b.ptr()) == 16;
+      mx::allocator::free(b);
+      return r;
+    } catch (...) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
 }  // namespace
 }  // namespace zaya
 
@@ -65,7 +83,7 @@ extern "C" int zaya_array_from_external(mlx_array* out, void* data, const int* s
     mx::allocator::Buffer probe(p - sizeof(size_t));
     auto deleter_payload = payload;
     auto deleter_release = release;
-    if (probe.raw_ptr() == data) {
+    if (cpu_buffer_layout() && probe.raw_ptr() == data) {
       mx::array a(probe, std::move(shp), dt,
                   [deleter_payload, deleter_release](mx::allocator::Buffer) { deleter_release(deleter_payload); });
       if (consumed) *consumed = 1;

@@ -168,3 +168,24 @@ fn zaya_info_command() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["valid"].as_bool(), v["error_kind"].as_str()), (Some(false), Some("missing_sidecar")));
 }
+
+#[test]
+fn hand_built_bundle_summary_matches() {
+    // Bundle::from_weights (hand-built weight sets) describes the same weights the same way
+    let (_, dir) = jang_tiny();
+    let b = Bundle::open(dir).unwrap();
+    let w = zaya_mlx::bundle::CanonicalWeights {
+        tensors: b.weights.tensors.clone(),
+        formats: b.weights.formats.clone(),
+        tq_runtime: b.weights.tq_runtime.clone(),
+    };
+    let h = Bundle::from_weights(dir, b.config.clone(), b.jang.clone(), b.layout, w);
+    assert_eq!(h.summary.bytes_per_format, b.summary.bytes_per_format);
+    assert_eq!(h.summary.modules_per_format, b.summary.modules_per_format);
+    assert_eq!(h.summary.params, b.summary.params);
+    assert_eq!(h.summary.tensor_bytes, b.summary.tensor_bytes);
+    assert_eq!(
+        serde_json::to_value(&h.summary.kinds).unwrap(),
+        serde_json::to_value(&b.summary.kinds).unwrap()
+    );
+}

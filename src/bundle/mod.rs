@@ -202,6 +202,28 @@ impl Bundle {
         })
     }
 
+    /// A bundle around a hand-built weight set (tests, synthetic models): no files, no validation;
+    /// the summary is computed from the arrays and the config.
+    pub fn from_weights(
+        dir: impl AsRef<Path>,
+        config: ZayaConfig,
+        jang: Option<JangConfig>,
+        layout: Layout,
+        weights: CanonicalWeights,
+    ) -> Bundle {
+        let summary = BundleSummary::from_weights(dir.as_ref(), &config, jang.as_ref(), layout, &weights);
+        Bundle {
+            dir: dir.as_ref().to_path_buf(),
+            config,
+            jang,
+            layout,
+            weights,
+            summary,
+            report: LoadReport::default(),
+            shard_maps: vec![],
+        }
+    }
+
     /// Number of this bundle's shard mappings still alive (they live as long as any array over them).
     #[doc(hidden)]
     pub fn live_shard_maps(&self) -> usize {

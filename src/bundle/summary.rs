@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::shards::{DType, ShardSet, SIDECAR_FILE};
-use super::validate::{ParamCounts, TensorKind, Validated};
+use super::validate::{kind_of_name, Expected, ParamCounts, TensorKind, Validated};
+use super::CanonicalWeights;
 use super::Layout;
 use crate::config::{ConfigRevision, JangConfig, ZayaConfig};
 use crate::quant::WeightFormat;
@@ -57,6 +58,28 @@ pub struct ArchSummary {
     pub router_hidden_size: usize,
     pub vocab_size: usize,
     pub tie_word_embeddings: bool,
+}
+
+impl ArchSummary {
+    fn of(cfg: &ZayaConfig) -> ArchSummary {
+        ArchSummary {
+            config_revision: match cfg.revision {
+                ConfigRevision::Legacy => "legacy",
+                ConfigRevision::Upstream => "upstream",
+            },
+            hidden_size: cfg.hidden_size,
+            half_layers: cfg.num_hidden_layers,
+            q_heads: cfg.num_q_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            experts: cfg.num_experts,
+            top_k: cfg.top_k,
+            expert_intermediate_size: cfg.expert_intermediate_size,
+            router_hidden_size: cfg.router_hidden_size,
+            vocab_size: cfg.vocab_size,
+            tie_word_embeddings: cfg.tie_word_embeddings,
+        }
+    }
 }
 
 /// Description of a validated bundle.
@@ -184,23 +207,7 @@ impl BundleSummary {
             layout,
             weight_format: cfg.weight_format.clone(),
             profile: jang.and_then(|j| j.profile.clone()),
-            arch: ArchSummary {
-                config_revision: match cfg.revision {
-                    ConfigRevision::Legacy => "legacy",
-                    ConfigRevision::Upstream => "upstream",
-                },
-                hidden_size: cfg.hidden_size,
-                half_layers: cfg.num_hidden_layers,
-                q_heads: cfg.num_q_heads,
-                kv_heads: cfg.num_kv_heads,
-                head_dim: cfg.head_dim,
-                experts: cfg.num_experts,
-                top_k: cfg.top_k,
-                expert_intermediate_size: cfg.expert_intermediate_size,
-                router_hidden_size: cfg.router_hidden_size,
-                vocab_size: cfg.vocab_size,
-                tie_word_embeddings: cfg.tie_word_embeddings,
-            },
+            arch: ArchSummary::of(cfg),
             shards,
             stored_tensors: set.tensors.len(),
             canonical_tensors: v.plan.len(),
@@ -215,6 +222,88 @@ impl BundleSummary {
             sidecar_entries: v.sidecar.as_ref().map(|(_, e)| e.keys().cloned().collect()).unwrap_or_default(),
             params: v.params,
             warnings,
+        }
+    }
+
+    /// A summary of a hand-built weight set (no files): sizes from the arrays, parameters from the
+    /// config. Used by [`super::Bundle::from_weights`].
+    pub fn from_weights(dir: &Path, cfg: &ZayaConfig, jang: Option<&JangConfig>, layout: Layout, w: &CanonicalWeights) -> BundleSummary {
+        let dtype_of = |a: &mlx_rs::Array| match a.dtype() {
+            mlx_rs::Dtype::Float16 => DType::F16,
+            mlx_rs::Dtype::Bfloat16 => DType::BF16,
+            mlx_rs::Dtype::Float32 => DType::F32,
+            mlx_rs::Dtype::Uint32 => DType::U32,
+            mlx_rs::Dtype::Uint8 => DType::U8,
+            _ => DType::F64,
+        };
+        let mut kinds: BTreeMap<TensorKind, KindSummary> = BTreeMap::new();
+        let mut bytes_per_format: BTreeMap<String, u64> = BTreeMap::new();
+        let mut modules_per_format: BTreeMap<String, usize> = BTreeMap::new();
+        let mut tensor_bytes = 0;
+        let label_of = |name: &str, a: &mlx_rs::Array| -> String {
+            let module = name.rsplit_once('.').and_then(|(stem, _)| w.formats.get(stem).map(|f| (stem, f)));
+            match module {
+                Some((stem, f)) => {
+                    let dt = w.tensors.get(&format!("{stem}.weight")).map(dtype_of).unwrap_or(dtype_of(a));
+                    format_label(f, dt)
+                }
+                None => format_label(&WeightFormat::Float, dtype_of(a)),
+            }
+        };
+        for (name, a) in &w.tensors {
+            let kind = kind_of_name(name);
+            let n = a.nbytes() as u64;
+            let label = label_of(name, a);
+            tensor_bytes += n;
+            *bytes_per_format.entry(label.clone()).or_default() += n;
+            let k = kinds.entry(kind).or_insert_with(|| KindSummary { kind, formats: vec![], modules: 0, tensors: 0, bytes: 0 });
+            k.tensors += 1;
+            k.bytes += n;
+            if !k.formats.contains(&label) {
+                k.formats.push(label);
+            }
+        }
+        let (mut ab, mut gs, mut tb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for (m, f) in &w.formats {
+            let dt = w.tensors.get(&format!("{m}.weight")).map(dtype_of).unwrap_or(DType::F16);
+            *modules_per_format.entry(format_label(f, dt)).or_default() += 1;
+            if let Some(k) = kinds.get_mut(&kind_of_name(&format!("{m}.weight"))) {
+                k.modules += 1;
+            }
+            match f {
+                WeightFormat::Affine { bits, group_size } => {
+                    ab.insert(*bits);
+                    gs.insert(*group_size);
+                }
+                WeightFormat::Mxfp4 { group_size } => {
+                    gs.insert(*group_size);
+                }
+                WeightFormat::TurboQuant { bits, .. } => {
+                    tb.insert(*bits);
+                }
+                WeightFormat::Float => {}
+            }
+        }
+        BundleSummary {
+            dir: dir.to_path_buf(),
+            layout,
+            weight_format: cfg.weight_format.clone(),
+            profile: jang.and_then(|j| j.profile.clone()),
+            arch: ArchSummary::of(cfg),
+            shards: vec![],
+            stored_tensors: w.tensors.len(),
+            canonical_tensors: w.tensors.len(),
+            file_bytes: 0,
+            tensor_bytes,
+            kinds: kinds.into_values().collect(),
+            bytes_per_format,
+            modules_per_format,
+            affine_bits: ab.into_iter().collect(),
+            group_sizes: gs.into_iter().collect(),
+            turboquant_bits: tb.into_iter().collect(),
+            sidecar_entries: w.tq_runtime.keys().cloned().collect(),
+            params: Expected::from_config(cfg).param_counts(cfg.top_k),
+            warnings: vec![],
         }
     }
 

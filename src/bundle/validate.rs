@@ -43,6 +43,25 @@ impl TensorKind {
     }
 }
 
+/// The kind of a canonical tensor, from its name.
+pub(crate) fn kind_of_name(name: &str) -> TensorKind {
+    if name.starts_with("model.embed_tokens.") {
+        TensorKind::Embeddings
+    } else if name.starts_with("lm_head.") {
+        TensorKind::LmHead
+    } else if name.contains(".self_attn.") {
+        TensorKind::Attention
+    } else if name.contains(".zaya_block.router.") {
+        TensorKind::Router
+    } else if name.contains(".zaya_block.experts.") {
+        TensorKind::Experts
+    } else if name.contains("res_scale.") {
+        TensorKind::ResidualScale
+    } else {
+        TensorKind::Norms
+    }
+}
+
 /// A linear (or stacked-expert) module the model needs.
 #[derive(Debug, Clone)]
 pub(crate) struct LinearSpec {

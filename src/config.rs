@@ -36,7 +36,8 @@ pub struct QuantizationConfig {
     pub group_size: Option<u32>,
     /// "affine" (default) or "mxfp4".
     pub mode: Option<String>,
-    /// `routed_expert_bits` (JANGTQ), descriptive.
+    /// `routed_expert_bits` (JANGTQ), descriptive; `None` when absent or given per projection
+    /// (JANGTQ_K writes an object; the per-tensor `tq_bits` are authoritative anyway).
     pub routed_expert_bits: Option<u32>,
     /// Per-module overrides keyed by module path (e.g. `model.embed_tokens`).
     pub overrides: BTreeMap<String, QuantOverride>,
@@ -349,7 +350,7 @@ impl ZayaConfig {
 impl QuantizationConfig {
     /// Keys of the block that are not module overrides.
     const NON_MODULE_KEYS: &'static [&'static str] =
-        &["bits", "group_size", "mode", "routed_expert_bits", "mxtq_bits", "expert_layout", "quant_method"];
+        &["bits", "group_size", "mode", "routed_expert_bits", "mxtq_bits", "expert_layout", "quant_method", "embed_bits", "router_bits"];
 
     fn from_value(v: &Value, file: &str) -> Result<Self> {
         let obj = v
@@ -360,7 +361,10 @@ impl QuantizationConfig {
             bits: f.u32("bits")?,
             group_size: f.u32("group_size")?,
             mode: f.str("mode")?,
-            routed_expert_bits: f.u32("routed_expert_bits")?,
+            routed_expert_bits: match obj.get("routed_expert_bits") {
+                Some(Value::Object(_)) => None,
+                _ => f.u32("routed_expert_bits")?,
+            },
             overrides: BTreeMap::new(),
         };
         for (k, v) in obj {
@@ -671,6 +675,13 @@ mod tests {
         assert_eq!((q.bits, q.group_size, q.routed_expert_bits), (Some(8), Some(32), Some(4)));
         assert_eq!(q.overrides.len(), 1);
         assert_eq!(q.overrides["model.embed_tokens"].group_size, Some(64));
+        // JANGTQ_K-style per-projection bits in the quantization block are accepted
+        let mut v = legacy();
+        v["quantization"] = serde_json::json!({"bits": 8, "group_size": 32,
+            "routed_expert_bits": {"gate_proj": 2, "up_proj": 2, "down_proj": 4}});
+        let q = ZayaConfig::from_value(v, "config.json").unwrap().quantization.unwrap();
+        assert_eq!(q.routed_expert_bits, None);
+        assert!(q.overrides.is_empty());
     }
 
     #[test]

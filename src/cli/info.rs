@@ -1,9 +1,75 @@
-//! `zaya info` (not implemented yet).
-use zaya_mlx::{Result, ZayaError};
+//! `zaya info`: describes and validates a bundle from its headers alone (no weights are read):
+//! layout, formats per kind of tensor, bits and group sizes, tensor counts, bytes per format,
+//! parameter counts, and the validation result. Exit code 0 when the bundle is valid, 1 (with the
+//! error) otherwise.
+use std::path::PathBuf;
+
+use zaya_mlx::bundle::{inspect, BundleOptions};
+use zaya_mlx::Result;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Bundle directory (config.json, safetensors shards, ...).
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Report tensors the model does not use as a warning instead of an error.
+    #[arg(long)]
+    pub allow_unexpected: bool,
+}
 
-pub fn run(_args: Args) -> Result<i32> {
-    Err(ZayaError::InvalidArgument("`zaya info` is not implemented yet".into()))
+pub fn run(args: Args) -> Result<i32> {
+    let opts = BundleOptions { allow_unexpected: args.allow_unexpected };
+    let res = inspect(&args.model, &opts);
+    if args.json {
+        let v = match &res {
+            Ok(s) => serde_json::json!({ "valid": true, "summary": s }),
+            Err(e) => serde_json::json!({
+                "valid": false,
+                "dir": args.model,
+                "error": e.to_string(),
+                "error_kind": error_kind(e),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializable"));
+    } else {
+        match &res {
+            Ok(s) => {
+                print!("{}", s.to_text());
+                println!("\nvalidation  OK");
+            }
+            Err(e) => {
+                println!("bundle      {}", args.model.display());
+                println!("validation  FAILED: {e}");
+            }
+        }
+    }
+    Ok(if res.is_ok() { 0 } else { 1 })
+}
+
+fn error_kind(e: &zaya_mlx::ZayaError) -> &'static str {
+    use zaya_mlx::ZayaError::*;
+    match e {
+        Mlx(_) => "mlx",
+        Ext(_) => "ext",
+        Io { .. } => "io",
+        Config { .. } => "config",
+        UnsupportedModel { .. } => "unsupported_model",
+        Safetensors { .. } => "safetensors",
+        MissingTensor { .. } => "missing_tensor",
+        Shape { .. } => "shape",
+        Dtype { .. } => "dtype",
+        Quant { .. } => "quant",
+        UnexpectedTensors { .. } => "unexpected_tensors",
+        MissingSidecar(_) => "missing_sidecar",
+        InvalidArgument(_) => "invalid_argument",
+        ContextOverflow { .. } => "context_overflow",
+        Tokenizer(_) => "tokenizer",
+        Template(_) => "template",
+        Parity(_) => "parity",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
 }

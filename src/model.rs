@@ -243,6 +243,11 @@ fn check_options(o: &ModelOptions) -> Result<()> {
 }
 
 impl ZayaModel {
+    /// Opens and validates the bundle in `dir` (see [`Bundle::open`]) and builds the model.
+    pub fn load(dir: impl AsRef<std::path::Path>, options: ModelOptions) -> Result<Self> {
+        Self::from_bundle(Bundle::open(dir)?, options)
+    }
+
     /// Builds the model from an opened bundle.
     pub fn from_bundle(bundle: Bundle, options: ModelOptions) -> Result<Self> {
         let origin = bundle.dir.display().to_string();

@@ -15,8 +15,7 @@ use zaya_mlx::moe::ModSkip;
 use zaya_mlx::parity::{compare, reference_tokens, ParityOptions};
 
 fn open(fx: &common::Fixture, opts: ModelOptions) -> ZayaModel {
-    let (cfg, w) = model_support::load_bundle_dir(&fx.bundle);
-    ZayaModel::from_weights(cfg, w, opts, &fx.bundle.display().to_string()).unwrap()
+    ZayaModel::load(&fx.bundle, opts).unwrap()
 }
 
 fn load_ref(p: &std::path::Path) -> HashMap<String, Array> {

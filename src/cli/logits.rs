@@ -58,10 +58,7 @@ impl RunOpts {
 
 /// Opens the bundle in `dir`.
 pub fn open_model(dir: &std::path::Path, options: ModelOptions) -> Result<ZayaModel> {
-    let _ = (dir, options);
-    Err(ZayaError::InvalidArgument(
-        "loading bundles from a directory needs the bundle loader (bundle::Bundle::open), which is not in this build yet".into(),
-    ))
+    ZayaModel::load(dir, options)
 }
 
 /// Explanation printed after the options of `zaya logits --help`.

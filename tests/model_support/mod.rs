@@ -120,34 +120,3 @@ pub fn ref_tokens(r: &HashMap<String, Array>) -> Vec<u32> {
     to_vec_i32(&r["token_ids"]).into_iter().map(|v| v as u32).collect()
 }
 
-/// Reads a jang-converted bundle directory directly (test-side stand-in for the bundle loader):
-/// every `model-*.safetensors` shard, conv weights swapped to MLX layout, `tq_bits` turned into
-/// TurboQuant formats (in_features from the packed width, seed from config), the sidecar.
-pub fn load_bundle_dir(dir: &Path) -> (ZayaConfig, CanonicalWeights) {
-    let cfg = ZayaConfig::from_dir(dir).unwrap();
-    let mut tensors = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("model") && name.ends_with(".safetensors") {
-            tensors.extend(load_st(&p));
-        }
-    }
-    let mut formats = BTreeMap::new();
-    let bits_keys: Vec<String> = tensors.keys().filter(|k| k.ends_with(".tq_bits")).cloned().collect();
-    for k in bits_keys {
-        let bits = tensors.remove(&k).unwrap().as_dtype(Dtype::Int32).unwrap().item::<i32>() as u32;
-        let base = k.trim_end_matches(".tq_bits").to_string();
-        let cols = *tensors[&format!("{base}.tq_packed")].shape().last().unwrap() as u32;
-        let seed = cfg.mxtq_seed.unwrap_or(42);
-        formats.insert(base, WeightFormat::TurboQuant { bits, in_features: cols * 32 / bits, seed });
-    }
-    for (k, v) in tensors.iter_mut() {
-        if k.contains(".conv_qk.") && k.ends_with(".weight") && v.shape()[2] == cfg.cca_time0.max(cfg.cca_time1) as i32 {
-            *v = v.swap_axes(1, 2).unwrap();
-        }
-    }
-    let side = dir.join("jangtq_runtime.safetensors");
-    let tq_runtime = if side.exists() { load_st(&side).into_iter().collect() } else { BTreeMap::new() };
-    (cfg, CanonicalWeights { tensors, formats, tq_runtime })
-}

@@ -25,7 +25,7 @@ use crate::error::{Result, ZayaError};
 use crate::model::RmsNorm;
 use crate::quant::affine::{self, QuantMode, QuantSpec};
 use crate::quant::linear::{take_float, take_float_opt, QLinear, WeightSource};
-use crate::quant::turboquant::{halfword_lut, rotate, TqMatrix};
+use crate::quant::turboquant::{rotate, TqMatrix};
 use crate::quant::WeightFormat;
 
 /// What the MOD skip route (`e* = num_experts`) outputs.
@@ -311,7 +311,7 @@ impl SwitchProj {
                     )));
                 }
                 let cb = cb.as_dtype(Dtype::Float32)?;
-                p.tq_lut = Some(halfword_lut(&cb, bits)?);
+                p.tq_lut = Some(src.tq_lut(in_features, bits)?);
                 p.tq_codebook = Some(cb);
                 p.tq_signs = Some(signs.as_dtype(Dtype::Float32)?);
             }

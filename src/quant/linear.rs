@@ -33,6 +33,8 @@ pub struct WeightSource {
     /// Where the weights came from (bundle directory), for error messages.
     origin: String,
     taken: BTreeSet<String>,
+    /// TurboQuant halfword lookup tables by codebook key (shared by every projection using it).
+    tq_luts: BTreeMap<String, Array>,
 }
 
 impl WeightSource {
@@ -44,6 +46,7 @@ impl WeightSource {
             tq_runtime: weights.tq_runtime,
             origin: origin.into(),
             taken: BTreeSet::new(),
+            tq_luts: BTreeMap::new(),
         }
     }
 
@@ -143,6 +146,18 @@ impl WeightSource {
     pub fn tq_signs(&self, in_features: u32, seed: u64) -> Result<Array> {
         let key = format!("signs.{in_features}.{seed}");
         self.tq_runtime.get(&key).cloned().ok_or_else(|| ZayaError::MissingSidecar(format!("`{key}` (Hadamard signs for in_features {in_features}, seed {seed})")))
+    }
+
+    /// The halfword lookup table of `codebook.{in}.{bits}` (built once, then shared).
+    pub fn tq_lut(&mut self, in_features: u32, bits: u32) -> Result<Array> {
+        let key = format!("codebook.{in_features}.{bits}");
+        if let Some(l) = self.tq_luts.get(&key) {
+            return Ok(l.clone());
+        }
+        let lut = crate::quant::turboquant::halfword_lut(&self.tq_codebook(in_features, bits)?, bits)?;
+        lut.eval()?;
+        self.tq_luts.insert(key, lut.clone());
+        Ok(lut)
     }
 
     pub(crate) fn quant_err(&self, name: &str, msg: String) -> ZayaError {

@@ -293,6 +293,12 @@ impl ZayaModel {
         src.finish()?;
         let model = ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options };
         check_backends(&options, model.has_turboquant_experts())?;
+        // materialize the dtype conversions now (load time), not in the first forward
+        {
+            use mlx_rs::module::ModuleParameters;
+            let params = model.parameters().flatten();
+            mlx_rs::transforms::eval(params.values().copied())?;
+        }
         Ok(model)
     }
 

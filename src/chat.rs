@@ -9,7 +9,8 @@
 //! lstrip_blocks=True)` with loop controls):
 //! - globals `raise_exception(msg)` (→ [`ZayaError::Template`] carrying the message),
 //!   `strftime_now(fmt)` (local time, C `strftime` like Python's naive `datetime.now().strftime`),
-//!   `namespace`, `dict`, `range`;
+//!   `namespace`, `dict`, `range`, `cycler`, `joiner`; jinja2's `truncate`, and `striptags` /
+//!   `filesizeformat` from minijinja-contrib;
 //! - filter `tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False)` exactly like
 //!   Python's `json.dumps` (key order kept, no HTML escaping, Python float repr);
 //! - Python string/dict/list methods (`.strip()`, `.startswith()`, `.split()`, `.items()`, `.get()`...)
@@ -291,6 +292,12 @@ impl ChatTemplate {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(py_formatter);
+        // jinja2 builtins that minijinja keeps in minijinja-contrib
+        env.add_filter("truncate", truncate_filter);
+        env.add_filter("striptags", minijinja_contrib::filters::striptags);
+        env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
+        env.add_function("cycler", |items: Rest<JValue>| minijinja_contrib::globals::cycler(items.0));
+        env.add_function("joiner", minijinja_contrib::globals::joiner);
         env.add_filter("tojson", tojson_filter);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -495,6 +502,33 @@ fn rewrite_generation_tags(src: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=5)` (lengths in chars).
+fn truncate_filter(s: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result::Result<JValue, JError> {
+    let bad = |m: &str| JError::new(ErrorKind::InvalidOperation, format!("truncate: {m}"));
+    let arg = |i: usize, name: &str| -> std::result::Result<Option<JValue>, JError> {
+        let kw: Option<JValue> = kwargs.get(name)?;
+        Ok(kw.or_else(|| args.get(i).cloned()))
+    };
+    let int = |v: Option<JValue>, d: i64| v.and_then(|v| v.as_i64()).unwrap_or(d);
+    let length = int(arg(0, "length")?, 255);
+    let killwords = arg(1, "killwords")?.is_some_and(|v| v.is_true());
+    let end = arg(2, "end")?.map_or("...".to_owned(), |v| v.as_str().unwrap_or("...").to_owned());
+    let leeway = int(arg(3, "leeway")?, 5);
+    kwargs.assert_all_used()?;
+    let Some(text) = s.as_str() else { return Ok(s.clone()) };
+    let end_len = end.chars().count() as i64;
+    if length < end_len || leeway < 0 {
+        return Err(bad("length must be >= len(end) and leeway >= 0"));
+    }
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() as i64 <= length + leeway {
+        return Ok(s.clone());
+    }
+    let head: String = chars[..(length - end_len) as usize].iter().collect();
+    let head = if killwords { head } else { head.rsplit_once(' ').map_or(head.clone(), |(a, _)| a.to_owned()) };
+    Ok(JValue::from(head + &end))
 }
 
 fn raise_exception(msg: String) -> std::result::Result<JValue, JError> {

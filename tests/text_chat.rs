@@ -1,4 +1,4 @@
-//! Chat templates rendered by minijinja against transformers' jinja2 rendering
+//! Chat templates rendered by minijinja against jinja2 in transformers' chat-template environment
 //! (tests/data/ref_chat_template.py), plus loading, option and error handling.
 mod text_support;
 

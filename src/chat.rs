@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Result, ZayaError};
-use crate::tokenizer::token_content;
+use crate::tokenizer::{token_content, Tokenizer};
 
 /// One chat message. Serialises to the dict HF templates read (absent fields are left out, so
 /// `message.x is defined` behaves as in Python).
@@ -334,6 +334,12 @@ impl ChatTemplate {
                 self.names().join(", ")
             ))
         })
+    }
+
+    /// Renders and tokenizes a conversation for the model, as HF `apply_chat_template(tokenize=True)`:
+    /// the rendered text already holds `bos_token`, so no special tokens are added on top.
+    pub fn tokenize(&self, tokenizer: &Tokenizer, messages: &[Value], opts: &ChatOptions) -> Result<Vec<u32>> {
+        tokenizer.encode(&self.render(messages, opts)?, false)
     }
 
     /// Renders typed messages.

@@ -282,3 +282,17 @@ fn strftime_now_matches_python() {
     let py = py.as_str().unwrap();
     assert!(py == before || py == after, "python {py:?} vs ours {before:?} / {after:?}");
 }
+
+#[test]
+fn tokenized_chat_has_exactly_one_bos() {
+    let dir = write_bundle(&byte_level_tokenizer_json(), Some(&tokenizer_config()));
+    std::fs::copy(data("zaya_chat_template.jinja"), dir.path().join("chat_template.jinja")).unwrap();
+    let tok = zaya_mlx::tokenizer::Tokenizer::from_dir(dir.path()).unwrap();
+    let tpl = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+    let opts = ChatOptions { add_generation_prompt: true, ..Default::default() };
+    let ids = tpl.tokenize(&tok, &[Message::user("Hello <|im_end|> there").to_value()], &opts).unwrap();
+    assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 1, "{ids:?}");
+    assert_eq!((ids[0], ids[1]), (2, 105), "<bos><|im_start|>");
+    // special-token text inside a message is recognised, as with HF apply_chat_template
+    assert_eq!(ids.iter().filter(|&&i| i == 106).count(), 2);
+}

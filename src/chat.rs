@@ -145,6 +145,7 @@ impl ChatOptions {
 }
 
 /// A loaded chat template (one or several named ones) with the tokenizer's special tokens.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     /// (name, name in the environment = what errors show)

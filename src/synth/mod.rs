@@ -127,12 +127,12 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
         }
     }
 
-    let ctx = Ctx { spec, sources: &sources, sink: &sink };
+    let ctx = Ctx { spec, sources: &sources, sink: Some(&sink) };
     let threads = run_jobs(&jobs, opts, "synth", |job| ctx.bundle_job(job, &encoders))?;
 
     // Sidecar, index and side files.
     let mut sidecar: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    for (&i, _) in &encoders {
+    for &i in encoders.keys() {
         sidecar.insert(format!("signs.{i}.{}", spec.mxtq_seed), (vec![i], random_signs(i, spec.mxtq_seed)));
         sidecar.insert(
             format!("codebook.{i}.{}", spec.expert_bits),
@@ -163,7 +163,7 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
 }
 
 /// Writes the same random weights as [`write_bundle`] (same spec and seed) as a Zyphra legacy
-/// float checkpoint: F32 `model-0000N-of-0000M.safetensors` with per-expert
+/// float checkpoint: F32 `model-0000N-of-0000M.safetensors` (same shard threshold) with per-expert
 /// `local_experts.{e}.linear_fc1` ([gate; up]) / `linear_fc2`, an index, the source config.json
 /// and the tokenizer files (tokenizer_config.json without the template, as Zyphra ships it).
 pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
@@ -172,7 +172,7 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
     prepare_out_dir(out, opts.force)?;
     let sources = plan::source_tensors(spec);
     let tensors = plan::source_out_tensors(spec, &sources);
-    let (files, locs) = plan::plan_files(&tensors, spec.max_shard_bytes.saturating_mul(4), shard_name)?;
+    let (files, locs) = plan::plan_files(&tensors, spec.max_shard_bytes, shard_name)?;
     let sink = Sink::create(out, &files, &locs)?;
     let jobs: Vec<Job> = tensors
         .iter()
@@ -188,7 +188,7 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
             (0..nb).map(move |b| Job::Source { tensor: ti, block: b, bytes: t.nbytes() / nb })
         })
         .collect();
-    let ctx = Ctx { spec, sources: &sources, sink: &sink };
+    let ctx = Ctx { spec, sources: &sources, sink: Some(&sink) };
     let threads = run_jobs(&jobs, opts, "source", |job| ctx.source_job(job, &tensors))?;
     let data_size: u64 = tensors.iter().map(|t| t.nbytes() as u64).sum();
     let weight_map: BTreeMap<String, String> =
@@ -205,6 +205,39 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
         threads,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The float weights of a synthetic bundle (what [`write_float_source`] writes), without writing
+/// anything: `name` is a source tensor name (`model.embed_tokens.weight`,
+/// `model.layers.0.self_attn.qkv.conv_qk.0.weight` in PyTorch layout, ...) or a stacked expert
+/// projection `model.layers.{L}.zaya_block.experts.switch_mlp.{gate,up,down}_proj.weight`
+/// ([E, out, in]). Returns (shape, row-major values).
+pub fn float_weights(spec: &SynthSpec, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    spec.validate()?;
+    let sources = plan::source_tensors(spec);
+    let ctx = Ctx { spec, sources: &sources, sink: None };
+    if let Some(si) = sources.iter().position(|s| s.name == name) {
+        let (rows, cols) = sources[si].rows_cols();
+        let mut v = Vec::with_capacity(rows * cols);
+        for b in 0..num_blocks(rows, cols) {
+            v.extend(ctx.regular_block(si, b).1);
+        }
+        return Ok((sources[si].shape.clone(), v));
+    }
+    for layer in spec.moe_layers() {
+        for (pi, proj) in PROJECTIONS.iter().enumerate() {
+            if name == format!("{}.weight", plan::expert_base(layer, proj)) {
+                let (o, i) = plan::expert_dims(spec, proj);
+                let mut v = vec![0f32; spec.num_experts * o * i];
+                for (e, chunk) in v.chunks_mut(o * i).enumerate() {
+                    let (mut rng, init, _, _) = ctx.expert_rng(layer, pi, e);
+                    rng.fill(chunk, init, 0, o * i);
+                }
+                return Ok((vec![spec.num_experts, o, i], v));
+            }
+        }
+    }
+    Err(ZayaError::MissingTensor { name: name.to_string(), file: Some(format!("synthetic {} spec", spec.preset)) })
 }
 
 fn write_text_side_files(spec: &SynthSpec, out: &Path, template_in_config: bool) -> Result<()> {
@@ -317,7 +350,7 @@ impl Job {
 struct Ctx<'a> {
     spec: &'a SynthSpec,
     sources: &'a [SourceTensor],
-    sink: &'a Sink,
+    sink: Option<&'a Sink>,
 }
 
 fn f16_bytes(v: &[f32]) -> Vec<u8> {
@@ -329,6 +362,10 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 }
 
 impl Ctx<'_> {
+    fn sink(&self) -> Result<&Sink> {
+        self.sink.ok_or_else(|| ZayaError::InvalidArgument("synth: no output files to write to".into()))
+    }
+
     /// Float values of rows block `block` of regular source tensor `si`: (first row, values).
     fn regular_block(&self, si: usize, block: usize) -> (usize, Vec<f32>) {
         let s = &self.sources[si];
@@ -356,17 +393,17 @@ impl Ctx<'_> {
                 let (_, cols) = s.rows_cols();
                 let (r0, v) = self.regular_block(*source, *block);
                 if s.is_passthrough() {
-                    self.sink.write(targets[0], (r0 * cols * 2) as u64, &f16_bytes(&v))
+                    self.sink()?.write(targets[0], (r0 * cols * 2) as u64, &f16_bytes(&v))
                 } else {
                     let g = self.spec.group_size;
                     let rows = v.len() / cols;
                     let enc = affine_quantize_f32(&v, rows, cols, AFFINE_BITS, g)?;
                     let per = 32 / AFFINE_BITS as usize;
-                    self.sink.write(targets[0], (r0 * cols / per * 4) as u64, &u32_bytes(&enc.weight))?;
+                    self.sink()?.write(targets[0], (r0 * cols / per * 4) as u64, &u32_bytes(&enc.weight))?;
                     let sb: Vec<u8> = enc.scales.iter().flat_map(|x| x.to_le_bytes()).collect();
                     let bb: Vec<u8> = enc.biases.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    self.sink.write(targets[1], (r0 * cols / g * 2) as u64, &sb)?;
-                    self.sink.write(targets[2], (r0 * cols / g * 2) as u64, &bb)
+                    self.sink()?.write(targets[1], (r0 * cols / g * 2) as u64, &sb)?;
+                    self.sink()?.write(targets[2], (r0 * cols / g * 2) as u64, &bb)
                 }
             }
             Job::Expert { layer, proj, expert, packed, norms, .. } => {
@@ -380,8 +417,8 @@ impl Ctx<'_> {
                     rng.fill(&mut row, init, r * i, o * i);
                     n.push(enc.encode_row(&mut row, &mut words[r * pc..(r + 1) * pc]));
                 }
-                self.sink.write(*packed, (expert * o * pc * 4) as u64, &u32_bytes(&words))?;
-                self.sink.write(*norms, (expert * o * 2) as u64, &f16_bytes(&n))
+                self.sink()?.write(*packed, (expert * o * pc * 4) as u64, &u32_bytes(&words))?;
+                self.sink()?.write(*norms, (expert * o * 2) as u64, &f16_bytes(&n))
             }
             Job::Source { .. } => unreachable!("source job in a bundle"),
         }
@@ -394,7 +431,7 @@ impl Ctx<'_> {
             Content::SourceF32 { source } => {
                 let (_, cols) = self.sources[source].rows_cols();
                 let (r0, v) = self.regular_block(source, *block);
-                self.sink.write(*tensor, (r0 * cols * 4) as u64, &f32_bytes(&v))
+                self.sink()?.write(*tensor, (r0 * cols * 4) as u64, &f32_bytes(&v))
             }
             Content::SourceFc1 { layer, expert } => {
                 let mut off = 0u64;
@@ -403,7 +440,7 @@ impl Ctx<'_> {
                     let mut v = vec![0f32; o * i];
                     rng.fill(&mut v, init, 0, o * i);
                     let b = f32_bytes(&v);
-                    self.sink.write(*tensor, off, &b)?;
+                    self.sink()?.write(*tensor, off, &b)?;
                     off += b.len() as u64;
                 }
                 Ok(())
@@ -412,7 +449,7 @@ impl Ctx<'_> {
                 let (mut rng, init, o, i) = self.expert_rng(layer, 2, expert);
                 let mut v = vec![0f32; o * i];
                 rng.fill(&mut v, init, 0, o * i);
-                self.sink.write(*tensor, 0, &f32_bytes(&v))
+                self.sink()?.write(*tensor, 0, &f32_bytes(&v))
             }
             _ => unreachable!("non-source tensor in a source"),
         }

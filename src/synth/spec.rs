@@ -206,7 +206,7 @@ impl SynthSpec {
         if ![32, 64, 128].contains(&g) {
             return err("group_size", format!("{g} is not an MLX affine group size (32, 64, 128)"));
         }
-        if self.hidden_size == 0 || self.hidden_size % g != 0 {
+        if self.hidden_size == 0 || !self.hidden_size.is_multiple_of(g) {
             return err("hidden_size", format!("{} must be a positive multiple of group_size {g}", self.hidden_size));
         }
         if self.num_hidden_layers < 2 {
@@ -215,7 +215,7 @@ impl SynthSpec {
                 format!("{} half-layers: need at least one attention and one MoE layer", self.num_hidden_layers),
             );
         }
-        if self.num_q_heads == 0 || self.num_kv_heads == 0 || self.num_q_heads % self.num_kv_heads != 0 {
+        if self.num_q_heads == 0 || self.num_kv_heads == 0 || !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return err(
                 "num_attention_heads",
                 format!(
@@ -224,20 +224,20 @@ impl SynthSpec {
                 ),
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return err("head_dim", format!("{} must be positive and even", self.head_dim));
         }
-        if self.k_dim() % 2 != 0 {
+        if !self.k_dim().is_multiple_of(2) {
             return err("num_key_value_heads", "Hk·D must be even (the value is split in two halves)".into());
         }
-        if self.q_dim() % g != 0 {
+        if !self.q_dim().is_multiple_of(g) {
             return err(
                 "num_attention_heads",
                 format!("o_proj input Hq·D = {} must be a multiple of group_size {g}", self.q_dim()),
             );
         }
         let rot = (self.head_dim as f64 * self.partial_rotary_factor) as usize;
-        if !(0.0..=1.0).contains(&self.partial_rotary_factor) || rot % 2 != 0 {
+        if !(0.0..=1.0).contains(&self.partial_rotary_factor) || !rot.is_multiple_of(2) {
             return err(
                 "partial_rotary_factor",
                 format!("{} gives an odd or invalid rotary dim {rot}", self.partial_rotary_factor),

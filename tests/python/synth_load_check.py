@@ -91,9 +91,7 @@ if src is not None:
         return float(np.sqrt(((x - y) ** 2).sum() / (y ** 2).sum()))
 
     errs = {"tq": [], "affine": [], "passthrough": []}
-    from mlx.utils import tree_flatten
 
-    qp = dict(tree_flatten(model.parameters()))
     for k, y in fw.items():
         if ".switch_mlp." in k:
             errs["tq"].append(rel(weights[k], y))

@@ -7,7 +7,7 @@ use zaya_mlx::{Result, ZayaError};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Architecture preset: tiny (≈0.5 MB, tests and demos), small (real per-layer dims,
+    /// Architecture preset: tiny (≈0.8 MB, tests and demos), small (real per-layer dims,
     /// 4 half-layers), zaya1-8b (the real dimensions, ≈4.65 GiB).
     #[arg(long, default_value = "tiny")]
     pub preset: String,

@@ -49,7 +49,7 @@ pub const AFFINE_BITS: u32 = 8;
 pub const PRESETS: &[&str] = &["tiny", "small", "zaya1-8b"];
 
 impl SynthSpec {
-    /// A named preset: `tiny` (≈0.5 MB: hidden 128, 6 half-layers, 4 experts, vocab 1024),
+    /// A named preset: `tiny` (≈0.8 MB: hidden 128, 6 half-layers, 4 experts, vocab 1024),
     /// `small` (real per-layer dims, 4 half-layers, vocab 32768, ≈0.3 GB) or `zaya1-8b` (the real
     /// dimensions: 80 half-layers, vocab 262272, ≈4.65 GiB).
     pub fn preset(name: &str) -> Result<Self> {

@@ -13,7 +13,8 @@ die() { echo "setup-python-ref: $*" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 VENV=${ZAYA_REF_VENV:-$ROOT/.venv-ref}
-PINS=("mlx[cpu]==0.32.2" "mlx-lm==0.32.2" "jang==2.5.50" "numpy==2.4.6" "safetensors==0.8.0" "jinja2==3.1.6")
+PINS=("mlx[cpu]==0.32.2" "mlx-lm==0.32.2" "jang==2.5.50" "numpy==2.4.6" "safetensors==0.8.0" "jinja2==3.1.6"
+      "transformers==5.24.0" "tokenizers==0.23.3")
 STAMP="$VENV/.zaya-pins-$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -c1-16)"
 
 if [ -f "$STAMP" ]; then echo "setup-python-ref: up to date in $VENV"; exit 0; fi
@@ -23,9 +24,14 @@ python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || die "Python >= 3.11 is required by jang 2.5.50 and mlx-lm 0.32.2 (found $(python3 --version 2>&1))"
 python3 -m venv --help >/dev/null 2>&1 || die "python3 has no venv module (Debian: apt-get install python3-venv)"
 
-echo "setup-python-ref: creating $VENV (about 1 minute)"
-rm -rf "$VENV"
-python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+if "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  echo "setup-python-ref: updating $VENV to the pins"
+else
+  echo "setup-python-ref: creating $VENV (about 1 minute)"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+rm -f "$VENV"/.zaya-pins-*
 "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || die "the venv has no pip (Debian: apt-get install python3-venv)"
 "$VENV/bin/python" -m pip install -q "${PINS[@]}" \
   || die "pip could not install ${PINS[*]} (no network to PyPI?)"

@@ -1,1 +1,912 @@
-//! Chat templates (minijinja, Hugging Face conventions): messages, tools, `enable_thinking`.
+//! Chat templates: Hugging Face Jinja chat templates rendered with minijinja, matching what
+//! transformers' `apply_chat_template(..., tokenize=False)` produces with jinja2.
+//!
+//! Sources, in HF's order of precedence: `chat_template.jinja` (plus `additional_chat_templates/*.jinja`
+//! as named templates), `chat_template.json`, then `chat_template` in `tokenizer_config.json` (a string,
+//! or a list of `{name, template}`: `tool_use` is picked when tools are given, else `default`).
+//!
+//! The environment mirrors transformers' (`ImmutableSandboxedEnvironment(trim_blocks=True,
+//! lstrip_blocks=True)` with loop controls):
+//! - globals `raise_exception(msg)` (→ [`ZayaError::Template`] carrying the message),
+//!   `strftime_now(fmt)` (local time, C `strftime` like Python's naive `datetime.now().strftime`),
+//!   `namespace`, `dict`, `range`, `cycler`, `joiner`; jinja2's `truncate`, and `striptags` /
+//!   `filesizeformat` from minijinja-contrib;
+//! - filter `tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False)` exactly like
+//!   Python's `json.dumps` (key order kept, no HTML escaping, Python float repr);
+//! - Python string/dict/list methods (`.strip()`, `.startswith()`, `.split()`, `.items()`, `.get()`...)
+//!   through minijinja-contrib's `pycompat`;
+//! - variables `messages`, `tools` (None when absent, as HF passes it), `documents`,
+//!   `add_generation_prompt`, `bos_token`/`eos_token`/`pad_token`/`unk_token`, `enable_thinking` when
+//!   set, and any extra kwargs (`--chat-template-config` JSON object).
+//!
+//! jinja2 / minijinja differences handled here:
+//! - `{% generation %}…{% endgeneration %}` (transformers' assistant-mask extension) is rewritten to a
+//!   transparent `{% if true %}…{% endif %}` keeping the tag's whitespace control;
+//! - printing follows Python `str()`: `None`, `True`/`False`, float repr (`1.0`, `1e+16`), and lists /
+//!   dicts in Python repr (`['a', 1]`, `{'k': 'v'}`) instead of minijinja's JSON-like output;
+//! - reasoning fields are aliased as transformers does (`reasoning_content` ← `thinking` / `reasoning`,
+//!   and `thinking` filled for gpt-oss-style templates);
+//! - no HTML auto-escaping whatever the template's file name.
+//!
+//! Known remaining differences: `~` concatenation and `|string` use minijinja's formatting
+//! (`none`, `true`), Python `%` string formatting is not available, and attribute access on
+//! undefined values errors in both engines but with different messages. `loop.last`, `loop.index0`,
+//! `is defined`, `namespace()`, slicing (`messages[::-1]`), `{% break %}` behave as in jinja2.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use minijinja::value::{Kwargs, Rest, Value as JValue, ValueKind};
+use minijinja::{AutoEscape, Environment, Error as JError, ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Result, ZayaError};
+use crate::tokenizer::{token_content, Tokenizer};
+
+/// One chat message. Serialises to the dict HF templates read (absent fields are left out, so
+/// `message.x is defined` behaves as in Python).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text content (`None`: no `content` key; HF tool-call turns may carry `null` via `extra`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The assistant's reasoning (rendered inside `<think>…</think>` by thinking templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// OpenAI-style tool calls: `{"type": "function", "function": {"name", "arguments"}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    /// Id of the call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Tool name of a `tool` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any other keys.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Message {
+    /// A message with `role` and text `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message { role: role.into(), content: Some(content.into()), ..Default::default() }
+    }
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+    /// A tool response message.
+    pub fn tool(content: impl Into<String>) -> Self {
+        Self::new("tool", content)
+    }
+    /// The message as the JSON dict a template sees.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Everything besides the messages that a render takes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatOptions {
+    /// Append the assistant turn header (`<|im_start|>assistant\n`...).
+    pub add_generation_prompt: bool,
+    /// Leave the last message open so generation continues it (HF `continue_final_message`, the
+    /// `--prefill-response` of mlx-lm). Incompatible with `add_generation_prompt`.
+    pub continue_final_message: bool,
+    /// `enable_thinking` for the template; `None` leaves it undefined (template default).
+    pub enable_thinking: Option<bool>,
+    /// Tool JSON schemas (`tools`); `None` renders `tools` as None.
+    pub tools: Option<Vec<Value>>,
+    /// RAG documents (`documents`).
+    pub documents: Option<Vec<Value>>,
+    /// Name of the template to use when the model has several (default: `tool_use` when tools are
+    /// given and it exists, else `default`).
+    pub template_name: Option<String>,
+    /// Extra template variables (the JSON object of `--chat-template-config`).
+    pub extra: Map<String, Value>,
+}
+
+const RESERVED_KWARGS: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
+
+impl ChatOptions {
+    /// Parses a `--chat-template-config` JSON object into `extra`; bad JSON or a non-object is an
+    /// `InvalidArgument` naming the flag.
+    pub fn with_config_json(mut self, json: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(json)
+            .map_err(|e| ZayaError::InvalidArgument(format!("--chat-template-config: not valid JSON: {e}")))?;
+        let Value::Object(m) = v else {
+            return Err(ZayaError::InvalidArgument("--chat-template-config must be a JSON object".into()));
+        };
+        for (k, v) in m {
+            if RESERVED_KWARGS.contains(&k.as_str()) {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "--chat-template-config must not set `{k}` (it has its own option)"
+                )));
+            }
+            if k == "enable_thinking" && self.enable_thinking.is_none() {
+                self.enable_thinking = v.as_bool();
+            }
+            self.extra.insert(k, v);
+        }
+        Ok(self)
+    }
+}
+
+/// A loaded chat template (one or several named ones) with the tokenizer's special tokens.
+#[derive(Clone)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// (name, name in the environment = what errors show)
+    templates: Vec<(String, String)>,
+    special: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").field("templates", &self.templates).field("special", &self.special).finish()
+    }
+}
+
+/// Marks an error raised by the template's `raise_exception`.
+#[derive(Debug)]
+struct RaisedException(String);
+impl std::fmt::Display for RaisedException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for RaisedException {}
+
+fn template_error(e: &JError) -> ZayaError {
+    let mut raised = None;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<RaisedException>() {
+            raised = Some(r.0.clone());
+        }
+        src = s.source();
+    }
+    let place = match (e.name(), e.line()) {
+        (Some(n), Some(l)) => format!("{n} line {l}: "),
+        (Some(n), None) => format!("{n}: "),
+        _ => String::new(),
+    };
+    match raised {
+        Some(msg) => ZayaError::Template(format!("{place}template raised an exception: {msg}")),
+        None => {
+            let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+            ZayaError::Template(format!("{place}{}{detail}", e.kind()))
+        }
+    }
+}
+
+impl ChatTemplate {
+    /// Loads the chat template of a bundle directory; `Ok(None)` when it has none.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let read = |name: &str| -> Result<Option<String>> {
+            let p = dir.join(name);
+            if !p.exists() {
+                return Ok(None);
+            }
+            std::fs::read_to_string(&p).map(Some).map_err(|e| ZayaError::io(&p, e))
+        };
+        let tok_cfg: Option<Value> = match read("tokenizer_config.json")? {
+            Some(t) => Some(
+                serde_json::from_str(&t)
+                    .map_err(|e| ZayaError::Template(format!("tokenizer_config.json: not valid JSON: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut named: Vec<(String, String, String)> = Vec::new(); // (name, env name, source)
+        if let Some(src) = read("chat_template.jinja")? {
+            named.push(("default".into(), "chat_template.jinja".into(), src));
+            let extra_dir = dir.join("additional_chat_templates");
+            if extra_dir.is_dir() {
+                let mut files: Vec<_> = std::fs::read_dir(&extra_dir)
+                    .map_err(|e| ZayaError::io(&extra_dir, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "jinja"))
+                    .collect();
+                files.sort();
+                for p in files {
+                    let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    let src = std::fs::read_to_string(&p).map_err(|e| ZayaError::io(&p, e))?;
+                    named.push((name.clone(), format!("additional_chat_templates/{name}.jinja"), src));
+                }
+            }
+        } else if let Some(text) = read("chat_template.json")? {
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| ZayaError::Template(format!("chat_template.json: not valid JSON: {e}")))?;
+            let t = v
+                .get("chat_template")
+                .ok_or_else(|| ZayaError::Template("chat_template.json: no `chat_template` key".into()))?;
+            named = parse_template_field(t, "chat_template.json")?;
+        } else if let Some(t) = tok_cfg.as_ref().and_then(|c| c.get("chat_template")) {
+            if !t.is_null() {
+                named = parse_template_field(t, "tokenizer_config.json")?;
+            }
+        }
+        if named.is_empty() {
+            return Ok(None);
+        }
+        let mut tpl = Self::build(named)?;
+        if let Some(cfg) = &tok_cfg {
+            tpl.set_special_tokens_from_config(cfg);
+        }
+        Ok(Some(tpl))
+    }
+
+    /// A template from source text; `file` names it in errors.
+    pub fn from_source(source: &str, file: &str) -> Result<Self> {
+        Self::build(vec![("default".into(), file.into(), source.into())])
+    }
+
+    /// The template(s) of a tokenizer_config.json value (`chat_template` string or list) with its
+    /// special tokens; `Ok(None)` when there is no template.
+    pub fn from_tokenizer_config(cfg: &Value, file: &str) -> Result<Option<Self>> {
+        match cfg.get("chat_template") {
+            None | Some(Value::Null) => Ok(None),
+            Some(t) => {
+                let mut tpl = Self::build(parse_template_field(t, file)?)?;
+                tpl.set_special_tokens_from_config(cfg);
+                Ok(Some(tpl))
+            }
+        }
+    }
+
+    /// Sets `bos_token` / `eos_token` / `pad_token` / `unk_token` from a tokenizer_config.json value.
+    pub fn set_special_tokens_from_config(&mut self, cfg: &Value) {
+        for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
+            if let Some(c) = cfg.get(key).and_then(token_content) {
+                self.special.insert(key.to_owned(), c);
+            }
+        }
+    }
+
+    /// Sets one special-token variable (e.g. `bos_token`) the template sees.
+    pub fn set_special_token(&mut self, key: &str, content: &str) {
+        self.special.insert(key.to_owned(), content.to_owned());
+    }
+
+    /// Names of the templates (`default`, `tool_use`...).
+    pub fn names(&self) -> Vec<&str> {
+        self.templates.iter().map(|t| t.0.as_str()).collect()
+    }
+
+    fn build(named: Vec<(String, String, String)>) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_formatter(py_formatter);
+        // jinja2 builtins that minijinja keeps in minijinja-contrib
+        env.add_filter("truncate", truncate_filter);
+        env.add_filter("striptags", minijinja_contrib::filters::striptags);
+        env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
+        env.add_function("cycler", |items: Rest<JValue>| minijinja_contrib::globals::cycler(items.0));
+        env.add_function("joiner", minijinja_contrib::globals::joiner);
+        env.add_filter("tojson", tojson_filter);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        let mut templates = Vec::new();
+        for (name, env_name, src) in named {
+            env.add_template_owned(env_name.clone(), rewrite_generation_tags(&src))
+                .map_err(|e| template_error(&e))?;
+            templates.push((name, env_name));
+        }
+        Ok(ChatTemplate { env, templates, special: BTreeMap::new() })
+    }
+
+    fn pick(&self, opts: &ChatOptions) -> Result<&str> {
+        if self.templates.len() == 1 && opts.template_name.is_none() {
+            return Ok(&self.templates[0].1);
+        }
+        let find = |n: &str| self.templates.iter().find(|t| t.0 == n).map(|t| t.1.as_str());
+        if let Some(n) = &opts.template_name {
+            return find(n).ok_or_else(|| {
+                ZayaError::InvalidArgument(format!(
+                    "chat template `{n}` not found (available: {})",
+                    self.names().join(", ")
+                ))
+            });
+        }
+        if opts.tools.is_some() {
+            if let Some(t) = find("tool_use") {
+                return Ok(t);
+            }
+        }
+        find("default").ok_or_else(|| {
+            ZayaError::Template(format!(
+                "the model has several chat templates ({}) and none is named `default`",
+                self.names().join(", ")
+            ))
+        })
+    }
+
+    /// Renders and tokenizes a conversation for the model, as HF `apply_chat_template(tokenize=True)`:
+    /// the rendered text already holds `bos_token`, so no special tokens are added on top.
+    pub fn tokenize(&self, tokenizer: &Tokenizer, messages: &[Value], opts: &ChatOptions) -> Result<Vec<u32>> {
+        tokenizer.encode(&self.render(messages, opts)?, false)
+    }
+
+    /// Renders typed messages.
+    pub fn render_messages(&self, messages: &[Message], opts: &ChatOptions) -> Result<String> {
+        let v: Vec<Value> = messages.iter().map(Message::to_value).collect();
+        self.render(&v, opts)
+    }
+
+    /// Renders a conversation (each message a JSON object with at least `role`) to the prompt text.
+    pub fn render(&self, messages: &[Value], opts: &ChatOptions) -> Result<String> {
+        let name = self.pick(opts)?;
+        let tpl = self.env.get_template(name).map_err(|e| template_error(&e))?;
+        for (i, m) in messages.iter().enumerate() {
+            if !m.is_object() {
+                return Err(ZayaError::InvalidArgument(format!("chat message {i} must be a JSON object, got {m}")));
+            }
+        }
+        if opts.continue_final_message && opts.add_generation_prompt {
+            return Err(ZayaError::InvalidArgument(
+                "continue_final_message and add_generation_prompt cannot both be set".into(),
+            ));
+        }
+        let mut msgs: Vec<Value> = messages.iter().map(alias_reasoning).collect();
+        // continue_final_message: tag the final text, render, cut at the tag (transformers' method)
+        const TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+        let mut final_text = None;
+        if opts.continue_final_message {
+            let last = msgs
+                .last_mut()
+                .ok_or_else(|| ZayaError::InvalidArgument("continue_final_message: the conversation is empty".into()))?;
+            match last.get_mut("content") {
+                Some(Value::String(s)) => {
+                    final_text = Some(s.clone());
+                    s.push_str(TAG);
+                }
+                Some(Value::Array(parts)) => {
+                    let block = parts
+                        .iter_mut()
+                        .rev()
+                        .find_map(|b| b.get_mut("text"))
+                        .ok_or_else(|| {
+                            ZayaError::InvalidArgument("continue_final_message: the final message has no text".into())
+                        })?;
+                    let s = block.as_str().unwrap_or_default().to_owned();
+                    final_text = Some(s.clone());
+                    *block = Value::String(s + TAG);
+                }
+                _ => {
+                    return Err(ZayaError::InvalidArgument(
+                        "continue_final_message: the final message has no content to continue".into(),
+                    ))
+                }
+            }
+        }
+        let mut ctx: BTreeMap<String, JValue> = BTreeMap::new();
+        for (k, v) in &self.special {
+            ctx.insert(k.clone(), JValue::from(v.clone()));
+        }
+        for (k, v) in &opts.extra {
+            if RESERVED_KWARGS.contains(&k.as_str()) {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "--chat-template-config must not set `{k}` (it has its own option)"
+                )));
+            }
+            ctx.insert(k.clone(), JValue::from_serialize(v));
+        }
+        if let Some(t) = opts.enable_thinking {
+            ctx.insert("enable_thinking".into(), JValue::from(t));
+        }
+        ctx.insert("messages".into(), JValue::from_serialize(&msgs));
+        ctx.insert("tools".into(), opts.tools.as_ref().map_or(JValue::from(()), JValue::from_serialize));
+        ctx.insert("documents".into(), opts.documents.as_ref().map_or(JValue::from(()), JValue::from_serialize));
+        ctx.insert("add_generation_prompt".into(), JValue::from(opts.add_generation_prompt));
+        let out = tpl.render(ctx).map_err(|e| template_error(&e))?;
+        match final_text {
+            None => Ok(out),
+            Some(text) => {
+                let tag = TAG.trim();
+                let (Some(at), true) = (out.rfind(tag), out.contains(text.trim())) else {
+                    return Err(ZayaError::Template(
+                        "continue_final_message: the template does not render the final message verbatim".into(),
+                    ));
+                };
+                if out[at..].starts_with(TAG) {
+                    Ok(out[..at].to_owned())
+                } else {
+                    Ok(out[..at].trim_end().to_owned())
+                }
+            }
+        }
+    }
+}
+
+/// `chat_template` field: a string, or a list of `{name, template}`.
+fn parse_template_field(v: &Value, file: &str) -> Result<Vec<(String, String, String)>> {
+    match v {
+        Value::String(s) => Ok(vec![("default".into(), file.into(), s.clone())]),
+        Value::Array(list) => {
+            let mut out = Vec::new();
+            for (i, e) in list.iter().enumerate() {
+                let name = e.get("name").and_then(Value::as_str);
+                let tpl = e.get("template").and_then(Value::as_str);
+                match (name, tpl) {
+                    (Some(n), Some(t)) => out.push((n.to_owned(), format!("{file}[{n}]"), t.to_owned())),
+                    _ => {
+                        return Err(ZayaError::Template(format!(
+                            "{file}: chat_template[{i}] must be an object with string `name` and `template`"
+                        )))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        _ => Err(ZayaError::Template(format!("{file}: chat_template must be a string or a list of {{name, template}}"))),
+    }
+}
+
+/// transformers' `_alias_reasoning_fields`: `{"thinking": r, **message, "reasoning_content": r}` where r
+/// is the first non-null of reasoning_content / thinking / reasoning.
+fn alias_reasoning(m: &Value) -> Value {
+    let Value::Object(o) = m else { return m.clone() };
+    let r = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| o.get(*k).filter(|v| !v.is_null()));
+    let Some(r) = r else { return m.clone() };
+    let mut out = Map::new();
+    out.insert("thinking".into(), r.clone());
+    for (k, v) in o {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert("reasoning_content".into(), r.clone());
+    Value::Object(out)
+}
+
+/// Rewrites `{% generation %}` / `{% endgeneration %}` (any whitespace control) to `{% if true %}` /
+/// `{% endif %}`, keeping the `-`/`+` markers.
+fn rewrite_generation_tags(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let tag = &rest[i..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let (lead, body) = match inner.chars().next() {
+            Some(c @ ('-' | '+')) => (c.to_string(), &inner[1..]),
+            _ => (String::new(), inner),
+        };
+        let (body, trail) = match body.chars().last() {
+            Some(c @ ('-' | '+')) => (&body[..body.len() - 1], c.to_string()),
+            _ => (body, String::new()),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => {
+                let _ = write!(out, "{{%{lead} {r} {trail}%}}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=5)` (lengths in chars).
+fn truncate_filter(s: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result::Result<JValue, JError> {
+    let bad = |m: &str| JError::new(ErrorKind::InvalidOperation, format!("truncate: {m}"));
+    let arg = |i: usize, name: &str| -> std::result::Result<Option<JValue>, JError> {
+        let kw: Option<JValue> = kwargs.get(name)?;
+        Ok(kw.or_else(|| args.get(i).cloned()))
+    };
+    let int = |v: Option<JValue>, d: i64| v.and_then(|v| v.as_i64()).unwrap_or(d);
+    let length = int(arg(0, "length")?, 255);
+    let killwords = arg(1, "killwords")?.is_some_and(|v| v.is_true());
+    let end = arg(2, "end")?.map_or("...".to_owned(), |v| v.as_str().unwrap_or("...").to_owned());
+    let leeway = int(arg(3, "leeway")?, 5);
+    kwargs.assert_all_used()?;
+    let Some(text) = s.as_str() else { return Ok(s.clone()) };
+    let end_len = end.chars().count() as i64;
+    if length < end_len || leeway < 0 {
+        return Err(bad("length must be >= len(end) and leeway >= 0"));
+    }
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() as i64 <= length + leeway {
+        return Ok(s.clone());
+    }
+    let head: String = chars[..(length - end_len) as usize].iter().collect();
+    let head = if killwords { head } else { head.rsplit_once(' ').map_or(head.clone(), |(a, _)| a.to_owned()) };
+    Ok(JValue::from(head + &end))
+}
+
+fn raise_exception(msg: String) -> std::result::Result<JValue, JError> {
+    Err(JError::new(ErrorKind::InvalidOperation, msg.clone()).with_source(RaisedException(msg)))
+}
+
+/// `strftime_now(fmt)`: Python's `datetime.now().strftime(fmt)` (naive local time: `%z`/`%Z` empty,
+/// `%f` microseconds), through the C library's `strftime` as CPython does.
+fn strftime_now(fmt: String) -> std::result::Result<String, JError> {
+    let err = |m: &str| JError::new(ErrorKind::InvalidOperation, format!("strftime_now: {m}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| err("system clock before 1970"))?;
+    let secs = now.as_secs() as libc::time_t;
+    let micros = now.subsec_micros();
+    // Python-side codes first
+    let mut f = String::with_capacity(fmt.len());
+    let mut it = fmt.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            f.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('f') => {
+                let _ = write!(f, "{micros:06}");
+            }
+            Some('z') | Some('Z') => {}
+            Some(':') if it.peek() == Some(&'z') => {
+                it.next();
+            }
+            Some(o) => {
+                f.push('%');
+                f.push(o);
+            }
+            None => f.push('%'),
+        }
+    }
+    if f.contains('\0') {
+        return Err(err("format contains a NUL character"));
+    }
+    let cfmt = std::ffi::CString::new(f.clone()).map_err(|_| err("bad format"))?;
+    // SAFETY: localtime_r writes into our tm; strftime writes at most buf.len() bytes.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return Err(err("localtime failed"));
+        }
+        let mut size = 256usize.max(f.len() * 8);
+        loop {
+            let mut buf = vec![0u8; size];
+            let n = libc::strftime(buf.as_mut_ptr() as *mut libc::c_char, size, cfmt.as_ptr(), &tm);
+            if n > 0 || size >= 1 << 16 {
+                buf.truncate(n);
+                return String::from_utf8(buf).map_err(|_| err("result is not UTF-8"));
+            }
+            size *= 4;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python-compatible printing and JSON
+
+/// Python `repr(float)`.
+pub(crate) fn py_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    let e = format!("{f:e}"); // shortest round-trip digits, e.g. "-1.25e-7"
+    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mant) = match mant.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mant),
+    };
+    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exp) {
+        let mut s = String::from(sign);
+        if exp >= 0 {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                s.push_str(&digits);
+                s.extend(std::iter::repeat_n('0', int_len - digits.len()));
+                s.push_str(".0");
+            } else {
+                s.push_str(&digits[..int_len]);
+                s.push('.');
+                s.push_str(&digits[int_len..]);
+            }
+        } else {
+            s.push_str("0.");
+            s.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            s.push_str(&digits);
+        }
+        s
+    } else {
+        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    }
+}
+
+fn is_py_printable(c: char) -> bool {
+    let u = c as u32;
+    !(u < 0x20
+        || (0x7f..=0xa0).contains(&u)
+        || u == 0xad
+        || (0x600..=0x605).contains(&u)
+        || u == 0x61c
+        || u == 0x6dd
+        || u == 0x70f
+        || u == 0x180e
+        || u == 0x1680
+        || (0x2000..=0x200f).contains(&u)
+        || (0x2028..=0x202f).contains(&u)
+        || (0x205f..=0x2064).contains(&u)
+        || (0x2066..=0x206f).contains(&u)
+        || u == 0x3000
+        || (0xd800..=0xf8ff).contains(&u)
+        || u == 0xfeff
+        || (0xfff9..=0xfffb).contains(&u))
+}
+
+/// Python `repr(str)`.
+fn py_str_repr(s: &str, out: &mut String) {
+    let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    out.push(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if !is_py_printable(c) => {
+                let u = c as u32;
+                let _ = if u < 0x100 { write!(out, "\\x{u:02x}") } else { write!(out, "\\u{u:04x}") };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+}
+
+/// Python `repr()` of a template value (nested items of a printed list/dict).
+fn py_repr(v: &JValue, out: &mut String) -> std::result::Result<(), JError> {
+    match v.kind() {
+        ValueKind::String => py_str_repr(v.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            for (i, x) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_repr(&x, out)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map if v.as_object().is_none_or(|o| o.repr() == minijinja::value::ObjectRepr::Map) => {
+            out.push('{');
+            for (i, k) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_repr(&k, out)?;
+                out.push_str(": ");
+                py_repr(&v.get_item(&k)?, out)?;
+            }
+            out.push('}');
+        }
+        _ => py_str(v, out)?,
+    }
+    Ok(())
+}
+
+/// Python `str()` of a template value: what jinja2 prints for `{{ v }}`.
+fn py_str(v: &JValue, out: &mut String) -> std::result::Result<(), JError> {
+    match v.kind() {
+        ValueKind::Undefined => {}
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "True" } else { "False" }),
+        ValueKind::Number if !v.is_integer() => out.push_str(&py_float_repr(f64::try_from(v.clone())?)),
+        ValueKind::Seq | ValueKind::Map => py_repr(v, out)?,
+        _ => {
+            let _ = write!(out, "{v}");
+        }
+    }
+    Ok(())
+}
+
+fn py_formatter(
+    out: &mut minijinja::Output,
+    _state: &minijinja::State,
+    v: &JValue,
+) -> std::result::Result<(), JError> {
+    if v.kind() == ValueKind::String {
+        return out.write_str(v.as_str().unwrap_or_default()).map_err(JError::from);
+    }
+    let mut s = String::new();
+    py_str(v, &mut s)?;
+    out.write_str(&s).map_err(JError::from)
+}
+
+/// Python `json.dumps` options.
+struct JsonOpts {
+    ensure_ascii: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+fn json_str(s: &str, ascii: bool, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (ascii && (c as u32) > 0x7e) => {
+                let mut b = [0u16; 2];
+                for u in c.encode_utf16(&mut b) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_key(k: &JValue) -> std::result::Result<String, JError> {
+    Ok(match k.kind() {
+        ValueKind::String => k.as_str().unwrap_or_default().to_owned(),
+        ValueKind::None => "null".into(),
+        ValueKind::Bool => (if k.is_true() { "true" } else { "false" }).into(),
+        ValueKind::Number if !k.is_integer() => py_float_repr(f64::try_from(k.clone())?),
+        ValueKind::Number => k.to_string(),
+        other => {
+            return Err(JError::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: keys must be str, int, float, bool or None, not {other}"),
+            ))
+        }
+    })
+}
+
+fn json_dump(v: &JValue, o: &JsonOpts, level: usize, out: &mut String) -> std::result::Result<(), JError> {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(ind) = &o.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(ind);
+            }
+        }
+    };
+    match v.kind() {
+        ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number if v.is_integer() => {
+            let _ = write!(out, "{v}");
+        }
+        ValueKind::Number => {
+            let f = f64::try_from(v.clone())?;
+            out.push_str(&if f.is_nan() {
+                "NaN".to_string()
+            } else if f.is_infinite() {
+                (if f > 0.0 { "Infinity" } else { "-Infinity" }).to_string()
+            } else {
+                py_float_repr(f)
+            });
+        }
+        ValueKind::String => json_str(v.as_str().unwrap_or_default(), o.ensure_ascii, out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<JValue> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&o.item_sep);
+                }
+                newline(out, level + 1);
+                json_dump(x, o, level + 1, out)?;
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let mut items: Vec<(String, JValue)> = Vec::new();
+            for k in v.try_iter()? {
+                let val = v.get_item(&k)?;
+                items.push((json_key(&k)?, val));
+            }
+            if o.sort_keys {
+                items.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            if items.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, (k, x)) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&o.item_sep);
+                }
+                newline(out, level + 1);
+                json_str(k, o.ensure_ascii, out);
+                out.push_str(&o.key_sep);
+                json_dump(x, o, level + 1, out)?;
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        other => {
+            return Err(JError::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: object of type {other} is not JSON serializable"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
+fn tojson_filter(v: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result::Result<JValue, JError> {
+    let bad = |m: String| JError::new(ErrorKind::InvalidOperation, format!("tojson: {m}"));
+    if args.len() > 4 {
+        return Err(bad("takes at most 4 positional arguments".into()));
+    }
+    let arg = |i: usize, name: &str| -> std::result::Result<Option<JValue>, JError> {
+        let kw: Option<JValue> = kwargs.get(name)?;
+        Ok(kw.or_else(|| args.get(i).cloned()))
+    };
+    let ensure_ascii = arg(0, "ensure_ascii")?.is_some_and(|x| x.is_true());
+    let indent = match arg(1, "indent")? {
+        None => None,
+        Some(x) if x.is_none() => None,
+        Some(x) if x.kind() == ValueKind::String => Some(x.as_str().unwrap_or_default().to_owned()),
+        Some(x) if x.is_integer() => Some(" ".repeat(x.as_i64().unwrap_or(0).max(0) as usize)),
+        Some(x) => return Err(bad(format!("indent must be an int or a string, got {x}"))),
+    };
+    let (item_sep, key_sep) = match arg(2, "separators")? {
+        Some(x) if !x.is_none() => {
+            let parts: Vec<JValue> = x.try_iter()?.collect();
+            match (parts.first().and_then(|p| p.as_str()), parts.get(1).and_then(|p| p.as_str()), parts.len()) {
+                (Some(a), Some(b), 2) => (a.to_owned(), b.to_owned()),
+                _ => return Err(bad("separators must be a pair of strings".into())),
+            }
+        }
+        _ => (if indent.is_some() { "," } else { ", " }.to_owned(), ": ".to_owned()),
+    };
+    let sort_keys = arg(3, "sort_keys")?.is_some_and(|x| x.is_true());
+    kwargs.assert_all_used()?;
+    let o = JsonOpts { ensure_ascii, indent, item_sep, key_sep, sort_keys };
+    let mut out = String::new();
+    json_dump(v, &o, 0, &mut out)?;
+    Ok(JValue::from_safe_string(out))
+}

@@ -261,9 +261,11 @@ extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, m
       auto valid = mx::logical_and(mx::greater_equal(flat, mx::array(0, mx::int64), s),
                                    mx::less(flat, mx::array(d.out, mx::int64), s), s);
       auto safe = mx::astype(mx::where(valid, flat, mx::array(0, mx::int64), s), mx::uint32, s);
-      auto rows = mx::dequantize(mx::take(w, safe, 0, s), mx::take(sc, safe, 0, s), mx::take(bi, safe, 0, s),
-                                 group_size, bits, "affine", std::nullopt, mx::float32, s);
-      rows = mx::where(mx::expand_dims(valid, -1, s), mx::astype(rows, mx::float32, s), mx::array(0.0f), s);
+      // f32 scales/biases: mx::dequantize computes in the scales' dtype.
+      auto rows = mx::dequantize(mx::take(w, safe, 0, s), mx::astype(mx::take(sc, safe, 0, s), mx::float32, s),
+                                 mx::astype(mx::take(bi, safe, 0, s), mx::float32, s), group_size, bits, "affine",
+                                 std::nullopt, mx::float32, s);
+      rows = mx::where(mx::expand_dims(valid, -1, s), rows, mx::array(0.0f), s);
       set(y, mx::reshape(rows, shape, s));
     }
   });

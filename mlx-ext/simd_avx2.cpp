@@ -20,6 +20,7 @@ struct V {
   using F = __m256;
   using I = __m256i;
   static constexpr int L = 8;
+  static constexpr int kMaxAcc = 8;
   static F zero() { return _mm256_setzero_ps(); }
   static F loadf(const float* p) { return _mm256_loadu_ps(p); }
   static F set1(float v) { return _mm256_set1_ps(v); }

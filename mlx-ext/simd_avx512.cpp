@@ -21,6 +21,7 @@ struct V {
   using F = __m512;
   using I = __m512i;
   static constexpr int L = 16;
+  static constexpr int kMaxAcc = 16;
   static F zero() { return _mm512_setzero_ps(); }
   static F loadf(const float* p) { return _mm512_loadu_ps(p); }
   static F set1(float v) { return _mm512_set1_ps(v); }

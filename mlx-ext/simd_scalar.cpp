@@ -9,6 +9,7 @@ struct V {
   using F = float;
   using I = uint32_t;
   static constexpr int L = 1;
+  static constexpr int kMaxAcc = 16;
   static F zero() { return 0.f; }
   static F loadf(const float* p) { return *p; }
   static F set1(float v) { return v; }

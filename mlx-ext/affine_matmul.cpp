@@ -55,6 +55,14 @@ AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::arra
   return d;
 }
 
+// Row-contiguous input for a primitive: arrays already evaluated (weights) are passed through as they
+// are when their layout is row-contiguous, which saves a scheduled Contiguous node per input; lazy
+// arrays get one (a no-op copy-free node when they turn out contiguous).
+mx::array contiguous_input(const mx::array& a, mx::Stream s) {
+  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
+  return mx::contiguous(a, false, s);
+}
+
 void check_mode(int mode) {
   if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
     fail("unknown mode " + std::to_string(mode));
@@ -222,7 +230,7 @@ extern "C" int zaya_affine_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, ml
       set(y, mx::zeros(shape, mx::float32, s));
     } else if (use_prim) {
       std::vector<mx::array> inputs;
-      for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(mx::contiguous(*a, false, s));
+      for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(contiguous_input(*a, s));
       set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, d, table_for(d)), std::move(inputs)));
     } else {
       set(y, mx::astype(mx::quantized_matmul(x, w, sc, bi, true, group_size, bits, "affine", s), mx::float32, s));
@@ -253,7 +261,7 @@ extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, m
       set(y, mx::zeros(shape, mx::float32, s));
     } else if (use_prim) {
       std::vector<mx::array> inputs;
-      for (auto* a : {&ids, &w, &sc, &bi}) inputs.push_back(mx::contiguous(*a, false, s));
+      for (auto* a : {&ids, &w, &sc, &bi}) inputs.push_back(contiguous_input(*a, s));
       set(y, mx::array(shape, mx::float32, std::make_shared<AffineEmbed>(s, d), std::move(inputs)));
     } else {
       // Out-of-range ids give zero rows here too.

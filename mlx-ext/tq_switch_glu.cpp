@@ -32,6 +32,14 @@ int float_type(const mx::array& a, const char* name) {
   fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
 }
 
+// Row-contiguous input for a primitive: arrays already evaluated (weights) are passed through as they
+// are when their layout is row-contiguous, which saves a scheduled Contiguous node per input; lazy
+// arrays get one (a no-op copy-free node when they turn out contiguous).
+mx::array contiguous_input(const mx::array& a, mx::Stream s) {
+  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
+  return mx::contiguous(a, false, s);
+}
+
 bool is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
 int tq_cols(int in, int bits) {
@@ -405,7 +413,7 @@ extern "C" int zaya_tq_switch_glu(mlx_array* y, mlx_array x_h, mlx_array idx_h, 
     } else if (use_prim) {
       std::vector<mx::array> inputs;
       for (auto* a : {&x, &idx, &gp, &gn, &up, &un, &dp, &dn, &cbgu, &sgu, &cbd, &sd})
-        inputs.push_back(mx::contiguous(*a, false, s));
+        inputs.push_back(contiguous_input(*a, s));
       set(y, mx::array(TqSwitchGlu::shape(d), mx::float32,
                        std::make_shared<TqSwitchGlu>(s, d, kern::best_table()), std::move(inputs)));
     } else {

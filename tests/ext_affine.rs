@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 
 use half::{bf16, f16};
-use mlx_rs::{Array, Dtype};
+use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zaya_mlx::ext::{affine_embed, affine_matmul, detected_isa, set_max_isa, ExtMode, KernelIsa};
@@ -299,4 +299,35 @@ fn bad_arguments_are_errors_not_aborts() {
     let ids = Array::from_slice(&[1i32, 2], &[2]);
     let e = err(affine_embed(&ids, &w.wa, &w.sa, &w.ba, 4, 32, ExtMode::Auto));
     assert!(e.contains("scales must be [out, in/group_size]"), "{e}");
+}
+
+#[test]
+fn non_contiguous_inputs() {
+    // Strided views (column slices, transposes), both evaluated and lazy, must be read correctly.
+    let w = weight(300, 24, 128, 8, 32, SType::F16);
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let x: Vec<f32> = (0..5 * 128).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let want = w.matmul64(&x);
+    // x as the transpose of a [128, 5] array
+    let xt: Vec<f32> = (0..128 * 5).map(|k| x[(k % 5) * 128 + k / 5]).collect();
+    let xt = Array::from_slice(&xt, &[128, 5]);
+    // w as the left column half of a [24, 64] array whose right half is garbage
+    let wpr = 128 / 4;
+    let mut wide = vec![0xdead_beefu32; 24 * 2 * wpr];
+    for r in 0..24 {
+        wide[r * 2 * wpr..r * 2 * wpr + wpr].copy_from_slice(&w.w[r * wpr..(r + 1) * wpr]);
+    }
+    let wide = Array::from_slice(&wide, &[24, 2 * wpr as i32]);
+    for evaluated in [false, true] {
+        let xa = xt.t();
+        let wa = wide.index((.., ..wpr as i32));
+        if evaluated {
+            xa.eval().unwrap();
+            wa.eval().unwrap();
+        }
+        for mode in [ExtMode::Primitive, ExtMode::Portable] {
+            let y = affine_matmul(&xa, &wa, &w.sa, &w.ba, 8, 32, mode).unwrap();
+            assert!(rel_err(&values(&y), &want) <= TOL, "evaluated={evaluated} {mode:?}");
+        }
+    }
 }

@@ -7,7 +7,10 @@
 use std::sync::Mutex;
 
 use half::f16;
-use mlx_rs::{Array, Dtype};
+use mlx_rs::{
+    ops::indexing::{IndexOp, IntoStrideBy},
+    Array, Dtype,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zaya_mlx::ext::{detected_isa, set_max_isa, tq_switch_glu, ExtMode, KernelIsa, TqCodec, TqWeights};
@@ -469,4 +472,42 @@ fn empty_batch_gives_empty_output() {
         y.eval().unwrap();
         assert_eq!(y.shape(), &[0, 32]);
     }
+}
+
+#[test]
+fn non_contiguous_inputs() {
+    // x as a transpose, the down projection's stack as every other expert of a larger stack; both lazy
+    // and evaluated.
+    let ex = experts(16, 8, 64, 128, 64, 4, 4);
+    let a = arrays(&ex);
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let n = 5;
+    let x: Vec<f32> = (0..n * ex.h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let idx: Vec<i64> = (0..n as i64).map(|t| (t * 3) % 8).collect();
+    let want = reference(&ex, &x, &idx);
+    let xt: Vec<f32> = (0..ex.h * n).map(|k| x[(k % n) * ex.h + k / n]).collect();
+    let xt = Array::from_slice(&xt, &[ex.h as i32, n as i32]);
+    // interleave the real down experts with garbage ones: [16, O, cols], take [::2]
+    let per = ex.down.out * ex.down.cols;
+    let mut big = vec![0x1234_5678u32; 16 * per];
+    for e in 0..8 {
+        big[2 * e * per..(2 * e + 1) * per].copy_from_slice(&ex.down.packed[e * per..(e + 1) * per]);
+    }
+    let big = Array::from_slice(&big, &[16, ex.down.out as i32, ex.down.cols as i32]);
+    let ia = Array::from_slice(&idx.iter().map(|v| *v as i32).collect::<Vec<_>>(), &[n as i32]);
+    for evaluated in [false, true] {
+        let xa = xt.t();
+        let dp = big.index((..).stride_by(2));
+        if evaluated {
+            xa.eval().unwrap();
+            dp.eval().unwrap();
+        }
+        let mut b = arrays(&ex);
+        b.dp = dp;
+        for mode in [ExtMode::Primitive, ExtMode::Portable] {
+            let y = values(&build(&ex, &b, &xa, &ia, mode).unwrap());
+            assert!(rel_err(&y, &want) <= TOL, "evaluated={evaluated} {mode:?}");
+        }
+    }
+    drop(a);
 }

@@ -1,7 +1,8 @@
 //! Kernel benchmarks at ZAYA1-8B shapes: the fused TurboQuant switch-GLU (one MoE layer's 16 experts,
 //! H = I = O = 2048, 4 bits) against its portable plain-MLX-ops graph, and the affine matmul (8-bit,
 //! group 32, f16 scales) against MLX's stock `quantized_matmul`: the tied lm_head 262272×2048 and a
-//! 2048×2048 projection. Decode (N = 1) and prefill (N = 128) shapes. Throughput is the weight bytes
+//! 2048×2048 projection; and the float-weight GEMV (the router's f16 256×2048 down_proj) against
+//! `matmul` with the weight pre-cast to f32. Decode (N = 1) and prefill (N = 128) shapes. Throughput is the weight bytes
 //! read per call (codes + norms, or codes + scales + biases); for prefill that counts each weight once.
 //! Decode shapes cycle through more weights than the 32 MiB L3 holds (the 16 experts in turn, 16
 //! copies of the 2048×2048 projection) so the weights stream from DRAM as in real decoding.
@@ -17,7 +18,8 @@ use mlx_rs::Array;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zaya_mlx::ext::{
-    affine_matmul, detected_isa, set_max_isa, tq_switch_glu, ExtMode, KernelIsa, TqCodec, TqWeights,
+    affine_matmul, dense_matmul, detected_isa, set_max_isa, tq_switch_glu, ExtMode, KernelIsa, TqCodec,
+    TqWeights,
 };
 
 const E: usize = 16;
@@ -196,5 +198,44 @@ fn bench_affine(c: &mut Criterion) {
     bench_affine_case(c, "lm_head_262272x2048_8bit_g32", &head, D, &[1], true);
 }
 
-criterion_group!(benches, bench_tq, bench_affine);
+fn bench_dense(c: &mut Criterion) {
+    // The router's down_proj: f16 [256, 2048]; 64 copies (64 MiB) so it streams from DRAM.
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (out, inp, copies) = (256usize, D, 64usize);
+    let ws: Vec<Array> = (0..copies)
+        .map(|_| {
+            let a = Array::from_slice(&rand_f16(&mut rng, out * inp, -0.1, 0.1), &[out as i32, inp as i32]);
+            eval(&a);
+            a
+        })
+        .collect();
+    let w32: Vec<Array> = ws
+        .iter()
+        .map(|a| {
+            let b = a.as_dtype(mlx_rs::Dtype::Float32).unwrap();
+            eval(&b);
+            b
+        })
+        .collect();
+    let x = Array::from_slice(&rand_f32(&mut rng, inp, -1.0, 1.0), &[1, inp as i32]);
+    let mut g = c.benchmark_group("dense_f16_256x2048");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Bytes((out * inp * 2) as u64));
+    let mut k = 0;
+    g.bench_function(BenchmarkId::new("ours", "N=1"), |b| {
+        b.iter(|| {
+            k += 1;
+            eval(&dense_matmul(&x, &ws[k % copies], None, ExtMode::Primitive).unwrap())
+        })
+    });
+    g.bench_function(BenchmarkId::new("mlx_matmul_f32_weight", "N=1"), |b| {
+        b.iter(|| {
+            k += 1;
+            eval(&mlx_rs::ops::matmul(&x, w32[k % copies].t()).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_tq, bench_affine, bench_dense);
 criterion_main!(benches);

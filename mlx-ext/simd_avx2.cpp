@@ -56,6 +56,13 @@ struct V {
       }
     }
   };
+  static F load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static F load_bf16(const uint16_t* p) {
+    const I v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
   static F u8_to_f(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
@@ -97,7 +104,7 @@ struct V {
 
 namespace zaya::kern {
 const Table* avx2_table() {
-  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl};
+  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl};
   return &t;
 }
 }  // namespace zaya::kern

@@ -49,6 +49,13 @@ struct V {
       return _mm512_permutexvar_ps(s, t);  // uses the low 4 bits
     }
   };
+  static F load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static F load_bf16(const uint16_t* p) {
+    const I v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  }
   static F u8_to_f(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
@@ -90,7 +97,7 @@ struct V {
 
 namespace zaya::kern {
 const Table* avx512_table() {
-  static const Table t{kAvx512, 16, tq_rows_impl, aff_rows_impl};
+  static const Table t{kAvx512, 16, tq_rows_impl, aff_rows_impl, dense_rows_impl};
   return &t;
 }
 }  // namespace zaya::kern

@@ -41,6 +41,13 @@ struct AffMat {
   int in;          // logical input width
 };
 
+// A float matrix [rows, in] in f32/f16/bf16 (row-major, rows contiguous).
+struct DenseMat {
+  const void* w;
+  int type;  // FloatType
+  int in;
+};
+
 // The leaf kernels of one instruction set. All loop over rows [r0, r1) and any number `nt` of token
 // rows; x rows are in the kernel layout of this table (see lanes and the prep functions in the op
 // files), y rows are plain f32 and receive y[t][r] for r in [r0, r1).
@@ -53,6 +60,8 @@ struct Table {
   void (*tq_rows)(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
   // y[t][r] = sum_i (scale * q(r, i) + bias) * x[t][i]
   void (*aff_rows)(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
+  // y[t][r] = sum_i w[r, i] * x[t][i] (x natural layout)
+  void (*dense_rows)(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
 };
 
 // Tables (nullptr when the ISA is not compiled in or the CPU lacks it).

@@ -28,6 +28,8 @@ struct V {
       return t[(w >> (K * BITS)) & ((1u << BITS) - 1u)];
     }
   };
+  static F load_f16(const uint16_t* p) { return f16_to_f32(*p); }
+  static F load_bf16(const uint16_t* p) { return bf16_to_f32(*p); }
   static F u8_to_f(const uint8_t* p) { return (float)p[0]; }
   static void u4_to_f(const uint8_t* p, F& lo, F& hi) {
     lo = (float)(p[0] & 15u);
@@ -43,7 +45,7 @@ struct V {
 }  // namespace
 
 const Table* scalar_table() {
-  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl};
+  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl};
   return &t;
 }
 

@@ -80,6 +80,11 @@ int zaya_affine_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array scales,
 int zaya_affine_embed(mlx_array* y, mlx_array ids, mlx_array w, mlx_array scales, mlx_array biases,
                       int bits, int group_size, int mode, mlx_stream stream);
 
+// ---- Dense affine layer with float weights ----------------------------------------------------------
+// y = x · Wᵀ (+ b): x [..., in] float32, w [out, in] float16/bfloat16/float32 (read as stored), bias
+// [out] float16/bfloat16/float32 or an empty handle (ctx == NULL) for none. Output [..., out] float32.
+int zaya_dense_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array bias, int mode, mlx_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -331,3 +331,73 @@ fn non_contiguous_inputs() {
         }
     }
 }
+
+// ---- dense (float-weight) matmul ------------------------------------------------------------------
+
+#[test]
+fn dense_matmul_types_bias_and_sizes() {
+    use zaya_mlx::ext::dense_matmul;
+    let mut seed = 500;
+    // in: a multiple of both vector widths, and ragged widths that need the scalar tail
+    for &(out, inp) in &[(37usize, 256usize), (21, 200), (9, 17), (300, 2048)] {
+        for st in [SType::F16, SType::Bf16, SType::F32] {
+            seed += 1;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let wf: Vec<f32> = (0..out * inp).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+            let bf: Vec<f32> = (0..out).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let (w64, wa) = stored(&wf, st, &[out as i32, inp as i32]);
+            let (b64, ba) = stored(&bf, SType::Bf16, &[out as i32]);
+            for n in [1usize, 3, 17, 64] {
+                if out * inp > 100_000 && n > 3 {
+                    continue;
+                }
+                let x: Vec<f32> = (0..n * inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let xa = Array::from_slice(&x, &[n as i32, inp as i32]);
+                for bias in [false, true] {
+                    let want: Vec<f64> = (0..n * out)
+                        .map(|k| {
+                            let (t, r) = (k / out, k % out);
+                            let dot: f64 =
+                                (0..inp).map(|j| w64[r * inp + j] * x[t * inp + j] as f64).sum();
+                            dot + if bias { b64[r] } else { 0.0 }
+                        })
+                        .collect();
+                    let ctx = format!("dense out={out} in={inp} {st:?} N={n} bias={bias}");
+                    let b = if bias { Some(&ba) } else { None };
+                    for isa in isas() {
+                        let y = with_isa(isa, || dense_matmul(&xa, &wa, b, ExtMode::Primitive)).unwrap();
+                        assert_eq!(y.shape(), &[n as i32, out as i32]);
+                        let err = rel_err(&values(&y), &want);
+                        verbose(&ctx, &format!("{isa:?}"), err);
+                        assert!(err <= TOL, "{ctx} {isa:?}: {err:e}");
+                    }
+                    let err = rel_err(&values(&dense_matmul(&xa, &wa, b, ExtMode::Portable).unwrap()), &want);
+                    verbose(&ctx, "portable", err);
+                    assert!(err <= TOL, "{ctx} portable: {err:e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_matmul_bad_arguments() {
+    use zaya_mlx::ext::dense_matmul;
+    let x = Array::from_slice(&vec![0.5f32; 2 * 16], &[2, 16]);
+    let w = Array::from_slice(&vec![0.5f32; 8 * 16], &[8, 16]);
+    let err = |r: zaya_mlx::Result<Array>| r.unwrap_err().to_string();
+    assert!(dense_matmul(&x, &w, None, ExtMode::Auto).is_ok());
+    let e = err(dense_matmul(&x.as_dtype(Dtype::Float16).unwrap(), &w, None, ExtMode::Auto));
+    assert!(e.contains("x must be float32"), "{e}");
+    let e = err(dense_matmul(&x, &w.as_dtype(Dtype::Int32).unwrap(), None, ExtMode::Auto));
+    assert!(e.contains("w must be float16"), "{e}");
+    let w15 = Array::from_slice(&vec![0.5f32; 8 * 15], &[8, 15]);
+    let e = err(dense_matmul(&x, &w15, None, ExtMode::Primitive));
+    assert!(e.contains("x must be [..., in] with in = 15"), "{e}");
+    let b7 = Array::from_slice(&[0f32; 7], &[7]);
+    let e = err(dense_matmul(&x, &w, Some(&b7), ExtMode::Auto));
+    assert!(e.contains("bias must be [out] = [8]"), "{e}");
+    let w3 = Array::from_slice(&vec![0.5f32; 8 * 16], &[2, 4, 16]);
+    let e = err(dense_matmul(&x, &w3, None, ExtMode::Auto));
+    assert!(e.contains("w must have 2 dimensions"), "{e}");
+}

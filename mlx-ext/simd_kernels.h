@@ -28,6 +28,10 @@ struct TqMat {
   const float* codebook;   // [2^bits]
   int bits;                // 2, 3 or 4
   int cols;                // packed words per row
+  // Optional: the bytes the caller reads next; the software prefetch runs on into them instead of
+  // stopping at the end of this call's rows.
+  const void* next_begin = nullptr;
+  const void* next_end = nullptr;
 };
 
 // One MLX affine matrix: `w` U32 [out, in*bits/32] LSB-first, scales/biases [out, in/group].

@@ -280,17 +280,31 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
     ya[q] = A.data() + q * d.I;
     yu[q] = U.data() + q * d.I;
   }
+  // Rows [r0, r1) of expert e's matrix: the region the prefetch of the previous matrix runs on into.
+  auto rows_of = [](const uint32_t* packed, int64_t e, int64_t rows, int cols, int64_t r0, int64_t r1) {
+    const uint32_t* m = packed + e * rows * cols;
+    return std::pair<const void*, const void*>{m + r0 * cols, m + r1 * cols};
+  };
+  std::vector<int> used;
+  for (int e = 0; e < d.E; ++e)
+    if (cnt[e] > 0) used.push_back(e);
   parallel_for(d.I, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> ng(d.I), nu(d.I);
-    for (int e = 0; e < d.E; ++e) {
-      if (cnt[e] == 0) continue;
+    for (size_t k = 0; k < used.size(); ++k) {
+      const int e = used[k];
       const int64_t base = (int64_t)e * d.I;
       for (int64_t r = r0; r < r1; ++r) {
         ng[r] = kern::load_float(p.gn, d.gn_type, base + r);
         nu[r] = kern::load_float(p.un, d.un_type, base + r);
       }
-      const kern::TqMat mg{p.gp + base * d.cols_gu, ng.data(), p.cbgu, d.bits_gu, d.cols_gu};
-      const kern::TqMat mu{p.up + base * d.cols_gu, nu.data(), p.cbgu, d.bits_gu, d.cols_gu};
+      // gate's prefetch runs on into up's rows, up's into the next expert's gate rows
+      const auto up_rows = rows_of(p.up, e, d.I, d.cols_gu, r0, r1);
+      const auto next_gate = k + 1 < used.size() ? rows_of(p.gp, used[k + 1], d.I, d.cols_gu, r0, r1)
+                                                 : std::pair<const void*, const void*>{nullptr, nullptr};
+      const kern::TqMat mg{p.gp + base * d.cols_gu, ng.data(), p.cbgu, d.bits_gu, d.cols_gu, up_rows.first,
+                           up_rows.second};
+      const kern::TqMat mu{p.up + base * d.cols_gu, nu.data(), p.cbgu, d.bits_gu, d.cols_gu, next_gate.first,
+                           next_gate.second};
       tab->tq_rows(mg, (int)r0, (int)r1, xs.data() + start[e], ya.data() + start[e], (int)cnt[e]);
       tab->tq_rows(mu, (int)r0, (int)r1, xs.data() + start[e], yu.data() + start[e], (int)cnt[e]);
     }
@@ -321,11 +335,13 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   }
   parallel_for(d.O, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> nd(d.O);
-    for (int e = 0; e < d.E; ++e) {
-      if (cnt[e] == 0) continue;
+    for (size_t k = 0; k < used.size(); ++k) {
+      const int e = used[k];
       const int64_t base = (int64_t)e * d.O;
       for (int64_t r = r0; r < r1; ++r) nd[r] = kern::load_float(p.dn, d.dn_type, base + r);
-      const kern::TqMat md{p.dp + base * d.cols_d, nd.data(), p.cbd, d.bits_d, d.cols_d};
+      const auto next = k + 1 < used.size() ? rows_of(p.dp, used[k + 1], d.O, d.cols_d, r0, r1)
+                                            : std::pair<const void*, const void*>{nullptr, nullptr};
+      const kern::TqMat md{p.dp + base * d.cols_d, nd.data(), p.cbd, d.bits_d, d.cols_d, next.first, next.second};
       tab->tq_rows(md, (int)r0, (int)r1, xs2.data() + start[e], yo.data() + start[e], (int)cnt[e]);
     }
   });

@@ -18,8 +18,7 @@ use mlx_rs::Array;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zaya_mlx::ext::{
-    affine_matmul, dense_matmul, detected_isa, set_max_isa, tq_switch_glu, ExtMode, KernelIsa, TqCodec,
-    TqWeights,
+    affine_matmul, dense_matmul, detected_isa, set_max_isa, tq_switch_glu, ExtMode, KernelIsa, TqCodec, TqWeights,
 };
 
 const E: usize = 16;

@@ -101,7 +101,8 @@ impl Weight {
         for r in 0..self.out {
             let row: Vec<f64> = (0..self.inp).map(|j| self.deq(r, j)).collect();
             for t in 0..n {
-                y[t * self.out + r] = row.iter().zip(&x[t * self.inp..(t + 1) * self.inp]).map(|(w, x)| w * *x as f64).sum();
+                y[t * self.out + r] =
+                    row.iter().zip(&x[t * self.inp..(t + 1) * self.inp]).map(|(w, x)| w * *x as f64).sum();
             }
         }
         y
@@ -168,7 +169,8 @@ fn matmul_bits_groups_dtypes_batch_sizes() {
 #[test]
 fn matmul_model_sized_rows() {
     // in = 2048 like ZAYA's hidden size; odd row counts across two threads.
-    for (bits, group, st, n) in [(8u32, 32usize, SType::F16, 1usize), (8, 32, SType::F16, 17), (4, 64, SType::Bf16, 5)] {
+    for (bits, group, st, n) in [(8u32, 32usize, SType::F16, 1usize), (8, 32, SType::F16, 17), (4, 64, SType::Bf16, 5)]
+    {
         let w = weight(40 + bits as u64, 4099, 2048, bits, group, st);
         check(&w, n, 7, n == 1);
     }
@@ -357,8 +359,7 @@ fn dense_matmul_types_bias_and_sizes() {
                     let want: Vec<f64> = (0..n * out)
                         .map(|k| {
                             let (t, r) = (k / out, k % out);
-                            let dot: f64 =
-                                (0..inp).map(|j| w64[r * inp + j] * x[t * inp + j] as f64).sum();
+                            let dot: f64 = (0..inp).map(|j| w64[r * inp + j] * x[t * inp + j] as f64).sum();
                             dot + if bias { b64[r] } else { 0.0 }
                         })
                         .collect();
@@ -383,7 +384,7 @@ fn dense_matmul_types_bias_and_sizes() {
 #[test]
 fn dense_matmul_bad_arguments() {
     use zaya_mlx::ext::dense_matmul;
-    let x = Array::from_slice(&vec![0.5f32; 2 * 16], &[2, 16]);
+    let x = Array::from_slice(&[0.5f32; 2 * 16], &[2, 16]);
     let w = Array::from_slice(&vec![0.5f32; 8 * 16], &[8, 16]);
     let err = |r: zaya_mlx::Result<Array>| r.unwrap_err().to_string();
     assert!(dense_matmul(&x, &w, None, ExtMode::Auto).is_ok());

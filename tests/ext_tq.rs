@@ -253,15 +253,10 @@ fn check_case(ex: &Experts, a: &Arrays, n: usize, k: usize, mix: Mix, seed: u64,
     assert!(want.iter().any(|v| *v != 0.0) || idx.iter().all(|e| *e >= ex.e as i64));
     let xa = Array::from_slice(&x, &[n as i32, ex.h as i32]);
     let idx32: Vec<i32> = idx.iter().map(|v| *v as i32).collect();
-    let ia = if k == 1 {
-        Array::from_slice(&idx32, &[n as i32])
-    } else {
-        Array::from_slice(&idx32, &[n as i32, k as i32])
-    };
-    let ctx = format!(
-        "E={} H={} I={} O={} bits={}/{} N={n} K={k} {mix:?}",
-        ex.e, ex.h, ex.i, ex.o, ex.bits_gu, ex.bits_d
-    );
+    let ia =
+        if k == 1 { Array::from_slice(&idx32, &[n as i32]) } else { Array::from_slice(&idx32, &[n as i32, k as i32]) };
+    let ctx =
+        format!("E={} H={} I={} O={} bits={}/{} N={n} K={k} {mix:?}", ex.e, ex.h, ex.i, ex.o, ex.bits_gu, ex.bits_d);
     for isa in isas() {
         let y = with_isa(isa, || build(ex, a, &xa, &ia, ExtMode::Primitive)).unwrap();
         let want_shape: Vec<i32> =

@@ -40,6 +40,55 @@ int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u, mlx_array sta
 // are dtype casts (AsType). For benchmarks: graph nodes evaluated per decode step.
 int zaya_graph_nodes(const mlx_array* outs, size_t n, int64_t* nodes, int64_t* casts);
 
+// ---- Kernel instruction set (TurboQuant and affine primitives) ---------------------------------------
+// Levels: 0 = portable scalar C++, 1 = AVX2+FMA+F16C, 2 = AVX-512 (F/BW/DQ/VL). The kernels use the best
+// level the CPU supports, capped by ZAYA_EXT_ISA=scalar|avx2|avx512 or zaya_ext_set_max_isa. The level
+// is read when an op is built.
+int zaya_ext_detected_isa(void);     // best level this CPU supports
+int zaya_ext_kernel_isa(void);       // level ops built now will use
+int zaya_ext_set_max_isa(int level); // sets the cap, returns the previous cap
+
+// ---- TurboQuant routed experts: fused switch-GLU ----------------------------------------------------
+// y[d] = down_e( R_d( silu(gate_e x̂) * up_e x̂ ) ) for each dispatch d = (token n, slot k), e = idx[n, k],
+// where x̂ = R_gu(x[n]) and R(v) = H (s ⊙ v) / sqrt(dim) (Sylvester order; x is taken UNROTATED), and a
+// TurboQuant projection computes out[r] = norms[e, r] * sum_i codebook[code(e, r, i)] * v̂[i].
+//   x            [N, H] float32 (unrotated activations)
+//   idx          [N] or [N, K] int32/uint32 expert ids; an id outside [0, E) (e.g. the skip route E)
+//                gives a zero output row and reads no weights
+//   gate_packed, up_packed  [E, I, ceil(H / (32/bits_gu))] uint32 (codes LSB-first)
+//   gate_norms, up_norms    [E, I] float16/bfloat16/float32
+//   down_packed  [E, O, ceil(I / (32/bits_d))] uint32, down_norms [E, O]
+//   gu_codebook  [2^bits_gu] float32, gu_signs [H] float32; down_codebook [2^bits_d], down_signs [I]
+//   bits_gu, bits_d in {2, 3, 4}; H and I powers of two
+// Output: y [N, O] (idx [N]) or [N, K, O] (idx [N, K]), float32. The router's gate weight is not
+// applied.
+int zaya_tq_switch_glu(mlx_array* y, mlx_array x, mlx_array idx, mlx_array gate_packed,
+                       mlx_array gate_norms, mlx_array up_packed, mlx_array up_norms,
+                       mlx_array down_packed, mlx_array down_norms, mlx_array gu_codebook,
+                       mlx_array gu_signs, int bits_gu, mlx_array down_codebook, mlx_array down_signs,
+                       int bits_d, int mode, mlx_stream stream);
+
+// ---- MLX affine quantized matmul and embedding gather ----------------------------------------------
+// y = x · Wᵀ with W[r, j] = scales[r, j/G] * q[r, j] + biases[r, j/G] (MLX affine, codes LSB-first).
+//   x       [..., in] float32
+//   w       [out, in*bits/32] uint32, bits in {4, 8}
+//   scales, biases [out, in/G] float16/bfloat16/float32 (same dtype; negative scales allowed)
+//   G (group_size) divides in and covers whole words (G % (32/bits) == 0)
+// Output: y [..., out] float32.
+int zaya_affine_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array scales, mlx_array biases,
+                       int bits, int group_size, int mode, mlx_stream stream);
+
+// Dequantized rows of the same affine weight: out[..., :] = W[ids[...], :] as float32, shape
+// ids.shape + [in]. ids int32/uint32; an id outside [0, out) gives a zero row (the caller validates
+// token ids; the kernel never reads out of bounds).
+int zaya_affine_embed(mlx_array* y, mlx_array ids, mlx_array w, mlx_array scales, mlx_array biases,
+                      int bits, int group_size, int mode, mlx_stream stream);
+
+// ---- Dense affine layer with float weights ----------------------------------------------------------
+// y = x · Wᵀ (+ b): x [..., in] float32, w [out, in] float16/bfloat16/float32 (read as stored), bias
+// [out] float16/bfloat16/float32 or an empty handle (ctx == NULL) for none. Output [..., out] float32.
+int zaya_dense_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array bias, int mode, mlx_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

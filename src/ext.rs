@@ -4,6 +4,11 @@
 //! Argument errors and C++ exceptions come back as [`ZayaError::Ext`]. [`ExtMode`] chooses between
 //! the custom primitive and the portable plain-MLX-ops graph (the primitive falls back to the
 //! portable graph on streams where it has no kernel, e.g. GPU streams).
+//!
+//! Ops: [`cca_conv`] (CCA convolution), [`tq_switch_glu`] (TurboQuant routed experts),
+//! [`affine_matmul`] / [`affine_embed`] (MLX affine weights: attention, embedding, tied lm_head),
+//! [`dense_matmul`] (float weights: the router MLP and other f16 layers).
+//! The CPU kernels of the last three pick AVX-512, AVX2 or scalar code at run time ([`KernelIsa`]).
 use std::ffi::CStr;
 use std::os::raw::c_int;
 
@@ -28,6 +33,58 @@ extern "C" {
         stream: mlx_stream,
     ) -> c_int;
     fn zaya_graph_nodes(outs: *const mlx_array, n: usize, nodes: *mut i64, casts: *mut i64) -> c_int;
+    fn zaya_ext_detected_isa() -> c_int;
+    fn zaya_ext_kernel_isa() -> c_int;
+    fn zaya_ext_set_max_isa(level: c_int) -> c_int;
+    fn zaya_tq_switch_glu(
+        y: *mut mlx_array,
+        x: mlx_array,
+        idx: mlx_array,
+        gate_packed: mlx_array,
+        gate_norms: mlx_array,
+        up_packed: mlx_array,
+        up_norms: mlx_array,
+        down_packed: mlx_array,
+        down_norms: mlx_array,
+        gu_codebook: mlx_array,
+        gu_signs: mlx_array,
+        bits_gu: c_int,
+        down_codebook: mlx_array,
+        down_signs: mlx_array,
+        bits_d: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_affine_matmul(
+        y: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        bits: c_int,
+        group_size: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_dense_matmul(
+        y: *mut mlx_array,
+        x: mlx_array,
+        w: mlx_array,
+        bias: mlx_array,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_affine_embed(
+        y: *mut mlx_array,
+        ids: mlx_array,
+        w: mlx_array,
+        scales: mlx_array,
+        biases: mlx_array,
+        bits: c_int,
+        group_size: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
 }
 
 /// Which implementation of an extension op to build.
@@ -85,6 +142,16 @@ impl Drop for OutHandle {
         // SAFETY: freeing an empty or set handle is valid exactly once.
         unsafe { mlx_sys::mlx_array_free(self.0) };
     }
+}
+
+pub(crate) fn call1(f: impl FnOnce(*mut mlx_array, mlx_stream) -> c_int) -> Result<Array> {
+    let stream = Stream::thread_local_or_default();
+    let mut a = OutHandle::new();
+    let rc = f(&mut a.0, stream.as_ptr());
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(a.into_array())
 }
 
 pub(crate) fn call2(f: impl FnOnce(*mut mlx_array, *mut mlx_array, mlx_stream) -> c_int) -> Result<(Array, Array)> {
@@ -150,4 +217,190 @@ pub fn graph_nodes(outputs: &[&Array]) -> Result<GraphStats> {
         return Err(last_error());
     }
     Ok(st)
+}
+
+/// Instruction set of the TurboQuant / affine CPU kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelIsa {
+    /// Portable scalar C++ (any CPU).
+    Scalar,
+    /// AVX2 + FMA + F16C, 8 lanes.
+    Avx2,
+    /// AVX-512 F/BW/DQ/VL, 16 lanes.
+    Avx512,
+}
+
+impl KernelIsa {
+    fn from_c(v: c_int) -> Self {
+        match v {
+            2 => KernelIsa::Avx512,
+            1 => KernelIsa::Avx2,
+            _ => KernelIsa::Scalar,
+        }
+    }
+    fn as_c(self) -> c_int {
+        self as c_int
+    }
+}
+
+/// The best kernel instruction set this CPU supports.
+pub fn detected_isa() -> KernelIsa {
+    // SAFETY: plain query.
+    KernelIsa::from_c(unsafe { zaya_ext_detected_isa() })
+}
+
+/// The instruction set that ops built now use: the detected one capped by [`set_max_isa`] (or the
+/// `ZAYA_EXT_ISA=scalar|avx2|avx512` environment variable). The choice is fixed when an op is built.
+pub fn kernel_isa() -> KernelIsa {
+    // SAFETY: plain query.
+    KernelIsa::from_c(unsafe { zaya_ext_kernel_isa() })
+}
+
+/// Caps the kernel instruction set process-wide (for tests and benchmarks); returns the previous cap.
+pub fn set_max_isa(level: KernelIsa) -> KernelIsa {
+    // SAFETY: atomic store in the extension.
+    KernelIsa::from_c(unsafe { zaya_ext_set_max_isa(level.as_c()) })
+}
+
+fn c_int_of(v: u32) -> c_int {
+    c_int::try_from(v).unwrap_or(c_int::MAX)
+}
+
+/// One stacked TurboQuant expert projection (`….tq_packed`, `….tq_norms`).
+#[derive(Debug, Clone, Copy)]
+pub struct TqWeights<'a> {
+    /// `[E, out, ceil(in / (32/bits))]` uint32, codes LSB-first.
+    pub packed: &'a Array,
+    /// `[E, out]` float16 (as stored), bfloat16 or float32 row norms.
+    pub norms: &'a Array,
+}
+
+/// The rotation domain of a TurboQuant projection input: codebook, sign vector and bit width.
+#[derive(Debug, Clone, Copy)]
+pub struct TqCodec<'a> {
+    /// `[2^bits]` float32 (sidecar `codebook.{in}.{bits}`).
+    pub codebook: &'a Array,
+    /// `[in]` float32 ±1 (sidecar `signs.{in}.{seed}`).
+    pub signs: &'a Array,
+    /// 2, 3 or 4.
+    pub bits: u32,
+}
+
+/// The TurboQuant routed experts as one fused switch-GLU (jangtq-format.md §3–4):
+/// `y[d] = down_e(R_d(silu(gate_e x̂) ⊙ up_e x̂))` with `x̂ = R_gu(x)`, `R(v) = H(s ⊙ v)/√dim`.
+///
+/// * `x`: `[N, H]` float32, **unrotated** (the op applies `gate_up`'s rotation itself);
+/// * `idx`: `[N]` or `[N, K]` int32/uint32 expert ids; an id outside `[0, E)` (e.g. ZAYA's skip
+///   route `E`) yields a zero row and reads no weights, so the raw router argmax can be passed;
+/// * `gate`, `up`: `[E, I, ·]` sharing `gate_up` (codebook keyed on H, signs `[H]`);
+///   `down`: `[E, O, ·]` with `down_codec` (codebook keyed on I, signs `[I]`); H and I powers of two.
+///
+/// Returns `[N, O]` (or `[N, K, O]`) float32; the router's gate weight is not applied.
+#[allow(clippy::too_many_arguments)]
+pub fn tq_switch_glu(
+    x: &Array,
+    idx: &Array,
+    gate: TqWeights<'_>,
+    up: TqWeights<'_>,
+    down: TqWeights<'_>,
+    gate_up: TqCodec<'_>,
+    down_codec: TqCodec<'_>,
+    mode: ExtMode,
+) -> Result<Array> {
+    call1(|y, s| unsafe {
+        zaya_tq_switch_glu(
+            y,
+            x.as_ptr(),
+            idx.as_ptr(),
+            gate.packed.as_ptr(),
+            gate.norms.as_ptr(),
+            up.packed.as_ptr(),
+            up.norms.as_ptr(),
+            down.packed.as_ptr(),
+            down.norms.as_ptr(),
+            gate_up.codebook.as_ptr(),
+            gate_up.signs.as_ptr(),
+            c_int_of(gate_up.bits),
+            down_codec.codebook.as_ptr(),
+            down_codec.signs.as_ptr(),
+            c_int_of(down_codec.bits),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// `y = x · Wᵀ` for an MLX affine weight (`mx.quantized_matmul(x, w, scales, biases,
+/// transpose=True, group_size, bits)`), with f32 accumulation.
+///
+/// * `x`: `[..., in]` float32; `w`: `[out, in·bits/32]` uint32 (bits 4 or 8);
+/// * `scales`, `biases`: `[out, in/group_size]`, float16/bfloat16/float32 (same dtype);
+/// * `group_size` divides `in` and is a multiple of `32/bits`.
+///
+/// Returns `[..., out]` float32.
+pub fn affine_matmul(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: u32,
+    group_size: u32,
+    mode: ExtMode,
+) -> Result<Array> {
+    call1(|y, s| unsafe {
+        zaya_affine_matmul(
+            y,
+            x.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.as_ptr(),
+            c_int_of(bits),
+            c_int_of(group_size),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Dequantized rows `W[ids]` of an MLX affine weight (the quantized embedding): `ids` int32/uint32
+/// of any shape → `ids.shape + [in]` float32. Ids outside `[0, out)` give zero rows (validate token
+/// ids before calling).
+pub fn affine_embed(
+    ids: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    bits: u32,
+    group_size: u32,
+    mode: ExtMode,
+) -> Result<Array> {
+    call1(|y, s| unsafe {
+        zaya_affine_embed(
+            y,
+            ids.as_ptr(),
+            w.as_ptr(),
+            scales.as_ptr(),
+            biases.as_ptr(),
+            c_int_of(bits),
+            c_int_of(group_size),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// `y = x · Wᵀ (+ bias)` for float weights read as stored (f16/bf16/f32, converted in registers),
+/// f32 accumulation: a fast replacement for `matmul(x, w.T)` on the CPU, where MLX's GEMV is slow
+/// (≈1.2 GB/s with f16 weights).
+///
+/// * `x`: `[..., in]` float32; `w`: `[out, in]` float16/bfloat16/float32;
+/// * `bias`: `[out]` float16/bfloat16/float32 or `None`.
+///
+/// Returns `[..., out]` float32.
+pub fn dense_matmul(x: &Array, w: &Array, bias: Option<&Array>, mode: ExtMode) -> Result<Array> {
+    // SAFETY: an empty handle (ctx == NULL) means "no bias"; it is freed by OutHandle's drop.
+    let none = OutHandle::new();
+    call1(|y, s| unsafe {
+        zaya_dense_matmul(y, x.as_ptr(), w.as_ptr(), bias.map_or(none.0, |b| b.as_ptr()), mode.as_c(), s)
+    })
 }

@@ -1,0 +1,280 @@
+// MLX affine quantized matmul y = x·Wᵀ (bits 4/8, scales/biases f16/bf16/f32, any group size that
+// covers whole words) and the embedding-row gather, as MLX primitives (jangtq-format.md §2). They serve
+// the attention projections, the embedding and the tied lm_head.
+//
+// CPU kernel: threads split output rows; each thread walks its rows in cache-sized blocks and, inside a
+// block, token tiles of up to 4 rows × 4 weight rows, dequantizing each weight chunk in registers once
+// per tile (w = s·q + b) and accumulating in f32 (leaf tiles in simd_impl.inc). N = 1 is a streaming
+// GEMV; larger N reuses each weight block across all token tiles while it is cache-resident.
+// Portable path: mx::quantized_matmul / mx::take + mx::dequantize.
+#include <cstring>
+
+#include "common.h"
+#include "simd_kernels.h"
+
+namespace zaya {
+namespace {
+
+struct AffDims {
+  int64_t N;  // rows of x (or ids)
+  int in, out, bits, group, stype;
+};
+
+int float_type(const mx::array& a, const char* name) {
+  if (a.dtype() == mx::float32) return kern::kF32;
+  if (a.dtype() == mx::float16) return kern::kF16;
+  if (a.dtype() == mx::bfloat16) return kern::kBF16;
+  fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
+}
+
+AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::array& biases, int bits,
+                     int group) {
+  AffDims d{};
+  if (bits != 4 && bits != 8) fail("affine bits must be 4 or 8, got " + std::to_string(bits));
+  expect_dtype(w, mx::uint32, "w");
+  expect_ndim(w, 2, "w");
+  d.bits = bits;
+  d.out = w.shape(0);
+  d.in = w.shape(1) * (32 / bits);
+  if (d.out < 1 || d.in < 1) fail("w must be a non-empty [out, in*bits/32] matrix, got " + shape_str(w.shape()));
+  if (group < 1 || group % (32 / bits) != 0)
+    fail("group_size " + std::to_string(group) + " must be a positive multiple of " + std::to_string(32 / bits) +
+         " (whole words) for " + std::to_string(bits) + "-bit weights");
+  if (d.in % group != 0)
+    fail("group_size " + std::to_string(group) + " does not divide the input width in = " + std::to_string(d.in) +
+         " (w is " + shape_str(w.shape()) + " at " + std::to_string(bits) + " bits)");
+  d.group = group;
+  d.stype = float_type(scales, "scales");
+  if (biases.dtype() != scales.dtype())
+    fail("biases must have the scales' dtype " + dtype_str(scales.dtype()) + ", got " + dtype_str(biases.dtype()));
+  const mx::Shape sg{d.out, d.in / group};
+  if (scales.shape() != sg)
+    fail("scales must be [out, in/group_size] = " + shape_str(sg) + ", got " + shape_str(scales.shape()));
+  if (biases.shape() != sg)
+    fail("biases must be [out, in/group_size] = " + shape_str(sg) + ", got " + shape_str(biases.shape()));
+  return d;
+}
+
+// Row-contiguous input for a primitive: arrays already evaluated (weights) are passed through as they
+// are when their layout is row-contiguous, which saves a scheduled Contiguous node per input; lazy
+// arrays get one (a no-op copy-free node when they turn out contiguous).
+mx::array contiguous_input(const mx::array& a, mx::Stream s) {
+  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
+  return mx::contiguous(a, false, s);
+}
+
+void check_mode(int mode) {
+  if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
+    fail("unknown mode " + std::to_string(mode));
+}
+
+// The vector kernels need whole chunks per group; otherwise the scalar one handles it.
+const kern::Table* table_for(const AffDims& d) {
+  const kern::Table* t = kern::best_table();
+  const int chunk = d.bits == 8 ? t->lanes : 2 * t->lanes;
+  return d.group % chunk == 0 ? t : kern::scalar_table();
+}
+
+// 4-bit kernel layout: in chunks of 2L elements, the L even elements then the L odd ones.
+void aff_prep_x(const float* x, int in, int L, float* out) {
+  for (int c = 0; c < in; c += 2 * L)
+    for (int i = 0; i < L; ++i) {
+      out[c + i] = x[c + 2 * i];
+      out[c + L + i] = x[c + 2 * i + 1];
+    }
+}
+
+struct AffPtrs {
+  const float* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  float* y;
+};
+
+void run_affine(const AffPtrs& p, const AffDims& d, const kern::Table* tab) {
+  const int L = tab->lanes;
+  std::vector<const float*> xs(d.N);
+  std::vector<float*> ys(d.N);
+  std::vector<float> xb;
+  if (d.bits == 4 && L > 1) {
+    xb.resize((size_t)d.N * d.in);
+    parallel_for(d.N, 16, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) aff_prep_x(p.x + n * d.in, d.in, L, xb.data() + n * d.in);
+    });
+    for (int64_t n = 0; n < d.N; ++n) xs[n] = xb.data() + n * d.in;
+  } else {
+    for (int64_t n = 0; n < d.N; ++n) xs[n] = p.x + n * d.in;
+  }
+  for (int64_t n = 0; n < d.N; ++n) ys[n] = p.y + n * d.out;
+  const kern::AffMat m{p.w, p.scales, p.biases, d.stype, d.bits, d.group, d.in};
+  parallel_for(d.out, 64, [&](int64_t r0, int64_t r1) {
+    tab->aff_rows(m, (int)r0, (int)r1, xs.data(), ys.data(), (int)d.N);
+  });
+}
+
+class AffineMatmul : public mx::UnaryPrimitive {
+ public:
+  AffineMatmul(mx::Stream stream, AffDims d, const kern::Table* tab)
+      : mx::UnaryPrimitive(stream), d_(d), tab_(tab) {}
+  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    AffPtrs p{in[0].data<float>(), in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(),
+              out.data<float>()};
+    enc.dispatch([p, d = d_, tab = tab_]() { run_affine(p, d, tab); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("AffineMatmul has no GPU kernel");
+  }
+  const char* name() const override { return "ZayaAffineMatmul"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const AffineMatmul&>(other);
+    return std::memcmp(&d_, &o.d_, sizeof(AffDims)) == 0 && tab_ == o.tab_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    auto s = in[0].shape();
+    s.back() = d_.out;
+    return {s};
+  }
+
+ private:
+  AffDims d_;
+  const kern::Table* tab_;
+};
+
+// ---- embedding rows --------------------------------------------------------------------------------
+
+void run_embed(const uint32_t* ids, const uint32_t* w, const void* scales, const void* biases, float* y,
+               const AffDims& d) {
+  const int64_t ng = d.in / d.group;
+  const int64_t row_bytes = (int64_t)d.in * d.bits / 8;
+  parallel_for(d.N, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* out = y + i * d.in;
+      const uint32_t id = ids[i];
+      if (id >= (uint32_t)d.out) {
+        std::memset(out, 0, sizeof(float) * d.in);
+        continue;
+      }
+      const uint8_t* row = reinterpret_cast<const uint8_t*>(w) + (int64_t)id * row_bytes;
+      for (int64_t g = 0; g < ng; ++g) {
+        const float s = kern::load_float(scales, d.stype, (int64_t)id * ng + g);
+        const float b = kern::load_float(biases, d.stype, (int64_t)id * ng + g);
+        for (int64_t j = g * d.group; j < (g + 1) * d.group; ++j) {
+          const uint32_t q = d.bits == 8 ? row[j] : (row[j / 2] >> ((j & 1) * 4)) & 15u;
+          out[j] = s * (float)q + b;
+        }
+      }
+    }
+  });
+}
+
+class AffineEmbed : public mx::UnaryPrimitive {
+ public:
+  AffineEmbed(mx::Stream stream, AffDims d) : mx::UnaryPrimitive(stream), d_(d) {}
+  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([ids = reinterpret_cast<const uint32_t*>(in[0].data<void>()), w = in[1].data<uint32_t>(),
+                  s = in[2].data<void>(), b = in[3].data<void>(), y = out.data<float>(),
+                  d = d_]() { run_embed(ids, w, s, b, y, d); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("AffineEmbed has no GPU kernel");
+  }
+  const char* name() const override { return "ZayaAffineEmbed"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const AffineEmbed&>(other);
+    return std::memcmp(&d_, &o.d_, sizeof(AffDims)) == 0;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    auto s = in[0].shape();
+    s.push_back(d_.in);
+    return {s};
+  }
+
+ private:
+  AffDims d_;
+};
+
+}  // namespace
+}  // namespace zaya
+
+extern "C" int zaya_affine_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, mlx_array s_h, mlx_array b_h,
+                                  int bits, int group_size, int mode, mlx_stream stream) {
+  using namespace zaya;
+  return guard("affine_matmul", [&] {
+    check_mode(mode);
+    auto s = get(stream);
+    auto& x = get(x_h, "x");
+    auto& w = get(w_h, "w");
+    auto& sc = get(s_h, "scales");
+    auto& bi = get(b_h, "biases");
+    auto d = check_weight(w, sc, bi, bits, group_size);
+    expect_dtype(x, mx::float32, "x");
+    if (x.ndim() < 1 || x.shape(-1) != d.in)
+      fail("x must be [..., in] with in = " + std::to_string(d.in) + " (w is " + shape_str(w.shape()) + " at " +
+           std::to_string(bits) + " bits), got " + shape_str(x.shape()));
+    d.N = x.size() / d.in;
+    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
+      fail("the AffineMatmul primitive has no kernel for this stream's device; use the portable mode");
+    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    auto shape = x.shape();
+    shape.back() = d.out;
+    if (d.N == 0) {
+      set(y, mx::zeros(shape, mx::float32, s));
+    } else if (use_prim) {
+      std::vector<mx::array> inputs;
+      for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(contiguous_input(*a, s));
+      set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, d, table_for(d)), std::move(inputs)));
+    } else {
+      set(y, mx::astype(mx::quantized_matmul(x, w, sc, bi, true, group_size, bits, "affine", s), mx::float32, s));
+    }
+  });
+}
+
+extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, mlx_array s_h, mlx_array b_h,
+                                 int bits, int group_size, int mode, mlx_stream stream) {
+  using namespace zaya;
+  return guard("affine_embed", [&] {
+    check_mode(mode);
+    auto s = get(stream);
+    auto& ids = get(ids_h, "ids");
+    auto& w = get(w_h, "w");
+    auto& sc = get(s_h, "scales");
+    auto& bi = get(b_h, "biases");
+    auto d = check_weight(w, sc, bi, bits, group_size);
+    if (ids.dtype() != mx::int32 && ids.dtype() != mx::uint32)
+      fail("ids must be int32 or uint32, got " + dtype_str(ids.dtype()));
+    d.N = ids.size();
+    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
+      fail("the AffineEmbed primitive has no kernel for this stream's device; use the portable mode");
+    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    auto shape = ids.shape();
+    shape.push_back(d.in);
+    if (d.N == 0) {
+      set(y, mx::zeros(shape, mx::float32, s));
+    } else if (use_prim) {
+      std::vector<mx::array> inputs;
+      for (auto* a : {&ids, &w, &sc, &bi}) inputs.push_back(contiguous_input(*a, s));
+      set(y, mx::array(shape, mx::float32, std::make_shared<AffineEmbed>(s, d), std::move(inputs)));
+    } else {
+      // Out-of-range ids give zero rows here too.
+      auto flat = mx::astype(mx::reshape(ids, {static_cast<int>(d.N)}, s), mx::int64, s);
+      auto valid = mx::logical_and(mx::greater_equal(flat, mx::array(0, mx::int64), s),
+                                   mx::less(flat, mx::array(d.out, mx::int64), s), s);
+      auto safe = mx::astype(mx::where(valid, flat, mx::array(0, mx::int64), s), mx::uint32, s);
+      // f32 scales/biases: mx::dequantize computes in the scales' dtype.
+      auto rows = mx::dequantize(mx::take(w, safe, 0, s), mx::astype(mx::take(sc, safe, 0, s), mx::float32, s),
+                                 mx::astype(mx::take(bi, safe, 0, s), mx::float32, s), group_size, bits, "affine",
+                                 std::nullopt, mx::float32, s);
+      rows = mx::where(mx::expand_dims(valid, -1, s), rows, mx::array(0.0f), s);
+      set(y, mx::reshape(rows, shape, s));
+    }
+  });
+}

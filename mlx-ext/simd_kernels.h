@@ -1,0 +1,127 @@
+// Interface between the ops (tq_switch_glu.cpp, affine_matmul.cpp, compiled for the baseline ISA) and
+// the leaf GEMV/GEMM kernels compiled once per instruction set (simd_scalar.cpp, simd_avx2.cpp,
+// simd_avx512.cpp, all built from the generic code in simd_impl.inc).
+//
+// This header must stay free of STL templates and non-static inline functions: it is included by
+// translation units compiled with different `#pragma GCC target` settings, and any inline function
+// emitted as a shared (COMDAT) symbol from an AVX-512 unit could be picked by the linker for the
+// baseline build too. Everything defined here is `static inline` or a plain declaration.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+namespace zaya::kern {
+
+// Instruction-set levels, in increasing order.
+enum Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Element type of scales, biases and norms.
+enum FloatType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// One TurboQuant matrix (one expert of one projection): `rows` rows of `cols` packed words, codes
+// LSB-first, 32/bits codes per word. `norms` are the row norms already converted to f32.
+struct TqMat {
+  const uint32_t* packed;  // [rows, cols]
+  const float* norms;      // [rows]
+  const float* codebook;   // [2^bits]
+  int bits;                // 2, 3 or 4
+  int cols;                // packed words per row
+  // Optional: the bytes the caller reads next; the software prefetch runs on into them instead of
+  // stopping at the end of this call's rows.
+  const void* next_begin = nullptr;
+  const void* next_end = nullptr;
+};
+
+// One MLX affine matrix: `w` U32 [out, in*bits/32] LSB-first, scales/biases [out, in/group].
+struct AffMat {
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  int scale_type;  // FloatType
+  int bits;        // 4 or 8
+  int group;       // elements per scale/bias
+  int in;          // logical input width
+};
+
+// A float matrix [rows, in] in f32/f16/bf16 (row-major, rows contiguous).
+struct DenseMat {
+  const void* w;
+  int type;  // FloatType
+  int in;
+};
+
+// The leaf kernels of one instruction set. All loop over rows [r0, r1) and any number `nt` of token
+// rows; x rows are in the kernel layout of this table (see lanes and the prep functions in the op
+// files), y rows are plain f32 and receive y[t][r] for r in [r0, r1).
+struct Table {
+  int isa;
+  // TurboQuant: words per SIMD block (x layout: see tq_prep_x). Affine 8-bit: bytes per chunk;
+  // affine 4-bit: x is deinterleaved in chunks of 2*lanes elements (see aff_prep_x). 1 = scalar.
+  int lanes;
+  // y[t][r] = norms[r] * sum_i codebook[code(r, i)] * x[t][i]
+  void (*tq_rows)(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
+  // y[t][r] = sum_i (scale * q(r, i) + bias) * x[t][i]
+  void (*aff_rows)(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
+  // y[t][r] = sum_i w[r, i] * x[t][i] (x natural layout)
+  void (*dense_rows)(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
+};
+
+// Tables (nullptr when the ISA is not compiled in or the CPU lacks it).
+const Table* scalar_table();
+const Table* avx2_table();
+const Table* avx512_table();
+
+// The best table allowed by the current cap (set_max_isa / ZAYA_EXT_ISA) on this CPU.
+const Table* best_table();
+// Best ISA this CPU supports (independent of the cap).
+int detected_isa();
+// Current cap; set_max_isa returns the previous cap.
+int max_isa();
+int set_max_isa(int level);
+
+// Exact f16 -> f32 (subnormals, infinities and NaN included) and bf16 -> f32.
+static inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    do {
+      ++e;
+      man <<= 1;
+    } while ((man & 0x400u) == 0);
+    bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline float load_float(const void* base, int type, size_t i) {
+  switch (type) {
+    case kF16:
+      return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case kBF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    default:
+      return static_cast<const float*>(base)[i];
+  }
+}
+
+}  // namespace zaya::kern

@@ -1,0 +1,52 @@
+// Portable scalar instantiation of the leaf kernels (simd_impl.inc): correct on any CPU, the reference
+// for the vector variants, and the path for shapes the vector kernels do not tile (odd group sizes).
+#include "simd_kernels.h"
+
+namespace zaya::kern {
+namespace {
+
+struct V {
+  using F = float;
+  using I = uint32_t;
+  static constexpr int L = 1;
+  static constexpr int kMaxAcc = 16;
+  static F zero() { return 0.f; }
+  static F loadf(const float* p) { return *p; }
+  static F set1(float v) { return v; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static F add(F a, F b) { return a + b; }
+  static float hsum(F a) { return a; }
+  static I loadw(const uint32_t* p) { return *p; }
+  template <int BITS>
+  struct Lut {
+    float t[1 << BITS];
+    explicit Lut(const float* cb) {
+      for (int i = 0; i < (1 << BITS); ++i) t[i] = cb[i];
+    }
+    template <int K>
+    F decode(I w) const {
+      return t[(w >> (K * BITS)) & ((1u << BITS) - 1u)];
+    }
+  };
+  static F load_f16(const uint16_t* p) { return f16_to_f32(*p); }
+  static F load_bf16(const uint16_t* p) { return bf16_to_f32(*p); }
+  static F u8_to_f(const uint8_t* p) { return (float)p[0]; }
+  static void u4_to_f(const uint8_t* p, F& lo, F& hi) {
+    lo = (float)(p[0] & 15u);
+    hi = (float)(p[0] >> 4);
+  }
+  static void cvt_row(const void* base, int type, size_t off, size_t n, float* dst) {
+    for (size_t i = 0; i < n; ++i) dst[i] = load_float(base, type, off + i);
+  }
+};
+
+#include "simd_impl.inc"
+
+}  // namespace
+
+const Table* scalar_table() {
+  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl};
+  return &t;
+}
+
+}  // namespace zaya::kern

@@ -29,16 +29,18 @@ use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, W
 /// Default prefill chunk (positions per forward call inside [`ZayaModel::prefill`]).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
-/// How the model runs. `Default` = f32, `p·x` skip route, plain backends, chunks of 512.
+/// How the model runs. `Default` = f32, `p·x` skip route, the fused kernels where they apply,
+/// chunks of 512.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelOptions {
     /// Activation dtype of the projections and experts: `Float32`, `Bfloat16` or `Float16`.
     pub dtype: Dtype,
     /// MOD skip-route semantics.
     pub mod_skip: ModSkip,
-    /// Routed-expert implementation.
+    /// Routed-expert implementation (can be changed with [`ZayaModel::set_options`]).
     pub expert_backend: ExpertBackend,
-    /// Quantized-linear implementation (attention, router, embedding, lm_head).
+    /// Linear implementation (attention, router, embedding, lm_head); fixed at build because it
+    /// decides the stored dtypes.
     pub linear_backend: LinearBackend,
     /// CCA conv implementation.
     pub conv_mode: ExtMode,
@@ -53,8 +55,8 @@ impl Default for ModelOptions {
         ModelOptions {
             dtype: Dtype::Float32,
             mod_skip: ModSkip::ScaledIdentity,
-            expert_backend: ExpertBackend::Plain,
-            linear_backend: LinearBackend::Plain,
+            expert_backend: ExpertBackend::Fused,
+            linear_backend: LinearBackend::Fused,
             conv_mode: ExtMode::Auto,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             kv_step: DEFAULT_KV_STEP,
@@ -221,17 +223,6 @@ pub struct ZayaModel {
     options: ModelOptions,
 }
 
-/// Backends this build can run (the fused kernels are wired in when mlx-ext provides them).
-fn check_backends(o: &ModelOptions, has_tq_experts: bool) -> Result<()> {
-    if o.linear_backend == LinearBackend::Fused {
-        return Err(ZayaError::InvalidArgument("the fused affine linear backend is not available in this build".into()));
-    }
-    if o.expert_backend == ExpertBackend::Fused && has_tq_experts {
-        return Err(ZayaError::InvalidArgument("the fused TurboQuant expert backend is not available in this build".into()));
-    }
-    Ok(())
-}
-
 fn check_options(o: &ModelOptions) -> Result<()> {
     if !matches!(o.dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
         return Err(ZayaError::InvalidArgument(format!("compute dtype {:?} unsupported (f32, bf16, f16)", o.dtype)));
@@ -263,19 +254,15 @@ impl ZayaModel {
         let dt = options.dtype;
         let f32 = Dtype::Float32;
         let h = cfg.hidden_size;
-        let mut embed_tokens = QLinear::load(&mut src, "model.embed_tokens", h, cfg.vocab_size, false, f32)?;
-        embed_tokens.backend = options.linear_backend;
+        src.set_linear_backend(options.linear_backend);
+        let embed_tokens = QLinear::load(&mut src, "model.embed_tokens", h, cfg.vocab_size, false, f32)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for n in 0..cfg.num_hidden_layers {
             let base = format!("model.layers.{n}");
             let input_norm = RmsNorm::load(&mut src, &format!("{base}.input_norm"), h, cfg.norm_eps, f32)?;
             let res_scale = ResScale::load(&mut src, &format!("{base}.res_scale"), h, n > 0)?;
             let (self_attn, zaya_block) = if n % 2 == 0 {
-                let mut a = CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?;
-                for l in [&mut a.qkv.linear_q, &mut a.qkv.linear_k, &mut a.qkv.val_proj1, &mut a.qkv.val_proj2, &mut a.o_proj] {
-                    l.backend = options.linear_backend;
-                }
-                (Some(a), None)
+                (Some(CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?), None)
             } else {
                 (None, Some(ZayaMoe::load(&mut src, &format!("{base}.zaya_block"), cfg, dt)?))
             };
@@ -286,13 +273,10 @@ impl ZayaModel {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            let mut l = QLinear::load(&mut src, "lm_head", h, cfg.vocab_size, false, f32)?;
-            l.backend = options.linear_backend;
-            Some(l)
+            Some(QLinear::load(&mut src, "lm_head", h, cfg.vocab_size, false, f32)?)
         };
         src.finish()?;
         let model = ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options };
-        check_backends(&options, model.has_turboquant_experts())?;
         // materialize the dtype conversions now (load time), not in the first forward
         {
             use mlx_rs::module::ModuleParameters;
@@ -319,7 +303,6 @@ impl ZayaModel {
         if options.dtype != self.options.dtype || options.linear_backend != self.options.linear_backend {
             return Err(ZayaError::InvalidArgument("dtype and linear backend are fixed when the model is built".into()));
         }
-        check_backends(&options, self.has_turboquant_experts())?;
         self.options = options;
         Ok(())
     }
@@ -416,8 +399,8 @@ impl ZayaModel {
                 _ => LogitsMode::None,
             };
             let piece = ids.index((.., start..end));
-            let (logits, cap) = self.forward_chunk(&piece, cache, mode, opts.capture)?;
-            let mut to_eval: Vec<&Array> = Vec::new();
+            let ChunkOut { logits, capture: cap, skips } = self.forward_chunk(&piece, cache, mode, opts.capture)?;
+            let mut to_eval: Vec<&Array> = skips.iter().map(|(_, a)| a).collect();
             if let Some(l) = &logits {
                 to_eval.push(l);
             }
@@ -426,6 +409,10 @@ impl ZayaModel {
             }
             mlx_rs::transforms::eval(to_eval)?;
             cache.eval()?;
+            let tokens = (b * (end - start)) as usize;
+            for (n, s) in &skips {
+                cache.count_routes(*n, tokens, s.item_cast::<i32>() as usize);
+            }
             if let Some(l) = logits {
                 logits_parts.push(l);
             }
@@ -467,7 +454,7 @@ impl ZayaModel {
     }
 
     /// One chunk `ids [B, T]` through the whole model.
-    fn forward_chunk(&self, ids: &Array, cache: &mut ModelCache, mode: LogitsMode, capture: bool) -> Result<(Option<Array>, Option<LayerCapture>)> {
+    fn forward_chunk(&self, ids: &Array, cache: &mut ModelCache, mode: LogitsMode, capture: bool) -> Result<ChunkOut> {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let hdim = self.config.hidden_size as i32;
         let offset = cache.offset();
@@ -479,6 +466,7 @@ impl ZayaModel {
         let mut h = self.model.embed_tokens.embed(ids)?; // [B, T, H] f32
         let mut residual: Option<Array> = None;
         let mut router_state: Option<Array> = None;
+        let mut skips: Vec<(usize, Array)> = Vec::new();
         for layer in &self.model.layers {
             let n = layer.index;
             let r = layer.res_scale.merge(residual.as_ref(), &h)?;
@@ -494,7 +482,7 @@ impl ZayaModel {
             } else {
                 let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
                 let out = moe.forward(&x.reshape(&[b * t, hdim])?, &x32.reshape(&[b * t, hdim])?, router_state.as_ref(), moe_opts)?;
-                cache.count_routes(n, (b * t) as usize, out.skipped);
+                skips.push((n, out.skipped));
                 if let Some(c) = cap.as_mut() {
                     c.routes.insert(n, out.route.reshape(&[b, t])?);
                 }
@@ -515,8 +503,16 @@ impl ZayaModel {
             }
         };
         cache.advance(t as usize);
-        Ok((logits, cap))
+        Ok(ChunkOut { logits, capture: cap, skips })
     }
+}
+
+/// What one chunk produced.
+struct ChunkOut {
+    logits: Option<Array>,
+    capture: Option<LayerCapture>,
+    /// (MoE layer, skipped tokens as an int32 scalar).
+    skips: Vec<(usize, Array)>,
 }
 
 fn join_captures(mut parts: Vec<LayerCapture>) -> Result<LayerCapture> {

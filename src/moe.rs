@@ -22,6 +22,7 @@ use mlx_rs::{Array, Dtype};
 
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
+use crate::ext::{self, ExtMode, TqCodec, TqWeights};
 use crate::model::RmsNorm;
 use crate::quant::affine::{self, QuantMode, QuantSpec};
 use crate::quant::linear::{take_float, take_float_opt, QLinear, WeightSource};
@@ -45,8 +46,9 @@ pub enum ExpertBackend {
     /// Plain MLX ops, tokens grouped by expert on the host: the reference path.
     #[default]
     Plain,
-    /// The fused mlx-ext TurboQuant switch-GLU primitive (`ext::tq_switch_glu`). Not part of this
-    /// build yet: selecting it is an `InvalidArgument` error at the first TurboQuant MoE layer.
+    /// The fused mlx-ext TurboQuant switch-GLU primitive (`ext::tq_switch_glu`: rotation, gate/up
+    /// SwiGLU and down in one op, no host sync) for TurboQuant experts with power-of-two dims and
+    /// 2–4-bit codes; the plain path for every other expert format.
     Fused,
 }
 
@@ -400,6 +402,41 @@ impl SwitchMlp {
     pub fn is_turboquant(&self) -> bool {
         matches!(self.gate_proj.format, WeightFormat::TurboQuant { .. })
     }
+
+    /// True when `ext::tq_switch_glu` can run these experts: TurboQuant gate/up sharing one
+    /// rotation and bit width, 2–4-bit codes, power-of-two input widths.
+    pub fn fused_supported(&self) -> bool {
+        let ok = |p: &SwitchProj| match p.format {
+            WeightFormat::TurboQuant { bits, in_features, .. } => (2..=4).contains(&bits) && in_features.is_power_of_two(),
+            _ => false,
+        };
+        let same_bits = match (&self.gate_proj.format, &self.up_proj.format) {
+            (WeightFormat::TurboQuant { bits: a, .. }, WeightFormat::TurboQuant { bits: b, .. }) => a == b,
+            _ => false,
+        };
+        ok(&self.gate_proj)
+            && ok(&self.up_proj)
+            && ok(&self.down_proj)
+            && same_bits
+            && same_rotation(&self.gate_proj.format, &self.up_proj.format)
+    }
+
+    /// All experts of the N rows through the fused primitive; rows routed to an id ≥ E (skip) get
+    /// zeros. f32 `[N, H]`.
+    fn fused(&self, x: &Array, choice: &Array) -> Result<Array> {
+        let (g, u, d) = (self.gate_proj.tq().unwrap(), self.up_proj.tq().unwrap(), self.down_proj.tq().unwrap());
+        let xf = if x.dtype() == Dtype::Float32 { x.clone() } else { x.as_dtype(Dtype::Float32)? };
+        ext::tq_switch_glu(
+            &xf,
+            choice,
+            TqWeights { packed: &g.packed, norms: &g.norms },
+            TqWeights { packed: &u.packed, norms: &u.norms },
+            TqWeights { packed: &d.packed, norms: &d.norms },
+            TqCodec { codebook: &g.codebook, signs: &g.signs, bits: g.bits },
+            TqCodec { codebook: &d.codebook, signs: &d.signs, bits: d.bits },
+            ExtMode::Auto,
+        )
+    }
 }
 
 /// Gate and up read the same sidecar sign vector (same in_features and seed), so one rotation of
@@ -431,8 +468,8 @@ pub struct MoeOut {
     pub state: Array,
     /// int32 `[N]` chosen route (`num_experts` = skip).
     pub route: Array,
-    /// How many of the N tokens took the skip route.
-    pub skipped: usize,
+    /// How many of the N tokens took the skip route (int32 scalar; lazy on the fused path).
+    pub skipped: Array,
 }
 
 /// A MoE half-layer (`model.layers.{n}.zaya_block`).
@@ -472,13 +509,21 @@ impl ZayaMoe {
     pub fn forward(&self, x: &Array, x_router: &Array, prev_state: Option<&Array>, opts: MoeOptions) -> Result<MoeOut> {
         let route = self.router.forward(x_router, prev_state)?;
         let sm = &self.experts.switch_mlp;
-        if opts.backend == ExpertBackend::Fused && sm.is_turboquant() {
-            return Err(ZayaError::InvalidArgument(
-                "the fused TurboQuant expert backend is not available in this build; use the plain backend".into(),
-            ));
+        let e_count = self.num_experts as i32;
+        if opts.backend == ExpertBackend::Fused && sm.fused_supported() {
+            let score = route.score.expand_dims(-1)?; // [N, 1] f32
+            let ey = sm.fused(x, &route.choice)?.multiply(&score)?;
+            let is_skip = route.choice.eq(Array::from_int(e_count))?;
+            let skipped = is_skip.as_dtype(Dtype::Int32)?.sum(None)?;
+            let y = match opts.mod_skip {
+                // skip rows of `ey` are zero already
+                ModSkip::Zero => ey,
+                ModSkip::ScaledIdentity => mlx_rs::ops::select(&is_skip.expand_dims(-1)?, x_router.multiply(&score)?, &ey)?,
+            };
+            let y = if y.dtype() == x.dtype() { y } else { y.as_dtype(x.dtype())? };
+            return Ok(MoeOut { y, state: route.state, route: route.choice, skipped });
         }
         let n = x.shape()[0] as usize;
-        let e_count = self.num_experts as i32;
         route.choice.eval()?;
         let choice: Vec<i32> = route.choice.as_slice::<i32>().to_vec();
 
@@ -535,6 +580,6 @@ impl ZayaMoe {
             }
         };
         let y = if y.dtype() == out_dtype { y } else { y.as_dtype(out_dtype)? };
-        Ok(MoeOut { y, state: route.state, route: route.choice, skipped })
+        Ok(MoeOut { y, state: route.state, route: route.choice, skipped: Array::from_int(skipped as i32) })
     }
 }

@@ -1,19 +1,30 @@
 //! Forward pass vs the Python MLX reference (jang_tools.zaya.model, float32) on small random models
 //! in every weight format (float, affine, mxfp4, TurboQuant), built by tests/model_ref/make_model_ref.py.
-//! Bound: max|Δ| ≤ 5e-4·max|ref| for the logits and every per-layer hidden state / residual, equal
+//! Both backends (fused kernels, plain MLX ops). Bound: max|Δ| ≤ 5e-4·max|ref| for the logits and every per-layer hidden state / residual, equal
 //! argmax at every position, equal routes.
 mod model_support;
 
 use mlx_rs::Array;
 use model_support::*;
 use zaya_mlx::model::{ForwardOptions, LogitsMode, ModelOptions};
+use zaya_mlx::moe::ExpertBackend;
+use zaya_mlx::quant::linear::LinearBackend;
 
 const REL: f32 = 5e-4;
 
+/// Both backends: the fused kernels (the default) and plain MLX ops.
 fn check(preset: &str, format: &str, seed: u64) {
-    let dir = model_ref(preset, format, seed);
+    check_with(preset, format, seed, ModelOptions::default(), "fused");
+    let plain = ModelOptions { expert_backend: ExpertBackend::Plain, linear_backend: LinearBackend::Plain, ..ModelOptions::default() };
+    check_with(preset, format, seed, plain, "plain");
+}
+
+fn check_with(preset: &str, format: &str, seed: u64, opts: ModelOptions, label: &str) {
+    let format_label = format!("{format}/{label}");
+    let format = format_label.as_str();
+    let dir = model_ref(preset, format.split('/').next().unwrap(), seed);
     let r = load_st(&dir.join("reference.safetensors"));
-    let model = build(&dir, ModelOptions::default());
+    let model = build(&dir, opts);
     let cfg = model.config().clone();
     let ids = ref_tokens(&r);
     let mut cache = model.new_cache();

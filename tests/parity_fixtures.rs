@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use mlx_rs::{Array, Dtype};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::moe::ModSkip;
+use zaya_mlx::moe::{ExpertBackend, ModSkip};
+use zaya_mlx::quant::linear::LinearBackend;
 use zaya_mlx::parity::{compare, reference_tokens, ParityOptions};
 
 fn open(fx: &common::Fixture, opts: ModelOptions) -> ZayaModel {
@@ -22,15 +23,19 @@ fn load_ref(p: &std::path::Path) -> HashMap<String, Array> {
     Array::load_safetensors(p).unwrap()
 }
 
+/// f32 parity with the fused kernels (the default) and with plain MLX ops.
 fn f32_parity(name: &str) {
     let fx = common::fixture(name);
-    let model = open(&fx, ModelOptions::default());
     let r = load_ref(&fx.reference);
-    let rep = compare(&model, &r, None, Some(5), ParityOptions::default()).unwrap();
-    eprint!("{name} f32:\n{}", rep.table());
-    assert!(rep.ok(), "{name}: f32 parity failed");
-    let n = model.config().num_hidden_layers;
-    assert_eq!(rep.tensors.len(), 1 + 2 * n + n / 2, "{name}: every per-layer tensor compared");
+    let plain = ModelOptions { expert_backend: ExpertBackend::Plain, linear_backend: LinearBackend::Plain, ..Default::default() };
+    for (label, opts) in [("fused", ModelOptions::default()), ("plain", plain)] {
+        let model = open(&fx, opts);
+        let rep = compare(&model, &r, None, Some(5), ParityOptions::default()).unwrap();
+        eprint!("{name} f32 {label}:\n{}", rep.table());
+        assert!(rep.ok(), "{name}: f32 parity ({label}) failed");
+        let n = model.config().num_hidden_layers;
+        assert_eq!(rep.tensors.len(), 1 + 2 * n + n / 2, "{name}: every per-layer tensor compared");
+    }
 }
 
 /// bf16 activations against the f32 reference with the bf16 bar. The fixture's own bf16 reference

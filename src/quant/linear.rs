@@ -10,6 +10,7 @@ use mlx_rs::{Array, Dtype};
 
 use crate::bundle::CanonicalWeights;
 use crate::error::{Result, ZayaError};
+use crate::ext::{self, ExtMode};
 use crate::quant::affine::{self, QuantMode, QuantSpec};
 use crate::quant::WeightFormat;
 
@@ -19,8 +20,9 @@ pub enum LinearBackend {
     /// MLX's stock ops (`matmul`, `quantized_matmul`): the reference path, runs everywhere.
     #[default]
     Plain,
-    /// The mlx-ext fused affine kernels (`ext::affine_matmul` / `ext::affine_embed`). Not part of
-    /// this build yet: selecting it is an `InvalidArgument` error.
+    /// The mlx-ext fused CPU kernels where they apply: `ext::affine_matmul` / `ext::affine_embed`
+    /// for affine weights of 4 or 8 bits, `ext::dense_matmul` for float weights (read in their stored
+    /// dtype), all accumulating in f32. MXFP4 and other bit widths use the plain path.
     Fused,
 }
 
@@ -35,6 +37,8 @@ pub struct WeightSource {
     taken: BTreeSet<String>,
     /// TurboQuant halfword lookup tables by codebook key (shared by every projection using it).
     tq_luts: BTreeMap<String, Array>,
+    /// Backend the linears built from this source will use (decides the stored dtypes).
+    linear_backend: LinearBackend,
 }
 
 impl WeightSource {
@@ -47,7 +51,18 @@ impl WeightSource {
             origin: origin.into(),
             taken: BTreeSet::new(),
             tq_luts: BTreeMap::new(),
+            linear_backend: LinearBackend::Plain,
         }
+    }
+
+    /// Selects the backend of the linears built from now on ([`QLinear::load`]).
+    pub fn set_linear_backend(&mut self, backend: LinearBackend) {
+        self.linear_backend = backend;
+    }
+
+    /// The backend of the linears built from now on.
+    pub fn linear_backend(&self) -> LinearBackend {
+        self.linear_backend
     }
 
     /// The origin string used in errors.
@@ -233,9 +248,11 @@ pub struct QLinear {
     pub format: WeightFormat,
     pub in_features: usize,
     pub out_features: usize,
-    /// Dtype float weights were converted to (the compute dtype of the layer). Quantization scales
-    /// and biases are always f32: quantized matmuls accumulate in f32.
+    /// Dtype float weights were converted to for the plain backend (the compute dtype of the layer;
+    /// the fused backend reads weights as stored). Quantization scales and biases are f32 for the
+    /// plain backend, as stored for the fused one: every quantized matmul accumulates in f32.
     pub dtype: Dtype,
+    /// The backend this layer runs on (`Fused` only where a fused kernel applies).
     pub backend: LinearBackend,
 }
 
@@ -250,14 +267,26 @@ fn spec_of(format: &WeightFormat) -> Option<QuantSpec> {
 }
 
 impl QLinear {
-    /// Builds the layer `base` (`[out, in]`) from the weight source. Float weights are converted to
-    /// `dtype` once here, affine scales/biases to f32. `bias`: whether `base.bias` must exist.
+    /// Builds the layer `base` (`[out, in]`) from the weight source, for the source's linear
+    /// backend. Plain: float weights are converted to `dtype` once here, affine scales/biases to f32.
+    /// Fused: weights, scales and biases stay as stored. `bias`: whether `base.bias` must exist.
     pub fn load(src: &mut WeightSource, base: &str, in_features: usize, out_features: usize, bias: bool, dtype: Dtype) -> Result<Self> {
         let format = src.format(base, in_features)?;
         let (i, o) = (in_features as i32, out_features as i32);
         let wname = format!("{base}.weight");
+        let want_fused = src.linear_backend() == LinearBackend::Fused;
+        let mut backend = LinearBackend::Plain;
         let (weight, scales, biases) = match &format {
-            WeightFormat::Float => (take_float(src, &wname, &[o, i], dtype)?, None, None),
+            WeightFormat::Float => {
+                if want_fused {
+                    backend = LinearBackend::Fused;
+                    let w = src.take_shaped(&wname, &[o, i])?;
+                    check_float(src, &wname, &w)?;
+                    (w, None, None)
+                } else {
+                    (take_float(src, &wname, &[o, i], dtype)?, None, None)
+                }
+            }
             WeightFormat::Affine { bits, group_size } => {
                 let (bits, gs) = (*bits as usize, *group_size as usize);
                 if gs == 0 || in_features % gs != 0 || (in_features * bits) % 32 != 0 {
@@ -265,10 +294,20 @@ impl QLinear {
                 }
                 let w = src.take_shaped(&wname, &[o, (in_features * bits / 32) as i32])?;
                 let g = (in_features / gs) as i32;
-                // f32 scales: MLX's CPU quantized_matmul accumulates in the dtype of x/scales, and in
-                // bf16 that costs ~10% relative error at in = 2048, so quantized matmuls run in f32
-                let s = take_float(src, &format!("{base}.scales"), &[o, g], Dtype::Float32)?;
-                let b = take_float(src, &format!("{base}.biases"), &[o, g], Dtype::Float32)?;
+                let fused = want_fused && matches!(bits, 4 | 8) && gs % (32 / bits) == 0;
+                // plain: f32 scales, because MLX's CPU quantized_matmul accumulates in the dtype of
+                // x/scales and in bf16 that costs ~10% relative error at in = 2048
+                let sdt = |src: &WeightSource, name: &str| -> Dtype {
+                    if fused { src.tensors.get(name).map_or(Dtype::Float32, |a| a.dtype()) } else { Dtype::Float32 }
+                };
+                let (sn, bn) = (format!("{base}.scales"), format!("{base}.biases"));
+                let (sd, bd) = (sdt(src, &sn), sdt(src, &bn));
+                let s = take_float(src, &sn, &[o, g], sd)?;
+                let b = take_float(src, &bn, &[o, g], bd)?;
+                let (s, b) = if s.dtype() == b.dtype() { (s, b) } else { (cast(s, Dtype::Float32)?, cast(b, Dtype::Float32)?) };
+                if fused {
+                    backend = LinearBackend::Fused;
+                }
                 (w, Some(s), Some(b))
             }
             WeightFormat::Mxfp4 { group_size } => {
@@ -284,7 +323,7 @@ impl QLinear {
                 return Err(src.quant_err(base, "TurboQuant is only supported for the routed experts".into()))
             }
         };
-        let bias = if bias { Some(take_float(src, &format!("{base}.bias"), &[o], dtype)?) } else { None };
+        let bias = if bias { Some(take_float(src, &format!("{base}.bias"), &[o], Dtype::Float32)?) } else { None };
         Ok(QLinear {
             weight: Param::new(weight),
             scales: Param::new(scales),
@@ -294,50 +333,85 @@ impl QLinear {
             in_features,
             out_features,
             dtype,
-            backend: LinearBackend::Plain,
+            backend,
         })
     }
 
-    /// `x [.., in] → [.., out]`. `x` should already be in the layer's dtype.
+    /// `x [.., in] → [.., out]` in the dtype of `x` (f32 accumulation on every quantized or
+    /// fused path).
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        let f32 = Dtype::Float32;
+        let to_f32 = |x: &Array| -> Result<Array> { if x.dtype() == f32 { Ok(x.clone()) } else { Ok(x.as_dtype(f32)?) } };
+        let back = |y: Array| -> Result<Array> { if y.dtype() == x.dtype() { Ok(y) } else { Ok(y.as_dtype(x.dtype())?) } };
         if self.backend == LinearBackend::Fused {
-            return Err(ZayaError::InvalidArgument(
-                "the fused affine linear backend is not available in this build; use the plain backend".into(),
-            ));
+            let xf = to_f32(x)?;
+            let y = match self.format {
+                WeightFormat::Affine { bits, group_size } => {
+                    let y = ext::affine_matmul(
+                        &xf,
+                        &self.weight,
+                        self.scales.value.as_ref().unwrap(),
+                        self.biases.value.as_ref().unwrap(),
+                        bits,
+                        group_size,
+                        ExtMode::Auto,
+                    )?;
+                    match self.bias.value.as_ref() {
+                        Some(b) => y.add(b)?,
+                        None => y,
+                    }
+                }
+                _ => ext::dense_matmul(&xf, &self.weight, self.bias.value.as_ref(), ExtMode::Auto)?,
+            };
+            return back(y);
         }
         let y = match spec_of(&self.format) {
             None => x.matmul(self.weight.t())?,
             Some(spec) => {
                 // accumulate in f32 whatever the activation dtype, then round back to it
-                let xf = if x.dtype() == Dtype::Float32 { x.clone() } else { x.as_dtype(Dtype::Float32)? };
-                let y = affine::matmul_t(&xf, &self.weight, self.scales.value.as_ref().unwrap(), self.biases.value.as_ref(), spec)?;
-                if x.dtype() == Dtype::Float32 { y } else { y.as_dtype(x.dtype())? }
+                let y = affine::matmul_t(&to_f32(x)?, &self.weight, self.scales.value.as_ref().unwrap(), self.biases.value.as_ref(), spec)?;
+                back(y)?
             }
         };
         match self.bias.value.as_ref() {
-            Some(b) => Ok(y.add(b)?),
+            Some(b) => back(y.add(b)?),
             None => Ok(y),
         }
     }
 
-    /// Rows `ids` of the weight as floats in the layer's dtype (the embedding lookup; quantized rows
-    /// are dequantized after the gather). `ids`: any integer shape → `[..ids, in]`.
+    /// Rows `ids` of the weight as f32 (the embedding lookup; quantized rows are dequantized after
+    /// the gather). `ids`: any integer shape (validated < out) → `[..ids, in]`.
     pub fn embed(&self, ids: &Array) -> Result<Array> {
         let flat = ids.flatten(None, None)?;
-        let rows = match spec_of(&self.format) {
-            None => take_axis(&*self.weight, &flat, 0)?,
-            Some(spec) => {
-                let w = take_axis(&*self.weight, &flat, 0)?;
-                let s = take_axis(self.scales.value.as_ref().unwrap(), &flat, 0)?;
-                let b = match self.biases.value.as_ref() {
-                    Some(b) => Some(take_axis(b, &flat, 0)?),
-                    None => None,
-                };
-                affine::dequantize_to(&w, &s, b.as_ref(), spec, Dtype::Float32)?
-            }
+        let rows = match (self.backend, spec_of(&self.format)) {
+            (LinearBackend::Fused, Some(spec)) if spec.mode == QuantMode::Affine => ext::affine_embed(
+                &flat,
+                &self.weight,
+                self.scales.value.as_ref().unwrap(),
+                self.biases.value.as_ref().unwrap(),
+                spec.bits as u32,
+                spec.group_size as u32,
+                ExtMode::Auto,
+            )?,
+            (_, spec) => self.embed_plain(&flat, spec)?,
         };
         let mut shape: Vec<i32> = ids.shape().to_vec();
         shape.push(self.in_features as i32);
         Ok(rows.reshape(&shape)?)
+    }
+
+    fn embed_plain(&self, flat: &Array, spec: Option<QuantSpec>) -> Result<Array> {
+        Ok(match spec {
+            None => cast(take_axis(&*self.weight, flat, 0)?, Dtype::Float32)?,
+            Some(spec) => {
+                let w = take_axis(&*self.weight, flat, 0)?;
+                let s = take_axis(self.scales.value.as_ref().unwrap(), flat, 0)?;
+                let b = match self.biases.value.as_ref() {
+                    Some(b) => Some(take_axis(b, flat, 0)?),
+                    None => None,
+                };
+                affine::dequantize_to(&w, &s, b.as_ref(), spec, Dtype::Float32)?
+            }
+        })
     }
 }

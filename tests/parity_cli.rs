@@ -55,4 +55,7 @@ fn parity_command_exit_codes() {
 
     let o = zaya().args(["parity", "--model"]).arg(&fx.bundle).arg("--reference").arg(&fx.reference).args(["--dtype", "f8"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
+    // the plain kernels pass too
+    let o = zaya().args(["parity", "--kernels", "plain", "--model"]).arg(&fx.bundle).arg("--reference").arg(&fx.reference).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use mlx_rs::{Array, Dtype};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::moe::ModSkip;
+use zaya_mlx::moe::{ExpertBackend, ModSkip};
+use zaya_mlx::quant::linear::LinearBackend;
 use zaya_mlx::{parity, Result, ZayaError};
 
 /// Options shared by `zaya logits` and `zaya parity`.
@@ -24,6 +25,10 @@ pub struct RunOpts {
     /// Positions per forward chunk (the CCA conv / KV state is carried across chunks).
     #[arg(long, value_name = "N")]
     pub prefill_chunk: Option<usize>,
+    /// `fused`: the mlx-ext CPU kernels where they apply (TurboQuant experts, affine and float
+    /// linears); `plain`: stock MLX ops only (the slow reference path, for cross-checks).
+    #[arg(long, default_value = "fused", value_name = "fused|plain")]
+    pub kernels: String,
 }
 
 impl RunOpts {
@@ -40,7 +45,12 @@ impl RunOpts {
             "zero" => ModSkip::Zero,
             other => return Err(ZayaError::InvalidArgument(format!("--mod-skip `{other}`: expected px or zero"))),
         };
-        let mut o = ModelOptions { dtype, mod_skip, ..ModelOptions::default() };
+        let (expert_backend, linear_backend) = match self.kernels.as_str() {
+            "fused" => (ExpertBackend::Fused, LinearBackend::Fused),
+            "plain" => (ExpertBackend::Plain, LinearBackend::Plain),
+            other => return Err(ZayaError::InvalidArgument(format!("--kernels `{other}`: expected fused or plain"))),
+        };
+        let mut o = ModelOptions { dtype, mod_skip, expert_backend, linear_backend, ..ModelOptions::default() };
         if let Some(c) = self.prefill_chunk {
             if c == 0 {
                 return Err(ZayaError::InvalidArgument("--prefill-chunk must be positive".into()));

@@ -218,6 +218,11 @@ impl ModelCache {
         self.offset += t;
     }
 
+    /// Every state array (KV storage, conv states, `prev_hs`) of every attention layer.
+    pub(crate) fn state_arrays(&self) -> impl Iterator<Item = &Array> {
+        self.attn.iter().flat_map(|a| a.arrays())
+    }
+
     /// Evaluates every state array (keeps lazy graphs short between decode steps).
     pub fn eval(&self) -> Result<()> {
         let arrays: Vec<&Array> = self.attn.iter().flat_map(|a| a.arrays()).collect();

@@ -444,6 +444,24 @@ impl ZayaModel {
         self.prefill(&[token], cache, Some(1))
     }
 
+    /// Size of the graph of one decode step for `token` after `cache` (a measuring hook for
+    /// `zaya bench`): builds the step on a snapshot of the cache and counts the nodes that
+    /// evaluating its outputs (the logits, every updated cache state and the skip counters) would
+    /// run, then drops it unevaluated. `cache` is not changed.
+    pub fn decode_graph_stats(&self, token: u32, cache: &ModelCache) -> Result<crate::ext::GraphStats> {
+        if cache.is_poisoned() {
+            return Err(ZayaError::InvalidArgument("the cache is inconsistent after a failed forward".into()));
+        }
+        let mut c = cache.snapshot();
+        let ids = self.check_tokens(&Array::from_slice(&[token], &[1, 1]), &c)?;
+        c.bind_batch(1)?;
+        let out = self.forward_chunk(&ids, &mut c, LogitsMode::Last, false)?;
+        let mut outputs: Vec<&Array> = out.skips.iter().map(|(_, a)| a).collect();
+        outputs.extend(out.logits.iter());
+        outputs.extend(c.state_arrays());
+        crate::ext::graph_nodes(&outputs)
+    }
+
     /// The lm_head: `y [.., H]` f32 → logits f32 `[.., V]`.
     fn lm_head(&self, y: &Array) -> Result<Array> {
         let logits = match &self.lm_head {

@@ -1,9 +1,246 @@
-//! `zaya bench` (not implemented yet).
+//! `zaya bench`: prefill and decode speed on random prompt ids, in the style of `mlx_lm.benchmark`
+//! (one warm-up trial, then `-n` trials; every trial generates exactly `-g` tokens, EOS never
+//! stops it), with time to first token, peak process RSS and MLX peak per trial, the graph size of
+//! one decode step, and the memory-bandwidth bound (bytes a decode token reads over a copy
+//! bandwidth measured in the same run). `--json` prints everything as one JSON object.
+use std::time::Instant;
+
+use zaya_mlx::bench::{self, Bound, GraphProbe, MachineInfo, Summary, Trial};
+use zaya_mlx::bundle::summary::human_bytes;
+use zaya_mlx::bundle::Bundle;
+use zaya_mlx::model::ZayaModel;
 use zaya_mlx::{Result, ZayaError};
 
-#[derive(clap::Args)]
-pub struct Args {}
+use super::logits::RunOpts;
 
-pub fn run(_args: Args) -> Result<i32> {
-    Err(ZayaError::InvalidArgument("`zaya bench` is not implemented yet".into()))
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub run: RunOpts,
+    /// Prompt tokens (random ids).
+    #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated per trial (greedy; the first comes from the prefill).
+    #[arg(short = 'g', long = "generation-tokens", default_value_t = 128)]
+    pub generation_tokens: usize,
+    /// Timed trials.
+    #[arg(short = 'n', long = "num-trials", default_value_t = 5)]
+    pub trials: usize,
+    /// Untimed warm-up trials before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Seed of the random prompt ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Buffer size of the copy-bandwidth measurement, MiB (two buffers of this size are allocated
+    /// after the trials).
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    pub bandwidth_mib: usize,
+    /// Print one JSON object (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+const GB: f64 = 1e9;
+
+fn fmt_gb(b: Option<u64>) -> String {
+    b.map_or("n/a".into(), |b| format!("{:.3} GB", b as f64 / GB))
+}
+
+fn fmt_load(l: Option<[f64; 3]>) -> String {
+    l.map_or("n/a".into(), |l| format!("{:.2}", l[0]))
+}
+
+fn trial_line(label: &str, t: &Trial) -> String {
+    format!(
+        "{label}:  prompt_tps={:.3}, generation_tps={:.3}, ttft={:.3}s, peak_memory={} (RSS), mlx_peak={}, total_time={:.3}s, load={}",
+        t.prompt_tps,
+        t.generation_tps,
+        t.ttft_s,
+        fmt_gb(t.peak_rss_bytes),
+        fmt_gb(Some(t.peak_mlx_bytes)),
+        t.total_time_s,
+        fmt_load(t.load_average),
+    )
+}
+
+fn summary_line(label: &str, s: &Summary) -> String {
+    format!(
+        "{label}: prompt_tps={:.3}, generation_tps={:.3}, ttft={:.3}s, peak_memory={} (RSS), mlx_peak={}",
+        s.prompt_tps,
+        s.generation_tps,
+        s.ttft_s,
+        fmt_gb(s.peak_rss_bytes),
+        fmt_gb(Some(s.peak_mlx_bytes))
+    )
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    if args.trials == 0 {
+        return Err(ZayaError::InvalidArgument("-n/--num-trials must be at least 1".into()));
+    }
+    if args.bandwidth_mib == 0 {
+        return Err(ZayaError::InvalidArgument("--bandwidth-mib must be positive".into()));
+    }
+    let options = args.run.model_options()?;
+    let (p, g) = (args.prompt_tokens, args.generation_tokens);
+    let say = |s: String| {
+        if args.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    };
+
+    let t0 = Instant::now();
+    let bundle = Bundle::open(&args.run.model)?;
+    let cfg = bundle.config.clone();
+    bench::check_lengths(&cfg, p, g)?;
+    let weight_bytes = bench::decode_bytes(&bundle.weights, &cfg, 0, bench::KV_BYTES_PER_ELEM);
+    let summary = bundle.summary.clone();
+    let model = ZayaModel::from_bundle(bundle, options)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let machine: MachineInfo = bench::machine_info();
+
+    say(format!(
+        "Model: {} ({}, {} on disk, {} half-layers, vocab {}); kernels={}, dtype={}, load {:.2}s",
+        args.run.model.display(),
+        summary.profile.clone().unwrap_or_else(|| summary.layout.to_string()),
+        human_bytes(summary.file_bytes),
+        cfg.num_hidden_layers,
+        cfg.vocab_size,
+        args.run.kernels,
+        args.run.dtype,
+        load_s
+    ));
+    say(format!(
+        "Machine: {}, {} cores, {} RAM, kernel ISA {}",
+        machine.cpu,
+        machine.cores,
+        human_bytes(machine.mem_total_bytes),
+        machine.kernel_isa
+    ));
+    say(format!(
+        "Timing with prompt_tokens={p}, generation_tokens={g}, batch_size=1 ({} warm-up, {} trials, seed {}).",
+        args.warmup, args.trials, args.seed
+    ));
+
+    let prompt = bench::random_prompt(cfg.vocab_size, p, args.seed);
+    let mut probe: Option<GraphProbe> = None;
+    for w in 0..args.warmup {
+        let t = bench::run_trial(&model, &prompt, g, if w == 0 { Some(&mut probe) } else { None })?;
+        if args.json {
+            eprintln!("{}", trial_line(&format!("Warm-up {}", w + 1), &t));
+        }
+    }
+    let mut trials = Vec::with_capacity(args.trials);
+    for i in 0..args.trials {
+        let t = bench::run_trial(&model, &prompt, g, None)?;
+        say(trial_line(&format!("Trial {}", i + 1), &t));
+        trials.push(t);
+    }
+    if probe.is_none() {
+        // no warm-up, or too few tokens to probe the second decode step: probe the first one
+        let mut cache = model.new_cache();
+        let logits = model.prefill(&prompt, &mut cache, None)?;
+        let first = trials[0].generated[0];
+        drop(logits);
+        let st = model.decode_graph_stats(first, &cache)?;
+        probe = Some(GraphProbe { nodes: st.nodes, as_type: st.casts, offset: cache.offset() });
+    }
+    let probe = probe.expect("probed");
+    let (avg, med) = bench::summarize(&trials);
+
+    let bw = bench::copy_bandwidth_gbs(args.bandwidth_mib << 20, 7);
+    let context = bench::mean_decode_context(p, g);
+    let bound: Bound = bench::bound(weight_bytes, &cfg, context, bw);
+    let pct = 100.0 * med.generation_tps / bound.tok_per_s;
+    let same_tokens = trials.windows(2).all(|w| w[0].generated == w[1].generated);
+
+    if args.json {
+        let v = serde_json::json!({
+            "model": args.run.model,
+            "profile": summary.profile,
+            "bundle_bytes": summary.file_bytes,
+            "half_layers": cfg.num_hidden_layers,
+            "vocab_size": cfg.vocab_size,
+            "options": {
+                "kernels": args.run.kernels,
+                "dtype": args.run.dtype,
+                "mod_skip": args.run.mod_skip,
+                "prefill_chunk": options.prefill_chunk,
+                "kv_step": options.kv_step,
+            },
+            "prompt_tokens": p,
+            "generation_tokens": g,
+            "batch_size": 1,
+            "warmup": args.warmup,
+            "num_trials": args.trials,
+            "seed": args.seed,
+            "machine": machine,
+            "load_s": load_s,
+            "prompt_ids": prompt,
+            "generated_ids": trials[0].generated,
+            "same_tokens_every_trial": same_tokens,
+            "trials": trials.iter().map(|t| serde_json::json!({
+                "prompt_tps": t.prompt_tps,
+                "generation_tps": t.generation_tps,
+                "ttft_s": t.ttft_s,
+                "decode_s": t.decode_s,
+                "total_time_s": t.total_time_s,
+                "peak_rss_bytes": t.peak_rss_bytes,
+                "peak_mlx_bytes": t.peak_mlx_bytes,
+                "load_average": t.load_average,
+            })).collect::<Vec<_>>(),
+            "average": avg,
+            "median": med,
+            "peak_rss_over_bundle": med.peak_rss_bytes.map(|b| b as f64 / summary.file_bytes as f64),
+            "graph": { "nodes_per_decode_step": probe.nodes, "as_type_per_decode_step": probe.as_type, "cache_offset": probe.offset },
+            "bound": {
+                "bytes_per_token": bound.bytes_per_token,
+                "bytes": bound.bytes,
+                "context": bound.context,
+                "copy_bandwidth_gbs": bound.bandwidth_gbs,
+                "tok_per_s": bound.tok_per_s,
+                "decode_pct_of_bound": pct,
+            },
+            "load_average_end": bench::load_average(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializable"));
+        return Ok(0);
+    }
+
+    println!("{}", summary_line("Averages", &avg));
+    println!("{}", summary_line("Medians", &med));
+    println!(
+        "Peak memory: {} RSS = {:.2}x the bundle ({}); MLX peak {}",
+        fmt_gb(med.peak_rss_bytes),
+        med.peak_rss_bytes.map_or(f64::NAN, |b| b as f64 / summary.file_bytes as f64),
+        human_bytes(summary.file_bytes),
+        fmt_gb(Some(med.peak_mlx_bytes))
+    );
+    println!(
+        "Graph: {} nodes per decode step ({} AsType), at cache offset {}",
+        probe.nodes, probe.as_type, probe.offset
+    );
+    let b = bound.bytes;
+    let mb = |x: u64| x as f64 / 1e6;
+    println!(
+        "Bound: {:.1} MB per decode token at context {} (experts {:.1}, lm_head+embedding {:.1}, attention {:.1}, router {:.1}, norms {:.2}, state {:.1}) / copy bandwidth {:.2} GB/s = {:.2} tok/s",
+        mb(bound.bytes_per_token),
+        bound.context,
+        mb(b.experts),
+        mb(b.lm_head_and_embedding),
+        mb(b.attention),
+        mb(b.router),
+        mb(b.norms),
+        mb(b.state),
+        bound.bandwidth_gbs,
+        bound.tok_per_s
+    );
+    println!("Decode: {:.3} tok/s median = {:.1}% of the bound", med.generation_tps, pct);
+    if !same_tokens {
+        println!("note: the trials generated different tokens (non-deterministic kernels?)");
+    }
+    Ok(0)
 }

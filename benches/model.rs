@@ -1,0 +1,428 @@
+//! Model-level benchmarks on a real-dimension synthetic bundle (`zaya_mlx::synth`, the zaya1-8b
+//! preset cut to 4 half-layers, full 262272 vocabulary; written once, ≈0.85 GB, into
+//! `$ZAYA_BENCH_DIR` or `target/zaya-bench/`), each next to its plain-MLX-ops baseline in the same run:
+//!
+//! * `expert_matmul`: one MoE layer's routed experts (SwiGLU, TurboQuant 4-bit, 16 × 2048×2048) —
+//!   `fused` (our primitive), `portable` (the primitive's plain-ops graph) and `plain` (the model's
+//!   `ExpertBackend::Plain` math); decode (N = 1, a different expert and layer each call, so the
+//!   weights stream from DRAM) and prefill (N = 128 routed at random);
+//! * `lm_head_gemv`: the tied 8-bit lm_head 262272×2048 at N = 1 — ours vs MLX `quantized_matmul`;
+//! * `cca_conv`: the CCA two-stage conv — primitive vs portable graph, T = 1 and T = 128;
+//! * `attention_decode`: one CCA attention half-layer's block at T = 1 over a KV cache of
+//!   128 / 1024 / 8192 positions — fused model vs plain model (plain linears, portable conv);
+//! * `half_layer`: a whole half-layer (residual scaling, input norm, block) of each kind, T = 1
+//!   (attention at context 128) and T = 128 (attention from an empty cache) — fused vs plain.
+//!
+//! `cargo bench --bench model` (a few minutes; small sample counts). Filter: `cargo bench --bench
+//! model -- attention`. Throughput, where given, is weight bytes read per call.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use mlx_rs::ops::indexing::take_axis;
+use mlx_rs::ops::concatenate;
+use mlx_rs::Array;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use zaya_mlx::cache::AttnCache;
+use zaya_mlx::cca::CcaOptions;
+use zaya_mlx::ext::{self, ExtMode, TqCodec, TqWeights};
+use zaya_mlx::model::{ModelOptions, ZayaLayer, ZayaModel};
+use zaya_mlx::moe::{silu, ExpertBackend, MoeOptions, SwitchMlp};
+use zaya_mlx::quant::linear::LinearBackend;
+use zaya_mlx::quant::turboquant::{rotate, TqMatrix};
+use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
+
+const H: i32 = 2048;
+const PREFILL: i32 = 128;
+
+fn bundle_dir() -> PathBuf {
+    let base = std::env::var_os("ZAYA_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("zaya-bench"));
+    let dir = base.join("real-4hl-v262272-s0");
+    if !dir.join("config.json").exists() {
+        std::fs::create_dir_all(&base).unwrap();
+        let tmp = base.join(format!(".real-4hl.tmp-{}", std::process::id()));
+        let spec = SynthSpec { num_hidden_layers: 4, ..SynthSpec::preset("zaya1-8b").unwrap() };
+        eprintln!("writing the benchmark bundle to {} (once)", dir.display());
+        synth::write_bundle(&spec, &tmp, &SynthOptions { force: true, ..Default::default() }).unwrap();
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // another process won the race
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    dir
+}
+
+struct Models {
+    fused: ZayaModel,
+    plain: ZayaModel,
+}
+
+fn load_models() -> Models {
+    let dir = bundle_dir();
+    let fused = ZayaModel::load(&dir, ModelOptions::default()).unwrap();
+    let plain = ZayaModel::load(
+        &dir,
+        ModelOptions {
+            expert_backend: ExpertBackend::Plain,
+            linear_backend: LinearBackend::Plain,
+            conv_mode: ExtMode::Portable,
+            ..ModelOptions::default()
+        },
+    )
+    .unwrap();
+    Models { fused, plain }
+}
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[i32]) -> Array {
+    let n: i32 = shape.iter().product();
+    // sum of 4 uniforms: close enough to normal, unit variance
+    let v: Vec<f32> = (0..n).map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.866).collect();
+    let a = Array::from_slice(&v, shape);
+    a.eval().unwrap();
+    a
+}
+
+fn eval(xs: &[&Array]) {
+    mlx_rs::transforms::eval(xs.iter().copied()).unwrap();
+}
+
+fn group<'a>(c: &'a mut Criterion, name: &str, secs: u64) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(secs));
+    g
+}
+
+/// A buffer larger than the L3 cache, read in the (untimed) setup of decode-shape benchmarks whose
+/// weights would otherwise stay cached between iterations (in the model, 40 layers' weights pass
+/// through the cache between two uses of one layer's). Read, not written, so that no dirty lines
+/// are left to be written back during the timed call.
+struct Evict(Vec<u64>);
+
+impl Evict {
+    fn new() -> Self {
+        Evict((0..(96u64 << 20) / 8).collect())
+    }
+    fn touch(&mut self) {
+        let s = self.0.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+        std::hint::black_box(s);
+    }
+}
+
+fn moe_layers(m: &ZayaModel) -> Vec<&ZayaLayer> {
+    m.model.layers.iter().filter(|l| l.zaya_block.is_some()).collect()
+}
+
+fn attn_layer(m: &ZayaModel) -> &ZayaLayer {
+    m.model.layers.iter().find(|l| l.self_attn.is_some()).unwrap()
+}
+
+// ---- experts ---------------------------------------------------------------------------------
+
+struct TqSet {
+    g: TqMatrix,
+    u: TqMatrix,
+    d: TqMatrix,
+}
+
+fn tq_set(sm: &SwitchMlp) -> TqSet {
+    TqSet { g: sm.gate_proj.tq().unwrap(), u: sm.up_proj.tq().unwrap(), d: sm.down_proj.tq().unwrap() }
+}
+
+fn fused_experts(t: &TqSet, x: &Array, idx: &Array, mode: ExtMode) -> Array {
+    ext::tq_switch_glu(
+        x,
+        idx,
+        TqWeights { packed: &t.g.packed, norms: &t.g.norms },
+        TqWeights { packed: &t.u.packed, norms: &t.u.norms },
+        TqWeights { packed: &t.d.packed, norms: &t.d.norms },
+        TqCodec { codebook: &t.g.codebook, signs: &t.g.signs, bits: t.g.bits },
+        TqCodec { codebook: &t.d.codebook, signs: &t.d.signs, bits: t.d.bits },
+        mode,
+    )
+    .unwrap()
+}
+
+/// The model's plain expert math (moe.rs `SwitchMlp::expert`) for rows that chose `e`.
+fn plain_expert(t: &TqSet, x: &Array, e: i32) -> Array {
+    let xr = rotate(x, &t.g.signs).unwrap();
+    let a = silu(&t.g.matmul_rotated(&xr, e).unwrap()).unwrap().multiply(t.u.matmul_rotated(&xr, e).unwrap()).unwrap();
+    t.d.matmul(&a, e).unwrap()
+}
+
+/// Plain routing of N rows: rows grouped per expert on the host, one expert graph per group, then
+/// gathered back into row order (as the model's plain path does).
+fn plain_experts(t: &TqSet, x: &Array, route: &[i32]) -> Array {
+    let mut groups: std::collections::BTreeMap<i32, Vec<u32>> = Default::default();
+    for (r, &e) in route.iter().enumerate() {
+        groups.entry(e).or_default().push(r as u32);
+    }
+    let mut parts = Vec::new();
+    let mut order = Vec::new();
+    for (&e, rows) in &groups {
+        parts.push(plain_expert(t, &take_axis(x, Array::from_slice(rows, &[rows.len() as i32]), 0).unwrap(), e));
+        order.extend_from_slice(rows);
+    }
+    let mut inv = vec![0u32; route.len()];
+    for (pos, &r) in order.iter().enumerate() {
+        inv[r as usize] = pos as u32;
+    }
+    take_axis(&concatenate(&parts, 0).unwrap(), Array::from_slice(&inv, &[route.len() as i32]), 0).unwrap()
+}
+
+fn bench_experts(c: &mut Criterion, m: &Models) {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let sets: Vec<TqSet> = moe_layers(&m.fused).iter().map(|l| tq_set(&l.zaya_block.as_ref().unwrap().experts.switch_mlp)).collect();
+    let e_count = m.fused.config().num_experts as i32;
+    let per_expert: u64 = [&sets[0].g, &sets[0].u, &sets[0].d]
+        .iter()
+        .map(|t| (t.packed.nbytes() + t.norms.nbytes()) as u64 / e_count as u64)
+        .sum();
+    let mut g = group(c, "expert_matmul", 2);
+    // decode: one row, a different (layer, expert) each call
+    let x1 = randn(&mut rng, &[1, H]);
+    let ids: Vec<Array> = (0..e_count).map(|e| Array::from_slice(&[e], &[1])).collect();
+    g.throughput(Throughput::Bytes(per_expert));
+    for (name, mode) in [("fused", Some(ExtMode::Primitive)), ("portable", Some(ExtMode::Portable)), ("plain", None)] {
+        let mut k = 0usize;
+        g.bench_function(BenchmarkId::new(name, "decode N=1"), |b| {
+            b.iter(|| {
+                k += 1;
+                let (s, e) = (&sets[k % sets.len()], (k / sets.len()) as i32 % e_count);
+                let y = match mode {
+                    Some(md) => fused_experts(s, &x1, &ids[e as usize], md),
+                    None => plain_expert(s, &x1, e),
+                };
+                eval(&[&y]);
+            })
+        });
+    }
+    // prefill: 128 rows routed at random (every expert read about once)
+    let xp = randn(&mut rng, &[PREFILL, H]);
+    let route: Vec<i32> = (0..PREFILL).map(|_| rng.gen_range(0..e_count)).collect();
+    let idx = Array::from_slice(&route, &[PREFILL]);
+    g.throughput(Throughput::Bytes(per_expert * e_count as u64));
+    for (name, mode) in [("fused", Some(ExtMode::Primitive)), ("portable", Some(ExtMode::Portable)), ("plain", None)] {
+        g.bench_function(BenchmarkId::new(name, "prefill N=128"), |b| {
+            b.iter(|| {
+                let y = match mode {
+                    Some(md) => fused_experts(&sets[0], &xp, &idx, md),
+                    None => plain_experts(&sets[0], &xp, &route),
+                };
+                eval(&[&y]);
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---- lm_head ---------------------------------------------------------------------------------
+
+fn affine_parts(q: &zaya_mlx::quant::linear::QLinear) -> (&Array, &Array, &Array, u32, u32) {
+    let (bits, gs) = match q.format {
+        zaya_mlx::quant::WeightFormat::Affine { bits, group_size } => (bits, group_size),
+        ref f => panic!("lm_head format {f:?}"),
+    };
+    (&*q.weight, q.scales.value.as_ref().unwrap(), q.biases.value.as_ref().unwrap(), bits, gs)
+}
+
+fn bench_lm_head(c: &mut Criterion, m: &Models) {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    // as stored (f16 scales/biases): what the fused model holds
+    let (w, s, b, bits, gs) = affine_parts(&m.fused.model.embed_tokens);
+    // f32 scales/biases: what the plain model holds (MLX's CPU kernel accumulates in their dtype)
+    let (pw, ps, pb, _, _) = affine_parts(&m.plain.model.embed_tokens);
+    let x = randn(&mut rng, &[1, H]);
+    let mut g = group(c, "lm_head_gemv", 3);
+    g.throughput(Throughput::Bytes((w.nbytes() + s.nbytes() + b.nbytes()) as u64));
+    g.bench_function(BenchmarkId::new("ours", "N=1"), |bn| {
+        bn.iter(|| eval(&[&ext::affine_matmul(&x, w, s, b, bits, gs, ExtMode::Primitive).unwrap()]))
+    });
+    g.bench_function(BenchmarkId::new("mlx_quantized_matmul", "N=1"), |bn| {
+        bn.iter(|| eval(&[&mlx_rs::ops::quantized_matmul(&x, w, s, b, true, gs as i32, bits as i32).unwrap()]))
+    });
+    g.bench_function(BenchmarkId::new("mlx_quantized_matmul_f32_scales", "N=1"), |bn| {
+        bn.iter(|| eval(&[&mlx_rs::ops::quantized_matmul(&x, pw, ps, pb, true, gs as i32, bits as i32).unwrap()]))
+    });
+    g.finish();
+}
+
+// ---- CCA conv --------------------------------------------------------------------------------
+
+fn bench_conv(c: &mut Criterion, m: &Models) {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let conv = &attn_layer(&m.fused).self_attn.as_ref().unwrap().qkv.conv_qk;
+    let (w0, b0, w1, b1) = (&*conv[0].weight, &*conv[0].bias, &*conv[1].weight, &*conv[1].bias);
+    let ch = w0.shape()[0];
+    let s = (w0.shape()[1] - 1) + (w1.shape()[1] - 1);
+    let state = randn(&mut rng, &[1, ch, s]);
+    let mut ev = Evict::new();
+    let mut g = group(c, "cca_conv", 2);
+    for t in [1, PREFILL] {
+        let u = randn(&mut rng, &[1, t, ch]);
+        for (name, mode) in [("primitive", ExtMode::Primitive), ("portable", ExtMode::Portable)] {
+            let run = || {
+                let (z, ns) = ext::cca_conv(&u, &state, w0, b0, w1, b1, mode).unwrap();
+                eval(&[&z, &ns]);
+            };
+            g.bench_function(BenchmarkId::new(name, format!("T={t}")), |b| {
+                if t == 1 {
+                    b.iter_batched(|| ev.touch(), |_| run(), BatchSize::PerIteration)
+                } else {
+                    b.iter(run)
+                }
+            });
+        }
+    }
+    g.finish();
+}
+
+// ---- attention and half-layers ---------------------------------------------------------------
+
+/// A layer state holding `ctx` random positions (room for more, so a step does not grow it), with
+/// random conv state and `prev_hs`; evaluated.
+fn attn_cache(rng: &mut ChaCha8Rng, m: &ZayaModel, ctx: i32) -> AttnCache {
+    let cfg = m.config();
+    let (hk, d) = (cfg.num_kv_heads as i32, cfg.head_dim as i32);
+    let mut cache = AttnCache::default();
+    if ctx > 0 {
+        let k = randn(rng, &[1, hk, ctx, d]);
+        let v = randn(rng, &[1, hk, ctx, d]);
+        let (ak, av) = cache.update_and_fetch(&k, &v, ctx as usize + 256).unwrap();
+        eval(&[&ak, &av]);
+        let ch = cfg.conv_channels() as i32;
+        cache.conv_state = Some(randn(rng, &[1, ch, cfg.conv_state_len() as i32]));
+        cache.prev_hs = Some(randn(rng, &[1, H]));
+    }
+    cache
+}
+
+fn state_outputs(c: &AttnCache) -> Vec<Array> {
+    [c.keys(), c.values(), c.conv_state.clone(), c.prev_hs.clone()].into_iter().flatten().collect()
+}
+
+/// Attention block only (x = the input_norm output) at `ctx` cached positions, T = x's length.
+fn run_attention(m: &ZayaModel, x: &Array, mut cache: AttnCache, ctx: usize, conv_mode: ExtMode) {
+    let attn = attn_layer(m).self_attn.as_ref().unwrap();
+    let y = attn.forward(x, &mut cache, ctx, CcaOptions { conv_mode, kv_step: 256 }).unwrap();
+    let mut outs = state_outputs(&cache);
+    outs.push(y);
+    mlx_rs::transforms::eval(outs.iter()).unwrap();
+}
+
+fn variants(m: &Models) -> [(&'static str, &ZayaModel, ExtMode, ExpertBackend); 2] {
+    [("fused", &m.fused, ExtMode::Auto, ExpertBackend::Fused), ("plain", &m.plain, ExtMode::Portable, ExpertBackend::Plain)]
+}
+
+fn bench_attention(c: &mut Criterion, m: &Models) {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let x = randn(&mut rng, &[1, 1, H]);
+    let mut ev = Evict::new();
+    let mut g = group(c, "attention_decode", 2);
+    for ctx in [128, 1024, 8192] {
+        for (name, model, conv, _) in variants(m) {
+            let mut r = ChaCha8Rng::seed_from_u64(15);
+            g.bench_function(BenchmarkId::new(name, format!("ctx={ctx}")), |b| {
+                b.iter_batched(|| { ev.touch(); attn_cache(&mut r, model, ctx) }, |cache| run_attention(model, &x, cache, ctx as usize, conv), BatchSize::PerIteration)
+            });
+        }
+    }
+    g.finish();
+}
+
+/// A whole half-layer: residual scaling + input norm + block, as the model's forward runs it.
+fn run_half_layer(
+    layer: &ZayaLayer,
+    h: &Array,
+    residual: &Array,
+    cache: AttnCache,
+    offset: usize,
+    prev_state: &Array,
+    conv: ExtMode,
+    backend: ExpertBackend,
+) {
+    let r = layer.res_scale.merge(Some(residual), h).unwrap();
+    let x = layer.input_norm.forward(&r).unwrap();
+    if layer.self_attn.is_some() {
+        let mut cache = cache;
+        let y = layer.self_attn.as_ref().unwrap().forward(&x, &mut cache, offset, CcaOptions { conv_mode: conv, kv_step: 256 }).unwrap();
+        let mut outs = state_outputs(&cache);
+        outs.push(y);
+        outs.push(r);
+        mlx_rs::transforms::eval(outs.iter()).unwrap();
+    } else {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let x2 = x.reshape(&[b * t, H]).unwrap();
+        let out = layer
+            .zaya_block
+            .as_ref()
+            .unwrap()
+            .forward(&x2, &x2, Some(prev_state), MoeOptions { backend, ..MoeOptions::default() })
+            .unwrap();
+        eval(&[&out.y, &out.state, &out.skipped, &r]);
+    }
+}
+
+fn bench_half_layers(c: &mut Criterion, m: &Models) {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let rdim = m.fused.config().router_hidden_size as i32;
+    let mut ev = Evict::new();
+    let mut g = group(c, "half_layer", 3);
+    for t in [1, PREFILL] {
+        // decode: 16 different inputs in turn, so the router picks different experts
+        let inputs: Vec<(Array, Array, Array)> = (0..if t == 1 { 16 } else { 1 })
+            .map(|_| (randn(&mut rng, &[1, t, H]), randn(&mut rng, &[1, t, H]), randn(&mut rng, &[t, rdim])))
+            .collect();
+        let (ctx, label) = if t == 1 { (128, "T=1 ctx=128".to_string()) } else { (0, format!("T={t}")) };
+        for (name, model, conv, backend) in variants(m) {
+            let attn = attn_layer(model);
+            // the second MoE layer (the first has no EDA state input)
+            let moe = moe_layers(model)[1];
+            let mut r = ChaCha8Rng::seed_from_u64(17);
+            let mut k = 0usize;
+            let mut next = || {
+                k += 1;
+                &inputs[k % inputs.len()]
+            };
+            g.bench_function(BenchmarkId::new(format!("attention/{name}"), &label), |b| {
+                b.iter_batched(
+                    || {
+                        if t == 1 {
+                            ev.touch();
+                        }
+                        (attn_cache(&mut r, model, ctx), next())
+                    },
+                    |(cache, (h, res, prev))| run_half_layer(attn, h, res, cache, ctx as usize, prev, conv, backend),
+                    BatchSize::PerIteration,
+                )
+            });
+            g.bench_function(BenchmarkId::new(format!("moe/{name}"), &label), |b| {
+                b.iter_batched(
+                    || {
+                        if t == 1 {
+                            ev.touch();
+                        }
+                        next()
+                    },
+                    |(h, res, prev)| run_half_layer(moe, h, res, AttnCache::default(), 0, prev, conv, backend),
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
+fn all(c: &mut Criterion) {
+    let m = load_models();
+    bench_experts(c, &m);
+    bench_lm_head(c, &m);
+    bench_conv(c, &m);
+    bench_attention(c, &m);
+    bench_half_layers(c, &m);
+}
+
+criterion_group!(benches, all);
+criterion_main!(benches);

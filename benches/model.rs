@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
-use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::ops::concatenate;
+use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::Array;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -169,12 +169,13 @@ fn plain_experts(t: &TqSet, x: &Array, route: &[i32]) -> Array {
     for (pos, &r) in order.iter().enumerate() {
         inv[r as usize] = pos as u32;
     }
-    take_axis(&concatenate(&parts, 0).unwrap(), Array::from_slice(&inv, &[route.len() as i32]), 0).unwrap()
+    take_axis(concatenate(&parts, 0).unwrap(), Array::from_slice(&inv, &[route.len() as i32]), 0).unwrap()
 }
 
 fn bench_experts(c: &mut Criterion, m: &Models) {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let sets: Vec<TqSet> = moe_layers(&m.fused).iter().map(|l| tq_set(&l.zaya_block.as_ref().unwrap().experts.switch_mlp)).collect();
+    let sets: Vec<TqSet> =
+        moe_layers(&m.fused).iter().map(|l| tq_set(&l.zaya_block.as_ref().unwrap().experts.switch_mlp)).collect();
     let e_count = m.fused.config().num_experts as i32;
     let per_expert: u64 = [&sets[0].g, &sets[0].u, &sets[0].d]
         .iter()
@@ -312,8 +313,11 @@ fn run_attention(m: &ZayaModel, x: &Array, mut cache: AttnCache, ctx: usize, con
     mlx_rs::transforms::eval(outs.iter()).unwrap();
 }
 
-fn variants(m: &Models) -> [(&'static str, &ZayaModel, ExtMode, ExpertBackend); 2] {
-    [("fused", &m.fused, ExtMode::Auto, ExpertBackend::Fused), ("plain", &m.plain, ExtMode::Portable, ExpertBackend::Plain)]
+fn variants(m: &Models) -> [(&'static str, &ZayaModel, Variant); 2] {
+    [
+        ("fused", &m.fused, Variant { conv: ExtMode::Auto, backend: ExpertBackend::Fused }),
+        ("plain", &m.plain, Variant { conv: ExtMode::Portable, backend: ExpertBackend::Plain }),
+    ]
 }
 
 fn bench_attention(c: &mut Criterion, m: &Models) {
@@ -322,32 +326,41 @@ fn bench_attention(c: &mut Criterion, m: &Models) {
     let mut ev = Evict::new();
     let mut g = group(c, "attention_decode", 2);
     for ctx in [128, 1024, 8192] {
-        for (name, model, conv, _) in variants(m) {
+        for (name, model, v) in variants(m) {
             let mut r = ChaCha8Rng::seed_from_u64(15);
             g.bench_function(BenchmarkId::new(name, format!("ctx={ctx}")), |b| {
-                b.iter_batched(|| { ev.touch(); attn_cache(&mut r, model, ctx) }, |cache| run_attention(model, &x, cache, ctx as usize, conv), BatchSize::PerIteration)
+                b.iter_batched(
+                    || {
+                        ev.touch();
+                        attn_cache(&mut r, model, ctx)
+                    },
+                    |cache| run_attention(model, &x, cache, ctx as usize, v.conv),
+                    BatchSize::PerIteration,
+                )
             });
         }
     }
     g.finish();
 }
 
-/// A whole half-layer: residual scaling + input norm + block, as the model's forward runs it.
-fn run_half_layer(
-    layer: &ZayaLayer,
-    h: &Array,
-    residual: &Array,
-    cache: AttnCache,
-    offset: usize,
-    prev_state: &Array,
+/// How a variant runs: conv implementation and expert backend.
+#[derive(Clone, Copy)]
+struct Variant {
     conv: ExtMode,
     backend: ExpertBackend,
-) {
+}
+
+/// Inputs of one half-layer call: sub-layer output h and residual R entering it, and the previous
+/// MoE layer's router state.
+type HalfLayerInput = (Array, Array, Array);
+
+/// A whole half-layer: residual scaling + input norm + block, as the model's forward runs it.
+fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCache, offset: usize, v: Variant) {
+    let (h, residual, prev_state) = input;
     let r = layer.res_scale.merge(Some(residual), h).unwrap();
     let x = layer.input_norm.forward(&r).unwrap();
-    if layer.self_attn.is_some() {
-        let mut cache = cache;
-        let y = layer.self_attn.as_ref().unwrap().forward(&x, &mut cache, offset, CcaOptions { conv_mode: conv, kv_step: 256 }).unwrap();
+    if let Some(attn) = &layer.self_attn {
+        let y = attn.forward(&x, &mut cache, offset, CcaOptions { conv_mode: v.conv, kv_step: 256 }).unwrap();
         let mut outs = state_outputs(&cache);
         outs.push(y);
         outs.push(r);
@@ -355,11 +368,9 @@ fn run_half_layer(
     } else {
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let x2 = x.reshape(&[b * t, H]).unwrap();
-        let out = layer
-            .zaya_block
-            .as_ref()
-            .unwrap()
-            .forward(&x2, &x2, Some(prev_state), MoeOptions { backend, ..MoeOptions::default() })
+        let moe = layer.zaya_block.as_ref().unwrap();
+        let out = moe
+            .forward(&x2, &x2, Some(prev_state), MoeOptions { backend: v.backend, ..MoeOptions::default() })
             .unwrap();
         eval(&[&out.y, &out.state, &out.skipped, &r]);
     }
@@ -372,11 +383,11 @@ fn bench_half_layers(c: &mut Criterion, m: &Models) {
     let mut g = group(c, "half_layer", 3);
     for t in [1, PREFILL] {
         // decode: 16 different inputs in turn, so the router picks different experts
-        let inputs: Vec<(Array, Array, Array)> = (0..if t == 1 { 16 } else { 1 })
+        let inputs: Vec<HalfLayerInput> = (0..if t == 1 { 16 } else { 1 })
             .map(|_| (randn(&mut rng, &[1, t, H]), randn(&mut rng, &[1, t, H]), randn(&mut rng, &[t, rdim])))
             .collect();
         let (ctx, label) = if t == 1 { (128, "T=1 ctx=128".to_string()) } else { (0, format!("T={t}")) };
-        for (name, model, conv, backend) in variants(m) {
+        for (name, model, v) in variants(m) {
             let attn = attn_layer(model);
             // the second MoE layer (the first has no EDA state input)
             let moe = moe_layers(model)[1];
@@ -394,7 +405,7 @@ fn bench_half_layers(c: &mut Criterion, m: &Models) {
                         }
                         (attn_cache(&mut r, model, ctx), next())
                     },
-                    |(cache, (h, res, prev))| run_half_layer(attn, h, res, cache, ctx as usize, prev, conv, backend),
+                    |(cache, input)| run_half_layer(attn, input, cache, ctx as usize, v),
                     BatchSize::PerIteration,
                 )
             });
@@ -406,7 +417,7 @@ fn bench_half_layers(c: &mut Criterion, m: &Models) {
                         }
                         next()
                     },
-                    |(h, res, prev)| run_half_layer(moe, h, res, AttnCache::default(), 0, prev, conv, backend),
+                    |input| run_half_layer(moe, input, AttnCache::default(), 0, v),
                     BatchSize::PerIteration,
                 )
             });

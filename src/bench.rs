@@ -120,6 +120,41 @@ pub fn copy_bandwidth_gbs_threads(bytes: usize, reps: usize, threads: usize) -> 
     rates[rates.len() / 2]
 }
 
+/// Measures read bandwidth in GB/s: the median of `reps` passes summing a `bytes`-sized buffer,
+/// split over every available core (decode mostly reads; a copy also writes).
+pub fn read_bandwidth_gbs(bytes: usize, reps: usize) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = (bytes / 8).max(threads);
+    let src: Vec<u64> = (0..n as u64).collect();
+    let chunk = n.div_ceil(threads);
+    let pass = || {
+        std::thread::scope(|s| {
+            for c in src.chunks(chunk) {
+                s.spawn(move || {
+                    // four independent sums so the adds are not one dependency chain
+                    let mut acc = [0u64; 4];
+                    for q in c.chunks_exact(4) {
+                        for k in 0..4 {
+                            acc[k] = acc[k].wrapping_add(q[k]);
+                        }
+                    }
+                    std::hint::black_box(acc);
+                });
+            }
+        });
+    };
+    pass();
+    let mut rates: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            pass();
+            (n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    rates[rates.len() / 2]
+}
+
 /// Process memory from /proc/self/status: (current RSS, peak RSS) in bytes. None where unavailable.
 pub fn process_rss() -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -181,7 +216,12 @@ pub struct MachineInfo {
 pub fn machine_info() -> MachineInfo {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let mem_total_bytes = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -258,7 +298,12 @@ pub struct Trial {
 
 /// Runs one trial on a fresh cache. With `probe`, also measures the graph of the second decode
 /// step (outside the timed region: the decode clock is paused around it).
-pub fn run_trial(model: &ZayaModel, prompt: &[u32], gen_tokens: usize, probe: Option<&mut Option<GraphProbe>>) -> Result<Trial> {
+pub fn run_trial(
+    model: &ZayaModel,
+    prompt: &[u32],
+    gen_tokens: usize,
+    probe: Option<&mut Option<GraphProbe>>,
+) -> Result<Trial> {
     check_lengths(model.config(), prompt.len(), gen_tokens)?;
     let load_average = load_average();
     let rss_reset = reset_peak_rss();
@@ -312,7 +357,8 @@ pub fn check_lengths(cfg: &ZayaConfig, prompt_tokens: usize, gen_tokens: usize) 
     }
     if gen_tokens < 2 {
         return Err(ZayaError::InvalidArgument(
-            "generate at least 2 tokens (-g): the first comes from the prefill, the decode rate needs a decode step".into(),
+            "generate at least 2 tokens (-g): the first comes from the prefill, the decode rate needs a decode step"
+                .into(),
         ));
     }
     // the last generated token is never fed back
@@ -409,6 +455,8 @@ mod tests {
         assert!(bw.is_finite() && bw > 0.0);
         let bw1 = copy_bandwidth_gbs_threads(8 << 20, 3, 1);
         assert!(bw1.is_finite() && bw1 > 0.0);
+        let rd = read_bandwidth_gbs(8 << 20, 3);
+        assert!(rd.is_finite() && rd > 0.0);
     }
 
     #[test]

@@ -77,14 +77,7 @@ fn tiny_preset_bytes_per_decode_token_match_a_hand_count() {
     for ctx in [0usize, 1, 37, 1000] {
         // K and V f32 [Hk, ctx, D] plus conv_state f32 [C, 2] and prev_hs f32 [H], per attention layer
         let state = attn_layers * (2 * hk * ctx as u64 * d * 4 + (c * 2 + h) * 4);
-        let expected = DecodeBytes {
-            attention,
-            router,
-            experts: experts_b,
-            lm_head_and_embedding: lm,
-            norms,
-            state,
-        };
+        let expected = DecodeBytes { attention, router, experts: experts_b, lm_head_and_embedding: lm, norms, state };
         let got = bench::decode_bytes(&bundle.weights, cfg, ctx, 4);
         assert_eq!(got, expected, "ctx {ctx}");
         assert_eq!(got.total(), attention + router + experts_b + lm + norms + state);

@@ -55,7 +55,13 @@ fn trial_greedy_tokens_match_the_python_reference() {
 }
 
 fn bench_json(args: &[&str]) -> Value {
-    let o = zaya().args(["bench", "--model"]).arg(tiny()).args(args).args(["--json", "--bandwidth-mib", "16"]).output().unwrap();
+    let o = zaya()
+        .args(["bench", "--model"])
+        .arg(tiny())
+        .args(args)
+        .args(["--json", "--bandwidth-mib", "16"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
@@ -105,10 +111,24 @@ fn json_report_is_complete_and_consistent() {
 
 #[test]
 fn text_report_follows_the_mlx_lm_layout() {
-    let o = zaya().args(["bench", "--model"]).arg(tiny()).args(["-p", "8", "-g", "3", "-n", "2", "--warmup", "0", "--kernels", "plain"]).output().unwrap();
+    let o = zaya()
+        .args(["bench", "--model"])
+        .arg(tiny())
+        .args(["-p", "8", "-g", "3", "-n", "2", "--warmup", "0", "--kernels", "plain"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8_lossy(&o.stdout);
-    for needle in ["Timing with prompt_tokens=8, generation_tokens=3, batch_size=1", "Trial 1:  prompt_tps=", "Trial 2:  prompt_tps=", "Averages: prompt_tps=", "Medians: ", "Graph: ", "Bound: ", "% of the bound"] {
+    for needle in [
+        "Timing with prompt_tokens=8, generation_tokens=3, batch_size=1",
+        "Trial 1:  prompt_tps=",
+        "Trial 2:  prompt_tps=",
+        "Averages: prompt_tps=",
+        "Medians: ",
+        "Graph: ",
+        "Bound: ",
+        "% of the bound",
+    ] {
         assert!(s.contains(needle), "missing `{needle}` in\n{s}");
     }
     // without a warm-up the graph is probed at the first decode step

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Prints the results tables of docs/performance.md (markdown) from the JSON files that
+scripts/perf-report.sh writes into DIR (default target/perf-report). Standard library only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(out: Path, name: str):
+    p = out / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def bench_row(r: dict) -> str:
+    m, b, g = r["median"], r["bound"], r["graph"]
+    la = ", ".join(f"{t['load_average'][0]:.1f}" for t in r["trials"] if t.get("load_average"))
+    rss = m.get("peak_rss_bytes") or 0
+    return (
+        f"| {r['options']['kernels']} | {r['prompt_tokens']} / {r['generation_tokens']} | {m['prompt_tps']:.1f} "
+        f"| {m['ttft_s']:.2f} | {m['generation_tps']:.2f} | {b['tok_per_s']:.1f} | {b['decode_pct_of_bound']:.0f}% "
+        f"| {g['nodes_per_decode_step']} ({g['as_type_per_decode_step']}) "
+        f"| {rss / 1e9:.2f} GB = {r['peak_rss_over_bundle'] or 0:.2f}x | {m['peak_mlx_bytes'] / 1e9:.2f} GB "
+        f"| {b['copy_bandwidth_gbs']:.1f} | {la} |"
+    )
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "target/perf-report")
+    runs = [r for r in (load(out, n) for n in ["full-p128.json", "full-p1024.json", "full-plain.json"]) if r]
+    if runs:
+        r = runs[0]
+        mc = r["machine"]
+        mb = r["bound"]["bytes"]
+        print(
+            f"Machine: {mc['cpu']}, {mc['cores']} cores, {mc['mem_total_bytes'] / 2**30:.1f} GiB RAM, kernel ISA "
+            f"{mc['kernel_isa']}. Bundle: {r['model']}, {r['bundle_bytes'] / 2**30:.2f} GiB, {r['half_layers']} half-layers.\n"
+        )
+        print(
+            "| kernels | prompt / generated | prefill tok/s | TTFT s | decode tok/s | bound tok/s | decode % of bound "
+            "| graph nodes per decode step (AsType) | peak RSS vs bundle | MLX peak | copy GB/s | load avg per trial |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in runs:
+            print(bench_row(r))
+        mbt = r["bound"]["bytes_per_token"]
+        print(
+            f"\nBytes per decode token at context {runs[0]['bound']['context']}: {mbt / 1e6:.1f} MB = experts "
+            f"{mb['experts'] / 1e6:.1f} + lm_head and embedding {mb['lm_head_and_embedding'] / 1e6:.1f} + attention "
+            f"{mb['attention'] / 1e6:.1f} + router {mb['router'] / 1e6:.1f} + norms {mb['norms'] / 1e6:.2f} + state "
+            f"{mb['state'] / 1e6:.1f}."
+        )
+    s = load(out, "side-by-side.json")
+    if s:
+        la = [r["load_average"] for r in s["zaya"] + s["reference"]]
+        print(
+            f"\nSide by side: {s['bundle']}, prompt {s['prompt_tokens']}, {s['generation_tokens']} generated, "
+            f"{s['pairs']} alternating pairs (medians; load average {min(la):.1f}–{max(la):.1f}):\n"
+        )
+        print("| | zaya | Python reference | zaya speed-up |")
+        print("|---|---|---|---|")
+        for k, label in [("generation_tps", "decode tok/s"), ("prompt_tps", "prefill tok/s"), ("ttft_s", "TTFT s"), ("load_s", "load s")]:
+            v = s["median"][k]
+            print(f"| {label} | {v['zaya']:.3f} | {v['reference']:.3f} | {s['ratio'][k]:.2f}x |")
+        print(f"\nGreedy tokens, zaya vs reference: {s['greedy_agreement']}.")
+    crit = out / "criterion-model.txt"
+    if crit.exists():
+        print("\nCriterion (`cargo bench --bench model`), median time per call:\n")
+        name = None
+        for line in crit.read_text().splitlines():
+            if "time:" in line:
+                head, _, rest = line.partition("time:")
+                name = head.strip() or name
+                mid = rest.strip().strip("[]").split()
+                print(f"- {name}: {mid[2]} {mid[3]}")
+                name = None
+            else:
+                name = line.strip()
+
+
+if __name__ == "__main__":
+    main()

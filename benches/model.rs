@@ -1,24 +1,30 @@
-//! Model-level benchmarks on a real-dimension synthetic bundle (`zaya_mlx::synth`, the zaya1-8b
-//! preset cut to 4 half-layers, full 262272 vocabulary; written once, ≈0.85 GB, into
+//! Model-level benchmarks on a real-dimension synthetic bundle (`zaya_mlx::synth`: the zaya1-8b
+//! preset cut to 16 half-layers, full 262272 vocabulary; written once, ≈1.4 GB, into
 //! `$ZAYA_BENCH_DIR` or `target/zaya-bench/`), each next to its plain-MLX-ops baseline in the same run:
 //!
 //! * `expert_matmul`: one MoE layer's routed experts (SwiGLU, TurboQuant 4-bit, 16 × 2048×2048) —
 //!   `fused` (our primitive), `portable` (the primitive's plain-ops graph) and `plain` (the model's
-//!   `ExpertBackend::Plain` math); decode (N = 1, a different expert and layer each call, so the
-//!   weights stream from DRAM) and prefill (N = 128 routed at random);
-//! * `lm_head_gemv`: the tied 8-bit lm_head 262272×2048 at N = 1 — ours vs MLX `quantized_matmul`;
+//!   `ExpertBackend::Plain` math); decode (N = 1) and prefill (N = 128 routed at random);
+//! * `lm_head_gemv`: the tied 8-bit lm_head 262272×2048 at N = 1 — ours vs MLX `quantized_matmul`
+//!   (with the stored f16 scales, and with the f32 scales the plain model holds);
 //! * `cca_conv`: the CCA two-stage conv — primitive vs portable graph, T = 1 and T = 128;
-//! * `attention_decode`: one CCA attention half-layer's block at T = 1 over a KV cache of
-//!   128 / 1024 / 8192 positions — fused model vs plain model (plain linears, portable conv);
+//! * `attention_decode`: one CCA attention block at T = 1 over a KV cache of 128 / 1024 / 8192
+//!   positions — fused model vs plain model (plain linears, portable conv);
 //! * `half_layer`: a whole half-layer (residual scaling, input norm, block) of each kind, T = 1
 //!   (attention at context 128) and T = 128 (attention from an empty cache) — fused vs plain.
 //!
-//! `cargo bench --bench model` (a few minutes; small sample counts). Filter: `cargo bench --bench
+//! As in a decode step, consecutive calls use different layers (and, for the experts, different
+//! experts), so weights stream from DRAM rather than from the 32 MiB L3 (the conv cycles 32 random
+//! weight copies). Calls run back to back; where a call needs a fresh KV cache, caches for 16 calls
+//! are built untimed, then the 16 calls are timed in a row (so worker threads stay as warm as in a
+//! decode step).
+//!
+//! `cargo bench --bench model` (about 4 minutes; small sample counts). Filter: `cargo bench --bench
 //! model -- attention`. Throughput, where given, is weight bytes read per call.
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Bencher, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::Array;
@@ -35,16 +41,17 @@ use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
 
 const H: i32 = 2048;
 const PREFILL: i32 = 128;
+const HALF_LAYERS: usize = 16;
 
 fn bundle_dir() -> PathBuf {
     let base = std::env::var_os("ZAYA_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("zaya-bench"));
-    let dir = base.join("real-4hl-v262272-s0");
+    let dir = base.join(format!("real-{HALF_LAYERS}hl-v262272-s0"));
     if !dir.join("config.json").exists() {
         std::fs::create_dir_all(&base).unwrap();
-        let tmp = base.join(format!(".real-4hl.tmp-{}", std::process::id()));
-        let spec = SynthSpec { num_hidden_layers: 4, ..SynthSpec::preset("zaya1-8b").unwrap() };
+        let tmp = base.join(format!(".real-{HALF_LAYERS}hl.tmp-{}", std::process::id()));
+        let spec = SynthSpec { num_hidden_layers: HALF_LAYERS, ..SynthSpec::preset("zaya1-8b").unwrap() };
         eprintln!("writing the benchmark bundle to {} (once)", dir.display());
         synth::write_bundle(&spec, &tmp, &SynthOptions { force: true, ..Default::default() }).unwrap();
         if std::fs::rename(&tmp, &dir).is_err() {
@@ -95,28 +102,41 @@ fn group<'a>(c: &'a mut Criterion, name: &str, secs: u64) -> BenchmarkGroup<'a, 
     g
 }
 
-/// A buffer larger than the L3 cache, read in the (untimed) setup of decode-shape benchmarks whose
-/// weights would otherwise stay cached between iterations (in the model, 40 layers' weights pass
-/// through the cache between two uses of one layer's). Read, not written, so that no dirty lines
-/// are left to be written back during the timed call.
-struct Evict(Vec<u64>);
+/// Calls timed back to back in chunks of this many, after their inputs are prepared untimed.
+const CHUNK: u64 = 16;
 
-impl Evict {
-    fn new() -> Self {
-        Evict((0..(96u64 << 20) / 8).collect())
-    }
-    fn touch(&mut self) {
-        let s = self.0.iter().fold(0u64, |a, &x| a.wrapping_add(x));
-        std::hint::black_box(s);
-    }
+/// Times `run(i, prep(i))` for the iterations criterion asks for: the `prep`s of a chunk are made
+/// untimed, then the chunk's calls run back to back under the clock.
+fn chunked<P>(b: &mut Bencher, mut prep: impl FnMut(u64) -> P, mut run: impl FnMut(u64, P)) {
+    let mut next = 0u64;
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let n = CHUNK.min(iters - done);
+            let inputs: Vec<(u64, P)> = (0..n)
+                .map(|_| {
+                    next += 1;
+                    (next, prep(next))
+                })
+                .collect();
+            let t = Instant::now();
+            for (i, p) in inputs {
+                run(i, p);
+            }
+            total += t.elapsed();
+            done += n;
+        }
+        total
+    })
 }
 
 fn moe_layers(m: &ZayaModel) -> Vec<&ZayaLayer> {
     m.model.layers.iter().filter(|l| l.zaya_block.is_some()).collect()
 }
 
-fn attn_layer(m: &ZayaModel) -> &ZayaLayer {
-    m.model.layers.iter().find(|l| l.self_attn.is_some()).unwrap()
+fn attn_layers(m: &ZayaModel) -> Vec<&ZayaLayer> {
+    m.model.layers.iter().filter(|l| l.self_attn.is_some()).collect()
 }
 
 // ---- experts ---------------------------------------------------------------------------------
@@ -200,17 +220,20 @@ fn bench_experts(c: &mut Criterion, m: &Models) {
             })
         });
     }
-    // prefill: 128 rows routed at random (every expert read about once)
+    // prefill: 128 rows routed at random (every expert read about once), a different layer each call
     let xp = randn(&mut rng, &[PREFILL, H]);
     let route: Vec<i32> = (0..PREFILL).map(|_| rng.gen_range(0..e_count)).collect();
     let idx = Array::from_slice(&route, &[PREFILL]);
     g.throughput(Throughput::Bytes(per_expert * e_count as u64));
     for (name, mode) in [("fused", Some(ExtMode::Primitive)), ("portable", Some(ExtMode::Portable)), ("plain", None)] {
+        let mut k = 0usize;
         g.bench_function(BenchmarkId::new(name, "prefill N=128"), |b| {
             b.iter(|| {
+                k += 1;
+                let s = &sets[k % sets.len()];
                 let y = match mode {
-                    Some(md) => fused_experts(&sets[0], &xp, &idx, md),
-                    None => plain_experts(&sets[0], &xp, &route),
+                    Some(md) => fused_experts(s, &xp, &idx, md),
+                    None => plain_experts(s, &xp, &route),
                 };
                 eval(&[&y]);
             })
@@ -254,26 +277,34 @@ fn bench_lm_head(c: &mut Criterion, m: &Models) {
 
 fn bench_conv(c: &mut Criterion, m: &Models) {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let conv = &attn_layer(&m.fused).self_attn.as_ref().unwrap().qkv.conv_qk;
-    let (w0, b0, w1, b1) = (&*conv[0].weight, &*conv[0].bias, &*conv[1].weight, &*conv[1].bias);
-    let ch = w0.shape()[0];
-    let s = (w0.shape()[1] - 1) + (w1.shape()[1] - 1);
+    let conv = &attn_layers(&m.fused)[0].self_attn.as_ref().unwrap().qkv.conv_qk;
+    let (w0, w1) = (&*conv[0].weight, &*conv[1].weight);
+    let (ch, k0, k1, cg) = (w0.shape()[0], w0.shape()[1], w1.shape()[1], w1.shape()[2]);
+    let s = (k0 - 1) + (k1 - 1);
+    // 32 weight sets of the real shapes (42 MB in f32), used in turn
+    let sets: Vec<[Array; 4]> = (0..32)
+        .map(|_| {
+            [
+                randn(&mut rng, &[ch, k0, 1]),
+                randn(&mut rng, &[ch]),
+                randn(&mut rng, &[ch, k1, cg]).multiply(Array::from_f32(1.0 / (cg as f32).sqrt())).unwrap(),
+                randn(&mut rng, &[ch]),
+            ]
+        })
+        .collect();
     let state = randn(&mut rng, &[1, ch, s]);
-    let mut ev = Evict::new();
     let mut g = group(c, "cca_conv", 2);
     for t in [1, PREFILL] {
         let u = randn(&mut rng, &[1, t, ch]);
         for (name, mode) in [("primitive", ExtMode::Primitive), ("portable", ExtMode::Portable)] {
-            let run = || {
-                let (z, ns) = ext::cca_conv(&u, &state, w0, b0, w1, b1, mode).unwrap();
-                eval(&[&z, &ns]);
-            };
+            let mut k = 0usize;
             g.bench_function(BenchmarkId::new(name, format!("T={t}")), |b| {
-                if t == 1 {
-                    b.iter_batched(|| ev.touch(), |_| run(), BatchSize::PerIteration)
-                } else {
-                    b.iter(run)
-                }
+                b.iter(|| {
+                    k += 1;
+                    let [w0, b0, w1, b1] = &sets[k % sets.len()];
+                    let (z, ns) = ext::cca_conv(&u, &state, w0, b0, w1, b1, mode).unwrap();
+                    eval(&[&z, &ns]);
+                })
             });
         }
     }
@@ -283,7 +314,7 @@ fn bench_conv(c: &mut Criterion, m: &Models) {
 // ---- attention and half-layers ---------------------------------------------------------------
 
 /// A layer state holding `ctx` random positions (room for more, so a step does not grow it), with
-/// random conv state and `prev_hs`; evaluated.
+/// random conv state and `prev_hs`; evaluated. Empty for `ctx` = 0.
 fn attn_cache(rng: &mut ChaCha8Rng, m: &ZayaModel, ctx: i32) -> AttnCache {
     let cfg = m.config();
     let (hk, d) = (cfg.num_kv_heads as i32, cfg.head_dim as i32);
@@ -304,13 +335,11 @@ fn state_outputs(c: &AttnCache) -> Vec<Array> {
     [c.keys(), c.values(), c.conv_state.clone(), c.prev_hs.clone()].into_iter().flatten().collect()
 }
 
-/// Attention block only (x = the input_norm output) at `ctx` cached positions, T = x's length.
-fn run_attention(m: &ZayaModel, x: &Array, mut cache: AttnCache, ctx: usize, conv_mode: ExtMode) {
-    let attn = attn_layer(m).self_attn.as_ref().unwrap();
-    let y = attn.forward(x, &mut cache, ctx, CcaOptions { conv_mode, kv_step: 256 }).unwrap();
-    let mut outs = state_outputs(&cache);
-    outs.push(y);
-    mlx_rs::transforms::eval(outs.iter()).unwrap();
+/// How a variant runs: conv implementation and expert backend.
+#[derive(Clone, Copy)]
+struct Variant {
+    conv: ExtMode,
+    backend: ExpertBackend,
 }
 
 fn variants(m: &Models) -> [(&'static str, &ZayaModel, Variant); 2] {
@@ -320,34 +349,33 @@ fn variants(m: &Models) -> [(&'static str, &ZayaModel, Variant); 2] {
     ]
 }
 
+/// Attention block only (x = the input_norm output) of `layer` at `ctx` cached positions.
+fn run_attention(layer: &ZayaLayer, x: &Array, mut cache: AttnCache, ctx: usize, conv_mode: ExtMode) {
+    let attn = layer.self_attn.as_ref().unwrap();
+    let y = attn.forward(x, &mut cache, ctx, CcaOptions { conv_mode, kv_step: 256 }).unwrap();
+    let mut outs = state_outputs(&cache);
+    outs.push(y);
+    mlx_rs::transforms::eval(outs.iter()).unwrap();
+}
+
 fn bench_attention(c: &mut Criterion, m: &Models) {
     let mut rng = ChaCha8Rng::seed_from_u64(14);
     let x = randn(&mut rng, &[1, 1, H]);
-    let mut ev = Evict::new();
     let mut g = group(c, "attention_decode", 2);
     for ctx in [128, 1024, 8192] {
         for (name, model, v) in variants(m) {
+            let layers = attn_layers(model);
             let mut r = ChaCha8Rng::seed_from_u64(15);
             g.bench_function(BenchmarkId::new(name, format!("ctx={ctx}")), |b| {
-                b.iter_batched(
-                    || {
-                        ev.touch();
-                        attn_cache(&mut r, model, ctx)
-                    },
-                    |cache| run_attention(model, &x, cache, ctx as usize, v.conv),
-                    BatchSize::PerIteration,
+                chunked(
+                    b,
+                    |_| attn_cache(&mut r, model, ctx),
+                    |i, cache| run_attention(layers[i as usize % layers.len()], &x, cache, ctx as usize, v.conv),
                 )
             });
         }
     }
     g.finish();
-}
-
-/// How a variant runs: conv implementation and expert backend.
-#[derive(Clone, Copy)]
-struct Variant {
-    conv: ExtMode,
-    backend: ExpertBackend,
 }
 
 /// Inputs of one half-layer call: sub-layer output h and residual R entering it, and the previous
@@ -369,9 +397,8 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let x2 = x.reshape(&[b * t, H]).unwrap();
         let moe = layer.zaya_block.as_ref().unwrap();
-        let out = moe
-            .forward(&x2, &x2, Some(prev_state), MoeOptions { backend: v.backend, ..MoeOptions::default() })
-            .unwrap();
+        let opts = MoeOptions { backend: v.backend, ..MoeOptions::default() };
+        let out = moe.forward(&x2, &x2, Some(prev_state), opts).unwrap();
         eval(&[&out.y, &out.state, &out.skipped, &r]);
     }
 }
@@ -379,47 +406,40 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
 fn bench_half_layers(c: &mut Criterion, m: &Models) {
     let mut rng = ChaCha8Rng::seed_from_u64(16);
     let rdim = m.fused.config().router_hidden_size as i32;
-    let mut ev = Evict::new();
     let mut g = group(c, "half_layer", 3);
     for t in [1, PREFILL] {
-        // decode: 16 different inputs in turn, so the router picks different experts
-        let inputs: Vec<HalfLayerInput> = (0..if t == 1 { 16 } else { 1 })
+        // 16 different inputs in turn, so the router picks different experts
+        let inputs: Vec<HalfLayerInput> = (0..16)
             .map(|_| (randn(&mut rng, &[1, t, H]), randn(&mut rng, &[1, t, H]), randn(&mut rng, &[t, rdim])))
             .collect();
         let (ctx, label) = if t == 1 { (128, "T=1 ctx=128".to_string()) } else { (0, format!("T={t}")) };
         for (name, model, v) in variants(m) {
-            let attn = attn_layer(model);
-            // the second MoE layer (the first has no EDA state input)
-            let moe = moe_layers(model)[1];
+            let attn = attn_layers(model);
+            // MoE layers after the first (which has no EDA state input)
+            let moe: Vec<&ZayaLayer> = moe_layers(model).into_iter().skip(1).collect();
             let mut r = ChaCha8Rng::seed_from_u64(17);
-            let mut k = 0usize;
-            let mut next = || {
-                k += 1;
-                &inputs[k % inputs.len()]
-            };
             g.bench_function(BenchmarkId::new(format!("attention/{name}"), &label), |b| {
-                b.iter_batched(
-                    || {
-                        if t == 1 {
-                            ev.touch();
-                        }
-                        (attn_cache(&mut r, model, ctx), next())
+                chunked(
+                    b,
+                    |_| attn_cache(&mut r, model, ctx),
+                    |i, cache| {
+                        let (layer, input) = (attn[i as usize % attn.len()], &inputs[i as usize % inputs.len()]);
+                        run_half_layer(layer, input, cache, ctx as usize, v)
                     },
-                    |(cache, input)| run_half_layer(attn, input, cache, ctx as usize, v),
-                    BatchSize::PerIteration,
                 )
             });
+            let mut k = 0usize;
             g.bench_function(BenchmarkId::new(format!("moe/{name}"), &label), |b| {
-                b.iter_batched(
-                    || {
-                        if t == 1 {
-                            ev.touch();
-                        }
-                        next()
-                    },
-                    |input| run_half_layer(moe, input, AttnCache::default(), 0, v),
-                    BatchSize::PerIteration,
-                )
+                b.iter(|| {
+                    k += 1;
+                    run_half_layer(
+                        moe[k % moe.len()],
+                        &inputs[(k / moe.len()) % inputs.len()],
+                        AttnCache::default(),
+                        0,
+                        v,
+                    )
+                })
             });
         }
     }

@@ -42,7 +42,7 @@ else
   echo "no reference venv at $ZAYA_REF_VENV: side-by-side skipped (scripts/setup-python-ref.sh creates it)" >&2
 fi
 if [ "${CRITERION:-0}" = 1 ]; then
-  cargo bench --bench model 2>&1 | grep -E "^[a-z_]+/|time:" > "$OUT/criterion-model.txt" || true
+  cargo bench --bench model 2>&1 | grep -E "^[a-z_]+/|time:|change:" > "$OUT/criterion-model.txt" || true
 fi
 
 python3 scripts/perf_table.py "$OUT"

@@ -67,18 +67,31 @@ def main() -> None:
         print(f"\nGreedy tokens, zaya vs reference: {s['greedy_agreement']}.")
     crit = out / "criterion-model.txt"
     if crit.exists():
-        print("\nCriterion (`cargo bench --bench model`), median time per call:\n")
-        name = None
-        for line in crit.read_text().splitlines():
-            if "time:" in line:
-                head, _, rest = line.partition("time:")
-                name = head.strip() or name
-                mid = rest.strip().strip("[]").split()
-                print(f"- {name}: {mid[2]} {mid[3]}")
-                name = None
-            else:
-                name = line.strip()
+        print("\nCriterion (`cargo bench --bench model`), median time per call [95% interval]:\n")
+        for name, lo, mid, hi in criterion_times(crit.read_text()):
+            print(f"- {name}: {mid} [{lo} – {hi}]")
 
+
+def criterion_times(text: str):
+    """(benchmark, low, median, high) from criterion's console output; the `change:` block that
+    follows a result (comparison with the previous run) is skipped."""
+    name = None
+    for line in text.splitlines():
+        s = line.strip()
+        if not s:
+            continue
+        if "time:" in s:
+            head, _, rest = s.partition("time:")
+            if head.strip():
+                name = head.strip()
+            if name is None:
+                continue  # the `change:` block's time line
+            v = rest.strip().strip("[]").split()
+            if len(v) >= 6:
+                yield name, f"{v[0]} {v[1]}", f"{v[2]} {v[3]}", f"{v[4]} {v[5]}"
+            name = None
+        elif not s.startswith(("thrpt:", "change:", "Found", "Performance", "No change", "Change within")) and "/" in s and not s[0].isdigit() and " outliers" not in s:
+            name = s
 
 if __name__ == "__main__":
     main()

@@ -18,11 +18,14 @@ def bench_row(r: dict) -> str:
     m, b, g = r["median"], r["bound"], r["graph"]
     la = ", ".join(f"{t['load_average'][0]:.1f}" for t in r["trials"] if t.get("load_average"))
     rss = m.get("peak_rss_bytes") or 0
+    t0 = r["trials"][0]
+    anon, file = (t0.get("rss_anon_bytes_end") or 0) / 1e9, (t0.get("rss_file_bytes_end") or 0) / 1e9
     return (
         f"| {r['options']['kernels']} | {r['prompt_tokens']} / {r['generation_tokens']} | {m['prompt_tps']:.1f} "
         f"| {m['ttft_s']:.2f} | {m['generation_tps']:.2f} | {b['tok_per_s']:.1f} | {b['decode_pct_of_bound']:.0f}% "
         f"| {g['nodes_per_decode_step']} ({g['as_type_per_decode_step']}) "
-        f"| {rss / 1e9:.2f} GB = {r['peak_rss_over_bundle'] or 0:.2f}x | {m['peak_mlx_bytes'] / 1e9:.2f} GB "
+        f"| {rss / 1e9:.2f} GB = {r['peak_rss_over_bundle'] or 0:.2f}x | {anon:.2f} + {file:.2f} GB "
+        f"| {m['peak_mlx_bytes'] / 1e9:.2f} GB "
         f"| {b['copy_bandwidth_gbs']:.1f} | {la} |"
     )
 
@@ -40,9 +43,10 @@ def main() -> None:
         )
         print(
             "| kernels | prompt / generated | prefill tok/s | TTFT s | decode tok/s | bound tok/s | decode % of bound "
-            "| graph nodes per decode step (AsType) | peak RSS vs bundle | MLX peak | copy GB/s | load avg per trial |"
+            "| graph nodes per decode step (AsType) | peak RSS vs bundle | resident anon + file | MLX peak | copy GB/s "
+            "| load avg per trial |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in runs:
             print(bench_row(r))
         mbt = r["bound"]["bytes_per_token"]

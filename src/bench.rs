@@ -166,6 +166,18 @@ pub fn process_rss() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Resident memory by kind from /proc/self/status: (anonymous, file-backed) bytes. File-backed
+/// pages are the touched parts of the memory-mapped bundle; anonymous ones are allocations.
+pub fn rss_by_kind() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |k: &str| -> Option<u64> {
+        let line = s.lines().find(|l| l.starts_with(k))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
+}
+
 /// Resets the process's peak RSS (VmHWM) to the current RSS (Linux `clear_refs` 5). Returns false
 /// where that is unavailable (the peak then covers the whole process lifetime).
 pub fn reset_peak_rss() -> bool {
@@ -290,10 +302,15 @@ pub struct Trial {
     pub peak_rss_bytes: Option<u64>,
     /// MLX allocator peak during the trial, bytes.
     pub peak_mlx_bytes: u64,
+    /// Resident (anonymous, file-backed) bytes at the end of the trial.
+    pub rss_anon_file_bytes: Option<(u64, u64)>,
     /// Load average (1, 5, 15 min) when the trial started.
     pub load_average: Option<[f64; 3]>,
     /// The greedy tokens generated (the first from the prefill).
     pub generated: Vec<u32>,
+    /// Fraction of (token, MoE layer) routings, prefill and decode, that took the MOD skip route
+    /// (those read no expert weights, which the bound does not discount).
+    pub skip_fraction: f64,
 }
 
 /// Runs one trial on a fresh cache. With `probe`, also measures the graph of the second decode
@@ -334,7 +351,10 @@ pub fn run_trial(
     let ttft_s = (t_first - t_start).as_secs_f64();
     let decode_s = (t_end - t_first).as_secs_f64() - paused;
     let peak_rss_bytes = process_rss().map(|(_, peak)| peak);
+    let rss_anon_file_bytes = rss_by_kind();
     let _ = rss_reset;
+    let routed: u64 = cache.routed_counts().iter().sum();
+    let skipped: u64 = cache.skip_counts().iter().sum();
     Ok(Trial {
         prompt_tokens: prompt.len(),
         generation_tokens: gen_tokens,
@@ -345,8 +365,10 @@ pub fn run_trial(
         total_time_s: (t_end - t_start).as_secs_f64() - paused,
         peak_rss_bytes,
         peak_mlx_bytes: mlx_memory().1,
+        rss_anon_file_bytes,
         load_average,
         generated,
+        skip_fraction: if routed > 0 { skipped as f64 / routed as f64 } else { 0.0 },
     })
 }
 
@@ -463,6 +485,8 @@ mod tests {
     fn rss_is_read() {
         let (cur, peak) = process_rss().unwrap();
         assert!(cur > 0 && peak >= cur);
+        let (anon, file) = rss_by_kind().unwrap();
+        assert!(anon > 0 && file > 0);
     }
 
     #[test]

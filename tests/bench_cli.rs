@@ -84,6 +84,8 @@ fn json_report_is_complete_and_consistent() {
         assert!((t["prompt_tps"].as_f64().unwrap() - 20.0 / ttft).abs() < 1e-6 * 20.0 / ttft);
         assert!((t["generation_tps"].as_f64().unwrap() - 5.0 / dec).abs() < 1e-6 * 5.0 / dec);
         assert!(t["peak_rss_bytes"].as_u64().unwrap() > 0);
+        let skip = t["skip_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&skip));
         gen.push(t["generation_tps"].as_f64().unwrap());
     }
     assert_eq!(v["median"]["generation_tps"].as_f64().unwrap(), bench::median(&gen));

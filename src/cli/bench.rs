@@ -192,6 +192,9 @@ pub fn run(args: Args) -> Result<i32> {
                 "peak_rss_bytes": t.peak_rss_bytes,
                 "peak_mlx_bytes": t.peak_mlx_bytes,
                 "load_average": t.load_average,
+                "skip_fraction": t.skip_fraction,
+                "rss_anon_bytes_end": t.rss_anon_file_bytes.map(|x| x.0),
+                "rss_file_bytes_end": t.rss_anon_file_bytes.map(|x| x.1),
             })).collect::<Vec<_>>(),
             "average": avg,
             "median": med,
@@ -222,9 +225,20 @@ pub fn run(args: Args) -> Result<i32> {
         human_bytes(summary.file_bytes),
         fmt_gb(Some(med.peak_mlx_bytes))
     );
+    if let Some((anon, file)) = trials[0].rss_anon_file_bytes {
+        println!(
+            "Resident after trial 1: {} anonymous (allocations) + {} file-backed (touched pages of the mapped bundle)",
+            fmt_gb(Some(anon)),
+            fmt_gb(Some(file))
+        );
+    }
     println!(
         "Graph: {} nodes per decode step ({} AsType), at cache offset {}",
         probe.nodes, probe.as_type, probe.offset
+    );
+    println!(
+        "Routing: {:.1}% of the token-layer routings of trial 1 took the MOD skip route (they read no expert)",
+        100.0 * trials[0].skip_fraction
     );
     let b = bound.bytes;
     let mb = |x: u64| x as f64 / 1e6;

@@ -44,11 +44,11 @@ pub enum ModSkip {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpertBackend {
     /// Plain MLX ops, tokens grouped by expert on the host: the reference path.
-    #[default]
     Plain,
     /// The fused mlx-ext TurboQuant switch-GLU primitive (`ext::tq_switch_glu`: rotation, gate/up
     /// SwiGLU and down in one op, no host sync) for TurboQuant experts with power-of-two dims and
     /// 2–4-bit codes; the plain path for every other expert format.
+    #[default]
     Fused,
 }
 

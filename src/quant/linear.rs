@@ -18,11 +18,11 @@ use crate::quant::WeightFormat;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LinearBackend {
     /// MLX's stock ops (`matmul`, `quantized_matmul`): the reference path, runs everywhere.
-    #[default]
     Plain,
     /// The mlx-ext fused CPU kernels where they apply: `ext::affine_matmul` / `ext::affine_embed`
     /// for affine weights of 4 or 8 bits, `ext::dense_matmul` for float weights (read in their stored
     /// dtype), all accumulating in f32. MXFP4 and other bit widths use the plain path.
+    #[default]
     Fused,
 }
 

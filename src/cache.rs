@@ -86,7 +86,9 @@ impl AttnCache {
     }
 
     fn arrays(&self) -> impl Iterator<Item = &Array> {
-        [&self.keys, &self.values, &self.conv_state, &self.prev_hs].into_iter().flatten()
+        [&self.keys, &self.values, &self.conv_state, &self.prev_hs]
+            .into_iter()
+            .flatten()
     }
 }
 

@@ -84,7 +84,12 @@ impl CcaAttention {
         let f32 = Dtype::Float32;
         let conv = |src: &mut WeightSource, i: usize, k: usize, in_g: i32| -> Result<ConvStage> {
             Ok(ConvStage {
-                weight: Param::new(take_float(src, &format!("{q}.conv_qk.{i}.weight"), &[c, k as i32, in_g], f32)?),
+                weight: Param::new(take_float(
+                    src,
+                    &format!("{q}.conv_qk.{i}.weight"),
+                    &[c, k as i32, in_g],
+                    f32,
+                )?),
                 bias: Param::new(take_float(src, &format!("{q}.conv_qk.{i}.bias"), &[c], f32)?),
             })
         };
@@ -165,7 +170,9 @@ impl CcaAttention {
         } else {
             (*self.qkv.temp).clone()
         };
-        let keys = keys.multiply(sqrt_d.divide(l2(&keys)?)?)?.multiply(temp.reshape(&[1, 1, hk, 1])?)?;
+        let keys = keys
+            .multiply(sqrt_d.divide(l2(&keys)?)?)?
+            .multiply(temp.reshape(&[1, 1, hk, 1])?)?;
 
         // 5. values: [x_t W_v1ᵀ ‖ x_{t-1} W_v2ᵀ] reshaped to Hk heads
         let prev = match cache.prev_hs.take() {
@@ -174,7 +181,11 @@ impl CcaAttention {
         };
         cache.prev_hs = Some(x.index((.., t - 1, ..)).as_dtype(f32)?);
         let prev = prev.as_dtype(x.dtype())?.reshape(&[b, 1, d.hidden as i32])?;
-        let shifted = if t > 1 { concatenate(&[prev, x.index((.., 0..t - 1, ..))], 1)? } else { prev };
+        let shifted = if t > 1 {
+            concatenate(&[prev, x.index((.., 0..t - 1, ..))], 1)?
+        } else {
+            prev
+        };
         let v1 = self.qkv.val_proj1.forward(x)?;
         let v2 = self.qkv.val_proj2.forward(&shifted)?;
         let values = concatenate(&[v1, v2], -1)?.reshape(&[b, t, hk, hd])?.as_dtype(f32)?;
@@ -197,11 +208,18 @@ impl CcaAttention {
         // 7. GQA attention over the cache (fp32), causal within the chunk
         let (all_k, all_v) = cache.update_and_fetch(&keys, &values, opts.kv_step)?;
         let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let mask = if t > 1 { Some(ScaledDotProductAttentionMask::Causal) } else { None };
+        let mask = if t > 1 {
+            Some(ScaledDotProductAttentionMask::Causal)
+        } else {
+            None
+        };
         let out = fast::scaled_dot_product_attention(&queries, &all_k, &all_v, scale, mask, None)?;
 
         // 8. heads concatenated → o_proj
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, hq * hd])?.as_dtype(x.dtype())?;
+        let out = out
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, t, hq * hd])?
+            .as_dtype(x.dtype())?;
         self.o_proj.forward(&out)
     }
 }

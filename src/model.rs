@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
-use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::concatenate;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, Array, Dtype};
 
 use crate::bundle::{Bundle, CanonicalWeights};
@@ -76,11 +76,18 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Loads `{base}.weight` `[dim]` converted to `dtype`.
     pub fn load(src: &mut WeightSource, base: &str, dim: usize, eps: f32, dtype: Dtype) -> Result<Self> {
-        Ok(RmsNorm { weight: Param::new(take_float(src, &format!("{base}.weight"), &[dim as i32], dtype)?), eps })
+        Ok(RmsNorm {
+            weight: Param::new(take_float(src, &format!("{base}.weight"), &[dim as i32], dtype)?),
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let x = if x.dtype() == self.weight.dtype() { x.clone() } else { x.as_dtype(self.weight.dtype())? };
+        let x = if x.dtype() == self.weight.dtype() {
+            x.clone()
+        } else {
+            x.as_dtype(self.weight.dtype())?
+        };
         Ok(fast::rms_norm(&x, Some(&*self.weight), self.eps)?)
     }
 }
@@ -110,7 +117,10 @@ impl ResScale {
                 Some(take_float(src, &format!("{base}.residual_bias"), &d, f)?),
             )
         } else {
-            (take_float_opt(src, &format!("{base}.residual_scale"), &d, f)?, take_float_opt(src, &format!("{base}.residual_bias"), &d, f)?)
+            (
+                take_float_opt(src, &format!("{base}.residual_scale"), &d, f)?,
+                take_float_opt(src, &format!("{base}.residual_bias"), &d, f)?,
+            )
         };
         Ok(ResScale {
             hidden_states_scale: Param::new(take_float(src, &format!("{base}.hidden_states_scale"), &d, f)?),
@@ -122,7 +132,10 @@ impl ResScale {
 
     /// Scales `(R, h)` and merges them: returns the new residual stream `R' + h'` (or `h'`), f32.
     pub fn merge(&self, residual: Option<&Array>, h: &Array) -> Result<Array> {
-        let hs = h.as_dtype(Dtype::Float32)?.add(&*self.hidden_states_bias)?.multiply(&*self.hidden_states_scale)?;
+        let hs = h
+            .as_dtype(Dtype::Float32)?
+            .add(&*self.hidden_states_bias)?
+            .multiply(&*self.hidden_states_scale)?;
         match residual {
             None => Ok(hs),
             Some(r) => {
@@ -188,7 +201,11 @@ pub struct ForwardOptions {
 
 impl Default for ForwardOptions {
     fn default() -> Self {
-        ForwardOptions { logits: LogitsMode::All, capture: false, chunk: None }
+        ForwardOptions {
+            logits: LogitsMode::All,
+            capture: false,
+            chunk: None,
+        }
     }
 }
 
@@ -225,10 +242,15 @@ pub struct ZayaModel {
 
 fn check_options(o: &ModelOptions) -> Result<()> {
     if !matches!(o.dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
-        return Err(ZayaError::InvalidArgument(format!("compute dtype {:?} unsupported (f32, bf16, f16)", o.dtype)));
+        return Err(ZayaError::InvalidArgument(format!(
+            "compute dtype {:?} unsupported (f32, bf16, f16)",
+            o.dtype
+        )));
     }
     if o.prefill_chunk == 0 || o.kv_step == 0 {
-        return Err(ZayaError::InvalidArgument("prefill_chunk and kv_step must be positive".into()));
+        return Err(ZayaError::InvalidArgument(
+            "prefill_chunk and kv_step must be positive".into(),
+        ));
     }
     Ok(())
 }
@@ -247,7 +269,12 @@ impl ZayaModel {
 
     /// Builds the model from canonical weights; every tensor must be consumed (`origin` names the
     /// weights in errors).
-    pub fn from_weights(config: ZayaConfig, weights: CanonicalWeights, options: ModelOptions, origin: &str) -> Result<Self> {
+    pub fn from_weights(
+        config: ZayaConfig,
+        weights: CanonicalWeights,
+        options: ModelOptions,
+        origin: &str,
+    ) -> Result<Self> {
         check_options(&options)?;
         let cfg = &config;
         let mut src = WeightSource::new(weights, origin);
@@ -262,11 +289,23 @@ impl ZayaModel {
             let input_norm = RmsNorm::load(&mut src, &format!("{base}.input_norm"), h, cfg.norm_eps, f32)?;
             let res_scale = ResScale::load(&mut src, &format!("{base}.res_scale"), h, n > 0)?;
             let (self_attn, zaya_block) = if n % 2 == 0 {
-                (Some(CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?), None)
+                (
+                    Some(CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?),
+                    None,
+                )
             } else {
-                (None, Some(ZayaMoe::load(&mut src, &format!("{base}.zaya_block"), cfg, dt)?))
+                (
+                    None,
+                    Some(ZayaMoe::load(&mut src, &format!("{base}.zaya_block"), cfg, dt)?),
+                )
             };
-            layers.push(ZayaLayer { input_norm, res_scale, self_attn, zaya_block, index: n });
+            layers.push(ZayaLayer {
+                input_norm,
+                res_scale,
+                self_attn,
+                zaya_block,
+                index: n,
+            });
         }
         let final_norm = RmsNorm::load(&mut src, "model.final_norm", h, cfg.norm_eps, f32)?;
         let res_scale = ResScale::load(&mut src, "model.res_scale", h, true)?;
@@ -276,7 +315,17 @@ impl ZayaModel {
             Some(QLinear::load(&mut src, "lm_head", h, cfg.vocab_size, false, f32)?)
         };
         src.finish()?;
-        let model = ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options };
+        let model = ZayaModel {
+            model: ZayaBody {
+                embed_tokens,
+                layers,
+                final_norm,
+                res_scale,
+            },
+            lm_head,
+            config,
+            options,
+        };
         // materialize the dtype conversions now (load time), not in the first forward
         {
             use mlx_rs::module::ModuleParameters;
@@ -301,7 +350,9 @@ impl ZayaModel {
     pub fn set_options(&mut self, options: ModelOptions) -> Result<()> {
         check_options(&options)?;
         if options.dtype != self.options.dtype || options.linear_backend != self.options.linear_backend {
-            return Err(ZayaError::InvalidArgument("dtype and linear backend are fixed when the model is built".into()));
+            return Err(ZayaError::InvalidArgument(
+                "dtype and linear backend are fixed when the model is built".into(),
+            ));
         }
         self.options = options;
         Ok(())
@@ -309,7 +360,11 @@ impl ZayaModel {
 
     /// True when the routed experts are stored as TurboQuant.
     pub fn has_turboquant_experts(&self) -> bool {
-        self.model.layers.iter().filter_map(|l| l.zaya_block.as_ref()).any(|m| m.experts.switch_mlp.is_turboquant())
+        self.model
+            .layers
+            .iter()
+            .filter_map(|l| l.zaya_block.as_ref())
+            .any(|m| m.experts.switch_mlp.is_turboquant())
     }
 
     /// A fresh cache for this model (KV growth step from the options).
@@ -323,21 +378,39 @@ impl ZayaModel {
         let tokens = match tokens.ndim() {
             1 => tokens.reshape(&[1, tokens.shape()[0]])?,
             2 => tokens.clone(),
-            n => return Err(ZayaError::InvalidArgument(format!("token ids must be [T] or [B, T], got {n} dimensions"))),
+            n => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "token ids must be [T] or [B, T], got {n} dimensions"
+                )))
+            }
         };
         let (b, t) = (tokens.shape()[0] as usize, tokens.shape()[1] as usize);
         if t == 0 || b == 0 {
             return Err(ZayaError::InvalidArgument("empty token sequence".into()));
         }
         let ids = match tokens.dtype() {
-            Dtype::Int32 | Dtype::Uint32 | Dtype::Int64 | Dtype::Uint64 | Dtype::Int16 | Dtype::Uint16 | Dtype::Int8 | Dtype::Uint8 => {
-                tokens.as_dtype(Dtype::Int64)?
+            Dtype::Int32
+            | Dtype::Uint32
+            | Dtype::Int64
+            | Dtype::Uint64
+            | Dtype::Int16
+            | Dtype::Uint16
+            | Dtype::Int8
+            | Dtype::Uint8 => tokens.as_dtype(Dtype::Int64)?,
+            other => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "token ids must be integers, got {other:?}"
+                )))
             }
-            other => return Err(ZayaError::InvalidArgument(format!("token ids must be integers, got {other:?}"))),
         };
         ids.eval()?;
         let vocab = self.config.vocab_size as i64;
-        if let Some((pos, &bad)) = ids.as_slice::<i64>().iter().enumerate().find(|(_, &v)| v < 0 || v >= vocab) {
+        if let Some((pos, &bad)) = ids
+            .as_slice::<i64>()
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v >= vocab)
+        {
             return Err(ZayaError::InvalidArgument(format!(
                 "token id {bad} at position {} is outside the vocabulary (0..{vocab})",
                 pos % t
@@ -345,7 +418,10 @@ impl ZayaModel {
         }
         let total = cache.offset() + t;
         if total > self.config.max_position_embeddings {
-            return Err(ZayaError::ContextOverflow { tokens: total, limit: self.config.max_position_embeddings });
+            return Err(ZayaError::ContextOverflow {
+                tokens: total,
+                limit: self.config.max_position_embeddings,
+            });
         }
         if let Some(cb) = cache.batch() {
             if cb != b && cache.offset() > 0 {
@@ -399,7 +475,11 @@ impl ZayaModel {
                 _ => LogitsMode::None,
             };
             let piece = ids.index((.., start..end));
-            let ChunkOut { logits, capture: cap, skips } = self.forward_chunk(&piece, cache, mode, opts.capture)?;
+            let ChunkOut {
+                logits,
+                capture: cap,
+                skips,
+            } = self.forward_chunk(&piece, cache, mode, opts.capture)?;
             let mut to_eval: Vec<&Array> = skips.iter().map(|(_, a)| a).collect();
             if let Some(l) = &logits {
                 to_eval.push(l);
@@ -426,7 +506,11 @@ impl ZayaModel {
             1 => logits_parts.pop(),
             _ => Some(concatenate(&logits_parts, 1)?),
         };
-        let capture = if opts.capture { Some(join_captures(captures)?) } else { None };
+        let capture = if opts.capture {
+            Some(join_captures(captures)?)
+        } else {
+            None
+        };
         Ok(ForwardOutput { logits, capture })
     }
 
@@ -434,7 +518,15 @@ impl ZayaModel {
     /// and returns the last position's logits, f32 `[1, V]`, evaluated.
     pub fn prefill(&self, tokens: &[u32], cache: &mut ModelCache, chunk: Option<usize>) -> Result<Array> {
         let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
-        let out = self.forward_with(&ids, cache, ForwardOptions { logits: LogitsMode::Last, capture: false, chunk })?;
+        let out = self.forward_with(
+            &ids,
+            cache,
+            ForwardOptions {
+                logits: LogitsMode::Last,
+                capture: false,
+                chunk,
+            },
+        )?;
         let l = out.logits.expect("LogitsMode::Last");
         Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
     }
@@ -459,8 +551,14 @@ impl ZayaModel {
         let hdim = self.config.hidden_size as i32;
         let offset = cache.offset();
         let dt = self.options.dtype;
-        let cca_opts = CcaOptions { conv_mode: self.options.conv_mode, kv_step: cache.kv_step() };
-        let moe_opts = MoeOptions { mod_skip: self.options.mod_skip, backend: self.options.expert_backend };
+        let cca_opts = CcaOptions {
+            conv_mode: self.options.conv_mode,
+            kv_step: cache.kv_step(),
+        };
+        let moe_opts = MoeOptions {
+            mod_skip: self.options.mod_skip,
+            backend: self.options.expert_backend,
+        };
         let mut cap = capture.then(LayerCapture::default);
 
         let mut h = self.model.embed_tokens.embed(ids)?; // [B, T, H] f32
@@ -472,7 +570,11 @@ impl ZayaModel {
             let r = layer.res_scale.merge(residual.as_ref(), &h)?;
             // the norm in f32; the router reads it in f32, projections and experts in the compute dtype
             let x32 = layer.input_norm.forward(&r)?;
-            let x = if x32.dtype() == dt { x32.clone() } else { x32.as_dtype(dt)? };
+            let x = if x32.dtype() == dt {
+                x32.clone()
+            } else {
+                x32.as_dtype(dt)?
+            };
             if let Some(c) = cap.as_mut() {
                 c.residual.push(r.clone());
             }
@@ -481,7 +583,12 @@ impl ZayaModel {
                 attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
             } else {
                 let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
-                let out = moe.forward(&x.reshape(&[b * t, hdim])?, &x32.reshape(&[b * t, hdim])?, router_state.as_ref(), moe_opts)?;
+                let out = moe.forward(
+                    &x.reshape(&[b * t, hdim])?,
+                    &x32.reshape(&[b * t, hdim])?,
+                    router_state.as_ref(),
+                    moe_opts,
+                )?;
                 skips.push((n, out.skipped));
                 if let Some(c) = cap.as_mut() {
                     c.routes.insert(n, out.route.reshape(&[b, t])?);
@@ -503,7 +610,11 @@ impl ZayaModel {
             }
         };
         cache.advance(t as usize);
-        Ok(ChunkOut { logits, capture: cap, skips })
+        Ok(ChunkOut {
+            logits,
+            capture: cap,
+            skips,
+        })
     }
 }
 
@@ -522,12 +633,22 @@ fn join_captures(mut parts: Vec<LayerCapture>) -> Result<LayerCapture> {
     let mut out = LayerCapture::default();
     let layers = parts.first().map_or(0, |p| p.hidden.len());
     for n in 0..layers {
-        out.hidden.push(concatenate(&parts.iter().map(|p| &p.hidden[n]).collect::<Vec<_>>(), 1)?);
-        out.residual.push(concatenate(&parts.iter().map(|p| &p.residual[n]).collect::<Vec<_>>(), 1)?);
+        out.hidden
+            .push(concatenate(&parts.iter().map(|p| &p.hidden[n]).collect::<Vec<_>>(), 1)?);
+        out.residual.push(concatenate(
+            &parts.iter().map(|p| &p.residual[n]).collect::<Vec<_>>(),
+            1,
+        )?);
     }
-    let keys: Vec<usize> = parts.first().map(|p| p.routes.keys().copied().collect()).unwrap_or_default();
+    let keys: Vec<usize> = parts
+        .first()
+        .map(|p| p.routes.keys().copied().collect())
+        .unwrap_or_default();
     for k in keys {
-        out.routes.insert(k, concatenate(&parts.iter().map(|p| &p.routes[&k]).collect::<Vec<_>>(), 1)?);
+        out.routes.insert(
+            k,
+            concatenate(&parts.iter().map(|p| &p.routes[&k]).collect::<Vec<_>>(), 1)?,
+        );
     }
     Ok(out)
 }

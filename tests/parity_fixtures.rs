@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use mlx_rs::{Array, Dtype};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
 use zaya_mlx::moe::{ExpertBackend, ModSkip};
-use zaya_mlx::quant::linear::LinearBackend;
 use zaya_mlx::parity::{compare, reference_tokens, ParityOptions};
+use zaya_mlx::quant::linear::LinearBackend;
 
 fn open(fx: &common::Fixture, opts: ModelOptions) -> ZayaModel {
     ZayaModel::load(&fx.bundle, opts).unwrap()
@@ -27,14 +27,22 @@ fn load_ref(p: &std::path::Path) -> HashMap<String, Array> {
 fn f32_parity(name: &str) {
     let fx = common::fixture(name);
     let r = load_ref(&fx.reference);
-    let plain = ModelOptions { expert_backend: ExpertBackend::Plain, linear_backend: LinearBackend::Plain, ..Default::default() };
+    let plain = ModelOptions {
+        expert_backend: ExpertBackend::Plain,
+        linear_backend: LinearBackend::Plain,
+        ..Default::default()
+    };
     for (label, opts) in [("fused", ModelOptions::default()), ("plain", plain)] {
         let model = open(&fx, opts);
         let rep = compare(&model, &r, None, Some(5), ParityOptions::default()).unwrap();
         eprint!("{name} f32 {label}:\n{}", rep.table());
         assert!(rep.ok(), "{name}: f32 parity ({label}) failed");
         let n = model.config().num_hidden_layers;
-        assert_eq!(rep.tensors.len(), 1 + 2 * n + n / 2, "{name}: every per-layer tensor compared");
+        assert_eq!(
+            rep.tensors.len(),
+            1 + 2 * n + n / 2,
+            "{name}: every per-layer tensor compared"
+        );
     }
 }
 
@@ -46,12 +54,24 @@ fn f32_parity(name: &str) {
 /// resolution (`real`: top-two router gap 1.4e-3; the bf16 reference flips a route there too).
 fn bf16_parity(name: &str, strict: bool) {
     let fx = common::fixture(name);
-    let model = open(&fx, ModelOptions { dtype: Dtype::Bfloat16, ..Default::default() });
+    let model = open(
+        &fx,
+        ModelOptions {
+            dtype: Dtype::Bfloat16,
+            ..Default::default()
+        },
+    );
     let r32 = load_ref(&fx.reference);
     let logits_only = |r: &HashMap<String, Array>| -> HashMap<String, Array> {
-        r.iter().filter(|(k, _)| k.as_str() == "logits" || k.as_str() == "token_ids").map(|(k, v)| (k.clone(), v.clone())).collect()
+        r.iter()
+            .filter(|(k, _)| k.as_str() == "logits" || k.as_str() == "token_ids")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
-    let opts = ParityOptions { rtol: 3e-2, min_agreement: 0.99 };
+    let opts = ParityOptions {
+        rtol: 3e-2,
+        min_agreement: 0.99,
+    };
     let rep = compare(&model, &r32, None, None, opts).unwrap();
     eprint!("{name} bf16 vs the f32 reference:\n{}", rep.table());
     assert!(rep.ok() || !strict, "{name}: bf16 parity vs the f32 reference failed");
@@ -60,9 +80,25 @@ fn bf16_parity(name: &str, strict: bool) {
         let ours = rep.get("logits").unwrap().rel;
         let l32 = model_support::to_vec_f32(&r32["logits"]);
         let (d, m) = model_support::max_diff(&model_support::to_vec_f32(&rb["logits"]), &l32);
-        eprintln!("{name}: bf16 logits vs f32 reference: ours {ours:.2e}, the bf16 reference's {:.2e}", d / m);
-        assert!(ours <= d / m, "{name}: our bf16 run should be at least as close to f32 as the bf16 reference");
-        let rep = compare(&model, &logits_only(&rb), None, None, ParityOptions { rtol: 1.0, min_agreement: 0.0 }).unwrap();
+        eprintln!(
+            "{name}: bf16 logits vs f32 reference: ours {ours:.2e}, the bf16 reference's {:.2e}",
+            d / m
+        );
+        assert!(
+            ours <= d / m,
+            "{name}: our bf16 run should be at least as close to f32 as the bf16 reference"
+        );
+        let rep = compare(
+            &model,
+            &logits_only(&rb),
+            None,
+            None,
+            ParityOptions {
+                rtol: 1.0,
+                min_agreement: 0.0,
+            },
+        )
+        .unwrap();
         eprint!("{name} bf16 vs the bf16 reference (informative):\n{}", rep.table());
     }
 }
@@ -132,9 +168,18 @@ fn skip_fixture_zero_variant_differs_and_counts() {
         .map(|(_, v)| model_support::to_vec_i32(v).iter().filter(|&&x| x == e).count())
         .sum();
     assert!(skipped > 0, "the skip fixture routes some tokens to the skip route");
-    let zero = open(&fx, ModelOptions { mod_skip: ModSkip::Zero, ..Default::default() });
+    let zero = open(
+        &fx,
+        ModelOptions {
+            mod_skip: ModSkip::Zero,
+            ..Default::default()
+        },
+    );
     let rep = compare(&zero, &r, None, None, ParityOptions::default()).unwrap();
-    assert!(!rep.ok() && !rep.get("logits").unwrap().ok, "--mod-skip zero must differ from the p·x reference");
+    assert!(
+        !rep.ok() && !rep.get("logits").unwrap().ok,
+        "--mod-skip zero must differ from the p·x reference"
+    );
     let px = open(&fx, ModelOptions::default());
     let mut c = px.new_cache();
     px.prefill(&reference_tokens(&r).unwrap(), &mut c, None).unwrap();

@@ -31,6 +31,9 @@ pub struct Args {
     /// Stop an answer when its text contains this string (repeatable).
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub stop: Vec<String>,
+    /// Do not stop at EOS / end-of-turn tokens (like llama.cpp's --ignore-eos; for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Print statistics after each answer (on standard error).
     #[arg(long, default_value = "false", value_name = "BOOL", value_parser = common::parse_bool,
           num_args = 0..=1, default_missing_value = "true")]
@@ -83,6 +86,7 @@ pub fn run(args: Args) -> Result<i32> {
         sampling,
         stop: args.stop.iter().map(|s| common::expand_escapes(s)).collect(),
         prefill_chunk: args.model.prefill_chunk,
+        ignore_eos: args.ignore_eos,
         ..GenParams::default()
     };
     params.validate()?;

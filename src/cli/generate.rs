@@ -39,6 +39,9 @@ pub struct Args {
     /// Stop when the text contains this string (repeatable; not printed; \n and \t expanded).
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub stop: Vec<String>,
+    /// Do not stop at EOS / end-of-turn tokens (like llama.cpp's --ignore-eos; for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Extra end-of-sequence tokens (token text or id; repeatable).
     #[arg(long, value_name = "TOKEN", num_args = 1..)]
     pub extra_eos_token: Vec<String>,
@@ -67,6 +70,7 @@ pub fn run(args: Args) -> Result<i32> {
         sampling,
         stop: args.stop.iter().map(|s| common::expand_escapes(s)).collect(),
         prefill_chunk: args.model.prefill_chunk,
+        ignore_eos: args.ignore_eos,
         ..GenParams::default()
     };
     params.validate()?;

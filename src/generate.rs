@@ -595,7 +595,8 @@ impl<'m> Session<'m> {
 
     /// Continues the cache with raw text (no chat template). `<bos>` is added (by the tokenizer's
     /// post-processor) only on an empty cache and when the text does not start with it, as mlx_lm
-    /// does.
+    /// does. After raw input the cache no longer matches a rendered conversation: a later
+    /// [`Session::chat`] re-prefills the conversation from an empty cache.
     pub fn generate(&mut self, prompt: &str, params: &GenParams) -> Result<Generation<'_, 'm>> {
         let tok = self.zaya.tokenizer_or_err("text generation")?;
         let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <cstdlib>
 #include <mutex>
 
@@ -38,6 +39,45 @@ void expect_ndim(const mx::array& a, int ndim, const char* name) {
   if (a.ndim() != ndim)
     fail(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
          shape_str(a.shape()));
+}
+
+const void* row_major(const mx::array& a, std::vector<char>& scratch) {
+  if (a.flags().row_contiguous) return a.data<void>();
+  const size_t isz = a.itemsize();
+  const int nd = a.ndim();
+  scratch.resize(a.size() * isz);
+  if (a.size() == 0) return scratch.data();
+  const char* src = static_cast<const char*>(a.data<void>());
+  char* dst = scratch.data();
+  const auto& sh = a.shape();
+  const auto& st = a.strides();
+  const int64_t inner = sh[nd - 1];
+  const int64_t istride = st[nd - 1] * (int64_t)isz;
+  std::vector<int64_t> idx(nd > 1 ? nd - 1 : 1, 0);
+  const int64_t outer = (int64_t)a.size() / inner;
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t off = 0;
+    for (int d = 0; d < nd - 1; ++d) off += idx[d] * st[d];
+    const char* s = src + off * (int64_t)isz;
+    if (istride == (int64_t)isz) {
+      std::memcpy(dst, s, inner * isz);
+      dst += inner * isz;
+    } else {
+      for (int64_t i = 0; i < inner; ++i, dst += isz) std::memcpy(dst, s + i * istride, isz);
+    }
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < sh[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return scratch.data();
+}
+
+int float_type_of(const mx::array& a, const char* name) {
+  if (a.dtype() == mx::float32) return 0;
+  if (a.dtype() == mx::float16) return 1;
+  if (a.dtype() == mx::bfloat16) return 2;
+  fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
 }
 
 int num_threads() {

@@ -85,7 +85,7 @@ impl AttnCache {
         self.values.as_ref().map(|v| v.index((.., .., 0..self.len as i32, ..)))
     }
 
-    fn arrays(&self) -> impl Iterator<Item = &Array> {
+    pub(crate) fn arrays(&self) -> impl Iterator<Item = &Array> {
         [&self.keys, &self.values, &self.conv_state, &self.prev_hs]
             .into_iter()
             .flatten()
@@ -220,10 +220,14 @@ impl ModelCache {
         self.offset += t;
     }
 
+    /// Every state array (keys, values, conv states, prev_hs of each attention layer).
+    pub(crate) fn arrays(&self) -> impl Iterator<Item = &Array> {
+        self.attn.iter().flat_map(|a| a.arrays())
+    }
+
     /// Evaluates every state array (keeps lazy graphs short between decode steps).
     pub fn eval(&self) -> Result<()> {
-        let arrays: Vec<&Array> = self.attn.iter().flat_map(|a| a.arrays()).collect();
-        mlx_rs::transforms::eval(arrays)?;
+        mlx_rs::transforms::eval(self.arrays())?;
         Ok(())
     }
 }

@@ -33,6 +33,7 @@ extern "C" {
         stream: mlx_stream,
     ) -> c_int;
     fn zaya_graph_nodes(outs: *const mlx_array, n: usize, nodes: *mut i64, casts: *mut i64) -> c_int;
+    fn zaya_graph_histogram(outs: *const mlx_array, n: usize) -> *const std::os::raw::c_char;
     fn zaya_ext_detected_isa() -> c_int;
     fn zaya_ext_kernel_isa() -> c_int;
     fn zaya_ext_set_max_isa(level: c_int) -> c_int;
@@ -71,6 +72,54 @@ extern "C" {
         x: mlx_array,
         w: mlx_array,
         bias: mlx_array,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_res_norm(
+        r_out: *mut mlx_array,
+        x_out: *mut mlx_array,
+        h: mlx_array,
+        r: mlx_array,
+        h_bias: mlx_array,
+        h_scale: mlx_array,
+        r_bias: mlx_array,
+        r_scale: mlx_array,
+        norm_w: mlx_array,
+        eps: f32,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_router(
+        choice: *mut mlx_array,
+        score: *mut mlx_array,
+        state: *mut mlx_array,
+        probs: *mut mlx_array,
+        skipped: *mut mlx_array,
+        x: mlx_array,
+        prev: mlx_array,
+        states_scale: mlx_array,
+        down_w: mlx_array,
+        down_b: mlx_array,
+        norm_w: mlx_array,
+        eps: f32,
+        w0: mlx_array,
+        b0: mlx_array,
+        w2: mlx_array,
+        b2: mlx_array,
+        w4: mlx_array,
+        balancing: mlx_array,
+        num_experts: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_moe_combine(
+        y: *mut mlx_array,
+        ey: mlx_array,
+        x: mlx_array,
+        choice: mlx_array,
+        score: mlx_array,
+        num_experts: c_int,
+        zero_skip: c_int,
         mode: c_int,
         stream: mlx_stream,
     ) -> c_int;
@@ -217,6 +266,24 @@ pub fn graph_nodes(outputs: &[&Array]) -> Result<GraphStats> {
         return Err(last_error());
     }
     Ok(st)
+}
+
+/// The nodes [`graph_nodes`] counts, by primitive name, most frequent first.
+pub fn graph_histogram(outputs: &[&Array]) -> Result<Vec<(String, i64)>> {
+    let handles: Vec<mlx_array> = outputs.iter().map(|a| a.as_ptr()).collect();
+    // SAFETY: the handles stay alive for the call; the returned thread-local string is copied at once.
+    let p = unsafe { zaya_graph_histogram(handles.as_ptr(), handles.len()) };
+    if p.is_null() {
+        return Err(last_error());
+    }
+    let text = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.rsplit_once(' ')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect())
 }
 
 /// Instruction set of the TurboQuant / affine CPU kernels.
@@ -402,5 +469,173 @@ pub fn dense_matmul(x: &Array, w: &Array, bias: Option<&Array>, mode: ExtMode) -
     let none = OutHandle::new();
     call1(|y, s| unsafe {
         zaya_dense_matmul(y, x.as_ptr(), w.as_ptr(), bias.map_or(none.0, |b| b.as_ptr()), mode.as_c(), s)
+    })
+}
+
+/// An empty handle standing for an absent optional argument.
+struct NoArray(mlx_array);
+
+impl NoArray {
+    fn new() -> Self {
+        // SAFETY: creates an empty handle (ctx == NULL), freed by Drop.
+        NoArray(unsafe { mlx_array_new() })
+    }
+    fn or(&self, a: Option<&Array>) -> mlx_array {
+        a.map_or(self.0, |a| a.as_ptr())
+    }
+}
+
+impl Drop for NoArray {
+    fn drop(&mut self) {
+        // SAFETY: an empty handle is freed exactly once.
+        unsafe { mlx_sys::mlx_array_free(self.0) };
+    }
+}
+
+/// The residual scaling of one half-layer merged with its RMSNorm (zaya-architecture.md §2.3, §2.5):
+/// `r' = (h + h_bias)·h_scale + [(r + r_bias)·r_scale | r]` and `x = RMSNorm(r'; norm_w, eps)`.
+///
+/// * `h`, `r`: `[..., H]` float32 (`r` absent in layer 0);
+/// * `h_bias`, `h_scale`, `norm_w`: `[H]` float32; `r_scale_bias`: `(r_scale, r_bias)` `[H]` float32.
+///
+/// Returns `(r', x)`, both `[..., H]` float32.
+pub fn res_norm(
+    h: &Array,
+    r: Option<&Array>,
+    h_bias: &Array,
+    h_scale: &Array,
+    r_scale_bias: Option<(&Array, &Array)>,
+    norm_w: &Array,
+    eps: f32,
+    mode: ExtMode,
+) -> Result<(Array, Array)> {
+    let none = NoArray::new();
+    call2(|ro, xo, s| unsafe {
+        zaya_res_norm(
+            ro,
+            xo,
+            h.as_ptr(),
+            none.or(r),
+            h_bias.as_ptr(),
+            h_scale.as_ptr(),
+            none.or(r_scale_bias.map(|p| p.1)),
+            none.or(r_scale_bias.map(|p| p.0)),
+            norm_w.as_ptr(),
+            eps,
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Weights of the MoE router for [`router`] (zaya-architecture.md §4.1).
+#[derive(Debug, Clone, Copy)]
+pub struct RouterWeights<'a> {
+    /// `[R, H]` f16/bf16/f32 and its bias `[R]` f32.
+    pub down_w: &'a Array,
+    pub down_b: &'a Array,
+    /// `rmsnorm_eda.weight` `[R]` f32 and its eps.
+    pub norm_w: &'a Array,
+    pub eps: f32,
+    /// `router_mlp.0` `[R, R]` + bias `[R]`, `router_mlp.2` likewise, `router_mlp.4` `[L, R]`.
+    pub w0: &'a Array,
+    pub b0: &'a Array,
+    pub w2: &'a Array,
+    pub b2: &'a Array,
+    pub w4: &'a Array,
+    /// `[L]` f32.
+    pub balancing: &'a Array,
+    /// Experts E (route ids ≥ E are the MOD skip route).
+    pub num_experts: u32,
+}
+
+/// Outputs of [`router`].
+#[derive(Debug, Clone)]
+pub struct RouterOut {
+    /// int32 `[N]`.
+    pub choice: Array,
+    /// f32 `[N]`: the unbiased probability of the choice.
+    pub score: Array,
+    /// f32 `[N, R]`: the EDA state (pre-norm `r`).
+    pub state: Array,
+    /// f32 `[N, L]`.
+    pub probs: Array,
+    /// int32 scalar: tokens whose choice is ≥ E.
+    pub skipped: Array,
+}
+
+/// The MoE router as one op: `r = x·W_dᵀ + b_d (+ prev ⊙ states_scale)`, RMSNorm, the GELU MLP,
+/// softmax, `argmax(p + balancing)`. `x`: `[N, H]` f32; `prev`: `(state [N, R], router_states_scale [R])`.
+pub fn router(x: &Array, prev: Option<(&Array, &Array)>, w: RouterWeights<'_>, mode: ExtMode) -> Result<RouterOut> {
+    let none = NoArray::new();
+    let stream = Stream::thread_local_or_default();
+    let mut o: Vec<OutHandle> = (0..5).map(|_| OutHandle::new()).collect();
+    let (o0, rest) = o.split_at_mut(1);
+    let (o1, rest) = rest.split_at_mut(1);
+    let (o2, rest) = rest.split_at_mut(1);
+    let (o3, o4) = rest.split_at_mut(1);
+    // SAFETY: all handles are valid for the call; outputs are caller-owned empty handles.
+    let rc = unsafe {
+        zaya_router(
+            &mut o0[0].0,
+            &mut o1[0].0,
+            &mut o2[0].0,
+            &mut o3[0].0,
+            &mut o4[0].0,
+            x.as_ptr(),
+            none.or(prev.map(|p| p.0)),
+            none.or(prev.map(|p| p.1)),
+            w.down_w.as_ptr(),
+            w.down_b.as_ptr(),
+            w.norm_w.as_ptr(),
+            w.eps,
+            w.w0.as_ptr(),
+            w.b0.as_ptr(),
+            w.w2.as_ptr(),
+            w.b2.as_ptr(),
+            w.w4.as_ptr(),
+            w.balancing.as_ptr(),
+            c_int_of(w.num_experts),
+            mode.as_c(),
+            stream.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    let mut it = o.into_iter().map(OutHandle::into_array);
+    Ok(RouterOut {
+        choice: it.next().unwrap(),
+        score: it.next().unwrap(),
+        state: it.next().unwrap(),
+        probs: it.next().unwrap(),
+        skipped: it.next().unwrap(),
+    })
+}
+
+/// The MoE output: `y[n] = score[n]·ey[n]` for routed tokens (`0 ≤ choice[n] < num_experts`), else
+/// `score[n]·x[n]` (`zero_skip = false`, the `p·x` skip route) or zeros. `ey`, `x`: `[N, H]` f32;
+/// `choice`: int32 `[N]`; `score`: f32 `[N]`.
+pub fn moe_combine(
+    ey: &Array,
+    x: &Array,
+    choice: &Array,
+    score: &Array,
+    num_experts: u32,
+    zero_skip: bool,
+    mode: ExtMode,
+) -> Result<Array> {
+    call1(|y, s| unsafe {
+        zaya_moe_combine(
+            y,
+            ey.as_ptr(),
+            x.as_ptr(),
+            choice.as_ptr(),
+            score.as_ptr(),
+            c_int_of(num_experts),
+            c_int::from(zero_skip),
+            mode.as_c(),
+            s,
+        )
     })
 }

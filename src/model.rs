@@ -10,6 +10,7 @@
 //! default, bf16/f16 allowed) on the input_norm output rounded once to that dtype. Float weights
 //! are converted to their compute dtype once, when the model is built.
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
@@ -22,7 +23,7 @@ use crate::cache::{ModelCache, DEFAULT_KV_STEP};
 use crate::cca::{CcaAttention, CcaOptions};
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
-use crate::ext::ExtMode;
+use crate::ext::{self, ExtMode, GraphStats};
 use crate::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
 use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 
@@ -48,6 +49,10 @@ pub struct ModelOptions {
     pub prefill_chunk: usize,
     /// KV cache growth step in positions.
     pub kv_step: usize,
+    /// The fused per-layer mlx-ext primitives (residual merge + RMSNorm, the router and MoE output,
+    /// the CCA q/k chain, attention) in place of chains of small MLX ops. Only with
+    /// `linear_backend: Fused`: the plain configuration stays plain MLX ops throughout.
+    pub fused_layers: bool,
 }
 
 impl Default for ModelOptions {
@@ -60,6 +65,7 @@ impl Default for ModelOptions {
             conv_mode: ExtMode::Auto,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             kv_step: DEFAULT_KV_STEP,
+            fused_layers: true,
         }
     }
 }
@@ -128,6 +134,37 @@ impl ResScale {
             residual_scale: Param::new(rs),
             residual_bias: Param::new(rb),
         })
+    }
+
+    /// [`merge`](Self::merge) followed by `norm` as one fused op: returns `(R' + h', norm(R' + h'))`,
+    /// both f32. Falls back to the separate ops when the weights are not all f32.
+    pub fn merge_norm(&self, residual: Option<&Array>, h: &Array, norm: &RmsNorm, fused: bool) -> Result<(Array, Array)> {
+        let f32 = Dtype::Float32;
+        let pair = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
+            (Some(s), Some(b)) if residual.is_some() => Some((s, b)),
+            _ => None,
+        };
+        let all_f32 = norm.weight.dtype() == f32
+            && self.hidden_states_scale.dtype() == f32
+            && self.hidden_states_bias.dtype() == f32
+            && pair.is_none_or(|(s, b)| s.dtype() == f32 && b.dtype() == f32)
+            && residual.is_none_or(|r| r.dtype() == f32);
+        if !fused || !all_f32 {
+            let r = self.merge(residual, h)?;
+            let x = norm.forward(&r)?;
+            return Ok((r, x));
+        }
+        let h = if h.dtype() == f32 { h.clone() } else { h.as_dtype(f32)? };
+        ext::res_norm(
+            &h,
+            residual,
+            &self.hidden_states_bias,
+            &self.hidden_states_scale,
+            pair,
+            &norm.weight,
+            norm.eps,
+            ExtMode::Auto,
+        )
     }
 
     /// Scales `(R, h)` and merges them: returns the new residual stream `R' + h'` (or `h'`), f32.
@@ -226,6 +263,45 @@ pub struct ForwardOutput {
     /// f32 `[B, T, V]` (All) or `[B, 1, V]` (Last).
     pub logits: Option<Array>,
     pub capture: Option<LayerCapture>,
+}
+
+/// Wall-clock split of one decode step measured by [`ZayaModel::decode_step_profiled`], which
+/// evaluates after every phase (so the sum is a little above an unprofiled step).
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTimes {
+    /// Token checks and the embedding lookup.
+    pub embed: Duration,
+    /// Per half-layer: residual scaling, input norm and the attention or MoE sub-layer.
+    pub layers: Vec<Duration>,
+    /// Final residual scaling, final norm and the lm_head.
+    pub head: Duration,
+    /// Everything else: chunk bookkeeping, cache evaluation, the skip counters.
+    pub other: Duration,
+}
+
+impl PhaseTimes {
+    /// Sum over the attention half-layers (even indices).
+    pub fn attention(&self) -> Duration {
+        self.layers.iter().step_by(2).sum()
+    }
+    /// Sum over the MoE half-layers (odd indices).
+    pub fn moe(&self) -> Duration {
+        self.layers.iter().skip(1).step_by(2).sum()
+    }
+    /// Everything measured.
+    pub fn total(&self) -> Duration {
+        self.embed + self.layers.iter().sum::<Duration>() + self.head + self.other
+    }
+}
+
+/// What a forward additionally measures (benchmark support).
+enum Probe<'a> {
+    None,
+    /// Count the nodes of each chunk's graph before it is evaluated (summed over chunks), also by
+    /// primitive name.
+    Nodes(&'a mut GraphStats, &'a mut Vec<(String, i64)>),
+    /// Evaluate after every phase and time it.
+    Phases(&'a mut PhaseTimes),
 }
 
 /// The ZAYA1 causal LM.
@@ -333,6 +409,12 @@ impl ZayaModel {
             mlx_rs::transforms::eval(params.values().copied())?;
         }
         Ok(model)
+    }
+
+    /// True when the fused per-layer primitives run ([`ModelOptions::fused_layers`] with the fused
+    /// linear backend).
+    pub fn fused_layers(&self) -> bool {
+        self.options.fused_layers && self.options.linear_backend == LinearBackend::Fused
     }
 
     /// The model configuration.
@@ -443,23 +525,39 @@ impl ZayaModel {
     /// carries every state across chunks in `cache`, evaluates each chunk, and optionally captures
     /// per-layer tensors.
     pub fn forward_with(&self, tokens: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
+        if opts.chunk == Some(0) {
+            return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
+        }
+        self.forward_probed(tokens, cache, opts, Probe::None)
+    }
+
+    fn forward_probed(
+        &self,
+        tokens: &Array,
+        cache: &mut ModelCache,
+        opts: ForwardOptions,
+        probe: Probe<'_>,
+    ) -> Result<ForwardOutput> {
         if cache.is_poisoned() {
             return Err(ZayaError::InvalidArgument(
                 "the cache is inconsistent after a failed forward; reset it or restore a snapshot".into(),
             ));
         }
-        if opts.chunk == Some(0) {
-            return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
-        }
         let ids = self.check_tokens(tokens, cache)?;
-        let out = self.forward_checked(&ids, cache, opts);
+        let out = self.forward_checked(&ids, cache, opts, probe);
         if out.is_err() {
             cache.poison();
         }
         out
     }
 
-    fn forward_checked(&self, ids: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
+    fn forward_checked(
+        &self,
+        ids: &Array,
+        cache: &mut ModelCache,
+        opts: ForwardOptions,
+        mut probe: Probe<'_>,
+    ) -> Result<ForwardOutput> {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         cache.bind_batch(b as usize)?;
         let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk).clamp(1, t as usize) as i32;
@@ -479,13 +577,27 @@ impl ZayaModel {
                 logits,
                 capture: cap,
                 skips,
-            } = self.forward_chunk(&piece, cache, mode, opts.capture)?;
+            } = self.forward_chunk(&piece, cache, mode, opts.capture, &mut probe)?;
+            let t_other = Instant::now();
             let mut to_eval: Vec<&Array> = skips.iter().map(|(_, a)| a).collect();
             if let Some(l) = &logits {
                 to_eval.push(l);
             }
             if let Some(c) = &cap {
                 to_eval.extend(c.hidden.iter().chain(c.residual.iter()).chain(c.routes.values()));
+            }
+            if let Probe::Nodes(st, names) = &mut probe {
+                let mut all = to_eval.clone();
+                all.extend(cache.arrays());
+                let n = ext::graph_nodes(&all)?;
+                st.nodes += n.nodes;
+                st.casts += n.casts;
+                for (name, c) in ext::graph_histogram(&all)? {
+                    match names.iter_mut().find(|(k, _)| *k == name) {
+                        Some(e) => e.1 += c,
+                        None => names.push((name, c)),
+                    }
+                }
             }
             mlx_rs::transforms::eval(to_eval)?;
             cache.eval()?;
@@ -498,6 +610,9 @@ impl ZayaModel {
             }
             if let Some(c) = cap {
                 captures.push(c);
+            }
+            if let Probe::Phases(p) = &mut probe {
+                p.other += t_other.elapsed();
             }
             start = end;
         }
@@ -536,6 +651,45 @@ impl ZayaModel {
         self.prefill(&[token], cache, Some(1))
     }
 
+    fn decode_probed(&self, token: u32, cache: &mut ModelCache, probe: Probe<'_>) -> Result<Array> {
+        let ids = Array::from_slice(&[token], &[1, 1]);
+        let opts = ForwardOptions {
+            logits: LogitsMode::Last,
+            capture: false,
+            chunk: Some(1),
+        };
+        let out = self.forward_probed(&ids, cache, opts, probe)?;
+        let l = out.logits.expect("LogitsMode::Last");
+        Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
+    }
+
+    /// [`decode_step`](Self::decode_step) that also counts the primitive nodes of the step's lazy
+    /// graph (logits, skip counters and every cache state) just before it is evaluated, in total
+    /// and by primitive name (most frequent first).
+    #[allow(clippy::type_complexity)]
+    pub fn decode_step_counted(
+        &self,
+        token: u32,
+        cache: &mut ModelCache,
+    ) -> Result<(Array, GraphStats, Vec<(String, i64)>)> {
+        let mut st = GraphStats::default();
+        let mut names = Vec::new();
+        let l = self.decode_probed(token, cache, Probe::Nodes(&mut st, &mut names))?;
+        names.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok((l, st, names))
+    }
+
+    /// [`decode_step`](Self::decode_step) that evaluates after every phase (embedding, each
+    /// half-layer, head) and returns the wall-clock time of each (benchmark support).
+    pub fn decode_step_profiled(&self, token: u32, cache: &mut ModelCache) -> Result<(Array, PhaseTimes)> {
+        let mut p = PhaseTimes::default();
+        let t = Instant::now();
+        let l = self.decode_probed(token, cache, Probe::Phases(&mut p))?;
+        // token checks before the first chunk count as embedding time
+        p.embed += t.elapsed().saturating_sub(p.total());
+        Ok((l, p))
+    }
+
     /// The lm_head: `y [.., H]` f32 → logits f32 `[.., V]`.
     fn lm_head(&self, y: &Array) -> Result<Array> {
         let logits = match &self.lm_head {
@@ -546,7 +700,26 @@ impl ZayaModel {
     }
 
     /// One chunk `ids [B, T]` through the whole model.
-    fn forward_chunk(&self, ids: &Array, cache: &mut ModelCache, mode: LogitsMode, capture: bool) -> Result<ChunkOut> {
+    fn forward_chunk(
+        &self,
+        ids: &Array,
+        cache: &mut ModelCache,
+        mode: LogitsMode,
+        capture: bool,
+        probe: &mut Probe<'_>,
+    ) -> Result<ChunkOut> {
+        let mut clock = Instant::now();
+        // Phases probe: evaluates `arrays` and returns the time since the last mark.
+        let mut mark = |probe: &mut Probe<'_>, arrays: &[&Array]| -> Result<Option<Duration>> {
+            if let Probe::Phases(_) = probe {
+                mlx_rs::transforms::eval(arrays.iter().copied())?;
+                let d = clock.elapsed();
+                clock = Instant::now();
+                Ok(Some(d))
+            } else {
+                Ok(None)
+            }
+        };
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let hdim = self.config.hidden_size as i32;
         let offset = cache.offset();
@@ -555,21 +728,25 @@ impl ZayaModel {
             conv_mode: self.options.conv_mode,
             kv_step: cache.kv_step(),
         };
+        let fused = self.fused_layers();
         let moe_opts = MoeOptions {
             mod_skip: self.options.mod_skip,
             backend: self.options.expert_backend,
+            fused_layers: fused,
         };
         let mut cap = capture.then(LayerCapture::default);
 
         let mut h = self.model.embed_tokens.embed(ids)?; // [B, T, H] f32
+        if let (Some(d), Probe::Phases(p)) = (mark(probe, &[&h])?, &mut *probe) {
+            p.embed += d;
+        }
         let mut residual: Option<Array> = None;
         let mut router_state: Option<Array> = None;
         let mut skips: Vec<(usize, Array)> = Vec::new();
         for layer in &self.model.layers {
             let n = layer.index;
-            let r = layer.res_scale.merge(residual.as_ref(), &h)?;
             // the norm in f32; the router reads it in f32, projections and experts in the compute dtype
-            let x32 = layer.input_norm.forward(&r)?;
+            let (r, x32) = layer.res_scale.merge_norm(residual.as_ref(), &h, &layer.input_norm, fused)?;
             let x = if x32.dtype() == dt {
                 x32.clone()
             } else {
@@ -599,16 +776,40 @@ impl ZayaModel {
             if let Some(c) = cap.as_mut() {
                 c.hidden.push(h.as_dtype(Dtype::Float32)?);
             }
+            if let Probe::Phases(_) = probe {
+                let mut ev: Vec<&Array> = vec![&h];
+                ev.extend(residual.as_ref());
+                ev.extend(router_state.as_ref());
+                if layer.self_attn.is_some() {
+                    ev.extend(cache.attn(n).arrays());
+                }
+                if let (Some(d), Probe::Phases(p)) = (mark(probe, &ev)?, &mut *probe) {
+                    if p.layers.len() <= n {
+                        p.layers.resize(n + 1, Duration::ZERO);
+                    }
+                    p.layers[n] += d;
+                }
+            }
         }
-        let r = self.model.res_scale.merge(residual.as_ref(), &h)?;
+        let (rs, norm) = (&self.model.res_scale, &self.model.final_norm);
         let logits = match mode {
             LogitsMode::None => None,
-            LogitsMode::All => Some(self.lm_head(&self.model.final_norm.forward(&r)?)?),
+            LogitsMode::All => Some(self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?),
             LogitsMode::Last => {
-                let last = r.index((.., t - 1..t, ..));
-                Some(self.lm_head(&self.model.final_norm.forward(&last)?)?)
+                // only the last position: slice before the merge (elementwise, so the same values)
+                let (h_last, r_last) = if t > 1 {
+                    (h.index((.., t - 1..t, ..)), residual.as_ref().map(|r| r.index((.., t - 1..t, ..))))
+                } else {
+                    (h.clone(), residual.clone())
+                };
+                Some(self.lm_head(&rs.merge_norm(r_last.as_ref(), &h_last, norm, fused)?.1)?)
             }
         };
+        if let Some(l) = &logits {
+            if let (Some(d), Probe::Phases(p)) = (mark(probe, &[l])?, &mut *probe) {
+                p.head += d;
+            }
+        }
         cache.advance(t as usize);
         Ok(ChunkOut {
             logits,

@@ -25,7 +25,7 @@ use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, TqCodec, TqWeights};
 use crate::model::RmsNorm;
 use crate::quant::affine::{self, QuantMode, QuantSpec};
-use crate::quant::linear::{take_float, take_float_opt, QLinear, WeightSource};
+use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 use crate::quant::turboquant::{rotate, TqMatrix};
 use crate::quant::WeightFormat;
 
@@ -151,6 +151,8 @@ pub struct RouteOut {
     pub score: Array,
     /// f32 `[N, R]`: the EDA state handed to the next MoE layer (pre-norm `r`).
     pub state: Array,
+    /// int32 scalar: tokens that took the skip route (set by the fused router only).
+    pub skipped: Option<Array>,
 }
 
 /// The MoE router (`zaya_block.router`). Everything is computed in f32.
@@ -216,6 +218,52 @@ impl Router {
             choice,
             score,
             state: r,
+            skipped: None,
+        })
+    }
+
+    /// True when [`forward_fused`](Self::forward_fused) can run this router: every linear float on
+    /// the fused backend, with the biases the router has.
+    pub fn fused_supported(&self) -> bool {
+        let ok = |l: &QLinear, bias: bool| {
+            l.format == WeightFormat::Float && l.backend == LinearBackend::Fused && l.bias.value.is_some() == bias
+        };
+        ok(&self.down_proj, true) && ok(&self.router_mlp.l0, true) && ok(&self.router_mlp.l2, true)
+            && ok(&self.router_mlp.l4, false)
+            && self.rmsnorm_eda.weight.dtype() == Dtype::Float32
+    }
+
+    /// The router as one fused op ([`ext::router`]); same results as [`forward`](Self::forward).
+    /// `x`: f32 `[N, H]`. Requires [`fused_supported`](Self::fused_supported).
+    pub fn forward_fused(&self, x: &Array, prev_state: Option<&Array>) -> Result<RouteOut> {
+        let prev = match (self.use_eda, prev_state, self.router_states_scale.value.as_ref()) {
+            (true, Some(p), Some(s)) => Some((p, s)),
+            _ => None,
+        };
+        let o = ext::router(
+            x,
+            prev,
+            ext::RouterWeights {
+                down_w: &self.down_proj.weight,
+                down_b: self.down_proj.bias.value.as_ref().unwrap(),
+                norm_w: &self.rmsnorm_eda.weight,
+                eps: self.rmsnorm_eda.eps,
+                w0: &self.router_mlp.l0.weight,
+                b0: self.router_mlp.l0.bias.value.as_ref().unwrap(),
+                w2: &self.router_mlp.l2.weight,
+                b2: self.router_mlp.l2.bias.value.as_ref().unwrap(),
+                w4: &self.router_mlp.l4.weight,
+                balancing: &self.balancing_biases,
+                num_experts: self.num_experts as u32,
+            },
+            ExtMode::Auto,
+        )?;
+        Ok(RouteOut {
+            probs: o.probs,
+            choice: o.choice,
+            score: o.score,
+            state: o.state,
+            skipped: Some(o.skipped),
         })
     }
 }
@@ -522,6 +570,8 @@ pub struct Experts {
 pub struct MoeOptions {
     pub mod_skip: ModSkip,
     pub backend: ExpertBackend,
+    /// Use the fused router and output ops ([`ext::router`], [`ext::moe_combine`]) where they apply.
+    pub fused_layers: bool,
 }
 
 /// Result of one MoE half-layer.
@@ -575,9 +625,38 @@ impl ZayaMoe {
     /// MoE layer's state. `x_router` is the same input in f32 (the router always runs in f32; pass
     /// `x` itself when it is f32).
     pub fn forward(&self, x: &Array, x_router: &Array, prev_state: Option<&Array>, opts: MoeOptions) -> Result<MoeOut> {
-        let route = self.router.forward(x_router, prev_state)?;
+        let fused_router = opts.fused_layers && self.router.fused_supported() && x_router.dtype() == Dtype::Float32;
+        let route = if fused_router {
+            self.router.forward_fused(x_router, prev_state)?
+        } else {
+            self.router.forward(x_router, prev_state)?
+        };
         let sm = &self.experts.switch_mlp;
         let e_count = self.num_experts as i32;
+        if opts.backend == ExpertBackend::Fused && sm.fused_supported() && opts.fused_layers && route.skipped.is_some() {
+            // one node each: experts (skip rows zero), then p·(experts | x | 0)
+            let ey = sm.fused(x, &route.choice)?;
+            let y = ext::moe_combine(
+                &ey,
+                x_router,
+                &route.choice,
+                &route.score,
+                self.num_experts as u32,
+                opts.mod_skip == ModSkip::Zero,
+                ExtMode::Auto,
+            )?;
+            let y = if y.dtype() == x.dtype() {
+                y
+            } else {
+                y.as_dtype(x.dtype())?
+            };
+            return Ok(MoeOut {
+                y,
+                state: route.state,
+                route: route.choice,
+                skipped: route.skipped.unwrap(),
+            });
+        }
         if opts.backend == ExpertBackend::Fused && sm.fused_supported() {
             let score = route.score.expand_dims(-1)?; // [N, 1] f32
             let ey = sm.fused(x, &route.choice)?.multiply(&score)?;

@@ -23,6 +23,7 @@ struct V {
   static constexpr int kMaxAcc = 8;
   static F zero() { return _mm256_setzero_ps(); }
   static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  static void storef(float* p, F a) { _mm256_storeu_ps(p, a); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
@@ -104,7 +105,7 @@ struct V {
 
 namespace zaya::kern {
 const Table* avx2_table() {
-  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl};
+  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl};
   return &t;
 }
 }  // namespace zaya::kern

@@ -80,6 +80,12 @@ int zaya_tq_switch_glu(mlx_array* y, mlx_array x, mlx_array idx, mlx_array gate_
 int zaya_affine_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array scales, mlx_array biases,
                        int bits, int group_size, int mode, mlx_stream stream);
 
+// Several affine matmuls as one op, outputs side by side: y = [x_0·W_0ᵀ ‖ x_1·W_1ᵀ ‖ …] for k ≤ 4
+// weights of one bit width and group size; every x_i float32 with the same number of rows N (any
+// leading shape). Output: x_0's leading shape + [Σ out_i], float32.
+int zaya_affine_multi(mlx_array* y, const mlx_array* xs, const mlx_array* ws, const mlx_array* scales,
+                      const mlx_array* biases, size_t k, int bits, int group_size, int mode, mlx_stream stream);
+
 // Dequantized rows of the same affine weight: out[..., :] = W[ids[...], :] as float32, shape
 // ids.shape + [in]. ids int32/uint32; an id outside [0, out) gives a zero row (the caller validates
 // token ids; the kernel never reads out of bounds).
@@ -120,6 +126,26 @@ int zaya_router(mlx_array* choice, mlx_array* score, mlx_array* state, mlx_array
 //   ey, x [N, H] float32; choice [N] int32; score [N] float32. Output y [N, H] float32.
 int zaya_moe_combine(mlx_array* y, mlx_array ey, mlx_array x, mlx_array choice, mlx_array score, int num_experts,
                      int zero_skip, int mode, mlx_stream stream);
+
+// ---- CCA attention after the projections (cca_attn.cpp) ----------------------------------------------
+// The CCA q/k chain (zaya-architecture.md §3.2 steps 2–6): the two-stage causal conv over u = [q̃ ‖ k̃]
+// with the carried state, the mean paths, L2 normalisation to √D (max(‖·‖, 1e-6)), the key temperature
+// (exp(clip(temp, 1e-7, 2)) when clamp_temp), partial NeoX RoPE (rotary_dim, rope_theta) at absolute
+// positions offset + t, and the values split per KV head.
+//   u [B, T, (Hq+Hk)·D] float32; state [B, C, S] float32; w0 [C, K0, 1], b0 [C], w1 [C, K1, C/G], b1 [C]
+//   (float16/bfloat16/float32, MLX layout); temp [Hk] float; values [B, T, Hk·D] float32.
+// Outputs: q [B, Hq, T, D], k [B, Hk, T, D], v [B, Hk, T, D], new_state [B, C, S], float32.
+int zaya_cca_qk(mlx_array* q, mlx_array* k, mlx_array* v, mlx_array* new_state, mlx_array u, mlx_array state,
+                mlx_array w0, mlx_array b0, mlx_array w1, mlx_array b1, mlx_array temp, mlx_array values,
+                int q_heads, int kv_heads, int rotary_dim, float rope_theta, int clamp_temp, int offset, int mode,
+                mlx_stream stream);
+
+// Causal GQA attention over the first `len` positions of KV cache arrays (any capacity): query t sits
+// at position len - T + t and attends positions 0 ..= that; softmax(scale · q·kᵀ)·v in float32.
+//   q [B, Hq, T, D], k/v [B, Hk, capacity, D] float32 (Hk divides Hq; q-head h reads KV head h/(Hq/Hk)).
+// Output: [B, T, Hq·D] float32 (heads concatenated).
+int zaya_cca_attention(mlx_array* y, mlx_array q, mlx_array k, mlx_array v, int len, float scale, int mode,
+                       mlx_stream stream);
 
 #ifdef __cplusplus
 }

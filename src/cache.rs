@@ -46,10 +46,20 @@ impl AttnCache {
     /// Appends `k`, `v` (`[B, Hk, T, D]`) and returns all valid keys/values `[B, Hk, len+T, D]`.
     /// Storage grows by whole multiples of `step` positions.
     pub fn update_and_fetch(&mut self, k: &Array, v: &Array, step: usize) -> Result<(Array, Array)> {
+        let (keys, values, n) = self.append(k, v, step)?;
+        let n = n as i32;
+        Ok((keys.index((.., .., 0..n, ..)), values.index((.., .., 0..n, ..))))
+    }
+
+    /// Appends `k`, `v` (`[B, Hk, T, D]` f32) and returns the whole storage `[B, Hk, capacity, D]`
+    /// with the number of valid positions (for kernels that take the length themselves).
+    pub fn append(&mut self, k: &Array, v: &Array, step: usize) -> Result<(Array, Array, usize)> {
         let sh = k.shape().to_vec();
         let (b, hk, t, d) = (sh[0], sh[1], sh[2] as usize, sh[3]);
-        let k = k.as_dtype(Dtype::Float32)?;
-        let v = v.as_dtype(Dtype::Float32)?;
+        let f32 = |a: &Array| -> Result<Array> {
+            Ok(if a.dtype() == Dtype::Float32 { a.clone() } else { a.as_dtype(Dtype::Float32)? })
+        };
+        let (k, v) = (f32(k)?, f32(v)?);
         let prev = self.len;
         let needed = prev + t;
         if needed > self.capacity() {
@@ -71,8 +81,7 @@ impl AttnCache {
         let values = self.values.as_mut().unwrap();
         values.try_index_mut((.., .., range, ..), &v)?;
         self.len = needed;
-        let n = needed as i32;
-        Ok((keys.index((.., .., 0..n, ..)), values.index((.., .., 0..n, ..))))
+        Ok((keys.clone(), values.clone(), needed))
     }
 
     /// The valid keys `[B, Hk, len, D]` (None before the first token).

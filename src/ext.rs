@@ -75,6 +75,50 @@ extern "C" {
         mode: c_int,
         stream: mlx_stream,
     ) -> c_int;
+    fn zaya_affine_multi(
+        y: *mut mlx_array,
+        xs: *const mlx_array,
+        ws: *const mlx_array,
+        scales: *const mlx_array,
+        biases: *const mlx_array,
+        k: usize,
+        bits: c_int,
+        group_size: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_cca_qk(
+        q: *mut mlx_array,
+        k: *mut mlx_array,
+        v: *mut mlx_array,
+        new_state: *mut mlx_array,
+        u: mlx_array,
+        state: mlx_array,
+        w0: mlx_array,
+        b0: mlx_array,
+        w1: mlx_array,
+        b1: mlx_array,
+        temp: mlx_array,
+        values: mlx_array,
+        q_heads: c_int,
+        kv_heads: c_int,
+        rotary_dim: c_int,
+        rope_theta: f32,
+        clamp_temp: c_int,
+        offset: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_cca_attention(
+        y: *mut mlx_array,
+        q: mlx_array,
+        k: mlx_array,
+        v: mlx_array,
+        len: c_int,
+        scale: f32,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
     fn zaya_res_norm(
         r_out: *mut mlx_array,
         x_out: *mut mlx_array,
@@ -429,6 +473,38 @@ pub fn affine_matmul(
     })
 }
 
+/// One affine weight of [`affine_multi`]: `w` `[out, in·bits/32]` uint32 with its scales and biases.
+#[derive(Debug, Clone, Copy)]
+pub struct AffineWeight<'a> {
+    pub w: &'a Array,
+    pub scales: &'a Array,
+    pub biases: &'a Array,
+}
+
+/// Several [`affine_matmul`]s as one op, outputs side by side:
+/// `y = [x_0·W_0ᵀ ‖ x_1·W_1ᵀ ‖ …]` (1 to 4 weights of one `bits` / `group_size`). Every `x_i` is
+/// float32 with the same number of rows; the output has `x_0`'s leading shape and `Σ out_i` columns.
+pub fn affine_multi(parts: &[(&Array, AffineWeight<'_>)], bits: u32, group_size: u32, mode: ExtMode) -> Result<Array> {
+    let xs: Vec<mlx_array> = parts.iter().map(|p| p.0.as_ptr()).collect();
+    let ws: Vec<mlx_array> = parts.iter().map(|p| p.1.w.as_ptr()).collect();
+    let ss: Vec<mlx_array> = parts.iter().map(|p| p.1.scales.as_ptr()).collect();
+    let bs: Vec<mlx_array> = parts.iter().map(|p| p.1.biases.as_ptr()).collect();
+    call1(|y, s| unsafe {
+        zaya_affine_multi(
+            y,
+            xs.as_ptr(),
+            ws.as_ptr(),
+            ss.as_ptr(),
+            bs.as_ptr(),
+            parts.len(),
+            c_int_of(bits),
+            c_int_of(group_size),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
 /// Dequantized rows `W[ids]` of an MLX affine weight (the quantized embedding): `ids` int32/uint32
 /// of any shape → `ids.shape + [in]` float32. Ids outside `[0, out)` give zero rows (validate token
 /// ids before calling).
@@ -638,4 +714,97 @@ pub fn moe_combine(
             s,
         )
     })
+}
+
+/// Static parameters of [`cca_qk`].
+#[derive(Debug, Clone, Copy)]
+pub struct CcaQkParams {
+    pub q_heads: u32,
+    pub kv_heads: u32,
+    /// Rotated dims per head (even, ≤ head_dim; 0 = no RoPE).
+    pub rotary_dim: u32,
+    pub rope_theta: f32,
+    /// Keys times `exp(clip(temp, 1e-7, 2))` instead of the raw `temp`.
+    pub clamp_temp: bool,
+    /// Absolute position of the first frame.
+    pub offset: usize,
+}
+
+/// Outputs of [`cca_qk`].
+#[derive(Debug, Clone)]
+pub struct CcaQkOut {
+    /// f32 `[B, Hq, T, D]`, post-RoPE.
+    pub q: Array,
+    /// f32 `[B, Hk, T, D]`, post-RoPE, temperature applied.
+    pub k: Array,
+    /// f32 `[B, Hk, T, D]`.
+    pub v: Array,
+    /// f32 `[B, C, S]`.
+    pub conv_state: Array,
+}
+
+/// The CCA q/k chain after the projections (zaya-architecture.md §3.2 steps 2–6, §3.3) as one op:
+/// the two-stage causal conv over `u = [q̃ ‖ k̃]` (`[B, T, (Hq+Hk)·D]` f32) continuing `conv_state`
+/// (`[B, C, S]` f32), the mean paths, L2 normalisation to √D, the key temperature, partial NeoX RoPE
+/// at `offset + t`, and `values` (`[B, T, Hk·D]` f32) split per KV head. Conv weights `[C, K, C/G]`
+/// (MLX layout), biases `[C]` and `temp` `[Hk]` in any float dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn cca_qk(
+    u: &Array,
+    conv_state: &Array,
+    w0: &Array,
+    b0: &Array,
+    w1: &Array,
+    b1: &Array,
+    temp: &Array,
+    values: &Array,
+    p: CcaQkParams,
+    mode: ExtMode,
+) -> Result<CcaQkOut> {
+    let offset = c_int::try_from(p.offset)
+        .map_err(|_| ZayaError::Ext(format!("cca_qk: offset {} out of range", p.offset)))?;
+    let stream = Stream::thread_local_or_default();
+    let (mut a, mut b, mut c, mut d) = (OutHandle::new(), OutHandle::new(), OutHandle::new(), OutHandle::new());
+    // SAFETY: valid handles for the call; outputs are caller-owned empty handles.
+    let rc = unsafe {
+        zaya_cca_qk(
+            &mut a.0,
+            &mut b.0,
+            &mut c.0,
+            &mut d.0,
+            u.as_ptr(),
+            conv_state.as_ptr(),
+            w0.as_ptr(),
+            b0.as_ptr(),
+            w1.as_ptr(),
+            b1.as_ptr(),
+            temp.as_ptr(),
+            values.as_ptr(),
+            c_int_of(p.q_heads),
+            c_int_of(p.kv_heads),
+            c_int_of(p.rotary_dim),
+            p.rope_theta,
+            c_int::from(p.clamp_temp),
+            offset,
+            mode.as_c(),
+            stream.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(CcaQkOut {
+        q: a.into_array(),
+        k: b.into_array(),
+        v: c.into_array(),
+        conv_state: d.into_array(),
+    })
+}
+
+/// Causal GQA attention of `q` (`[B, Hq, T, D]` f32) over the first `len` positions of the KV cache
+/// arrays `k`, `v` (`[B, Hk, capacity, D]` f32): query `t` sits at position `len - T + t`. Softmax of
+/// `scale · q·kᵀ` in f32. Returns `[B, T, Hq·D]` f32 (heads concatenated).
+pub fn cca_attention(q: &Array, k: &Array, v: &Array, len: usize, scale: f32, mode: ExtMode) -> Result<Array> {
+    let len = c_int::try_from(len).map_err(|_| ZayaError::Ext(format!("cca_attention: len {len} out of range")))?;
+    call1(|y, s| unsafe { zaya_cca_attention(y, q.as_ptr(), k.as_ptr(), v.as_ptr(), len, scale, mode.as_c(), s) })
 }

@@ -724,11 +724,12 @@ impl ZayaModel {
         let hdim = self.config.hidden_size as i32;
         let offset = cache.offset();
         let dt = self.options.dtype;
+        let fused = self.fused_layers();
         let cca_opts = CcaOptions {
             conv_mode: self.options.conv_mode,
             kv_step: cache.kv_step(),
+            fused,
         };
-        let fused = self.fused_layers();
         let moe_opts = MoeOptions {
             mod_skip: self.options.mod_skip,
             backend: self.options.expert_backend,

@@ -70,6 +70,11 @@ impl WeightSource {
         &self.origin
     }
 
+    /// The dtype of tensor `name` if present (and not yet taken).
+    pub fn peek_dtype(&self, name: &str) -> Option<Dtype> {
+        self.tensors.get(name).map(|a| a.dtype())
+    }
+
     /// True if a tensor of that name is present (and not yet taken).
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

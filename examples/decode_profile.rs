@@ -66,7 +66,11 @@ fn main() -> anyhow::Result<()> {
     }
     let t = Instant::now();
     let model = ZayaModel::load(&dir, opts)?;
-    println!("load: {:.2} s, rss after load {:.3} GiB", t.elapsed().as_secs_f64(), peak_rss_bytes() as f64 / (1u64 << 30) as f64);
+    println!(
+        "load: {:.2} s, rss after load {:.3} GiB",
+        t.elapsed().as_secs_f64(),
+        peak_rss_bytes() as f64 / (1u64 << 30) as f64
+    );
     let vocab = model.config().vocab_size as u32;
     let toks: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache();

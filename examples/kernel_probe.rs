@@ -76,7 +76,10 @@ fn main() {
             std::hint::black_box(s);
         });
         report("read 1 GiB (2 threads)", (n * 8) as f64, r);
-        println!("copy bandwidth (bench::copy_bandwidth_gbs): {:.1} GB/s", zaya_mlx::bench::copy_bandwidth_gbs(256 << 20, 5));
+        println!(
+            "copy bandwidth (bench::copy_bandwidth_gbs): {:.1} GB/s",
+            zaya_mlx::bench::copy_bandwidth_gbs(256 << 20, 5)
+        );
     }
 
     if want("lm_head") {
@@ -92,7 +95,9 @@ fn main() {
         report(
             "lm_head 262272x2048 8-bit g32 N=1",
             bytes,
-            time(8, || ev(&ext::affine_matmul(&x, &w, &s, &b, 8, 32, ExtMode::Primitive).unwrap())),
+            time(8, || {
+                ev(&ext::affine_matmul(&x, &w, &s, &b, 8, 32, ExtMode::Primitive).unwrap())
+            }),
         );
     }
 
@@ -144,7 +149,11 @@ fn main() {
         let ids: Vec<Array> = (0..e as i32).map(|i| Array::from_slice(&[i], &[1])).collect();
         let w = |p: &'static str| -> (usize, &str) { (0, p) };
         let _ = w;
-        let c = TqCodec { codebook: &cb, signs: &signs, bits: 4 };
+        let c = TqCodec {
+            codebook: &cb,
+            signs: &signs,
+            bits: 4,
+        };
         let mut k = 0;
         let bytes = 3.0 * (D * D / 2 + D * 2) as f64;
         report(
@@ -197,39 +206,34 @@ fn main() {
         report(
             "dense 64x2048 f16 N=1 (overhead)",
             0.0,
-            time(500, || ev(&ext::dense_matmul(&x, &w, None, ExtMode::Primitive).unwrap())),
+            time(
+                500,
+                || ev(&ext::dense_matmul(&x, &w, None, ExtMode::Primitive).unwrap()),
+            ),
         );
         let b1 = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[D as i32]);
         ev(&b1);
-        report(
-            "100 chained adds [1,2048]+[2048] (per add)",
-            0.0,
-            {
-                let (a, b) = time(50, || {
-                    let mut y = x.clone();
-                    for _ in 0..100 {
-                        y = y.add(&b1).unwrap();
-                    }
-                    ev(&y)
-                });
-                (a / 100.0, b / 100.0)
-            },
-        );
+        report("100 chained adds [1,2048]+[2048] (per add)", 0.0, {
+            let (a, b) = time(50, || {
+                let mut y = x.clone();
+                for _ in 0..100 {
+                    y = y.add(&b1).unwrap();
+                }
+                ev(&y)
+            });
+            (a / 100.0, b / 100.0)
+        });
         let x3 = x.reshape(&[1, 1, D as i32]).unwrap();
-        report(
-            "100 chained rms_norm [1,1,2048] (per norm)",
-            0.0,
-            {
-                let (a, b) = time(50, || {
-                    let mut y = x3.clone();
-                    for _ in 0..100 {
-                        y = mlx_rs::fast::rms_norm(&y, Some(&b1), 1e-5).unwrap();
-                    }
-                    ev(&y)
-                });
-                (a / 100.0, b / 100.0)
-            },
-        );
+        report("100 chained rms_norm [1,1,2048] (per norm)", 0.0, {
+            let (a, b) = time(50, || {
+                let mut y = x3.clone();
+                for _ in 0..100 {
+                    y = mlx_rs::fast::rms_norm(&y, Some(&b1), 1e-5).unwrap();
+                }
+                ev(&y)
+            });
+            (a / 100.0, b / 100.0)
+        });
         report(
             "mlx add [2048] (graph overhead)",
             0.0,

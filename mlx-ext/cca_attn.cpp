@@ -257,6 +257,7 @@ std::vector<mx::array> cca_qk_portable(const mx::array& u, const mx::array& stat
 struct AttnDims {
   int B, Hq, Hk, T, D, cap, len;
   float scale;
+  int flat;  // output [B·T, Hq·D] instead of [B, T, Hq·D]
 };
 
 void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims& d, const kern::Table* tab) {
@@ -337,8 +338,9 @@ class CcaAttention : public mx::UnaryPrimitive {
     auto& o = static_cast<const CcaAttention&>(other);
     return std::memcmp(&d_, &o.d_, sizeof(d_)) == 0 && tab_ == o.tab_;
   }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {{d_.B, d_.T, d_.Hq * d_.D}};
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {shape(d_)}; }
+  static mx::Shape shape(const AttnDims& d) {
+    return d.flat ? mx::Shape{d.B * d.T, d.Hq * d.D} : mx::Shape{d.B, d.T, d.Hq * d.D};
   }
 
  private:
@@ -366,10 +368,19 @@ extern "C" int zaya_cca_qk(mlx_array* q_out, mlx_array* k_out, mlx_array* v_out,
     auto& values = get(values_h, "values");
     QkDims d{};
     expect_dtype(u, mx::float32, "u");
-    expect_ndim(u, 3, "u");
-    d.B = u.shape(0);
-    d.T = u.shape(1);
-    d.C = u.shape(2);
+    expect_ndim(state, 3, "conv_state");
+    if (u.ndim() == 3) {
+      d.B = u.shape(0);
+      d.T = u.shape(1);
+    } else if (u.ndim() == 2 && state.shape(0) > 0 && u.shape(0) % state.shape(0) == 0) {
+      // rows of B sequences, T frames each (B from the state)
+      d.B = state.shape(0);
+      d.T = u.shape(0) / d.B;
+    } else {
+      fail("u must be [B, T, C], or [B·T, C] with B = conv_state's batch, got " + shape_str(u.shape()) +
+           " with conv_state " + shape_str(state.shape()));
+    }
+    d.C = u.shape(-1);
     if (d.T < 1) fail("u has no frames (T = 0)");
     if (q_heads < 1 || kv_heads < 1 || q_heads % kv_heads != 0)
       fail("q_heads " + std::to_string(q_heads) + " must be a positive multiple of kv_heads " +
@@ -436,7 +447,7 @@ extern "C" int zaya_cca_qk(mlx_array* q_out, mlx_array* k_out, mlx_array* v_out,
 }
 
 extern "C" int zaya_cca_attention(mlx_array* y, mlx_array q_h, mlx_array k_h, mlx_array v_h, int len, float scale,
-                                  int mode, mlx_stream stream) {
+                                  int flat, int mode, mlx_stream stream) {
   using namespace zaya;
   return guard("cca_attention", [&] {
     auto s = get(stream);
@@ -464,15 +475,42 @@ extern "C" int zaya_cca_attention(mlx_array* y, mlx_array q_h, mlx_array k_h, ml
     if (d.T < 1) fail("no queries (T = 0)");
     d.len = len;
     d.scale = scale;
+    d.flat = flat ? 1 : 0;
     if (use_primitive(mode, s, "CcaAttention")) {
-      set(y, mx::array({d.B, d.T, d.Hq * d.D}, mx::float32, std::make_shared<CcaAttention>(s, d, kern::best_table()),
+      set(y, mx::array(CcaAttention::shape(d), mx::float32, std::make_shared<CcaAttention>(s, d, kern::best_table()),
                        {q, k, v}));
     } else {
       auto kk = mx::slice(k, {0, 0, 0, 0}, {d.B, d.Hk, len, d.D}, s);
       auto vv = mx::slice(v, {0, 0, 0, 0}, {d.B, d.Hk, len, d.D}, s);
       auto o = mx::fast::scaled_dot_product_attention(q, kk, vv, scale, d.T > 1 ? "causal" : "", std::nullopt,
                                                       std::nullopt, false, s);
-      set(y, mx::reshape(mx::transpose(o, {0, 2, 1, 3}, s), {d.B, d.T, d.Hq * d.D}, s));
+      set(y, mx::reshape(mx::transpose(o, {0, 2, 1, 3}, s), CcaAttention::shape(d), s));
     }
+  });
+}
+
+extern "C" int zaya_kv_append(mlx_array* k_out, mlx_array* v_out, mlx_array k_h, mlx_array v_h, mlx_array k_new_h,
+                              mlx_array v_new_h, int start, mlx_stream stream) {
+  using namespace zaya;
+  return guard("kv_append", [&] {
+    auto s = get(stream);
+    auto& k = get(k_h, "keys");
+    auto& v = get(v_h, "values");
+    auto& kn = get(k_new_h, "new keys");
+    auto& vn = get(v_new_h, "new values");
+    expect_ndim(k, 4, "keys");
+    expect_ndim(kn, 4, "new keys");
+    if (v.shape() != k.shape()) fail("values must have the keys' shape " + shape_str(k.shape()) + ", got " + shape_str(v.shape()));
+    if (vn.shape() != kn.shape())
+      fail("new values must have the new keys' shape " + shape_str(kn.shape()) + ", got " + shape_str(vn.shape()));
+    const int t = kn.shape(2);
+    if (kn.shape(0) != k.shape(0) || kn.shape(1) != k.shape(1) || kn.shape(3) != k.shape(3) || start < 0 ||
+        start + t > k.shape(2))
+      fail("new keys " + shape_str(kn.shape()) + " at position " + std::to_string(start) + " do not fit the cache " +
+           shape_str(k.shape()));
+    const mx::Shape lo{0, 0, start, 0};
+    const mx::Shape hi{k.shape(0), k.shape(1), start + t, k.shape(3)};
+    set(k_out, mx::slice_update(k, mx::astype(kn, k.dtype(), s), lo, hi, s));
+    set(v_out, mx::slice_update(v, mx::astype(vn, v.dtype(), s), lo, hi, s));
   });
 }

@@ -132,7 +132,7 @@ int zaya_moe_combine(mlx_array* y, mlx_array ey, mlx_array x, mlx_array choice, 
 // with the carried state, the mean paths, L2 normalisation to √D (max(‖·‖, 1e-6)), the key temperature
 // (exp(clip(temp, 1e-7, 2)) when clamp_temp), partial NeoX RoPE (rotary_dim, rope_theta) at absolute
 // positions offset + t, and the values split per KV head.
-//   u [B, T, (Hq+Hk)·D] float32; state [B, C, S] float32; w0 [C, K0, 1], b0 [C], w1 [C, K1, C/G], b1 [C]
+//   u [B, T, (Hq+Hk)·D] (or [B·T, ...], B from state) float32; state [B, C, S] float32; w0 [C, K0, 1], b0 [C], w1 [C, K1, C/G], b1 [C]
 //   (float16/bfloat16/float32, MLX layout); temp [Hk] float; values [B, T, Hk·D] float32.
 // Outputs: q [B, Hq, T, D], k [B, Hk, T, D], v [B, Hk, T, D], new_state [B, C, S], float32.
 int zaya_cca_qk(mlx_array* q, mlx_array* k, mlx_array* v, mlx_array* new_state, mlx_array u, mlx_array state,
@@ -143,9 +143,15 @@ int zaya_cca_qk(mlx_array* q, mlx_array* k, mlx_array* v, mlx_array* new_state, 
 // Causal GQA attention over the first `len` positions of KV cache arrays (any capacity): query t sits
 // at position len - T + t and attends positions 0 ..= that; softmax(scale · q·kᵀ)·v in float32.
 //   q [B, Hq, T, D], k/v [B, Hk, capacity, D] float32 (Hk divides Hq; q-head h reads KV head h/(Hq/Hk)).
-// Output: [B, T, Hq·D] float32 (heads concatenated).
-int zaya_cca_attention(mlx_array* y, mlx_array q, mlx_array k, mlx_array v, int len, float scale, int mode,
-                       mlx_stream stream);
+// Output: [B, T, Hq·D] float32 (heads concatenated), or [B·T, Hq·D] when `flat`.
+int zaya_cca_attention(mlx_array* y, mlx_array q, mlx_array k, mlx_array v, int len, float scale, int flat,
+                       int mode, mlx_stream stream);
+
+// KV cache append without reshapes: k_out = k with positions [start, start+T) replaced by k_new, same for
+// v (two SliceUpdate nodes; MLX updates in place when the old storage is not shared).
+//   k, v [B, Hk, capacity, D]; k_new, v_new [B, Hk, T, D] (cast to the storage dtype).
+int zaya_kv_append(mlx_array* k_out, mlx_array* v_out, mlx_array k, mlx_array v, mlx_array k_new, mlx_array v_new,
+                   int start, mlx_stream stream);
 
 #ifdef __cplusplus
 }

@@ -4,7 +4,7 @@
 //! (`[B, H]` f32: the last normalized attention input), plus the position offset and the MOD-skip
 //! counters (zaya-architecture.md §3.3). Cloning a cache is cheap (arrays are shared, copy-on-write
 //! through MLX's functional updates), which is how snapshots work.
-use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
@@ -57,7 +57,11 @@ impl AttnCache {
         let sh = k.shape().to_vec();
         let (b, hk, t, d) = (sh[0], sh[1], sh[2] as usize, sh[3]);
         let f32 = |a: &Array| -> Result<Array> {
-            Ok(if a.dtype() == Dtype::Float32 { a.clone() } else { a.as_dtype(Dtype::Float32)? })
+            Ok(if a.dtype() == Dtype::Float32 {
+                a.clone()
+            } else {
+                a.as_dtype(Dtype::Float32)?
+            })
         };
         let (k, v) = (f32(k)?, f32(v)?);
         let prev = self.len;
@@ -75,13 +79,13 @@ impl AttnCache {
             self.keys = Some(grow(&self.keys)?);
             self.values = Some(grow(&self.values)?);
         }
-        let range = prev as i32..needed as i32;
-        let keys = self.keys.as_mut().unwrap();
-        keys.try_index_mut((.., .., range.clone(), ..), &k)?;
-        let values = self.values.as_mut().unwrap();
-        values.try_index_mut((.., .., range, ..), &v)?;
+        // the old storage is moved into the update, so MLX can write in place unless a snapshot shares it
+        let (keys, values) =
+            crate::ext::kv_append(&self.keys.take().unwrap(), &self.values.take().unwrap(), &k, &v, prev)?;
+        self.keys = Some(keys.clone());
+        self.values = Some(values.clone());
         self.len = needed;
-        Ok((keys.clone(), values.clone(), needed))
+        Ok((keys, values, needed))
     }
 
     /// The valid keys `[B, Hk, len, D]` (None before the first token).

@@ -137,7 +137,9 @@ impl CcaAttention {
     /// Reads and updates the layer's KV cache, `conv_state` and `prev_hs`.
     pub fn forward(&self, x: &Array, cache: &mut AttnCache, offset: usize, opts: CcaOptions) -> Result<Array> {
         if opts.fused && x.dtype() == Dtype::Float32 {
-            return self.forward_fused(x, cache, offset, opts);
+            let (b, t, h) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+            let y = self.forward_rows(&x.reshape(&[b * t, h])?, b, t, cache, offset, opts)?;
+            return Ok(y.reshape(&[b, t, h])?);
         }
         let d = self.dims;
         let (b, t) = (x.shape()[0], x.shape()[1]);
@@ -157,9 +159,7 @@ impl CcaAttention {
             Some(st) => st,
             None => zeros_dtype(&[b, c, s], f32)?,
         };
-        let f = |a: &Array| -> Result<Array> {
-            Ok(if a.dtype() == f32 { a.clone() } else { a.as_dtype(f32)? })
-        };
+        let f = |a: &Array| -> Result<Array> { Ok(if a.dtype() == f32 { a.clone() } else { a.as_dtype(f32)? }) };
         let (z, new_state) = ext::cca_conv(
             &u,
             &state,
@@ -278,30 +278,51 @@ impl CcaAttention {
         Ok(concatenate(&[ya, yb.reshape(&shape)?], -1)?)
     }
 
-    /// The fused forward (f32 `x`): q/k projections as one node, values as one node, the conv, mean
-    /// paths, normalisation and RoPE as one ([`ext::cca_qk`]), the cache append, attention as one
-    /// ([`ext::cca_attention`]), then `o_proj`. Same results as the plain forward.
-    fn forward_fused(&self, x: &Array, cache: &mut AttnCache, offset: usize, opts: CcaOptions) -> Result<Array> {
+    /// The fused forward over rows: `x [B·T, H]` (f32 input_norm output, sequence-major) →
+    /// `h_n [B·T, H]`. q/k projections as one node, values as one node, the conv, mean paths,
+    /// normalisation and RoPE as one ([`ext::cca_qk`]), the cache append, attention as one
+    /// ([`ext::cca_attention`]), then `o_proj`. Same results as [`forward`](Self::forward) on the
+    /// plain path. Other dtypes than f32 go through the plain forward.
+    pub fn forward_rows(
+        &self,
+        x: &Array,
+        b: i32,
+        t: i32,
+        cache: &mut AttnCache,
+        offset: usize,
+        opts: CcaOptions,
+    ) -> Result<Array> {
         let d = self.dims;
-        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let hdim = d.hidden as i32;
+        if !opts.fused || x.dtype() != Dtype::Float32 {
+            let y = self.forward(
+                &x.reshape(&[b, t, hdim])?,
+                cache,
+                offset,
+                CcaOptions { fused: false, ..opts },
+            )?;
+            return Ok(y.reshape(&[b * t, hdim])?);
+        }
         let (hq, hk, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
         let f32 = Dtype::Float32;
         let c = (hq + hk) * hd;
         let s = (self.qkv.conv_qk[0].weight.shape()[1] - 1) + (self.qkv.conv_qk[1].weight.shape()[1] - 1);
         let qkv = &self.qkv;
 
-        // [q̃ ‖ k̃] and [v1(x_t) ‖ v2(x_{t-1})]
+        // [q̃ ‖ k̃] and [v1(x_t) ‖ v2(x_{t-1})], rows [B·T, ·]
         let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k))?;
         let prev = match cache.prev_hs.take() {
             Some(p) => p,
-            None => zeros_dtype(&[b, d.hidden as i32], f32)?,
+            None => zeros_dtype(&[b, hdim], f32)?,
         };
-        let shifted = if t > 1 {
-            concatenate(&[prev.reshape(&[b, 1, d.hidden as i32])?, x.index((.., 0..t - 1, ..))], 1)?
+        let (shifted, last) = if t > 1 {
+            let x3 = x.reshape(&[b, t, hdim])?;
+            let sh = concatenate(&[prev.reshape(&[b, 1, hdim])?, x3.index((.., 0..t - 1, ..))], 1)?;
+            (sh.reshape(&[b * t, hdim])?, x3.index((.., t - 1, ..)))
         } else {
-            prev // [B, H]: one row per sequence, like x
+            (prev, x.clone()) // one row per sequence: x_{t-1} is prev_hs, x itself the next one
         };
-        cache.prev_hs = Some(x.index((.., t - 1, ..)));
+        cache.prev_hs = Some(last);
         let values = Self::project_pair((x, &qkv.val_proj1), (&shifted, &qkv.val_proj2))?;
 
         let state = match cache.conv_state.take() {
@@ -330,7 +351,7 @@ impl CcaAttention {
         cache.conv_state = Some(out.conv_state);
         let (all_k, all_v, len) = cache.append(&out.k, &out.v, opts.kv_step)?;
         let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, ExtMode::Auto)?;
+        let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, true, ExtMode::Auto)?;
         self.o_proj.forward(&attn)
     }
 }

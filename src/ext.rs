@@ -116,7 +116,18 @@ extern "C" {
         v: mlx_array,
         len: c_int,
         scale: f32,
+        flat: c_int,
         mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_kv_append(
+        k_out: *mut mlx_array,
+        v_out: *mut mlx_array,
+        k: mlx_array,
+        v: mlx_array,
+        k_new: mlx_array,
+        v_new: mlx_array,
+        start: c_int,
         stream: mlx_stream,
     ) -> c_int;
     fn zaya_res_norm(
@@ -205,12 +216,16 @@ impl ExtMode {
 /// Version string of the compiled extension.
 pub fn version() -> String {
     // SAFETY: returns a pointer to a static NUL-terminated string.
-    unsafe { CStr::from_ptr(zaya_ext_version()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(zaya_ext_version()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn last_error() -> ZayaError {
     // SAFETY: thread-local NUL-terminated string owned by the extension, valid until the next call.
-    let msg = unsafe { CStr::from_ptr(zaya_ext_last_error()) }.to_string_lossy().into_owned();
+    let msg = unsafe { CStr::from_ptr(zaya_ext_last_error()) }
+        .to_string_lossy()
+        .into_owned();
     ZayaError::Ext(msg)
 }
 
@@ -544,7 +559,14 @@ pub fn dense_matmul(x: &Array, w: &Array, bias: Option<&Array>, mode: ExtMode) -
     // SAFETY: an empty handle (ctx == NULL) means "no bias"; it is freed by OutHandle's drop.
     let none = OutHandle::new();
     call1(|y, s| unsafe {
-        zaya_dense_matmul(y, x.as_ptr(), w.as_ptr(), bias.map_or(none.0, |b| b.as_ptr()), mode.as_c(), s)
+        zaya_dense_matmul(
+            y,
+            x.as_ptr(),
+            w.as_ptr(),
+            bias.map_or(none.0, |b| b.as_ptr()),
+            mode.as_c(),
+            s,
+        )
     })
 }
 
@@ -575,6 +597,7 @@ impl Drop for NoArray {
 /// * `h_bias`, `h_scale`, `norm_w`: `[H]` float32; `r_scale_bias`: `(r_scale, r_bias)` `[H]` float32.
 ///
 /// Returns `(r', x)`, both `[..., H]` float32.
+#[allow(clippy::too_many_arguments)]
 pub fn res_norm(
     h: &Array,
     r: Option<&Array>,
@@ -761,8 +784,8 @@ pub fn cca_qk(
     p: CcaQkParams,
     mode: ExtMode,
 ) -> Result<CcaQkOut> {
-    let offset = c_int::try_from(p.offset)
-        .map_err(|_| ZayaError::Ext(format!("cca_qk: offset {} out of range", p.offset)))?;
+    let offset =
+        c_int::try_from(p.offset).map_err(|_| ZayaError::Ext(format!("cca_qk: offset {} out of range", p.offset)))?;
     let stream = Stream::thread_local_or_default();
     let (mut a, mut b, mut c, mut d) = (OutHandle::new(), OutHandle::new(), OutHandle::new(), OutHandle::new());
     // SAFETY: valid handles for the call; outputs are caller-owned empty handles.
@@ -803,8 +826,39 @@ pub fn cca_qk(
 
 /// Causal GQA attention of `q` (`[B, Hq, T, D]` f32) over the first `len` positions of the KV cache
 /// arrays `k`, `v` (`[B, Hk, capacity, D]` f32): query `t` sits at position `len - T + t`. Softmax of
-/// `scale · q·kᵀ` in f32. Returns `[B, T, Hq·D]` f32 (heads concatenated).
-pub fn cca_attention(q: &Array, k: &Array, v: &Array, len: usize, scale: f32, mode: ExtMode) -> Result<Array> {
+/// `scale · q·kᵀ` in f32. Returns `[B, T, Hq·D]` f32 (heads concatenated), or `[B·T, Hq·D]` when
+/// `flat`.
+pub fn cca_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    len: usize,
+    scale: f32,
+    flat: bool,
+    mode: ExtMode,
+) -> Result<Array> {
     let len = c_int::try_from(len).map_err(|_| ZayaError::Ext(format!("cca_attention: len {len} out of range")))?;
-    call1(|y, s| unsafe { zaya_cca_attention(y, q.as_ptr(), k.as_ptr(), v.as_ptr(), len, scale, mode.as_c(), s) })
+    call1(|y, s| unsafe {
+        zaya_cca_attention(
+            y,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            len,
+            scale,
+            c_int::from(flat),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Writes `k_new`, `v_new` (`[B, Hk, T, D]`) into positions `start..start+T` of the cache storage
+/// `k`, `v` (`[B, Hk, capacity, D]`), returning the updated storage (two SliceUpdate nodes, no
+/// reshapes; MLX updates in place when the old storage is not shared, e.g. by a snapshot).
+pub fn kv_append(k: &Array, v: &Array, k_new: &Array, v_new: &Array, start: usize) -> Result<(Array, Array)> {
+    let start = c_int::try_from(start).map_err(|_| ZayaError::Ext(format!("kv_append: start {start} out of range")))?;
+    call2(|ko, vo, s| unsafe {
+        zaya_kv_append(ko, vo, k.as_ptr(), v.as_ptr(), k_new.as_ptr(), v_new.as_ptr(), start, s)
+    })
 }

@@ -138,7 +138,13 @@ impl ResScale {
 
     /// [`merge`](Self::merge) followed by `norm` as one fused op: returns `(R' + h', norm(R' + h'))`,
     /// both f32. Falls back to the separate ops when the weights are not all f32.
-    pub fn merge_norm(&self, residual: Option<&Array>, h: &Array, norm: &RmsNorm, fused: bool) -> Result<(Array, Array)> {
+    pub fn merge_norm(
+        &self,
+        residual: Option<&Array>,
+        h: &Array,
+        norm: &RmsNorm,
+        fused: bool,
+    ) -> Result<(Array, Array)> {
         let f32 = Dtype::Float32;
         let pair = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
             (Some(s), Some(b)) if residual.is_some() => Some((s, b)),
@@ -736,8 +742,16 @@ impl ZayaModel {
             fused_layers: fused,
         };
         let mut cap = capture.then(LayerCapture::default);
+        // The fused path carries the hidden and residual streams as rows [B·T, H] (no reshapes
+        // between sub-layers); the plain path as [B, T, H].
+        let rows = fused;
+        let to3 = |a: &Array| -> Result<Array> { Ok(if rows { a.reshape(&[b, t, hdim])? } else { a.clone() }) };
 
-        let mut h = self.model.embed_tokens.embed(ids)?; // [B, T, H] f32
+        let mut h = if rows {
+            self.model.embed_tokens.embed(&ids.reshape(&[b * t])?)? // [B·T, H] f32
+        } else {
+            self.model.embed_tokens.embed(ids)? // [B, T, H] f32
+        };
         if let (Some(d), Probe::Phases(p)) = (mark(probe, &[&h])?, &mut *probe) {
             p.embed += d;
         }
@@ -747,35 +761,45 @@ impl ZayaModel {
         for layer in &self.model.layers {
             let n = layer.index;
             // the norm in f32; the router reads it in f32, projections and experts in the compute dtype
-            let (r, x32) = layer.res_scale.merge_norm(residual.as_ref(), &h, &layer.input_norm, fused)?;
+            let (r, x32) = layer
+                .res_scale
+                .merge_norm(residual.as_ref(), &h, &layer.input_norm, fused)?;
             let x = if x32.dtype() == dt {
                 x32.clone()
             } else {
                 x32.as_dtype(dt)?
             };
             if let Some(c) = cap.as_mut() {
-                c.residual.push(r.clone());
+                c.residual.push(to3(&r)?);
             }
             residual = Some(r);
             h = if let Some(attn) = &layer.self_attn {
-                attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
+                if rows {
+                    attn.forward_rows(&x, b, t, cache.attn_mut(n), offset, cca_opts)?
+                } else {
+                    attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
+                }
             } else {
                 let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
-                let out = moe.forward(
-                    &x.reshape(&[b * t, hdim])?,
-                    &x32.reshape(&[b * t, hdim])?,
-                    router_state.as_ref(),
-                    moe_opts,
-                )?;
+                let (xm, xr) = if rows {
+                    (x.clone(), x32.clone())
+                } else {
+                    (x.reshape(&[b * t, hdim])?, x32.reshape(&[b * t, hdim])?)
+                };
+                let out = moe.forward(&xm, &xr, router_state.as_ref(), moe_opts)?;
                 skips.push((n, out.skipped));
                 if let Some(c) = cap.as_mut() {
                     c.routes.insert(n, out.route.reshape(&[b, t])?);
                 }
                 router_state = Some(out.state);
-                out.y.reshape(&[b, t, hdim])?
+                if rows {
+                    out.y
+                } else {
+                    out.y.reshape(&[b, t, hdim])?
+                }
             };
             if let Some(c) = cap.as_mut() {
-                c.hidden.push(h.as_dtype(Dtype::Float32)?);
+                c.hidden.push(to3(&h)?.as_dtype(Dtype::Float32)?);
             }
             if let Probe::Phases(_) = probe {
                 let mut ev: Vec<&Array> = vec![&h];
@@ -795,13 +819,20 @@ impl ZayaModel {
         let (rs, norm) = (&self.model.res_scale, &self.model.final_norm);
         let logits = match mode {
             LogitsMode::None => None,
-            LogitsMode::All => Some(self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?),
+            LogitsMode::All => {
+                let y = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?;
+                Some(if rows { y.reshape(&[b, t, -1])? } else { y })
+            }
+            LogitsMode::Last if t == 1 => {
+                let y = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?;
+                Some(if rows { y.reshape(&[b, 1, -1])? } else { y })
+            }
             LogitsMode::Last => {
                 // only the last position: slice before the merge (elementwise, so the same values)
-                let (h_last, r_last) = if t > 1 {
-                    (h.index((.., t - 1..t, ..)), residual.as_ref().map(|r| r.index((.., t - 1..t, ..))))
-                } else {
-                    (h.clone(), residual.clone())
+                let h_last = to3(&h)?.index((.., t - 1..t, ..));
+                let r_last = match residual.as_ref() {
+                    Some(r) => Some(to3(r)?.index((.., t - 1..t, ..))),
+                    None => None,
                 };
                 Some(self.lm_head(&rs.merge_norm(r_last.as_ref(), &h_last, norm, fused)?.1)?)
             }

@@ -228,7 +228,9 @@ impl Router {
         let ok = |l: &QLinear, bias: bool| {
             l.format == WeightFormat::Float && l.backend == LinearBackend::Fused && l.bias.value.is_some() == bias
         };
-        ok(&self.down_proj, true) && ok(&self.router_mlp.l0, true) && ok(&self.router_mlp.l2, true)
+        ok(&self.down_proj, true)
+            && ok(&self.router_mlp.l0, true)
+            && ok(&self.router_mlp.l2, true)
             && ok(&self.router_mlp.l4, false)
             && self.rmsnorm_eda.weight.dtype() == Dtype::Float32
     }
@@ -633,7 +635,8 @@ impl ZayaMoe {
         };
         let sm = &self.experts.switch_mlp;
         let e_count = self.num_experts as i32;
-        if opts.backend == ExpertBackend::Fused && sm.fused_supported() && opts.fused_layers && route.skipped.is_some() {
+        let fused_out = opts.backend == ExpertBackend::Fused && sm.fused_supported() && opts.fused_layers;
+        if let (true, Some(skipped)) = (fused_out, route.skipped.as_ref()) {
             // one node each: experts (skip rows zero), then p·(experts | x | 0)
             let ey = sm.fused(x, &route.choice)?;
             let y = ext::moe_combine(
@@ -654,7 +657,7 @@ impl ZayaMoe {
                 y,
                 state: route.state,
                 route: route.choice,
-                skipped: route.skipped.unwrap(),
+                skipped: skipped.clone(),
             });
         }
         if opts.backend == ExpertBackend::Fused && sm.fused_supported() {

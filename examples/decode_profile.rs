@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example decode_profile -- BUNDLE [--steps N] [--prompt P] [--kernels fused|plain]
-//!     [--prefill-only]
+//!     [--prefill-only] [--no-fused-layers]
 //! ```
 //! A reduced-depth bundle with the real dimensions and vocabulary is a good target:
 //! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
@@ -37,7 +37,7 @@ fn peak_rss_bytes() -> u64 {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut dir = None;
-    let (mut steps, mut prompt, mut plain, mut prefill_only) = (16usize, 32usize, false, false);
+    let (mut steps, mut prompt, mut plain, mut prefill_only, mut no_fused) = (16usize, 32usize, false, false, false);
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -54,12 +54,14 @@ fn main() -> anyhow::Result<()> {
                 i += 1;
             }
             "--prefill-only" => prefill_only = true,
+            "--no-fused-layers" => no_fused = true,
             a => dir = Some(a.to_string()),
         }
         i += 1;
     }
     let dir = dir.ok_or_else(|| anyhow::anyhow!("usage: decode_profile BUNDLE [--steps N] [--prompt P]"))?;
     let mut opts = ModelOptions::default();
+    opts.fused_layers = !no_fused;
     if plain {
         opts.expert_backend = ExpertBackend::Plain;
         opts.linear_backend = LinearBackend::Plain;
@@ -79,6 +81,19 @@ fn main() -> anyhow::Result<()> {
     let pf = t.elapsed().as_secs_f64();
     println!("prefill {prompt} tokens: {:.3} s ({:.1} tok/s)", pf, prompt as f64 / pf);
     if prefill_only {
+        let mut c2 = model.new_cache();
+        let (_, p) = model.prefill_profiled(&toks, &mut c2, None)?;
+        let pl: Vec<String> = p.layers.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        println!(
+            "prefill profiled (ms): total {:.0} | embed {:.1} | attention {:.0} | moe {:.0} | head {:.1} | other {:.1}\n  per half-layer: {}",
+            ms(p.total()),
+            ms(p.embed),
+            ms(p.attention()),
+            ms(p.moe()),
+            ms(p.head),
+            ms(p.other),
+            pl.join(" ")
+        );
         println!("peak rss {:.3} GiB", peak_rss_bytes() as f64 / (1u64 << 30) as f64);
         return Ok(());
     }

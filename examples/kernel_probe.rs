@@ -199,6 +199,49 @@ fn main() {
         );
     }
 
+    if want("attn") {
+        // prefill chunk of 512 queries at the end of a 2048-position context, and one decode query
+        let (cap, d) = (2048i32, 128i32);
+        let k = Array::from_slice(&f32s(&mut rng, (2 * cap * d) as usize, -1.0, 1.0), &[1, 2, cap, d]);
+        let v = Array::from_slice(&f32s(&mut rng, (2 * cap * d) as usize, -1.0, 1.0), &[1, 2, cap, d]);
+        ev(&k);
+        ev(&v);
+        for t in [512i32, 1] {
+            let q = Array::from_slice(&f32s(&mut rng, (8 * t * d) as usize, -1.0, 1.0), &[1, 8, t, d]);
+            ev(&q);
+            let macs = 2.0 * 8.0 * (t as f64) * (cap as f64 - t as f64 / 2.0) * d as f64;
+            let r = time(5, || ev(&ext::cca_attention(&q, &k, &v, cap as usize, 0.088, true, ExtMode::Primitive).unwrap()));
+            println!(
+                "cca_attention T={t} len={cap}: min {:.3} ms median {:.3} ms ({:.1} GMAC/s)",
+                r.0,
+                r.1,
+                macs / r.0 / 1e6
+            );
+        }
+    }
+
+    if want("kv") {
+        // KV append into a large cache: in place (µs) unless the old storage is copied (≈1 ms)
+        let cap = 8192;
+        let mut k = mlx_rs::ops::zeros::<f32>(&[1, 2, cap, 128]).unwrap();
+        let mut v = mlx_rs::ops::zeros::<f32>(&[1, 2, cap, 128]).unwrap();
+        mlx_rs::transforms::eval([&k, &v]).unwrap();
+        let kn = Array::from_slice(&f32s(&mut rng, 256, -1.0, 1.0), &[1, 2, 1, 128]);
+        ev(&kn);
+        let mut pos = 0usize;
+        report(
+            "kv_append into [1,2,8192,128] x2",
+            0.0,
+            time(100, || {
+                let (k2, v2) = ext::kv_append(&k, &v, &kn, &kn, pos).unwrap();
+                k = k2;
+                v = v2;
+                mlx_rs::transforms::eval([&k, &v]).unwrap();
+                pos += 1;
+            }),
+        );
+    }
+
     if want("tiny") {
         let w = Array::from_slice(&f16s(&mut rng, 64 * D, -0.1, 0.1), &[64, D as i32]);
         ev(&w);

@@ -685,6 +685,28 @@ impl ZayaModel {
         Ok((l, st, names))
     }
 
+    /// [`prefill`](Self::prefill) that evaluates after every phase of every chunk and returns the
+    /// wall-clock time of each phase summed over the chunks (benchmark support).
+    pub fn prefill_profiled(
+        &self,
+        tokens: &[u32],
+        cache: &mut ModelCache,
+        chunk: Option<usize>,
+    ) -> Result<(Array, PhaseTimes)> {
+        let mut p = PhaseTimes::default();
+        let t = Instant::now();
+        let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
+        let opts = ForwardOptions {
+            logits: LogitsMode::Last,
+            capture: false,
+            chunk,
+        };
+        let out = self.forward_probed(&ids, cache, opts, Probe::Phases(&mut p))?;
+        p.embed += t.elapsed().saturating_sub(p.total());
+        let l = out.logits.expect("LogitsMode::Last");
+        Ok((l.reshape(&[1, self.config.vocab_size as i32])?, p))
+    }
+
     /// [`decode_step`](Self::decode_step) that evaluates after every phase (embedding, each
     /// half-layer, head) and returns the wall-clock time of each (benchmark support).
     pub fn decode_step_profiled(&self, token: u32, cache: &mut ModelCache) -> Result<(Array, PhaseTimes)> {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example decode_profile -- BUNDLE [--steps N] [--prompt P] [--kernels fused|plain]
-//!     [--prefill-only] [--no-fused-layers]
+//!     [--prefill-only] [--no-fused-layers] [--touch-all]
 //! ```
 //! A reduced-depth bundle with the real dimensions and vocabulary is a good target:
 //! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
@@ -34,10 +34,22 @@ fn peak_rss_bytes() -> u64 {
     ru.ru_maxrss as u64 * 1024
 }
 
+/// VmHWM, RssAnon and RssFile lines of /proc/self/status (Linux).
+fn rss_detail() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut dir = None;
     let (mut steps, mut prompt, mut plain, mut prefill_only, mut no_fused) = (16usize, 32usize, false, false, false);
+    let mut touch_all = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -55,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--prefill-only" => prefill_only = true,
             "--no-fused-layers" => no_fused = true,
+            "--touch-all" => touch_all = true,
             a => dir = Some(a.to_string()),
         }
         i += 1;
@@ -73,6 +86,20 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         peak_rss_bytes() as f64 / (1u64 << 30) as f64
     );
+    if touch_all {
+        // read every weight once (as a long generation eventually does: all experts get used)
+        use mlx_rs::module::ModuleParameters;
+        let t = Instant::now();
+        for (_, p) in model.parameters().flatten() {
+            p.sum(None)?.eval()?;
+        }
+        println!(
+            "touched every weight in {:.1} s: rss {:.3} GiB ({})",
+            t.elapsed().as_secs_f64(),
+            peak_rss_bytes() as f64 / (1u64 << 30) as f64,
+            rss_detail()
+        );
+    }
     let vocab = model.config().vocab_size as u32;
     let toks: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache();
@@ -80,6 +107,9 @@ fn main() -> anyhow::Result<()> {
     model.prefill(&toks, &mut cache, None)?;
     let pf = t.elapsed().as_secs_f64();
     println!("prefill {prompt} tokens: {:.3} s ({:.1} tok/s)", pf, prompt as f64 / pf);
+    let skipped: u64 = cache.skip_counts().iter().sum();
+    let routed: u64 = cache.routed_counts().iter().sum();
+    println!("  prefill routes: {routed} routed, {skipped} took the skip route");
     if prefill_only {
         let mut c2 = model.new_cache();
         let (_, p) = model.prefill_profiled(&toks, &mut c2, None)?;
@@ -151,6 +181,6 @@ fn main() -> anyhow::Result<()> {
     );
     let pl: Vec<String> = per_layer.into_iter().map(|v| format!("{:.2}", median(v))).collect();
     println!("per half-layer (ms): {}", pl.join(" "));
-    println!("peak rss {:.3} GiB", peak_rss_bytes() as f64 / (1u64 << 30) as f64);
+    println!("peak rss {:.3} GiB ({})", peak_rss_bytes() as f64 / (1u64 << 30) as f64, rss_detail());
     Ok(())
 }

@@ -271,6 +271,22 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
   const int64_t tb = std::max<int64_t>(1, std::min<int64_t>(32, (int64_t(4) << 20) / ((int64_t)g * d.len)));
   const int64_t nblk = (T + tb - 1) / tb;
   const int64_t tasks = (int64_t)d.B * d.Hk * nblk;
+  // Blocks of many query rows compute their scores as q·Kᵀ against transposed keys (the pv kernel's
+  // broadcast-FMA form, no horizontal sums), shared by the blocks of one (batch, KV head); a few query
+  // rows (decode) use the dot-product kernel on the keys as stored.
+  const bool transposed = (int64_t)tb * g >= 16 && T > 1;
+  std::vector<float> kt;
+  if (transposed) {
+    kt.resize((size_t)d.B * d.Hk * D * d.len);
+    parallel_for((int64_t)d.B * d.Hk, 1, [&](int64_t h0, int64_t h1) {
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const float* src = K + bh * (int64_t)d.cap * D;
+        float* dst = kt.data() + bh * D * d.len;
+        for (int64_t j = 0; j < d.len; ++j)
+          for (int64_t i = 0; i < D; ++i) dst[i * d.len + j] = src[j * D + i];
+      }
+    });
+  }
   parallel_for(tasks, 1, [&](int64_t k0, int64_t k1) {
     std::vector<float> qs, sc;
     std::vector<const float*> xs;
@@ -300,20 +316,13 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
         }
       const float* Kb = K + (b * d.Hk + kh) * (int64_t)d.cap * D;
       const float* Vb = V + (b * d.Hk + kh) * (int64_t)d.cap * D;
-      tab->dense_rows(kern::DenseMat{Kb, kern::kF32, (int)D}, 0, (int)nk, xs.data(), ys.data(), (int)nt);
+      if (transposed)
+        tab->pv_rows(kt.data() + (b * d.Hk + kh) * D * d.len, d.len, (int)D, (int)nk, xs.data(), ys.data(), (int)nt);
+      else
+        tab->dense_rows(kern::DenseMat{Kb, kern::kF32, (int)D}, 0, (int)nk, xs.data(), ys.data(), (int)nt);
       for (int64_t r = 0; r < nt; ++r) {
         const int64_t valid = offset + t0 + r / g + 1;  // causal: keys 0 ..= position
-        float* s = ys[r];
-        float m = s[0];
-        for (int64_t j = 1; j < valid; ++j) m = std::max(m, s[j]);
-        float sum = 0.f;
-        for (int64_t j = 0; j < valid; ++j) {
-          s[j] = std::exp(s[j] - m);
-          sum += s[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < valid; ++j) s[j] *= inv;
-        for (int64_t j = valid; j < nk; ++j) s[j] = 0.f;
+        tab->softmax_row(ys[r], (int)valid, (int)nk);
       }
       tab->pv_rows(Vb, (int)D, (int)nk, (int)D, const_cast<const float* const*>(ys.data()), os.data(), (int)nt);
     }

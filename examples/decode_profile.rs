@@ -73,8 +73,10 @@ fn main() -> anyhow::Result<()> {
         i += 1;
     }
     let dir = dir.ok_or_else(|| anyhow::anyhow!("usage: decode_profile BUNDLE [--steps N] [--prompt P]"))?;
-    let mut opts = ModelOptions::default();
-    opts.fused_layers = !no_fused;
+    let mut opts = ModelOptions {
+        fused_layers: !no_fused,
+        ..ModelOptions::default()
+    };
     if plain {
         opts.expert_backend = ExpertBackend::Plain;
         opts.linear_backend = LinearBackend::Plain;

@@ -147,34 +147,74 @@ fn main() {
         let signs = Array::from_slice(&signs, &[D as i32]);
         let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
         let ids: Vec<Array> = (0..e as i32).map(|i| Array::from_slice(&[i], &[1])).collect();
-        let w = |p: &'static str| -> (usize, &str) { (0, p) };
-        let _ = w;
         let c = TqCodec {
             codebook: &cb,
             signs: &signs,
             bits: 4,
         };
-        let mut k = 0;
         let bytes = 3.0 * (D * D / 2 + D * 2) as f64;
-        report(
-            "tq_switch_glu 1 expert N=1",
-            bytes,
-            time(64, || {
-                k += 1;
-                let y = ext::tq_switch_glu(
-                    &x,
-                    &ids[k % e],
-                    TqWeights { packed: &g, norms: &gn },
-                    TqWeights { packed: &u, norms: &un },
-                    TqWeights { packed: &d, norms: &dn },
-                    c,
-                    c,
-                    ExtMode::Primitive,
-                )
-                .unwrap();
-                ev(&y)
-            }),
-        );
+        for (name, mode) in [("tq_switch_glu 1 expert N=1 fused", ExtMode::Primitive), ("tq_switch_glu 1 expert N=1 portable", ExtMode::Portable)] {
+            let mut k = 0;
+            report(
+                name,
+                bytes,
+                time(if mode == ExtMode::Primitive { 64 } else { 8 }, || {
+                    k += 1;
+                    let y = ext::tq_switch_glu(
+                        &x,
+                        &ids[k % e],
+                        TqWeights { packed: &g, norms: &gn },
+                        TqWeights { packed: &u, norms: &un },
+                        TqWeights { packed: &d, norms: &dn },
+                        c,
+                        c,
+                        mode,
+                    )
+                    .unwrap();
+                    ev(&y)
+                }),
+            );
+        }
+    }
+
+    if want("tqprefill") {
+        let (e, cols) = (16usize, D / 8);
+        let mk = |rng: &mut ChaCha8Rng| {
+            let p = Array::from_slice(&u32s(rng, e * D * cols), &[e as i32, D as i32, cols as i32]);
+            let n = Array::from_slice(&f16s(rng, e * D, 0.5, 2.0), &[e as i32, D as i32]);
+            ev(&p);
+            ev(&n);
+            (p, n)
+        };
+        let (g, gn) = mk(&mut rng);
+        let (u, un) = mk(&mut rng);
+        let (d, dn) = mk(&mut rng);
+        let mut cb = f32s(&mut rng, 16, -0.06, 0.06);
+        cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let cb = Array::from_slice(&cb, &[16]);
+        let signs: Vec<f32> = (0..D).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+        let signs = Array::from_slice(&signs, &[D as i32]);
+        let n = 512usize;
+        let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
+        let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
+        let ids = Array::from_slice(&ids, &[n as i32]);
+        let c = TqCodec { codebook: &cb, signs: &signs, bits: 4 };
+        let r = time(3, || {
+            let y = ext::tq_switch_glu(
+                &x,
+                &ids,
+                TqWeights { packed: &g, norms: &gn },
+                TqWeights { packed: &u, norms: &un },
+                TqWeights { packed: &d, norms: &dn },
+                c,
+                c,
+                ExtMode::Primitive,
+            )
+            .unwrap();
+            ev(&y)
+        });
+        let macs = n as f64 * 3.0 * (D * D) as f64;
+        println!("tq_switch_glu N=512 (16 experts): min {:.1} ms median {:.1} ms ({:.1} GMAC/s)", r.0, r.1, macs / r.0 / 1e6);
     }
 
     if want("conv") {

@@ -2,6 +2,10 @@
 //! causal conv over time (through [`ext::cca_conv`], carrying `conv_state`), the mean paths, fp32 L2
 //! q/k normalisation to √D with the key temperature, dual time-stream values (current token ‖ previous
 //! token via `prev_hs`), partial NeoX RoPE, GQA softmax attention over the KV cache, and `o_proj`.
+//! Two implementations: [`CcaAttention::forward`] in plain MLX ops (plus the conv primitive), and
+//! [`CcaAttention::forward_rows`], the fused path (projections as [`ext::affine_multi`] nodes, steps
+//! 2–6 as [`ext::cca_qk`], the cache append as [`ext::kv_append`], attention as
+//! [`ext::cca_attention`]).
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;

@@ -7,8 +7,13 @@
 //!
 //! Ops: [`cca_conv`] (CCA convolution), [`tq_switch_glu`] (TurboQuant routed experts),
 //! [`affine_matmul`] / [`affine_embed`] (MLX affine weights: attention, embedding, tied lm_head),
-//! [`dense_matmul`] (float weights: the router MLP and other f16 layers).
-//! The CPU kernels of the last three pick AVX-512, AVX2 or scalar code at run time ([`KernelIsa`]).
+//! [`affine_multi`] (several affine matmuls side by side as one node), [`dense_matmul`] (float
+//! weights: the router MLP and other f16 layers). Fused layer ops (one graph node each where MLX's
+//! CPU backend needs tens of small ones): [`res_norm`] (residual scaling + merge + RMSNorm),
+//! [`router`] (the MoE router), [`moe_combine`] (the MoE output and skip route), [`cca_qk`] (the CCA
+//! conv, mean paths, q/k normalisation and RoPE), [`cca_attention`] (causal GQA attention over the
+//! KV storage), [`kv_append`]. The CPU kernels pick AVX-512, AVX2 or scalar code at run time
+//! ([`KernelIsa`]). [`graph_nodes`] / [`graph_histogram`] count a lazy graph's nodes.
 use std::ffi::CStr;
 use std::os::raw::c_int;
 

@@ -9,6 +9,14 @@
 //! are f32 always; the linear projections and the experts run in [`ModelOptions::dtype`] (f32
 //! default, bf16/f16 allowed) on the input_norm output rounded once to that dtype. Float weights
 //! are converted to their compute dtype once, when the model is built.
+//!
+//! Execution paths: by default (the fused linear backend with [`ModelOptions::fused_layers`]) each
+//! half-layer runs as a handful of mlx-ext primitives (residual merge + norm, fused projections, CCA
+//! q/k chain, attention, TurboQuant experts, router, MoE output: ≈6 graph nodes per half-layer on
+//! average), with the hidden and residual streams carried as rows `[B·T, H]`. The plain path
+//! (`linear_backend: Plain`) runs stock MLX ops throughout and is the parity reference; both agree
+//! to ~1e-6 relative (tests/model_backends.rs). [`ZayaModel::decode_step_counted`] and
+//! [`ZayaModel::decode_step_profiled`] measure a decode step's graph and phases.
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -7,6 +7,9 @@
 //! gate weight `w = p[e*]` (unbiased). Experts: `y = w · down(silu(gate x) ⊙ up x)`; the skip route
 //! (`e* = E`) gives `w · x` ([`ModSkip::ScaledIdentity`], the legacy reference) or `0` ([`ModSkip::Zero`]).
 //!
+//! With [`MoeOptions::fused_layers`] the router runs as one op ([`ext::router`]) and the output with
+//! its skip route as another ([`ext::moe_combine`]) around the fused experts.
+//!
 //! The plain expert path groups the tokens by chosen expert on the host (one sync per MoE layer) and
 //! runs each used expert once over its rows; TurboQuant rows are rotated once and shared by gate and
 //! up (jangtq-format.md §3.6, §4.4).

@@ -218,14 +218,24 @@ Pool& pool() {
 
 void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f) {
   if (n <= 0) return;
-  int64_t nt = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / std::max<int64_t>(min_chunk, 1));
+  min_chunk = std::max<int64_t>(min_chunk, 1);
+  int64_t nt = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / min_chunk);
   if (nt <= 1) {
     f(0, n);
     return;
   }
-  auto job = [&](int tid) {
-    int64_t b = n * tid / nt, e = n * (tid + 1) / nt;
-    if (b < e) f(b, e);
+  // Dynamic chunks (up to kChunksPerThread per thread, each ≥ min_chunk, aligned to min_chunk): a
+  // thread that starts late or is descheduled (a busy 2-core machine) leaves its share to the others.
+  constexpr int64_t kChunksPerThread = 4;
+  const int64_t chunks = std::min<int64_t>(nt * kChunksPerThread, (n + min_chunk - 1) / min_chunk);
+  const int64_t step = ((n + chunks - 1) / chunks + min_chunk - 1) / min_chunk * min_chunk;
+  std::atomic<int64_t> next{0};
+  auto job = [&](int) {
+    for (;;) {
+      const int64_t b = next.fetch_add(step, std::memory_order_relaxed);
+      if (b >= n) return;
+      f(b, std::min(n, b + step));
+    }
   };
   if (!pool().run(static_cast<int>(nt), job)) f(0, n);
 }

@@ -78,8 +78,9 @@ inline const mx::array* opt(mlx_array a) { return a.ctx ? static_cast<const mx::
 // Number of worker threads kernels split their work over (ZAYA_THREADS or the hardware count).
 int num_threads();
 
-// Runs f(begin, end) over [0, n) split into at most num_threads() contiguous chunks, on the calling
-// thread plus short-lived helpers; rows are split so each chunk holds at least `min_chunk` items.
+// Runs f(begin, end) over disjoint ranges covering [0, n), on the calling thread plus the pool's
+// workers: ranges of at least `min_chunk` items (multiples of it, except the last) handed out
+// dynamically, a few per thread, so a late or preempted thread does not hold up the others.
 void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f);
 
 }  // namespace zaya

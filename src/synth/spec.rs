@@ -277,7 +277,7 @@ impl SynthSpec {
         if !(self.norm_epsilon > 0.0 && self.norm_epsilon < 1.0) {
             return err("norm_epsilon", format!("{} is out of range", self.norm_epsilon));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return err("rope_theta", format!("{} must be positive", self.rope_theta));
         }
         if self.max_shard_bytes == 0 {

@@ -509,29 +509,33 @@ impl GenerationConfig {
     }
 }
 
-/// Typed field access with errors that name the field.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    file: &'a str,
+/// Typed access to the fields of a JSON object (`null` = absent), with errors that name the file
+/// and the field. Shared by the config parsers and `zaya synth --config`.
+pub(crate) struct Fields<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
+    pub(crate) file: &'a str,
 }
 
 impl Fields<'_> {
-    fn get(&self, k: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&Value> {
         self.obj.get(k).filter(|v| !v.is_null())
     }
-    fn usize(&self, k: &str) -> Result<Option<usize>> {
+    pub(crate) fn u64(&self, k: &str) -> Result<Option<u64>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
                 .as_u64()
-                .map(|n| Some(n as usize))
+                .map(Some)
                 .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a non-negative integer, found {v}"))),
         }
     }
-    fn req_usize(&self, k: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, k: &str) -> Result<Option<usize>> {
+        Ok(self.u64(k)?.map(|n| n as usize))
+    }
+    pub(crate) fn req_usize(&self, k: &str) -> Result<usize> {
         self.usize(k)?.ok_or_else(|| ZayaError::config(self.file, k, "missing"))
     }
-    fn u32(&self, k: &str) -> Result<Option<u32>> {
+    pub(crate) fn u32(&self, k: &str) -> Result<Option<u32>> {
         match self.usize(k)? {
             None => Ok(None),
             Some(n) => u32::try_from(n)
@@ -539,7 +543,7 @@ impl Fields<'_> {
                 .map_err(|_| ZayaError::config(self.file, k, format!("{n} is too large"))),
         }
     }
-    fn f64(&self, k: &str) -> Result<Option<f64>> {
+    pub(crate) fn f64(&self, k: &str) -> Result<Option<f64>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -548,7 +552,7 @@ impl Fields<'_> {
                 .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a number, found {v}"))),
         }
     }
-    fn bool(&self, k: &str) -> Result<Option<bool>> {
+    pub(crate) fn bool(&self, k: &str) -> Result<Option<bool>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -557,7 +561,7 @@ impl Fields<'_> {
                 .ok_or_else(|| ZayaError::config(self.file, k, format!("expected true/false, found {v}"))),
         }
     }
-    fn str(&self, k: &str) -> Result<Option<String>> {
+    pub(crate) fn str(&self, k: &str) -> Result<Option<String>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -567,7 +571,7 @@ impl Fields<'_> {
         }
     }
     /// An id or a list of ids.
-    fn ids(&self, k: &str) -> Result<Vec<u32>> {
+    pub(crate) fn ids(&self, k: &str) -> Result<Vec<u32>> {
         let bad = |v: &Value| ZayaError::config(self.file, k, format!("expected a token id or a list of ids, found {v}"));
         match self.get(k) {
             None => Ok(vec![]),

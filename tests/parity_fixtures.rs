@@ -1,7 +1,7 @@
 //! Parity with jang_tools.zaya.model on the jang-converted fixtures of tests/reference (tiny, wide,
 //! real, skip): f32 max|Δ| ≤ 5e-4·max|ref| for the logits and every per-layer tensor, equal argmax
-//! and routes at every position; bf16 activations against the f32 reference (relative 3e-2, argmax
-//! ≥ 99% of positions; see `bf16_parity` for why not the bf16 reference, and for `real`); the
+//! and routes at every position; bf16 activations against the f32 reference (logits relative 3e-2,
+//! argmax and routes equal at ≥ 99% of positions; see `bf16_parity` for why not the bf16 reference); the
 //! greedy continuation equals the reference's; the
 //! skip fixture's `p·x` matches while `zero` differs, and the skip counters see the skipped tokens.
 mod common;
@@ -46,13 +46,15 @@ fn f32_parity(name: &str) {
     }
 }
 
-/// bf16 activations against the f32 reference with the bf16 bar. The fixture's own bf16 reference
-/// is not the target: MLX's CPU quantized_matmul accumulates in bf16 (≈10% relative error at
-/// in = 2048), so it sits 4–40% away from its f32 reference, while our quantized matmuls accumulate
-/// in f32. We also check that we are closer to the f32 reference than that bf16 reference is.
-/// `strict = false` skips the bar for fixtures whose f32 routing has near-ties below bf16
-/// resolution (`real`: top-two router gap 1.4e-3; the bf16 reference flips a route there too).
-fn bf16_parity(name: &str, strict: bool) {
+/// bf16 activations against the f32 reference with the bf16 bar: logits within 3e-2·max|ref| with
+/// equal argmax at ≥ 99% of positions, and routes equal at ≥ 99% of positions. Per-layer states are
+/// printed (informative: at real dimensions single elements of a MoE output drift a little past
+/// 3e-2 in bf16 while the logits stay near 1e-2). The fixture's own bf16 reference is not the
+/// target: MLX's CPU quantized_matmul accumulates in bf16 (≈10% relative error at in = 2048), so it
+/// sits 4–40% away from its f32 reference, while our quantized matmuls accumulate in f32; we check
+/// that we are at least as close to the f32 reference as that bf16 reference is. The fixtures'
+/// routes have top-two gaps far above bf16 resolution (`min_router_gap` in fixtures.json).
+fn bf16_parity(name: &str) {
     let fx = common::fixture(name);
     let model = open(
         &fx,
@@ -62,19 +64,23 @@ fn bf16_parity(name: &str, strict: bool) {
         },
     );
     let r32 = load_ref(&fx.reference);
-    let logits_only = |r: &HashMap<String, Array>| -> HashMap<String, Array> {
-        r.iter()
-            .filter(|(k, _)| k.as_str() == "logits" || k.as_str() == "token_ids")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+    let only = |r: &HashMap<String, Array>, keep: &dyn Fn(&str) -> bool| -> HashMap<String, Array> {
+        r.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
     };
-    let opts = ParityOptions {
+    let bar = ParityOptions {
         rtol: 3e-2,
         min_agreement: 0.99,
     };
-    let rep = compare(&model, &r32, None, None, opts).unwrap();
-    eprint!("{name} bf16 vs the f32 reference:\n{}", rep.table());
-    assert!(rep.ok() || !strict, "{name}: bf16 parity vs the f32 reference failed");
+    let informative = ParityOptions {
+        rtol: 1.0,
+        min_agreement: 0.0,
+    };
+    let full = compare(&model, &r32, None, None, informative).unwrap();
+    eprint!("{name} bf16 vs the f32 reference (all tensors):\n{}", full.table());
+    let gated = only(&r32, &|k| k == "token_ids" || k == "logits" || k.starts_with("route."));
+    let rep = compare(&model, &gated, None, None, bar).unwrap();
+    eprint!("{name} bf16 bar (logits, routes):\n{}", rep.table());
+    assert!(rep.ok(), "{name}: bf16 parity vs the f32 reference failed");
     if let Some(p) = fx.reference_bf16() {
         let rb = load_ref(&p);
         let ours = rep.get("logits").unwrap().rel;
@@ -88,17 +94,7 @@ fn bf16_parity(name: &str, strict: bool) {
             ours <= d / m,
             "{name}: our bf16 run should be at least as close to f32 as the bf16 reference"
         );
-        let rep = compare(
-            &model,
-            &logits_only(&rb),
-            None,
-            None,
-            ParityOptions {
-                rtol: 1.0,
-                min_agreement: 0.0,
-            },
-        )
-        .unwrap();
+        let rep = compare(&model, &only(&rb, &|k| k == "token_ids" || k == "logits"), None, None, informative).unwrap();
         eprint!("{name} bf16 vs the bf16 reference (informative):\n{}", rep.table());
     }
 }
@@ -138,17 +134,17 @@ fn skip_f32() {
 #[test]
 fn real_dims_f32_and_bf16() {
     f32_parity("real");
-    bf16_parity("real", false);
+    bf16_parity("real");
 }
 
 #[test]
 fn tiny_bf16() {
-    bf16_parity("tiny", true);
+    bf16_parity("tiny");
 }
 
 #[test]
 fn wide_bf16() {
-    bf16_parity("wide", true);
+    bf16_parity("wide");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! Decode shapes cycle through more weights than the 32 MiB L3 holds (the 16 experts in turn, 16
 //! copies of the 2048×2048 projection) so the weights stream from DRAM as in real decoding.
 //!
+//! The fused layer primitives (`layers_decode`, `attention_prefill`) run at the model's decode shapes.
+//!
 //! `cargo bench --bench kernels` (a few minutes; sample counts are kept small). Filter with e.g.
 //! `cargo bench --bench kernels -- lm_head`. The kernel ISA is the best the CPU has unless
 //! ZAYA_EXT_ISA=scalar|avx2|avx512 caps it; the `isa` groups compare the ISAs directly.
@@ -236,5 +238,98 @@ fn bench_dense(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_tq, bench_affine, bench_dense);
+/// The fused layer primitives at ZAYA1-8B decode shapes (residual merge + RMSNorm, router, CCA q/k
+/// chain, attention over a 2048-position cache) and the attention of a 512-token prefill chunk.
+fn bench_layers(c: &mut Criterion) {
+    use zaya_mlx::ext::{cca_attention, cca_qk, res_norm, router, CcaQkParams, RouterWeights};
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let arr = |rng: &mut ChaCha8Rng, shape: &[i32], lo: f32, hi: f32| {
+        let n = shape.iter().product::<i32>() as usize;
+        let a = Array::from_slice(&rand_f32(rng, n, lo, hi), shape);
+        eval(&a);
+        a
+    };
+    let f16a = |rng: &mut ChaCha8Rng, shape: &[i32], s: f32| {
+        let n = shape.iter().product::<i32>() as usize;
+        let a = Array::from_slice(&rand_f16(rng, n, -s, s), shape);
+        eval(&a);
+        a
+    };
+    let d = D as i32;
+    let mut g = c.benchmark_group("layers_decode");
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+
+    let (h, r) = (arr(&mut rng, &[1, d], -1.0, 1.0), arr(&mut rng, &[1, d], -1.0, 1.0));
+    let vs: Vec<Array> = (0..5).map(|_| arr(&mut rng, &[d], 0.5, 1.5)).collect();
+    g.bench_function("res_norm", |b| {
+        b.iter(|| {
+            let (r2, x) = res_norm(&h, Some(&r), &vs[0], &vs[1], Some((&vs[2], &vs[3])), &vs[4], 1e-5, ExtMode::Primitive)
+                .unwrap();
+            mlx_rs::transforms::eval([&r2, &x]).unwrap();
+        })
+    });
+
+    let rh = 256;
+    let (dw, w0, w2, w4) =
+        (f16a(&mut rng, &[rh, d], 0.05), f16a(&mut rng, &[rh, rh], 0.1), f16a(&mut rng, &[rh, rh], 0.1), f16a(&mut rng, &[17, rh], 0.5));
+    let rv: Vec<Array> = (0..4).map(|_| arr(&mut rng, &[rh], -0.1, 0.1)).collect();
+    let bal = arr(&mut rng, &[17], -0.01, 0.01);
+    let prev = arr(&mut rng, &[1, rh], -1.0, 1.0);
+    let w = RouterWeights {
+        down_w: &dw,
+        down_b: &rv[0],
+        norm_w: &rv[1],
+        eps: 1e-5,
+        w0: &w0,
+        b0: &rv[2],
+        w2: &w2,
+        b2: &rv[3],
+        w4: &w4,
+        balancing: &bal,
+        num_experts: 16,
+    };
+    g.bench_function("router", |b| {
+        b.iter(|| {
+            let o = router(&h, Some((&prev, &rv[1])), w, ExtMode::Primitive).unwrap();
+            mlx_rs::transforms::eval([&o.choice, &o.state]).unwrap();
+        })
+    });
+
+    let (hq, hk, hd) = (8, 2, 128);
+    let cc = (hq + hk) * hd;
+    let u = arr(&mut rng, &[1, cc], -1.0, 1.0);
+    let st = arr(&mut rng, &[1, cc, 2], -1.0, 1.0);
+    let (w0c, b0c, w1c, b1c) =
+        (f16a(&mut rng, &[cc, 2, 1], 0.5), f16a(&mut rng, &[cc], 0.1), f16a(&mut rng, &[cc, 2, hd], 0.1), f16a(&mut rng, &[cc], 0.1));
+    let temp = arr(&mut rng, &[hk], 0.5, 1.5);
+    let vals = arr(&mut rng, &[1, hk * hd], -1.0, 1.0);
+    let p = CcaQkParams { q_heads: 8, kv_heads: 2, rotary_dim: 64, rope_theta: 5e6, clamp_temp: false, offset: 2047 };
+    g.bench_function("cca_qk T=1", |b| {
+        b.iter(|| {
+            let o = cca_qk(&u, &st, &w0c, &b0c, &w1c, &b1c, &temp, &vals, p, ExtMode::Primitive).unwrap();
+            mlx_rs::transforms::eval([&o.q, &o.k, &o.v, &o.conv_state]).unwrap();
+        })
+    });
+
+    let cap = 2048;
+    let k = arr(&mut rng, &[1, hk, cap, hd], -1.0, 1.0);
+    let v = arr(&mut rng, &[1, hk, cap, hd], -1.0, 1.0);
+    let q1 = arr(&mut rng, &[1, hq, 1, hd], -1.0, 1.0);
+    g.bench_function("cca_attention T=1 len=2048", |b| {
+        b.iter(|| eval(&cca_attention(&q1, &k, &v, cap as usize, 0.088, true, ExtMode::Primitive).unwrap()))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("attention_prefill");
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+    let q512 = arr(&mut rng, &[1, hq, 512, hd], -1.0, 1.0);
+    for (name, mode) in [("fused", ExtMode::Primitive), ("portable", ExtMode::Portable)] {
+        g.bench_function(BenchmarkId::new(name, "T=512 len=2048"), |b| {
+            b.iter(|| eval(&cca_attention(&q512, &k, &v, cap as usize, 0.088, true, mode).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_tq, bench_affine, bench_dense, bench_layers);
 criterion_main!(benches);

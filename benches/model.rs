@@ -340,19 +340,21 @@ fn state_outputs(c: &AttnCache) -> Vec<Array> {
 struct Variant {
     conv: ExtMode,
     backend: ExpertBackend,
+    /// The fused layer primitives (CCA q/k, attention, router, merges), as the fused model runs.
+    fused: bool,
 }
 
 fn variants(m: &Models) -> [(&'static str, &ZayaModel, Variant); 2] {
     [
-        ("fused", &m.fused, Variant { conv: ExtMode::Auto, backend: ExpertBackend::Fused }),
-        ("plain", &m.plain, Variant { conv: ExtMode::Portable, backend: ExpertBackend::Plain }),
+        ("fused", &m.fused, Variant { conv: ExtMode::Auto, backend: ExpertBackend::Fused, fused: true }),
+        ("plain", &m.plain, Variant { conv: ExtMode::Portable, backend: ExpertBackend::Plain, fused: false }),
     ]
 }
 
 /// Attention block only (x = the input_norm output) of `layer` at `ctx` cached positions.
-fn run_attention(layer: &ZayaLayer, x: &Array, mut cache: AttnCache, ctx: usize, conv_mode: ExtMode) {
+fn run_attention(layer: &ZayaLayer, x: &Array, mut cache: AttnCache, ctx: usize, v: Variant) {
     let attn = layer.self_attn.as_ref().unwrap();
-    let y = attn.forward(x, &mut cache, ctx, CcaOptions { conv_mode, kv_step: 256 }).unwrap();
+    let y = attn.forward(x, &mut cache, ctx, CcaOptions { conv_mode: v.conv, kv_step: 256, fused: v.fused }).unwrap();
     let mut outs = state_outputs(&cache);
     outs.push(y);
     mlx_rs::transforms::eval(outs.iter()).unwrap();
@@ -370,7 +372,7 @@ fn bench_attention(c: &mut Criterion, m: &Models) {
                 chunked(
                     b,
                     |_| attn_cache(&mut r, model, ctx),
-                    |i, cache| run_attention(layers[i as usize % layers.len()], &x, cache, ctx as usize, v.conv),
+                    |i, cache| run_attention(layers[i as usize % layers.len()], &x, cache, ctx as usize, v),
                 )
             });
         }
@@ -388,7 +390,7 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
     let r = layer.res_scale.merge(Some(residual), h).unwrap();
     let x = layer.input_norm.forward(&r).unwrap();
     if let Some(attn) = &layer.self_attn {
-        let y = attn.forward(&x, &mut cache, offset, CcaOptions { conv_mode: v.conv, kv_step: 256 }).unwrap();
+        let y = attn.forward(&x, &mut cache, offset, CcaOptions { conv_mode: v.conv, kv_step: 256, fused: v.fused }).unwrap();
         let mut outs = state_outputs(&cache);
         outs.push(y);
         outs.push(r);
@@ -397,7 +399,7 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let x2 = x.reshape(&[b * t, H]).unwrap();
         let moe = layer.zaya_block.as_ref().unwrap();
-        let opts = MoeOptions { backend: v.backend, ..MoeOptions::default() };
+        let opts = MoeOptions { backend: v.backend, fused_layers: v.fused, ..MoeOptions::default() };
         let out = moe.forward(&x2, &x2, Some(prev_state), opts).unwrap();
         eval(&[&out.y, &out.state, &out.skipped, &r]);
     }

@@ -23,7 +23,8 @@ int float_type(const mx::array& a, const char* name) {
   fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
 }
 
-mx::array contiguous_input(const mx::array& a, mx::Stream s) {
+// Weights: row-contiguous (a Contiguous node otherwise); x is packed inside the task when strided.
+mx::array weight_input(const mx::array& a, mx::Stream s) {
   if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
   return mx::contiguous(a, false, s);
 }
@@ -60,9 +61,12 @@ class DenseMatmul : public mx::UnaryPrimitive {
     auto& enc = mx::cpu::get_command_encoder(stream());
     for (auto& a : in) enc.set_input_array(a);
     enc.set_output_array(out);
-    DensePtrs p{in[0].data<float>(), in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr,
-                out.data<float>()};
-    enc.dispatch([p, d = d_, tab = tab_]() { run_dense(p, d, tab); });
+    DensePtrs p{nullptr, in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr, out.data<float>()};
+    enc.dispatch([p, x = in[0], d = d_, tab = tab_]() mutable {
+      std::vector<char> sx;
+      p.x = static_cast<const float*>(row_major(x, sx));
+      run_dense(p, d, tab);
+    });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("DenseMatmul has no GPU kernel");
@@ -121,8 +125,8 @@ extern "C" int zaya_dense_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, mlx
     if (d.N == 0) {
       set(y, mx::zeros(shape, mx::float32, s));
     } else if (use_prim) {
-      std::vector<mx::array> inputs{contiguous_input(x, s), contiguous_input(w, s)};
-      if (b) inputs.push_back(contiguous_input(*b, s));
+      std::vector<mx::array> inputs{x, weight_input(w, s)};
+      if (b) inputs.push_back(weight_input(*b, s));
       set(y, mx::array(shape, mx::float32, std::make_shared<DenseMatmul>(s, d, kern::best_table()),
                        std::move(inputs)));
     } else {

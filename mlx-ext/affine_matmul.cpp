@@ -7,6 +7,7 @@
 // per tile (w = s·q + b) and accumulating in f32 (leaf tiles in simd_impl.inc). N = 1 is a streaming
 // GEMV; larger N reuses each weight block across all token tiles while it is cache-resident.
 // Portable path: mx::quantized_matmul / mx::take + mx::dequantize.
+#include <algorithm>
 #include <cstring>
 
 #include "common.h"
@@ -55,10 +56,9 @@ AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::arra
   return d;
 }
 
-// Row-contiguous input for a primitive: arrays already evaluated (weights) are passed through as they
-// are when their layout is row-contiguous, which saves a scheduled Contiguous node per input; lazy
-// arrays get one (a no-op copy-free node when they turn out contiguous).
-mx::array contiguous_input(const mx::array& a, mx::Stream s) {
+// Weights are read through raw row-major pointers: a weight that is not (or may not be) row-contiguous
+// gets a Contiguous node. Activations are passed as they are and packed inside the task if needed.
+mx::array weight_input(const mx::array& a, mx::Stream s) {
   if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
   return mx::contiguous(a, false, s);
 }
@@ -84,47 +84,69 @@ void aff_prep_x(const float* x, int in, int L, float* out) {
     }
 }
 
-struct AffPtrs {
-  const float* x;
-  const uint32_t* w;
-  const void* scales;
-  const void* biases;
-  float* y;
+// One weight of a (multi-)matmul: its dims and its output column offset in y.
+struct AffPart {
+  AffDims d;
+  int64_t offset;
 };
 
-void run_affine(const AffPtrs& p, const AffDims& d, const kern::Table* tab) {
+constexpr int kMaxParts = 4;
+
+struct AffMulti {
+  int k;          // parts
+  int64_t N;      // rows of every x
+  int64_t total;  // columns of y
+  AffPart part[kMaxParts];
+};
+
+// y[:, off_i : off_i + out_i] = x_i · W_iᵀ for every part; inputs are [x_0, w_0, s_0, b_0, x_1, ...].
+void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, const kern::Table* tab) {
   const int L = tab->lanes;
-  std::vector<const float*> xs(d.N);
-  std::vector<float*> ys(d.N);
-  std::vector<float> xb;
-  if (d.bits == 4 && L > 1) {
-    xb.resize((size_t)d.N * d.in);
-    parallel_for(d.N, 16, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n) aff_prep_x(p.x + n * d.in, d.in, L, xb.data() + n * d.in);
-    });
-    for (int64_t n = 0; n < d.N; ++n) xs[n] = xb.data() + n * d.in;
-  } else {
-    for (int64_t n = 0; n < d.N; ++n) xs[n] = p.x + n * d.in;
+  const int64_t N = am.N;
+  std::vector<std::vector<char>> scratch(am.k);
+  std::vector<std::vector<float>> xb(am.k);
+  std::vector<std::vector<const float*>> xs(am.k, std::vector<const float*>(N));
+  std::vector<std::vector<float*>> ys(am.k, std::vector<float*>(N));
+  std::vector<kern::AffMat> mats;
+  for (int i = 0; i < am.k; ++i) {
+    const AffDims& d = am.part[i].d;
+    const float* x = static_cast<const float*>(row_major(in[4 * i], scratch[i]));
+    if (d.bits == 4 && L > 1) {
+      xb[i].resize((size_t)N * d.in);
+      float* dst = xb[i].data();
+      parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) aff_prep_x(x + n * d.in, d.in, L, dst + n * d.in);
+      });
+      x = dst;
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      xs[i][n] = x + n * d.in;
+      ys[i][n] = y + n * am.total + am.part[i].offset;
+    }
+    mats.push_back(kern::AffMat{in[4 * i + 1].data<uint32_t>(), in[4 * i + 2].data<void>(), in[4 * i + 3].data<void>(),
+                                d.stype, d.bits, d.group, d.in});
   }
-  for (int64_t n = 0; n < d.N; ++n) ys[n] = p.y + n * d.out;
-  const kern::AffMat m{p.w, p.scales, p.biases, d.stype, d.bits, d.group, d.in};
-  parallel_for(d.out, 64, [&](int64_t r0, int64_t r1) {
-    tab->aff_rows(m, (int)r0, (int)r1, xs.data(), ys.data(), (int)d.N);
+  parallel_for(am.total, 64, [&](int64_t r0, int64_t r1) {
+    for (int i = 0; i < am.k; ++i) {
+      const int64_t lo = std::max<int64_t>(r0, am.part[i].offset);
+      const int64_t hi = std::min<int64_t>(r1, am.part[i].offset + am.part[i].d.out);
+      if (lo < hi)
+        tab->aff_rows(mats[i], (int)(lo - am.part[i].offset), (int)(hi - am.part[i].offset), xs[i].data(),
+                      ys[i].data(), (int)N);
+    }
   });
 }
 
 class AffineMatmul : public mx::UnaryPrimitive {
  public:
-  AffineMatmul(mx::Stream stream, AffDims d, const kern::Table* tab)
-      : mx::UnaryPrimitive(stream), d_(d), tab_(tab) {}
+  AffineMatmul(mx::Stream stream, AffMulti am, const kern::Table* tab)
+      : mx::UnaryPrimitive(stream), am_(am), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& enc = mx::cpu::get_command_encoder(stream());
     for (auto& a : in) enc.set_input_array(a);
     enc.set_output_array(out);
-    AffPtrs p{in[0].data<float>(), in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(),
-              out.data<float>()};
-    enc.dispatch([p, d = d_, tab = tab_]() { run_affine(p, d, tab); });
+    enc.dispatch([in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("AffineMatmul has no GPU kernel");
@@ -132,16 +154,16 @@ class AffineMatmul : public mx::UnaryPrimitive {
   const char* name() const override { return "ZayaAffineMatmul"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const AffineMatmul&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(AffDims)) == 0 && tab_ == o.tab_;
+    return std::memcmp(&am_, &o.am_, sizeof(AffMulti)) == 0 && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();
-    s.back() = d_.out;
+    s.back() = static_cast<int>(am_.total);
     return {s};
   }
 
  private:
-  AffDims d_;
+  AffMulti am_;
   const kern::Table* tab_;
 };
 
@@ -180,9 +202,11 @@ class AffineEmbed : public mx::UnaryPrimitive {
     auto& enc = mx::cpu::get_command_encoder(stream());
     for (auto& a : in) enc.set_input_array(a);
     enc.set_output_array(out);
-    enc.dispatch([ids = reinterpret_cast<const uint32_t*>(in[0].data<void>()), w = in[1].data<uint32_t>(),
-                  s = in[2].data<void>(), b = in[3].data<void>(), y = out.data<float>(),
-                  d = d_]() { run_embed(ids, w, s, b, y, d); });
+    enc.dispatch([in, y = out.data<float>(), d = d_]() {
+      std::vector<char> sc;
+      const auto* ids = static_cast<const uint32_t*>(row_major(in[0], sc));
+      run_embed(ids, in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), y, d);
+    });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("AffineEmbed has no GPU kernel");
@@ -229,9 +253,13 @@ extern "C" int zaya_affine_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, ml
     if (d.N == 0) {
       set(y, mx::zeros(shape, mx::float32, s));
     } else if (use_prim) {
-      std::vector<mx::array> inputs;
-      for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(contiguous_input(*a, s));
-      set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, d, table_for(d)), std::move(inputs)));
+      AffMulti am{};
+      am.k = 1;
+      am.N = d.N;
+      am.total = d.out;
+      am.part[0] = AffPart{d, 0};
+      set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(d)),
+                       {x, weight_input(w, s), weight_input(sc, s), weight_input(bi, s)}));
     } else {
       set(y, mx::astype(mx::quantized_matmul(x, w, sc, bi, true, group_size, bits, "affine", s), mx::float32, s));
     }
@@ -261,7 +289,8 @@ extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, m
       set(y, mx::zeros(shape, mx::float32, s));
     } else if (use_prim) {
       std::vector<mx::array> inputs;
-      for (auto* a : {&ids, &w, &sc, &bi}) inputs.push_back(contiguous_input(*a, s));
+      inputs.push_back(ids);
+      for (auto* a : {&w, &sc, &bi}) inputs.push_back(weight_input(*a, s));
       set(y, mx::array(shape, mx::float32, std::make_shared<AffineEmbed>(s, d), std::move(inputs)));
     } else {
       // Out-of-range ids give zero rows here too.
@@ -275,6 +304,65 @@ extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, m
                                  std::nullopt, mx::float32, s);
       rows = mx::where(mx::expand_dims(valid, -1, s), rows, mx::array(0.0f), s);
       set(y, mx::reshape(rows, shape, s));
+    }
+  });
+}
+
+extern "C" int zaya_affine_multi(mlx_array* y, const mlx_array* xs_h, const mlx_array* ws_h, const mlx_array* ss_h,
+                                 const mlx_array* bs_h, size_t k, int bits, int group_size, int mode,
+                                 mlx_stream stream) {
+  using namespace zaya;
+  return guard("affine_multi", [&] {
+    check_mode(mode);
+    if (k < 1 || k > (size_t)kMaxParts)
+      fail("affine_multi takes 1 to " + std::to_string(kMaxParts) + " weights, got " + std::to_string(k));
+    auto s = get(stream);
+    AffMulti am{};
+    am.k = static_cast<int>(k);
+    std::vector<mx::array> inputs;
+    mx::Shape shape;
+    for (size_t i = 0; i < k; ++i) {
+      const std::string tag = "[" + std::to_string(i) + "]";
+      auto& x = get(xs_h[i], ("x" + tag).c_str());
+      auto& w = get(ws_h[i], ("w" + tag).c_str());
+      auto& sc = get(ss_h[i], ("scales" + tag).c_str());
+      auto& bi = get(bs_h[i], ("biases" + tag).c_str());
+      auto d = check_weight(w, sc, bi, bits, group_size);
+      expect_dtype(x, mx::float32, ("x" + tag).c_str());
+      if (x.ndim() < 1 || x.shape(-1) != d.in)
+        fail("x" + tag + " must be [..., in] with in = " + std::to_string(d.in) + " (w" + tag + " is " +
+             shape_str(w.shape()) + " at " + std::to_string(bits) + " bits), got " + shape_str(x.shape()));
+      d.N = x.size() / d.in;
+      if (i == 0) {
+        am.N = d.N;
+        shape = x.shape();
+      } else if (d.N != am.N) {
+        fail("x" + tag + " has " + std::to_string(d.N) + " rows, x[0] has " + std::to_string(am.N));
+      }
+      am.part[i] = AffPart{d, am.total};
+      am.total += d.out;
+      for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(*a);
+    }
+    shape.back() = static_cast<int>(am.total);
+    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
+      fail("the AffineMatmul primitive has no kernel for this stream's device; use the portable mode");
+    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    if (am.N == 0) {
+      set(y, mx::zeros(shape, mx::float32, s));
+    } else if (use_prim) {
+      for (size_t i = 0; i < inputs.size(); ++i)
+        if (i % 4 != 0) inputs[i] = weight_input(inputs[i], s);
+      set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(am.part[0].d)),
+                       std::move(inputs)));
+    } else {
+      std::vector<mx::array> parts;
+      for (size_t i = 0; i < k; ++i) {
+        auto x2 = mx::reshape(inputs[4 * i], {static_cast<int>(am.N), am.part[i].d.in}, s);
+        parts.push_back(mx::astype(mx::quantized_matmul(x2, inputs[4 * i + 1], inputs[4 * i + 2], inputs[4 * i + 3],
+                                                        true, group_size, bits, "affine", s),
+                                   mx::float32, s));
+      }
+      set(y, mx::reshape(mx::concatenate(parts, 1, s), shape, s));
     }
   });
 }

@@ -91,7 +91,7 @@ class CcaConv : public mx::Primitive {
 };
 
 void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  // Inputs are made row-contiguous by the op before the primitive is built.
+  // Inputs may be strided views: they are packed inside the task when needed.
   auto& u = in[0];
   auto& st = in[1];
   auto& w0 = in[2];
@@ -108,9 +108,14 @@ void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
   enc.set_output_array(z);
   enc.set_output_array(ns);
 
-  enc.dispatch([u_p = u.data<float>(), st_p = st.data<float>(), w0_p = w0.data<float>(),
-                b0_p = b0.data<float>(), w1_p = w1.data<float>(), b1_p = b1.data<float>(),
-                z_p = z.data<float>(), ns_p = ns.data<float>(), d = d_]() {
+  enc.dispatch([in, z_p = z.data<float>(), ns_p = ns.data<float>(), d = d_]() {
+    std::vector<char> sc[6];
+    const float* u_p = static_cast<const float*>(row_major(in[0], sc[0]));
+    const float* st_p = static_cast<const float*>(row_major(in[1], sc[1]));
+    const float* w0_p = static_cast<const float*>(row_major(in[2], sc[2]));
+    const float* b0_p = static_cast<const float*>(row_major(in[3], sc[3]));
+    const float* w1_p = static_cast<const float*>(row_major(in[4], sc[4]));
+    const float* b1_p = static_cast<const float*>(row_major(in[5], sc[5]));
     const int64_t C = d.C, T = d.T, S = d.S, K0 = d.K0, K1 = d.K1, Cg = d.Cg;
     const int64_t L = T + S;           // padded length
     const int64_t La = L - K0 + 1;     // conv-0 output length (= T + K1 - 1)
@@ -180,7 +185,7 @@ extern "C" int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u_h, 
     std::vector<mx::array> outs;
     if (use_prim) {
       std::vector<mx::array> inputs;
-      for (auto* a : {&u, &state, &w0, &b0, &w1, &b1}) inputs.push_back(mx::contiguous(*a, false, s));
+      for (auto* a : {&u, &state, &w0, &b0, &w1, &b1}) inputs.push_back(*a);
       auto shapes = std::vector<mx::Shape>{{d.B, d.T, d.C}, {d.B, d.C, d.S}};
       outs = mx::array::make_arrays(std::move(shapes), {mx::float32, mx::float32},
                                     std::make_shared<CcaConv>(s, d), std::move(inputs));

@@ -1,7 +1,10 @@
 #include "common.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <cstdlib>
 #include <mutex>
 
@@ -40,6 +43,45 @@ void expect_ndim(const mx::array& a, int ndim, const char* name) {
          shape_str(a.shape()));
 }
 
+const void* row_major(const mx::array& a, std::vector<char>& scratch) {
+  if (a.flags().row_contiguous) return a.data<void>();
+  const size_t isz = a.itemsize();
+  const int nd = a.ndim();
+  scratch.resize(a.size() * isz);
+  if (a.size() == 0) return scratch.data();
+  const char* src = static_cast<const char*>(a.data<void>());
+  char* dst = scratch.data();
+  const auto& sh = a.shape();
+  const auto& st = a.strides();
+  const int64_t inner = sh[nd - 1];
+  const int64_t istride = st[nd - 1] * (int64_t)isz;
+  std::vector<int64_t> idx(nd > 1 ? nd - 1 : 1, 0);
+  const int64_t outer = (int64_t)a.size() / inner;
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t off = 0;
+    for (int d = 0; d < nd - 1; ++d) off += idx[d] * st[d];
+    const char* s = src + off * (int64_t)isz;
+    if (istride == (int64_t)isz) {
+      std::memcpy(dst, s, inner * isz);
+      dst += inner * isz;
+    } else {
+      for (int64_t i = 0; i < inner; ++i, dst += isz) std::memcpy(dst, s + i * istride, isz);
+    }
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < sh[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return scratch.data();
+}
+
+int float_type_of(const mx::array& a, const char* name) {
+  if (a.dtype() == mx::float32) return 0;
+  if (a.dtype() == mx::float16) return 1;
+  if (a.dtype() == mx::bfloat16) return 2;
+  fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
+}
+
 int num_threads() {
   static int n = [] {
     if (const char* e = std::getenv("ZAYA_THREADS")) {
@@ -54,8 +96,11 @@ int num_threads() {
 
 namespace {
 
-// A persistent fork-join pool: num_threads()-1 workers sleep on a condition variable and the caller
-// thread takes part as worker 0. One job at a time; a nested or concurrent call runs inline.
+// A persistent fork-join pool: num_threads()-1 workers and the caller thread as worker 0. One job at a
+// time; a nested or concurrent call runs inline. Workers wait for jobs (and the caller for the workers)
+// on condition variables, optionally after spinning for ZAYA_SPIN_US microseconds. Spinning is off by
+// default: on the 2-core target MLX's scheduler thread and the graph-building thread run beside the
+// kernels, and a spinning worker took their core (decode measured ≈10% slower with 50 µs of spin).
 class Pool {
  public:
   explicit Pool(int n) : n_(n) {
@@ -64,8 +109,8 @@ class Pool {
   ~Pool() {
     {
       std::lock_guard<std::mutex> lk(m_);
-      stop_ = true;
-      ++gen_;
+      stop_.store(true);
+      gen_.fetch_add(1);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -77,39 +122,77 @@ class Pool {
   bool run(int nt, const std::function<void(int)>& f) {
     std::unique_lock<std::mutex> busy(run_m_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
+    job_.store(&f, std::memory_order_relaxed);
+    nt_.store(nt, std::memory_order_relaxed);
+    pending_.store(nt - 1, std::memory_order_relaxed);
     {
-      std::lock_guard<std::mutex> lk(m_);
-      job_ = &f;
-      nt_ = nt;
-      pending_ = nt - 1;
-      ++gen_;
+      std::lock_guard<std::mutex> lk(m_);  // pairs with the sleepers' predicate check
+      gen_.fetch_add(1, std::memory_order_release);
     }
-    cv_.notify_all();
+    if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
     f(0);
-    std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
-    job_ = nullptr;
+    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lk(m_);
+      done_cv_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     return true;
   }
 
  private:
+  // Spin time before sleeping: ZAYA_SPIN_US microseconds (default 0 = sleep at once).
+  static int64_t spin_ns() {
+    static const int64_t ns = [] {
+      if (const char* e = std::getenv("ZAYA_SPIN_US")) return (int64_t)std::max(0, std::atoi(e)) * 1000;
+      return (int64_t)0;
+    }();
+    return ns;
+  }
+
+  static void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  // Spins until pred() holds or spin_ns() pass; returns pred()'s last value.
+  template <class P>
+  static bool spin_until(P&& pred) {
+    const int64_t limit = spin_ns();
+    if (limit == 0) return pred();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 1;; ++i) {
+      if (pred()) return true;
+      relax();
+      if ((i & 63) == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::nanoseconds(limit)) return pred();
+    }
+  }
+
   void loop(int id) {
     uint64_t seen = 0;
     for (;;) {
-      const std::function<void(int)>* job = nullptr;
-      int nt = 0;
-      {
+      if (!spin_until([&] { return gen_.load(std::memory_order_acquire) != seen; })) {
         std::unique_lock<std::mutex> lk(m_);
-        cv_.wait(lk, [&] { return gen_ != seen; });
-        seen = gen_;
-        if (stop_) return;
-        job = job_;
-        nt = nt_;
+        sleepers_.fetch_add(1, std::memory_order_acq_rel);
+        cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
+        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
       }
+      // a consistent (generation, job) snapshot: the caller publishes the job before the generation
+      uint64_t g;
+      const std::function<void(int)>* job;
+      int nt;
+      do {
+        g = gen_.load(std::memory_order_acquire);
+        job = job_.load(std::memory_order_relaxed);
+        nt = nt_.load(std::memory_order_relaxed);
+      } while (gen_.load(std::memory_order_acquire) != g);
+      seen = g;
+      if (stop_.load()) return;
       if (job && id < nt) {
         (*job)(id);
-        std::lock_guard<std::mutex> lk(m_);
-        if (--pending_ == 0) done_cv_.notify_one();
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          std::lock_guard<std::mutex> lk(m_);
+          done_cv_.notify_one();
+        }
       }
     }
   }
@@ -118,11 +201,12 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex m_, run_m_;
   std::condition_variable cv_, done_cv_;
-  uint64_t gen_ = 0;
-  bool stop_ = false;
-  const std::function<void(int)>* job_ = nullptr;
-  int nt_ = 0;
-  int pending_ = 0;
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<const std::function<void(int)>*> job_{nullptr};
+  std::atomic<int> nt_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
 };
 
 Pool& pool() {
@@ -134,14 +218,24 @@ Pool& pool() {
 
 void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f) {
   if (n <= 0) return;
-  int64_t nt = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / std::max<int64_t>(min_chunk, 1));
+  min_chunk = std::max<int64_t>(min_chunk, 1);
+  int64_t nt = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / min_chunk);
   if (nt <= 1) {
     f(0, n);
     return;
   }
-  auto job = [&](int tid) {
-    int64_t b = n * tid / nt, e = n * (tid + 1) / nt;
-    if (b < e) f(b, e);
+  // Dynamic chunks (up to kChunksPerThread per thread, each ≥ min_chunk, aligned to min_chunk): a
+  // thread that starts late or is descheduled (a busy 2-core machine) leaves its share to the others.
+  constexpr int64_t kChunksPerThread = 4;
+  const int64_t chunks = std::min<int64_t>(nt * kChunksPerThread, (n + min_chunk - 1) / min_chunk);
+  const int64_t step = ((n + chunks - 1) / chunks + min_chunk - 1) / min_chunk * min_chunk;
+  std::atomic<int64_t> next{0};
+  auto job = [&](int) {
+    for (;;) {
+      const int64_t b = next.fetch_add(step, std::memory_order_relaxed);
+      if (b >= n) return;
+      f(b, std::min(n, b + step));
+    }
   };
   if (!pool().run(static_cast<int>(nt), job)) f(0, n);
 }

@@ -64,11 +64,23 @@ void expect_ndim(const mx::array& a, int ndim, const char* name);
 // Is there a custom CPU kernel for this stream?
 inline bool has_cpu_kernel(const mx::Stream& s) { return s.device == mx::Device::cpu; }
 
+// Row-major contiguous elements of `a`: its own buffer when it is row-contiguous, otherwise a packed
+// copy in `scratch` (strided gather; broadcast and transposed views included). Call only inside the
+// scheduled task, once the input's data exist. Lets primitives take lazy views without Contiguous nodes.
+const void* row_major(const mx::array& a, std::vector<char>& scratch);
+
+// Element type code of a float array (kern::kF32 / kF16 / kBF16); throws for other dtypes.
+int float_type_of(const mx::array& a, const char* name);
+
+// Is `a` usable as an optional argument (a non-empty handle)?
+inline const mx::array* opt(mlx_array a) { return a.ctx ? static_cast<const mx::array*>(a.ctx) : nullptr; }
+
 // Number of worker threads kernels split their work over (ZAYA_THREADS or the hardware count).
 int num_threads();
 
-// Runs f(begin, end) over [0, n) split into at most num_threads() contiguous chunks, on the calling
-// thread plus short-lived helpers; rows are split so each chunk holds at least `min_chunk` items.
+// Runs f(begin, end) over disjoint ranges covering [0, n), on the calling thread plus the pool's
+// workers: ranges of at least `min_chunk` items (multiples of it, except the last) handed out
+// dynamically, a few per thread, so a late or preempted thread does not hold up the others.
 void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f);
 
 }  // namespace zaya

@@ -23,9 +23,18 @@ struct V {
   static constexpr int kMaxAcc = 8;
   static F zero() { return _mm256_setzero_ps(); }
   static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  static void storef(float* p, F a) { _mm256_storeu_ps(p, a); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static float hmax(F a) {
+    float t[8];
+    _mm256_storeu_ps(t, a);
+    float m = t[0];
+    for (int i = 1; i < 8; ++i) m = t[i] > m ? t[i] : m;
+    return m;
+  }
   static float hsum(F a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -104,7 +113,7 @@ struct V {
 
 namespace zaya::kern {
 const Table* avx2_table() {
-  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl};
+  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl};
   return &t;
 }
 }  // namespace zaya::kern

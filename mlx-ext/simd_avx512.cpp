@@ -24,9 +24,12 @@ struct V {
   static constexpr int kMaxAcc = 16;
   static F zero() { return _mm512_setzero_ps(); }
   static F loadf(const float* p) { return _mm512_loadu_ps(p); }
+  static void storef(float* p, F a) { _mm512_storeu_ps(p, a); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static float hmax(F a) { return _mm512_reduce_max_ps(a); }
   static float hsum(F a) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -97,7 +100,7 @@ struct V {
 
 namespace zaya::kern {
 const Table* avx512_table() {
-  static const Table t{kAvx512, 16, tq_rows_impl, aff_rows_impl, dense_rows_impl};
+  static const Table t{kAvx512, 16, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl};
   return &t;
 }
 }  // namespace zaya::kern

@@ -66,6 +66,12 @@ struct Table {
   void (*aff_rows)(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
   // y[t][r] = sum_i w[r, i] * x[t][i] (x natural layout)
   void (*dense_rows)(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
+  // o[t][d] = sum_{j < n} p[t][j] * v[j * ld + d] for d < dim (attention's probabilities times values;
+  // v rows f32 with stride ld, ps/os f32 rows)
+  void (*pv_rows)(const float* v, int ld, int n, int dim, const float* const* ps, float* const* os, int nt);
+  // s[0, n) <- softmax(s[0, n)) (max-subtracted, exp by a polynomial with relative error < 2e-7),
+  // s[n, total) <- 0
+  void (*softmax_row)(float* s, int n, int total);
 };
 
 // Tables (nullptr when the ISA is not compiled in or the CPU lacks it).

@@ -12,9 +12,12 @@ struct V {
   static constexpr int kMaxAcc = 16;
   static F zero() { return 0.f; }
   static F loadf(const float* p) { return *p; }
+  static void storef(float* p, F a) { *p = a; }
   static F set1(float v) { return v; }
   static F fma(F a, F b, F c) { return a * b + c; }
   static F add(F a, F b) { return a + b; }
+  static F max(F a, F b) { return a > b ? a : b; }
+  static float hmax(F a) { return a; }
   static float hsum(F a) { return a; }
   static I loadw(const uint32_t* p) { return *p; }
   template <int BITS>
@@ -45,7 +48,7 @@ struct V {
 }  // namespace
 
 const Table* scalar_table() {
-  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl};
+  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl};
   return &t;
 }
 

@@ -32,10 +32,10 @@ int float_type(const mx::array& a, const char* name) {
   fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
 }
 
-// Row-contiguous input for a primitive: arrays already evaluated (weights) are passed through as they
-// are when their layout is row-contiguous, which saves a scheduled Contiguous node per input; lazy
-// arrays get one (a no-op copy-free node when they turn out contiguous).
-mx::array contiguous_input(const mx::array& a, mx::Stream s) {
+// Weights are read through raw row-major pointers: a weight that is not (or may not be) row-contiguous
+// gets a Contiguous node. The activations (x, idx) are passed as they are and packed inside the task
+// when they turn out strided.
+mx::array weight_input(const mx::array& a, mx::Stream s) {
   if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
   return mx::contiguous(a, false, s);
 }
@@ -374,14 +374,15 @@ class TqSwitchGlu : public mx::UnaryPrimitive {
 };
 
 void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
-  // Inputs are row-contiguous (the op wraps them in mx::contiguous), in the order of zaya_tq_switch_glu.
+  // Inputs in the order of zaya_tq_switch_glu; the weights are row-contiguous (weight_input), x and idx
+  // are packed inside the task when strided.
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& enc = mx::cpu::get_command_encoder(stream());
   for (auto& a : in) enc.set_input_array(a);
   enc.set_output_array(out);
   TqPtrs p;
-  p.x = in[0].data<float>();
-  p.idx = reinterpret_cast<const uint32_t*>(in[1].data<void>());
+  p.x = nullptr;
+  p.idx = nullptr;
   p.gp = in[2].data<uint32_t>();
   p.gn = in[3].data<void>();
   p.up = in[4].data<uint32_t>();
@@ -393,7 +394,12 @@ void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   p.cbd = in[10].data<float>();
   p.sd = in[11].data<float>();
   p.y = out.data<float>();
-  enc.dispatch([p, d = d_, tab = tab_]() { run_tq(p, d, tab); });
+  enc.dispatch([p, x = in[0], idx = in[1], d = d_, tab = tab_]() mutable {
+    std::vector<char> sx, si;
+    p.x = static_cast<const float*>(row_major(x, sx));
+    p.idx = static_cast<const uint32_t*>(row_major(idx, si));
+    run_tq(p, d, tab);
+  });
 }
 
 }  // namespace
@@ -427,9 +433,8 @@ extern "C" int zaya_tq_switch_glu(mlx_array* y, mlx_array x_h, mlx_array idx_h, 
     if (d.N == 0) {
       set(y, mx::zeros(TqSwitchGlu::shape(d), mx::float32, s));
     } else if (use_prim) {
-      std::vector<mx::array> inputs;
-      for (auto* a : {&x, &idx, &gp, &gn, &up, &un, &dp, &dn, &cbgu, &sgu, &cbd, &sd})
-        inputs.push_back(contiguous_input(*a, s));
+      std::vector<mx::array> inputs{x, idx};
+      for (auto* a : {&gp, &gn, &up, &un, &dp, &dn, &cbgu, &sgu, &cbd, &sd}) inputs.push_back(weight_input(*a, s));
       set(y, mx::array(TqSwitchGlu::shape(d), mx::float32,
                        std::make_shared<TqSwitchGlu>(s, d, kern::best_table()), std::move(inputs)));
     } else {

@@ -39,6 +39,8 @@ int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u, mlx_array sta
 // Counts the unevaluated primitive nodes reachable from `outs` (siblings once) and how many of them
 // are dtype casts (AsType). For benchmarks: graph nodes evaluated per decode step.
 int zaya_graph_nodes(const mlx_array* outs, size_t n, int64_t* nodes, int64_t* casts);
+// The same nodes by primitive name: "Name count\n" lines, most frequent first (NULL on error).
+const char* zaya_graph_histogram(const mlx_array* outs, size_t n);
 
 // ---- Kernel instruction set (TurboQuant and affine primitives) ---------------------------------------
 // Levels: 0 = portable scalar C++, 1 = AVX2+FMA+F16C, 2 = AVX-512 (F/BW/DQ/VL). The kernels use the best
@@ -78,6 +80,12 @@ int zaya_tq_switch_glu(mlx_array* y, mlx_array x, mlx_array idx, mlx_array gate_
 int zaya_affine_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array scales, mlx_array biases,
                        int bits, int group_size, int mode, mlx_stream stream);
 
+// Several affine matmuls as one op, outputs side by side: y = [x_0·W_0ᵀ ‖ x_1·W_1ᵀ ‖ …] for k ≤ 4
+// weights of one bit width and group size; every x_i float32 with the same number of rows N (any
+// leading shape). Output: x_0's leading shape + [Σ out_i], float32.
+int zaya_affine_multi(mlx_array* y, const mlx_array* xs, const mlx_array* ws, const mlx_array* scales,
+                      const mlx_array* biases, size_t k, int bits, int group_size, int mode, mlx_stream stream);
+
 // Dequantized rows of the same affine weight: out[..., :] = W[ids[...], :] as float32, shape
 // ids.shape + [in]. ids int32/uint32; an id outside [0, out) gives a zero row (the caller validates
 // token ids; the kernel never reads out of bounds).
@@ -88,6 +96,62 @@ int zaya_affine_embed(mlx_array* y, mlx_array ids, mlx_array w, mlx_array scales
 // y = x · Wᵀ (+ b): x [..., in] float32, w [out, in] float16/bfloat16/float32 (read as stored), bias
 // [out] float16/bfloat16/float32 or an empty handle (ctx == NULL) for none. Output [..., out] float32.
 int zaya_dense_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array bias, int mode, mlx_stream stream);
+
+// ---- Fused layer primitives (layers.cpp); optional arguments are empty handles (ctx == NULL) ----------
+// Residual scaling, merge and RMSNorm of one half-layer (zaya-architecture.md §2.3, §2.5):
+//   r_out = (h + h_bias) ⊙ h_scale + [(r + r_bias) ⊙ r_scale | r | nothing]
+//   x_out = r_out · rsqrt(mean(r_out²) + eps) ⊙ norm_w
+// h, r [..., H] float32 (r optional); h_bias, h_scale, r_bias, r_scale (optional, together), norm_w [H]
+// float32. Outputs r_out, x_out [..., H] float32.
+int zaya_res_norm(mlx_array* r_out, mlx_array* x_out, mlx_array h, mlx_array r, mlx_array h_bias,
+                  mlx_array h_scale, mlx_array r_bias, mlx_array r_scale, mlx_array norm_w, float eps, int mode,
+                  mlx_stream stream);
+
+// The MoE router (zaya-architecture.md §4.2) for N tokens:
+//   r = x·W_dᵀ + b_d (+ prev ⊙ states_scale); n = RMSNorm(r; norm_w, eps);
+//   logits = W₄·GELU(W₂·GELU(W₀·n + b₀) + b₂) (exact-erf GELU); p = softmax(logits);
+//   choice = argmax(p + balancing) (first maximum), score = p[choice].
+//   x [N, H] float32; prev [N, R] float32 and states_scale [R] (optional, together);
+//   down_w [R, H], w0/w2 [R, R], w4 [L, R] float16/bfloat16/float32; down_b, norm_w, b0, b2 [R] and
+//   balancing [L] float32; num_experts E ≤ L (ids ≥ E are the skip route).
+// Outputs: choice [N] int32, score [N] float32, state [N, R] float32 (= r), probs [N, L] float32,
+// skipped [] int32 (tokens with choice ≥ E).
+int zaya_router(mlx_array* choice, mlx_array* score, mlx_array* state, mlx_array* probs, mlx_array* skipped,
+                mlx_array x, mlx_array prev, mlx_array states_scale, mlx_array down_w, mlx_array down_b,
+                mlx_array norm_w, float eps, mlx_array w0, mlx_array b0, mlx_array w2, mlx_array b2, mlx_array w4,
+                mlx_array balancing, int num_experts, int mode, mlx_stream stream);
+
+// MoE output (zaya-architecture.md §4.4, §4.5): y[n] = score[n]·ey[n] when 0 ≤ choice[n] < E, else
+// score[n]·x[n] (zero_skip = 0, the p·x skip route) or 0 (zero_skip = 1).
+//   ey, x [N, H] float32; choice [N] int32; score [N] float32. Output y [N, H] float32.
+int zaya_moe_combine(mlx_array* y, mlx_array ey, mlx_array x, mlx_array choice, mlx_array score, int num_experts,
+                     int zero_skip, int mode, mlx_stream stream);
+
+// ---- CCA attention after the projections (cca_attn.cpp) ----------------------------------------------
+// The CCA q/k chain (zaya-architecture.md §3.2 steps 2–6): the two-stage causal conv over u = [q̃ ‖ k̃]
+// with the carried state, the mean paths, L2 normalisation to √D (max(‖·‖, 1e-6)), the key temperature
+// (exp(clip(temp, 1e-7, 2)) when clamp_temp), partial NeoX RoPE (rotary_dim, rope_theta) at absolute
+// positions offset + t, and the values split per KV head.
+//   u [B, T, (Hq+Hk)·D] (or [B·T, ...], B from state) float32; state [B, C, S] float32; w0 [C, K0, 1], b0 [C], w1 [C, K1, C/G], b1 [C]
+//   (float16/bfloat16/float32, MLX layout); temp [Hk] float; values [B, T, Hk·D] float32.
+// Outputs: q [B, Hq, T, D], k [B, Hk, T, D], v [B, Hk, T, D], new_state [B, C, S], float32.
+int zaya_cca_qk(mlx_array* q, mlx_array* k, mlx_array* v, mlx_array* new_state, mlx_array u, mlx_array state,
+                mlx_array w0, mlx_array b0, mlx_array w1, mlx_array b1, mlx_array temp, mlx_array values,
+                int q_heads, int kv_heads, int rotary_dim, float rope_theta, int clamp_temp, int offset, int mode,
+                mlx_stream stream);
+
+// Causal GQA attention over the first `len` positions of KV cache arrays (any capacity): query t sits
+// at position len - T + t and attends positions 0 ..= that; softmax(scale · q·kᵀ)·v in float32.
+//   q [B, Hq, T, D], k/v [B, Hk, capacity, D] float32 (Hk divides Hq; q-head h reads KV head h/(Hq/Hk)).
+// Output: [B, T, Hq·D] float32 (heads concatenated), or [B·T, Hq·D] when `flat`.
+int zaya_cca_attention(mlx_array* y, mlx_array q, mlx_array k, mlx_array v, int len, float scale, int flat,
+                       int mode, mlx_stream stream);
+
+// KV cache append without reshapes: k_out = k with positions [start, start+T) replaced by k_new, same for
+// v (two SliceUpdate nodes; MLX updates in place when the old storage is not shared).
+//   k, v [B, Hk, capacity, D]; k_new, v_new [B, Hk, T, D] (cast to the storage dtype).
+int zaya_kv_append(mlx_array* k_out, mlx_array* v_out, mlx_array k, mlx_array v, mlx_array k_new, mlx_array v_new,
+                   int start, mlx_stream stream);
 
 #ifdef __cplusplus
 }

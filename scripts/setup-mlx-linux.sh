@@ -55,6 +55,10 @@ version = "$MLX_VERSION"
 [target.x86_64-unknown-linux-gnu]
 rustflags = ["-C", "link-arg=-Wl,-rpath,$PREFIX/py/mlx/lib"]
 
+[build]
+# doctest executables: cargo sets their LD_LIBRARY_PATH itself, so [env] below does not reach them
+rustdocflags = ["-C", "link-arg=-Wl,-rpath,$PREFIX/py/mlx/lib"]
+
 [env]
 # doctests and tools that do not get rustflags still find libmlx
 LD_LIBRARY_PATH = "$PREFIX/py/mlx/lib"

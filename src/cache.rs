@@ -4,7 +4,7 @@
 //! (`[B, H]` f32: the last normalized attention input), plus the position offset and the MOD-skip
 //! counters (zaya-architecture.md §3.3). Cloning a cache is cheap (arrays are shared, copy-on-write
 //! through MLX's functional updates), which is how snapshots work.
-use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{concatenate, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
@@ -46,10 +46,24 @@ impl AttnCache {
     /// Appends `k`, `v` (`[B, Hk, T, D]`) and returns all valid keys/values `[B, Hk, len+T, D]`.
     /// Storage grows by whole multiples of `step` positions.
     pub fn update_and_fetch(&mut self, k: &Array, v: &Array, step: usize) -> Result<(Array, Array)> {
+        let (keys, values, n) = self.append(k, v, step)?;
+        let n = n as i32;
+        Ok((keys.index((.., .., 0..n, ..)), values.index((.., .., 0..n, ..))))
+    }
+
+    /// Appends `k`, `v` (`[B, Hk, T, D]` f32) and returns the whole storage `[B, Hk, capacity, D]`
+    /// with the number of valid positions (for kernels that take the length themselves).
+    pub fn append(&mut self, k: &Array, v: &Array, step: usize) -> Result<(Array, Array, usize)> {
         let sh = k.shape().to_vec();
         let (b, hk, t, d) = (sh[0], sh[1], sh[2] as usize, sh[3]);
-        let k = k.as_dtype(Dtype::Float32)?;
-        let v = v.as_dtype(Dtype::Float32)?;
+        let f32 = |a: &Array| -> Result<Array> {
+            Ok(if a.dtype() == Dtype::Float32 {
+                a.clone()
+            } else {
+                a.as_dtype(Dtype::Float32)?
+            })
+        };
+        let (k, v) = (f32(k)?, f32(v)?);
         let prev = self.len;
         let needed = prev + t;
         if needed > self.capacity() {
@@ -65,14 +79,13 @@ impl AttnCache {
             self.keys = Some(grow(&self.keys)?);
             self.values = Some(grow(&self.values)?);
         }
-        let range = prev as i32..needed as i32;
-        let keys = self.keys.as_mut().unwrap();
-        keys.try_index_mut((.., .., range.clone(), ..), &k)?;
-        let values = self.values.as_mut().unwrap();
-        values.try_index_mut((.., .., range, ..), &v)?;
+        // the old storage is moved into the update, so MLX can write in place unless a snapshot shares it
+        let (keys, values) =
+            crate::ext::kv_append(&self.keys.take().unwrap(), &self.values.take().unwrap(), &k, &v, prev)?;
+        self.keys = Some(keys.clone());
+        self.values = Some(values.clone());
         self.len = needed;
-        let n = needed as i32;
-        Ok((keys.index((.., .., 0..n, ..)), values.index((.., .., 0..n, ..))))
+        Ok((keys, values, needed))
     }
 
     /// The valid keys `[B, Hk, len, D]` (None before the first token).
@@ -85,8 +98,10 @@ impl AttnCache {
         self.values.as_ref().map(|v| v.index((.., .., 0..self.len as i32, ..)))
     }
 
-    fn arrays(&self) -> impl Iterator<Item = &Array> {
-        [&self.keys, &self.values, &self.conv_state, &self.prev_hs].into_iter().flatten()
+    pub(crate) fn arrays(&self) -> impl Iterator<Item = &Array> {
+        [&self.keys, &self.values, &self.conv_state, &self.prev_hs]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -218,15 +233,14 @@ impl ModelCache {
         self.offset += t;
     }
 
-    /// Every state array (KV storage, conv states, `prev_hs`) of every attention layer.
-    pub(crate) fn state_arrays(&self) -> impl Iterator<Item = &Array> {
+    /// Every state array (keys, values, conv states, prev_hs of each attention layer).
+    pub(crate) fn arrays(&self) -> impl Iterator<Item = &Array> {
         self.attn.iter().flat_map(|a| a.arrays())
     }
 
     /// Evaluates every state array (keeps lazy graphs short between decode steps).
     pub fn eval(&self) -> Result<()> {
-        let arrays: Vec<&Array> = self.attn.iter().flat_map(|a| a.arrays()).collect();
-        mlx_rs::transforms::eval(arrays)?;
+        mlx_rs::transforms::eval(self.arrays())?;
         Ok(())
     }
 }

@@ -2,6 +2,10 @@
 //! causal conv over time (through [`ext::cca_conv`], carrying `conv_state`), the mean paths, fp32 L2
 //! q/k normalisation to √D with the key temperature, dual time-stream values (current token ‖ previous
 //! token via `prev_hs`), partial NeoX RoPE, GQA softmax attention over the KV cache, and `o_proj`.
+//! Two implementations: [`CcaAttention::forward`] in plain MLX ops (plus the conv primitive), and
+//! [`CcaAttention::forward_rows`], the fused path (projections as [`ext::affine_multi`] nodes, steps
+//! 2–6 as [`ext::cca_qk`], the cache append as [`ext::kv_append`], attention as
+//! [`ext::cca_attention`]).
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
@@ -13,9 +17,11 @@ use crate::cache::AttnCache;
 use crate::config::ZayaConfig;
 use crate::error::Result;
 use crate::ext::{self, ExtMode};
-use crate::quant::linear::{take_float, QLinear, WeightSource};
+use crate::quant::linear::{take_float, LinearBackend, QLinear, WeightSource};
+use crate::quant::WeightFormat;
 
-/// One CCA conv stage (`qkv.conv_qk.{0,1}`): weight in MLX layout `[C, K, C/G]`, bias `[C]`, f32.
+/// One CCA conv stage (`qkv.conv_qk.{0,1}`): weight in MLX layout `[C, K, C/G]`, bias `[C]`; f32 for
+/// the plain linear backend, as stored (f16/bf16/f32) for the fused one (its kernels read them so).
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct ConvStage {
     #[param]
@@ -55,6 +61,14 @@ pub struct CcaDims {
     pub clamp_temp: bool,
 }
 
+fn affine_weight(l: &QLinear) -> Option<ext::AffineWeight<'_>> {
+    Some(ext::AffineWeight {
+        w: &l.weight,
+        scales: l.scales.value.as_ref()?,
+        biases: l.biases.value.as_ref()?,
+    })
+}
+
 /// A CCA attention half-layer (`model.layers.{n}.self_attn`).
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct CcaAttention {
@@ -70,11 +84,14 @@ pub struct CcaAttention {
 pub struct CcaOptions {
     pub conv_mode: ExtMode,
     pub kv_step: usize,
+    /// Run steps 2–7 as the fused ops ([`ext::cca_qk`], [`ext::cca_attention`]) and the projections
+    /// as [`ext::affine_multi`] where they apply (f32 input).
+    pub fused: bool,
 }
 
 impl CcaAttention {
-    /// Loads `base` = `model.layers.{n}.self_attn`; float linear weights go to `dtype`, conv
-    /// weights and `temp` to f32.
+    /// Loads `base` = `model.layers.{n}.self_attn`; float linear weights go to `dtype`, `temp` to
+    /// f32, conv weights to f32 (plain linear backend) or as stored (fused).
     pub fn load(src: &mut WeightSource, base: &str, cfg: &ZayaConfig, dtype: Dtype) -> Result<Self> {
         let h = cfg.hidden_size;
         let (qd, kd) = (cfg.q_dim(), cfg.k_dim());
@@ -83,9 +100,18 @@ impl CcaAttention {
         let q = format!("{base}.qkv");
         let f32 = Dtype::Float32;
         let conv = |src: &mut WeightSource, i: usize, k: usize, in_g: i32| -> Result<ConvStage> {
+            let (wn, bn) = (format!("{q}.conv_qk.{i}.weight"), format!("{q}.conv_qk.{i}.bias"));
+            let stored = |src: &WeightSource, n: &str| {
+                if src.linear_backend() == LinearBackend::Fused {
+                    src.peek_dtype(n).unwrap_or(f32)
+                } else {
+                    f32
+                }
+            };
+            let (wd, bd) = (stored(src, &wn), stored(src, &bn));
             Ok(ConvStage {
-                weight: Param::new(take_float(src, &format!("{q}.conv_qk.{i}.weight"), &[c, k as i32, in_g], f32)?),
-                bias: Param::new(take_float(src, &format!("{q}.conv_qk.{i}.bias"), &[c], f32)?),
+                weight: Param::new(take_float(src, &wn, &[c, k as i32, in_g], wd)?),
+                bias: Param::new(take_float(src, &bn, &[c], bd)?),
             })
         };
         let qkv = CcaQkv {
@@ -114,6 +140,11 @@ impl CcaAttention {
     /// `x [B, T, H]` (input_norm output, compute dtype) at absolute position `offset` → `h_n [B, T, H]`.
     /// Reads and updates the layer's KV cache, `conv_state` and `prev_hs`.
     pub fn forward(&self, x: &Array, cache: &mut AttnCache, offset: usize, opts: CcaOptions) -> Result<Array> {
+        if opts.fused && x.dtype() == Dtype::Float32 {
+            let (b, t, h) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+            let y = self.forward_rows(&x.reshape(&[b * t, h])?, b, t, cache, offset, opts)?;
+            return Ok(y.reshape(&[b, t, h])?);
+        }
         let d = self.dims;
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let (hq, hk, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
@@ -132,13 +163,14 @@ impl CcaAttention {
             Some(st) => st,
             None => zeros_dtype(&[b, c, s], f32)?,
         };
+        let f = |a: &Array| -> Result<Array> { Ok(if a.dtype() == f32 { a.clone() } else { a.as_dtype(f32)? }) };
         let (z, new_state) = ext::cca_conv(
             &u,
             &state,
-            &self.qkv.conv_qk[0].weight,
-            &self.qkv.conv_qk[0].bias,
-            &self.qkv.conv_qk[1].weight,
-            &self.qkv.conv_qk[1].bias,
+            &f(&self.qkv.conv_qk[0].weight)?,
+            &f(&self.qkv.conv_qk[0].bias)?,
+            &f(&self.qkv.conv_qk[1].weight)?,
+            &f(&self.qkv.conv_qk[1].bias)?,
             opts.conv_mode,
         )?;
         cache.conv_state = Some(new_state);
@@ -165,7 +197,9 @@ impl CcaAttention {
         } else {
             (*self.qkv.temp).clone()
         };
-        let keys = keys.multiply(sqrt_d.divide(l2(&keys)?)?)?.multiply(temp.reshape(&[1, 1, hk, 1])?)?;
+        let keys = keys
+            .multiply(sqrt_d.divide(l2(&keys)?)?)?
+            .multiply(temp.reshape(&[1, 1, hk, 1])?)?;
 
         // 5. values: [x_t W_v1ᵀ ‖ x_{t-1} W_v2ᵀ] reshaped to Hk heads
         let prev = match cache.prev_hs.take() {
@@ -174,7 +208,11 @@ impl CcaAttention {
         };
         cache.prev_hs = Some(x.index((.., t - 1, ..)).as_dtype(f32)?);
         let prev = prev.as_dtype(x.dtype())?.reshape(&[b, 1, d.hidden as i32])?;
-        let shifted = if t > 1 { concatenate(&[prev, x.index((.., 0..t - 1, ..))], 1)? } else { prev };
+        let shifted = if t > 1 {
+            concatenate(&[prev, x.index((.., 0..t - 1, ..))], 1)?
+        } else {
+            prev
+        };
         let v1 = self.qkv.val_proj1.forward(x)?;
         let v2 = self.qkv.val_proj2.forward(&shifted)?;
         let values = concatenate(&[v1, v2], -1)?.reshape(&[b, t, hk, hd])?.as_dtype(f32)?;
@@ -197,11 +235,127 @@ impl CcaAttention {
         // 7. GQA attention over the cache (fp32), causal within the chunk
         let (all_k, all_v) = cache.update_and_fetch(&keys, &values, opts.kv_step)?;
         let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let mask = if t > 1 { Some(ScaledDotProductAttentionMask::Causal) } else { None };
+        let mask = if t > 1 {
+            Some(ScaledDotProductAttentionMask::Causal)
+        } else {
+            None
+        };
         let out = fast::scaled_dot_product_attention(&queries, &all_k, &all_v, scale, mask, None)?;
 
         // 8. heads concatenated → o_proj
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, hq * hd])?.as_dtype(x.dtype())?;
+        let out = out
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, t, hq * hd])?
+            .as_dtype(x.dtype())?;
         self.o_proj.forward(&out)
+    }
+
+    /// Two projections of one affine spec on the fused backend as one [`ext::affine_multi`] node, else
+    /// two linears concatenated. Output f32 `[.., out_a + out_b]`.
+    fn project_pair(a: (&Array, &QLinear), b: (&Array, &QLinear)) -> Result<Array> {
+        let spec = |l: &QLinear| match l.format {
+            WeightFormat::Affine { bits, group_size }
+                if l.backend == LinearBackend::Fused && l.bias.value.is_none() =>
+            {
+                Some((bits, group_size))
+            }
+            _ => None,
+        };
+        match (spec(a.1), spec(b.1)) {
+            (Some(sa), Some(sb)) if sa == sb => {
+                if let (Some(wa), Some(wb)) = (affine_weight(a.1), affine_weight(b.1)) {
+                    return ext::affine_multi(&[(a.0, wa), (b.0, wb)], sa.0, sa.1, ExtMode::Auto);
+                }
+                Self::project_pair_plain(a, b)
+            }
+            _ => Self::project_pair_plain(a, b),
+        }
+    }
+
+    fn project_pair_plain(a: (&Array, &QLinear), b: (&Array, &QLinear)) -> Result<Array> {
+        let f32 = Dtype::Float32;
+        let ya = a.1.forward(a.0)?.as_dtype(f32)?;
+        let yb = b.1.forward(b.0)?.as_dtype(f32)?;
+        let lead: Vec<i32> = ya.shape()[..ya.ndim() - 1].to_vec();
+        let mut shape = lead;
+        shape.push(*yb.shape().last().unwrap());
+        Ok(concatenate(&[ya, yb.reshape(&shape)?], -1)?)
+    }
+
+    /// The fused forward over rows: `x [B·T, H]` (f32 input_norm output, sequence-major) →
+    /// `h_n [B·T, H]`. q/k projections as one node, values as one node, the conv, mean paths,
+    /// normalisation and RoPE as one ([`ext::cca_qk`]), the cache append, attention as one
+    /// ([`ext::cca_attention`]), then `o_proj`. Same results as [`forward`](Self::forward) on the
+    /// plain path. Other dtypes than f32 go through the plain forward.
+    pub fn forward_rows(
+        &self,
+        x: &Array,
+        b: i32,
+        t: i32,
+        cache: &mut AttnCache,
+        offset: usize,
+        opts: CcaOptions,
+    ) -> Result<Array> {
+        let d = self.dims;
+        let hdim = d.hidden as i32;
+        if !opts.fused || x.dtype() != Dtype::Float32 {
+            let y = self.forward(
+                &x.reshape(&[b, t, hdim])?,
+                cache,
+                offset,
+                CcaOptions { fused: false, ..opts },
+            )?;
+            return Ok(y.reshape(&[b * t, hdim])?);
+        }
+        let (hq, hk, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
+        let f32 = Dtype::Float32;
+        let c = (hq + hk) * hd;
+        let s = (self.qkv.conv_qk[0].weight.shape()[1] - 1) + (self.qkv.conv_qk[1].weight.shape()[1] - 1);
+        let qkv = &self.qkv;
+
+        // [q̃ ‖ k̃] and [v1(x_t) ‖ v2(x_{t-1})], rows [B·T, ·]
+        let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k))?;
+        let prev = match cache.prev_hs.take() {
+            Some(p) => p,
+            None => zeros_dtype(&[b, hdim], f32)?,
+        };
+        let (shifted, last) = if t > 1 {
+            let x3 = x.reshape(&[b, t, hdim])?;
+            let sh = concatenate(&[prev.reshape(&[b, 1, hdim])?, x3.index((.., 0..t - 1, ..))], 1)?;
+            (sh.reshape(&[b * t, hdim])?, x3.index((.., t - 1, ..)))
+        } else {
+            (prev, x.clone()) // one row per sequence: x_{t-1} is prev_hs, x itself the next one
+        };
+        cache.prev_hs = Some(last);
+        let values = Self::project_pair((x, &qkv.val_proj1), (&shifted, &qkv.val_proj2))?;
+
+        let state = match cache.conv_state.take() {
+            Some(st) => st,
+            None => zeros_dtype(&[b, c, s], f32)?,
+        };
+        let out = ext::cca_qk(
+            &u,
+            &state,
+            &qkv.conv_qk[0].weight,
+            &qkv.conv_qk[0].bias,
+            &qkv.conv_qk[1].weight,
+            &qkv.conv_qk[1].bias,
+            &qkv.temp,
+            &values,
+            ext::CcaQkParams {
+                q_heads: d.q_heads as u32,
+                kv_heads: d.kv_heads as u32,
+                rotary_dim: d.rotary_dim as u32,
+                rope_theta: d.rope_theta,
+                clamp_temp: d.clamp_temp,
+                offset,
+            },
+            ExtMode::Auto,
+        )?;
+        cache.conv_state = Some(out.conv_state);
+        let (all_k, all_v, len) = cache.append(&out.k, &out.v, opts.kv_step)?;
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, true, ExtMode::Auto)?;
+        self.o_proj.forward(&attn)
     }
 }

@@ -245,7 +245,7 @@ impl ZayaConfig {
             Some(v) => v,
             None => {
                 let ffn = f.req_usize("ffn_hidden_size")?;
-                if ffn % 2 != 0 {
+                if !ffn.is_multiple_of(2) {
                     return Err(ZayaError::config(file, "ffn_hidden_size", format!("{ffn} is odd; it is the fused gate+up width")));
                 }
                 ffn / 2
@@ -302,22 +302,22 @@ impl ZayaConfig {
         if self.num_hidden_layers == 0 {
             return err("num_hidden_layers", "must be positive".into());
         }
-        if self.num_q_heads == 0 || self.num_kv_heads == 0 || self.num_q_heads % self.num_kv_heads != 0 {
+        if self.num_q_heads == 0 || self.num_kv_heads == 0 || !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return err(
                 "num_attention_heads",
                 format!("{} query heads must be a positive multiple of {} KV heads", self.num_q_heads, self.num_kv_heads),
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return err("head_dim", format!("{} must be positive and even", self.head_dim));
         }
-        if self.k_dim() % 2 != 0 {
+        if !self.k_dim().is_multiple_of(2) {
             return err("num_key_value_heads", "Hk·D must be even (the value is split in two halves)".into());
         }
-        if self.rotary_dim() % 2 != 0 {
+        if !self.rotary_dim().is_multiple_of(2) {
             return err("partial_rotary_factor", format!("rotary dim {} must be even", self.rotary_dim()));
         }
-        if self.conv_channels() % self.head_dim != 0 {
+        if !self.conv_channels().is_multiple_of(self.head_dim) {
             return err("head_dim", "conv channels must split into head-sized groups".into());
         }
         if self.cca_time0 == 0 || self.cca_time1 == 0 {
@@ -332,10 +332,10 @@ impl ZayaConfig {
         if self.vocab_size == 0 {
             return err("vocab_size", "must be positive".into());
         }
-        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 || self.norm_eps >= 1.0 {
             return err("norm_epsilon", format!("{} is out of range", self.norm_eps));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return err("rope_theta", format!("{} must be positive", self.rope_theta));
         }
         if let Some(b) = self.bos_token_id {
@@ -509,29 +509,33 @@ impl GenerationConfig {
     }
 }
 
-/// Typed field access with errors that name the field.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    file: &'a str,
+/// Typed access to the fields of a JSON object (`null` = absent), with errors that name the file
+/// and the field. Shared by the config parsers and `zaya synth --config`.
+pub(crate) struct Fields<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
+    pub(crate) file: &'a str,
 }
 
 impl Fields<'_> {
-    fn get(&self, k: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&Value> {
         self.obj.get(k).filter(|v| !v.is_null())
     }
-    fn usize(&self, k: &str) -> Result<Option<usize>> {
+    pub(crate) fn u64(&self, k: &str) -> Result<Option<u64>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
                 .as_u64()
-                .map(|n| Some(n as usize))
+                .map(Some)
                 .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a non-negative integer, found {v}"))),
         }
     }
-    fn req_usize(&self, k: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, k: &str) -> Result<Option<usize>> {
+        Ok(self.u64(k)?.map(|n| n as usize))
+    }
+    pub(crate) fn req_usize(&self, k: &str) -> Result<usize> {
         self.usize(k)?.ok_or_else(|| ZayaError::config(self.file, k, "missing"))
     }
-    fn u32(&self, k: &str) -> Result<Option<u32>> {
+    pub(crate) fn u32(&self, k: &str) -> Result<Option<u32>> {
         match self.usize(k)? {
             None => Ok(None),
             Some(n) => u32::try_from(n)
@@ -539,7 +543,7 @@ impl Fields<'_> {
                 .map_err(|_| ZayaError::config(self.file, k, format!("{n} is too large"))),
         }
     }
-    fn f64(&self, k: &str) -> Result<Option<f64>> {
+    pub(crate) fn f64(&self, k: &str) -> Result<Option<f64>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -548,7 +552,7 @@ impl Fields<'_> {
                 .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a number, found {v}"))),
         }
     }
-    fn bool(&self, k: &str) -> Result<Option<bool>> {
+    pub(crate) fn bool(&self, k: &str) -> Result<Option<bool>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -557,7 +561,7 @@ impl Fields<'_> {
                 .ok_or_else(|| ZayaError::config(self.file, k, format!("expected true/false, found {v}"))),
         }
     }
-    fn str(&self, k: &str) -> Result<Option<String>> {
+    pub(crate) fn str(&self, k: &str) -> Result<Option<String>> {
         match self.get(k) {
             None => Ok(None),
             Some(v) => v
@@ -567,7 +571,7 @@ impl Fields<'_> {
         }
     }
     /// An id or a list of ids.
-    fn ids(&self, k: &str) -> Result<Vec<u32>> {
+    pub(crate) fn ids(&self, k: &str) -> Result<Vec<u32>> {
         let bad = |v: &Value| ZayaError::config(self.file, k, format!("expected a token id or a list of ids, found {v}"));
         match self.get(k) {
             None => Ok(vec![]),

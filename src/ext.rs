@@ -7,8 +7,13 @@
 //!
 //! Ops: [`cca_conv`] (CCA convolution), [`tq_switch_glu`] (TurboQuant routed experts),
 //! [`affine_matmul`] / [`affine_embed`] (MLX affine weights: attention, embedding, tied lm_head),
-//! [`dense_matmul`] (float weights: the router MLP and other f16 layers).
-//! The CPU kernels of the last three pick AVX-512, AVX2 or scalar code at run time ([`KernelIsa`]).
+//! [`affine_multi`] (several affine matmuls side by side as one node), [`dense_matmul`] (float
+//! weights: the router MLP and other f16 layers). Fused layer ops (one graph node each where MLX's
+//! CPU backend needs tens of small ones): [`res_norm`] (residual scaling + merge + RMSNorm),
+//! [`router`] (the MoE router), [`moe_combine`] (the MoE output and skip route), [`cca_qk`] (the CCA
+//! conv, mean paths, q/k normalisation and RoPE), [`cca_attention`] (causal GQA attention over the
+//! KV storage), [`kv_append`]. The CPU kernels pick AVX-512, AVX2 or scalar code at run time
+//! ([`KernelIsa`]). [`graph_nodes`] / [`graph_histogram`] count a lazy graph's nodes.
 use std::ffi::CStr;
 use std::os::raw::c_int;
 
@@ -33,6 +38,7 @@ extern "C" {
         stream: mlx_stream,
     ) -> c_int;
     fn zaya_graph_nodes(outs: *const mlx_array, n: usize, nodes: *mut i64, casts: *mut i64) -> c_int;
+    fn zaya_graph_histogram(outs: *const mlx_array, n: usize) -> *const std::os::raw::c_char;
     fn zaya_ext_detected_isa() -> c_int;
     fn zaya_ext_kernel_isa() -> c_int;
     fn zaya_ext_set_max_isa(level: c_int) -> c_int;
@@ -74,6 +80,109 @@ extern "C" {
         mode: c_int,
         stream: mlx_stream,
     ) -> c_int;
+    fn zaya_affine_multi(
+        y: *mut mlx_array,
+        xs: *const mlx_array,
+        ws: *const mlx_array,
+        scales: *const mlx_array,
+        biases: *const mlx_array,
+        k: usize,
+        bits: c_int,
+        group_size: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_cca_qk(
+        q: *mut mlx_array,
+        k: *mut mlx_array,
+        v: *mut mlx_array,
+        new_state: *mut mlx_array,
+        u: mlx_array,
+        state: mlx_array,
+        w0: mlx_array,
+        b0: mlx_array,
+        w1: mlx_array,
+        b1: mlx_array,
+        temp: mlx_array,
+        values: mlx_array,
+        q_heads: c_int,
+        kv_heads: c_int,
+        rotary_dim: c_int,
+        rope_theta: f32,
+        clamp_temp: c_int,
+        offset: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_cca_attention(
+        y: *mut mlx_array,
+        q: mlx_array,
+        k: mlx_array,
+        v: mlx_array,
+        len: c_int,
+        scale: f32,
+        flat: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_kv_append(
+        k_out: *mut mlx_array,
+        v_out: *mut mlx_array,
+        k: mlx_array,
+        v: mlx_array,
+        k_new: mlx_array,
+        v_new: mlx_array,
+        start: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_res_norm(
+        r_out: *mut mlx_array,
+        x_out: *mut mlx_array,
+        h: mlx_array,
+        r: mlx_array,
+        h_bias: mlx_array,
+        h_scale: mlx_array,
+        r_bias: mlx_array,
+        r_scale: mlx_array,
+        norm_w: mlx_array,
+        eps: f32,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_router(
+        choice: *mut mlx_array,
+        score: *mut mlx_array,
+        state: *mut mlx_array,
+        probs: *mut mlx_array,
+        skipped: *mut mlx_array,
+        x: mlx_array,
+        prev: mlx_array,
+        states_scale: mlx_array,
+        down_w: mlx_array,
+        down_b: mlx_array,
+        norm_w: mlx_array,
+        eps: f32,
+        w0: mlx_array,
+        b0: mlx_array,
+        w2: mlx_array,
+        b2: mlx_array,
+        w4: mlx_array,
+        balancing: mlx_array,
+        num_experts: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_moe_combine(
+        y: *mut mlx_array,
+        ey: mlx_array,
+        x: mlx_array,
+        choice: mlx_array,
+        score: mlx_array,
+        num_experts: c_int,
+        zero_skip: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
     fn zaya_affine_embed(
         y: *mut mlx_array,
         ids: mlx_array,
@@ -112,12 +221,16 @@ impl ExtMode {
 /// Version string of the compiled extension.
 pub fn version() -> String {
     // SAFETY: returns a pointer to a static NUL-terminated string.
-    unsafe { CStr::from_ptr(zaya_ext_version()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(zaya_ext_version()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn last_error() -> ZayaError {
     // SAFETY: thread-local NUL-terminated string owned by the extension, valid until the next call.
-    let msg = unsafe { CStr::from_ptr(zaya_ext_last_error()) }.to_string_lossy().into_owned();
+    let msg = unsafe { CStr::from_ptr(zaya_ext_last_error()) }
+        .to_string_lossy()
+        .into_owned();
     ZayaError::Ext(msg)
 }
 
@@ -217,6 +330,24 @@ pub fn graph_nodes(outputs: &[&Array]) -> Result<GraphStats> {
         return Err(last_error());
     }
     Ok(st)
+}
+
+/// The nodes [`graph_nodes`] counts, by primitive name, most frequent first.
+pub fn graph_histogram(outputs: &[&Array]) -> Result<Vec<(String, i64)>> {
+    let handles: Vec<mlx_array> = outputs.iter().map(|a| a.as_ptr()).collect();
+    // SAFETY: the handles stay alive for the call; the returned thread-local string is copied at once.
+    let p = unsafe { zaya_graph_histogram(handles.as_ptr(), handles.len()) };
+    if p.is_null() {
+        return Err(last_error());
+    }
+    let text = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.rsplit_once(' ')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect())
 }
 
 /// Instruction set of the TurboQuant / affine CPU kernels.
@@ -362,6 +493,38 @@ pub fn affine_matmul(
     })
 }
 
+/// One affine weight of [`affine_multi`]: `w` `[out, in·bits/32]` uint32 with its scales and biases.
+#[derive(Debug, Clone, Copy)]
+pub struct AffineWeight<'a> {
+    pub w: &'a Array,
+    pub scales: &'a Array,
+    pub biases: &'a Array,
+}
+
+/// Several [`affine_matmul`]s as one op, outputs side by side:
+/// `y = [x_0·W_0ᵀ ‖ x_1·W_1ᵀ ‖ …]` (1 to 4 weights of one `bits` / `group_size`). Every `x_i` is
+/// float32 with the same number of rows; the output has `x_0`'s leading shape and `Σ out_i` columns.
+pub fn affine_multi(parts: &[(&Array, AffineWeight<'_>)], bits: u32, group_size: u32, mode: ExtMode) -> Result<Array> {
+    let xs: Vec<mlx_array> = parts.iter().map(|p| p.0.as_ptr()).collect();
+    let ws: Vec<mlx_array> = parts.iter().map(|p| p.1.w.as_ptr()).collect();
+    let ss: Vec<mlx_array> = parts.iter().map(|p| p.1.scales.as_ptr()).collect();
+    let bs: Vec<mlx_array> = parts.iter().map(|p| p.1.biases.as_ptr()).collect();
+    call1(|y, s| unsafe {
+        zaya_affine_multi(
+            y,
+            xs.as_ptr(),
+            ws.as_ptr(),
+            ss.as_ptr(),
+            bs.as_ptr(),
+            parts.len(),
+            c_int_of(bits),
+            c_int_of(group_size),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
 /// Dequantized rows `W[ids]` of an MLX affine weight (the quantized embedding): `ids` int32/uint32
 /// of any shape → `ids.shape + [in]` float32. Ids outside `[0, out)` give zero rows (validate token
 /// ids before calling).
@@ -401,6 +564,306 @@ pub fn dense_matmul(x: &Array, w: &Array, bias: Option<&Array>, mode: ExtMode) -
     // SAFETY: an empty handle (ctx == NULL) means "no bias"; it is freed by OutHandle's drop.
     let none = OutHandle::new();
     call1(|y, s| unsafe {
-        zaya_dense_matmul(y, x.as_ptr(), w.as_ptr(), bias.map_or(none.0, |b| b.as_ptr()), mode.as_c(), s)
+        zaya_dense_matmul(
+            y,
+            x.as_ptr(),
+            w.as_ptr(),
+            bias.map_or(none.0, |b| b.as_ptr()),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// An empty handle standing for an absent optional argument.
+struct NoArray(mlx_array);
+
+impl NoArray {
+    fn new() -> Self {
+        // SAFETY: creates an empty handle (ctx == NULL), freed by Drop.
+        NoArray(unsafe { mlx_array_new() })
+    }
+    fn or(&self, a: Option<&Array>) -> mlx_array {
+        a.map_or(self.0, |a| a.as_ptr())
+    }
+}
+
+impl Drop for NoArray {
+    fn drop(&mut self) {
+        // SAFETY: an empty handle is freed exactly once.
+        unsafe { mlx_sys::mlx_array_free(self.0) };
+    }
+}
+
+/// The residual scaling of one half-layer merged with its RMSNorm (zaya-architecture.md §2.3, §2.5):
+/// `r' = (h + h_bias)·h_scale + [(r + r_bias)·r_scale | r]` and `x = RMSNorm(r'; norm_w, eps)`.
+///
+/// * `h`, `r`: `[..., H]` float32 (`r` absent in layer 0);
+/// * `h_bias`, `h_scale`, `norm_w`: `[H]` float32; `r_scale_bias`: `(r_scale, r_bias)` `[H]` float32.
+///
+/// Returns `(r', x)`, both `[..., H]` float32.
+#[allow(clippy::too_many_arguments)]
+pub fn res_norm(
+    h: &Array,
+    r: Option<&Array>,
+    h_bias: &Array,
+    h_scale: &Array,
+    r_scale_bias: Option<(&Array, &Array)>,
+    norm_w: &Array,
+    eps: f32,
+    mode: ExtMode,
+) -> Result<(Array, Array)> {
+    let none = NoArray::new();
+    call2(|ro, xo, s| unsafe {
+        zaya_res_norm(
+            ro,
+            xo,
+            h.as_ptr(),
+            none.or(r),
+            h_bias.as_ptr(),
+            h_scale.as_ptr(),
+            none.or(r_scale_bias.map(|p| p.1)),
+            none.or(r_scale_bias.map(|p| p.0)),
+            norm_w.as_ptr(),
+            eps,
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Weights of the MoE router for [`router`] (zaya-architecture.md §4.1).
+#[derive(Debug, Clone, Copy)]
+pub struct RouterWeights<'a> {
+    /// `[R, H]` f16/bf16/f32 and its bias `[R]` f32.
+    pub down_w: &'a Array,
+    pub down_b: &'a Array,
+    /// `rmsnorm_eda.weight` `[R]` f32 and its eps.
+    pub norm_w: &'a Array,
+    pub eps: f32,
+    /// `router_mlp.0` `[R, R]` + bias `[R]`, `router_mlp.2` likewise, `router_mlp.4` `[L, R]`.
+    pub w0: &'a Array,
+    pub b0: &'a Array,
+    pub w2: &'a Array,
+    pub b2: &'a Array,
+    pub w4: &'a Array,
+    /// `[L]` f32.
+    pub balancing: &'a Array,
+    /// Experts E (route ids ≥ E are the MOD skip route).
+    pub num_experts: u32,
+}
+
+/// Outputs of [`router`].
+#[derive(Debug, Clone)]
+pub struct RouterOut {
+    /// int32 `[N]`.
+    pub choice: Array,
+    /// f32 `[N]`: the unbiased probability of the choice.
+    pub score: Array,
+    /// f32 `[N, R]`: the EDA state (pre-norm `r`).
+    pub state: Array,
+    /// f32 `[N, L]`.
+    pub probs: Array,
+    /// int32 scalar: tokens whose choice is ≥ E.
+    pub skipped: Array,
+}
+
+/// The MoE router as one op: `r = x·W_dᵀ + b_d (+ prev ⊙ states_scale)`, RMSNorm, the GELU MLP,
+/// softmax, `argmax(p + balancing)`. `x`: `[N, H]` f32; `prev`: `(state [N, R], router_states_scale [R])`.
+pub fn router(x: &Array, prev: Option<(&Array, &Array)>, w: RouterWeights<'_>, mode: ExtMode) -> Result<RouterOut> {
+    let none = NoArray::new();
+    let stream = Stream::thread_local_or_default();
+    let mut o: Vec<OutHandle> = (0..5).map(|_| OutHandle::new()).collect();
+    let (o0, rest) = o.split_at_mut(1);
+    let (o1, rest) = rest.split_at_mut(1);
+    let (o2, rest) = rest.split_at_mut(1);
+    let (o3, o4) = rest.split_at_mut(1);
+    // SAFETY: all handles are valid for the call; outputs are caller-owned empty handles.
+    let rc = unsafe {
+        zaya_router(
+            &mut o0[0].0,
+            &mut o1[0].0,
+            &mut o2[0].0,
+            &mut o3[0].0,
+            &mut o4[0].0,
+            x.as_ptr(),
+            none.or(prev.map(|p| p.0)),
+            none.or(prev.map(|p| p.1)),
+            w.down_w.as_ptr(),
+            w.down_b.as_ptr(),
+            w.norm_w.as_ptr(),
+            w.eps,
+            w.w0.as_ptr(),
+            w.b0.as_ptr(),
+            w.w2.as_ptr(),
+            w.b2.as_ptr(),
+            w.w4.as_ptr(),
+            w.balancing.as_ptr(),
+            c_int_of(w.num_experts),
+            mode.as_c(),
+            stream.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    let mut it = o.into_iter().map(OutHandle::into_array);
+    Ok(RouterOut {
+        choice: it.next().unwrap(),
+        score: it.next().unwrap(),
+        state: it.next().unwrap(),
+        probs: it.next().unwrap(),
+        skipped: it.next().unwrap(),
+    })
+}
+
+/// The MoE output: `y[n] = score[n]·ey[n]` for routed tokens (`0 ≤ choice[n] < num_experts`), else
+/// `score[n]·x[n]` (`zero_skip = false`, the `p·x` skip route) or zeros. `ey`, `x`: `[N, H]` f32;
+/// `choice`: int32 `[N]`; `score`: f32 `[N]`.
+pub fn moe_combine(
+    ey: &Array,
+    x: &Array,
+    choice: &Array,
+    score: &Array,
+    num_experts: u32,
+    zero_skip: bool,
+    mode: ExtMode,
+) -> Result<Array> {
+    call1(|y, s| unsafe {
+        zaya_moe_combine(
+            y,
+            ey.as_ptr(),
+            x.as_ptr(),
+            choice.as_ptr(),
+            score.as_ptr(),
+            c_int_of(num_experts),
+            c_int::from(zero_skip),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Static parameters of [`cca_qk`].
+#[derive(Debug, Clone, Copy)]
+pub struct CcaQkParams {
+    pub q_heads: u32,
+    pub kv_heads: u32,
+    /// Rotated dims per head (even, ≤ head_dim; 0 = no RoPE).
+    pub rotary_dim: u32,
+    pub rope_theta: f32,
+    /// Keys times `exp(clip(temp, 1e-7, 2))` instead of the raw `temp`.
+    pub clamp_temp: bool,
+    /// Absolute position of the first frame.
+    pub offset: usize,
+}
+
+/// Outputs of [`cca_qk`].
+#[derive(Debug, Clone)]
+pub struct CcaQkOut {
+    /// f32 `[B, Hq, T, D]`, post-RoPE.
+    pub q: Array,
+    /// f32 `[B, Hk, T, D]`, post-RoPE, temperature applied.
+    pub k: Array,
+    /// f32 `[B, Hk, T, D]`.
+    pub v: Array,
+    /// f32 `[B, C, S]`.
+    pub conv_state: Array,
+}
+
+/// The CCA q/k chain after the projections (zaya-architecture.md §3.2 steps 2–6, §3.3) as one op:
+/// the two-stage causal conv over `u = [q̃ ‖ k̃]` (`[B, T, (Hq+Hk)·D]` f32) continuing `conv_state`
+/// (`[B, C, S]` f32), the mean paths, L2 normalisation to √D, the key temperature, partial NeoX RoPE
+/// at `offset + t`, and `values` (`[B, T, Hk·D]` f32) split per KV head. Conv weights `[C, K, C/G]`
+/// (MLX layout), biases `[C]` and `temp` `[Hk]` in any float dtype.
+#[allow(clippy::too_many_arguments)]
+pub fn cca_qk(
+    u: &Array,
+    conv_state: &Array,
+    w0: &Array,
+    b0: &Array,
+    w1: &Array,
+    b1: &Array,
+    temp: &Array,
+    values: &Array,
+    p: CcaQkParams,
+    mode: ExtMode,
+) -> Result<CcaQkOut> {
+    let offset =
+        c_int::try_from(p.offset).map_err(|_| ZayaError::Ext(format!("cca_qk: offset {} out of range", p.offset)))?;
+    let stream = Stream::thread_local_or_default();
+    let (mut a, mut b, mut c, mut d) = (OutHandle::new(), OutHandle::new(), OutHandle::new(), OutHandle::new());
+    // SAFETY: valid handles for the call; outputs are caller-owned empty handles.
+    let rc = unsafe {
+        zaya_cca_qk(
+            &mut a.0,
+            &mut b.0,
+            &mut c.0,
+            &mut d.0,
+            u.as_ptr(),
+            conv_state.as_ptr(),
+            w0.as_ptr(),
+            b0.as_ptr(),
+            w1.as_ptr(),
+            b1.as_ptr(),
+            temp.as_ptr(),
+            values.as_ptr(),
+            c_int_of(p.q_heads),
+            c_int_of(p.kv_heads),
+            c_int_of(p.rotary_dim),
+            p.rope_theta,
+            c_int::from(p.clamp_temp),
+            offset,
+            mode.as_c(),
+            stream.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(CcaQkOut {
+        q: a.into_array(),
+        k: b.into_array(),
+        v: c.into_array(),
+        conv_state: d.into_array(),
+    })
+}
+
+/// Causal GQA attention of `q` (`[B, Hq, T, D]` f32) over the first `len` positions of the KV cache
+/// arrays `k`, `v` (`[B, Hk, capacity, D]` f32): query `t` sits at position `len - T + t`. Softmax of
+/// `scale · q·kᵀ` in f32. Returns `[B, T, Hq·D]` f32 (heads concatenated), or `[B·T, Hq·D]` when
+/// `flat`.
+pub fn cca_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    len: usize,
+    scale: f32,
+    flat: bool,
+    mode: ExtMode,
+) -> Result<Array> {
+    let len = c_int::try_from(len).map_err(|_| ZayaError::Ext(format!("cca_attention: len {len} out of range")))?;
+    call1(|y, s| unsafe {
+        zaya_cca_attention(
+            y,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            len,
+            scale,
+            c_int::from(flat),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Writes `k_new`, `v_new` (`[B, Hk, T, D]`) into positions `start..start+T` of the cache storage
+/// `k`, `v` (`[B, Hk, capacity, D]`), returning the updated storage (two SliceUpdate nodes, no
+/// reshapes; MLX updates in place when the old storage is not shared, e.g. by a snapshot).
+pub fn kv_append(k: &Array, v: &Array, k_new: &Array, v_new: &Array, start: usize) -> Result<(Array, Array)> {
+    let start = c_int::try_from(start).map_err(|_| ZayaError::Ext(format!("kv_append: start {start} out of range")))?;
+    call2(|ko, vo, s| unsafe {
+        zaya_kv_append(ko, vo, k.as_ptr(), v.as_ptr(), k_new.as_ptr(), v_new.as_ptr(), start, s)
     })
 }

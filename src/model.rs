@@ -9,12 +9,21 @@
 //! are f32 always; the linear projections and the experts run in [`ModelOptions::dtype`] (f32
 //! default, bf16/f16 allowed) on the input_norm output rounded once to that dtype. Float weights
 //! are converted to their compute dtype once, when the model is built.
+//!
+//! Execution paths: by default (the fused linear backend with [`ModelOptions::fused_layers`]) each
+//! half-layer runs as a handful of mlx-ext primitives (residual merge + norm, fused projections, CCA
+//! q/k chain, attention, TurboQuant experts, router, MoE output: ≈6 graph nodes per half-layer on
+//! average), with the hidden and residual streams carried as rows `[B·T, H]`. The plain path
+//! (`linear_backend: Plain`) runs stock MLX ops throughout and is the parity reference; both agree
+//! to ~1e-6 relative (tests/model_backends.rs). [`ZayaModel::decode_step_counted`] and
+//! [`ZayaModel::decode_step_profiled`] measure a decode step's graph and phases.
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
-use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::concatenate;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{fast, Array, Dtype};
 
 use crate::bundle::{Bundle, CanonicalWeights};
@@ -22,7 +31,7 @@ use crate::cache::{ModelCache, DEFAULT_KV_STEP};
 use crate::cca::{CcaAttention, CcaOptions};
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
-use crate::ext::ExtMode;
+use crate::ext::{self, ExtMode, GraphStats};
 use crate::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
 use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 
@@ -48,6 +57,10 @@ pub struct ModelOptions {
     pub prefill_chunk: usize,
     /// KV cache growth step in positions.
     pub kv_step: usize,
+    /// The fused per-layer mlx-ext primitives (residual merge + RMSNorm, the router and MoE output,
+    /// the CCA q/k chain, attention) in place of chains of small MLX ops. Only with
+    /// `linear_backend: Fused`: the plain configuration stays plain MLX ops throughout.
+    pub fused_layers: bool,
 }
 
 impl Default for ModelOptions {
@@ -60,6 +73,7 @@ impl Default for ModelOptions {
             conv_mode: ExtMode::Auto,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             kv_step: DEFAULT_KV_STEP,
+            fused_layers: true,
         }
     }
 }
@@ -76,11 +90,18 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Loads `{base}.weight` `[dim]` converted to `dtype`.
     pub fn load(src: &mut WeightSource, base: &str, dim: usize, eps: f32, dtype: Dtype) -> Result<Self> {
-        Ok(RmsNorm { weight: Param::new(take_float(src, &format!("{base}.weight"), &[dim as i32], dtype)?), eps })
+        Ok(RmsNorm {
+            weight: Param::new(take_float(src, &format!("{base}.weight"), &[dim as i32], dtype)?),
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let x = if x.dtype() == self.weight.dtype() { x.clone() } else { x.as_dtype(self.weight.dtype())? };
+        let x = if x.dtype() == self.weight.dtype() {
+            x.clone()
+        } else {
+            x.as_dtype(self.weight.dtype())?
+        };
         Ok(fast::rms_norm(&x, Some(&*self.weight), self.eps)?)
     }
 }
@@ -110,7 +131,10 @@ impl ResScale {
                 Some(take_float(src, &format!("{base}.residual_bias"), &d, f)?),
             )
         } else {
-            (take_float_opt(src, &format!("{base}.residual_scale"), &d, f)?, take_float_opt(src, &format!("{base}.residual_bias"), &d, f)?)
+            (
+                take_float_opt(src, &format!("{base}.residual_scale"), &d, f)?,
+                take_float_opt(src, &format!("{base}.residual_bias"), &d, f)?,
+            )
         };
         Ok(ResScale {
             hidden_states_scale: Param::new(take_float(src, &format!("{base}.hidden_states_scale"), &d, f)?),
@@ -120,9 +144,49 @@ impl ResScale {
         })
     }
 
+    /// [`merge`](Self::merge) followed by `norm` as one fused op: returns `(R' + h', norm(R' + h'))`,
+    /// both f32. Falls back to the separate ops when the weights are not all f32.
+    pub fn merge_norm(
+        &self,
+        residual: Option<&Array>,
+        h: &Array,
+        norm: &RmsNorm,
+        fused: bool,
+    ) -> Result<(Array, Array)> {
+        let f32 = Dtype::Float32;
+        let pair = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
+            (Some(s), Some(b)) if residual.is_some() => Some((s, b)),
+            _ => None,
+        };
+        let all_f32 = norm.weight.dtype() == f32
+            && self.hidden_states_scale.dtype() == f32
+            && self.hidden_states_bias.dtype() == f32
+            && pair.is_none_or(|(s, b)| s.dtype() == f32 && b.dtype() == f32)
+            && residual.is_none_or(|r| r.dtype() == f32);
+        if !fused || !all_f32 {
+            let r = self.merge(residual, h)?;
+            let x = norm.forward(&r)?;
+            return Ok((r, x));
+        }
+        let h = if h.dtype() == f32 { h.clone() } else { h.as_dtype(f32)? };
+        ext::res_norm(
+            &h,
+            residual,
+            &self.hidden_states_bias,
+            &self.hidden_states_scale,
+            pair,
+            &norm.weight,
+            norm.eps,
+            ExtMode::Auto,
+        )
+    }
+
     /// Scales `(R, h)` and merges them: returns the new residual stream `R' + h'` (or `h'`), f32.
     pub fn merge(&self, residual: Option<&Array>, h: &Array) -> Result<Array> {
-        let hs = h.as_dtype(Dtype::Float32)?.add(&*self.hidden_states_bias)?.multiply(&*self.hidden_states_scale)?;
+        let hs = h
+            .as_dtype(Dtype::Float32)?
+            .add(&*self.hidden_states_bias)?
+            .multiply(&*self.hidden_states_scale)?;
         match residual {
             None => Ok(hs),
             Some(r) => {
@@ -188,7 +252,11 @@ pub struct ForwardOptions {
 
 impl Default for ForwardOptions {
     fn default() -> Self {
-        ForwardOptions { logits: LogitsMode::All, capture: false, chunk: None }
+        ForwardOptions {
+            logits: LogitsMode::All,
+            capture: false,
+            chunk: None,
+        }
     }
 }
 
@@ -211,6 +279,45 @@ pub struct ForwardOutput {
     pub capture: Option<LayerCapture>,
 }
 
+/// Wall-clock split of one decode step measured by [`ZayaModel::decode_step_profiled`], which
+/// evaluates after every phase (so the sum is a little above an unprofiled step).
+#[derive(Debug, Clone, Default)]
+pub struct PhaseTimes {
+    /// Token checks and the embedding lookup.
+    pub embed: Duration,
+    /// Per half-layer: residual scaling, input norm and the attention or MoE sub-layer.
+    pub layers: Vec<Duration>,
+    /// Final residual scaling, final norm and the lm_head.
+    pub head: Duration,
+    /// Everything else: chunk bookkeeping, cache evaluation, the skip counters.
+    pub other: Duration,
+}
+
+impl PhaseTimes {
+    /// Sum over the attention half-layers (even indices).
+    pub fn attention(&self) -> Duration {
+        self.layers.iter().step_by(2).sum()
+    }
+    /// Sum over the MoE half-layers (odd indices).
+    pub fn moe(&self) -> Duration {
+        self.layers.iter().skip(1).step_by(2).sum()
+    }
+    /// Everything measured.
+    pub fn total(&self) -> Duration {
+        self.embed + self.layers.iter().sum::<Duration>() + self.head + self.other
+    }
+}
+
+/// What a forward additionally measures (benchmark support).
+enum Probe<'a> {
+    None,
+    /// Count the nodes of each chunk's graph before it is evaluated (summed over chunks), also by
+    /// primitive name.
+    Nodes(&'a mut GraphStats, &'a mut Vec<(String, i64)>),
+    /// Evaluate after every phase and time it.
+    Phases(&'a mut PhaseTimes),
+}
+
 /// The ZAYA1 causal LM.
 #[derive(Debug, ModuleParameters)]
 pub struct ZayaModel {
@@ -225,10 +332,15 @@ pub struct ZayaModel {
 
 fn check_options(o: &ModelOptions) -> Result<()> {
     if !matches!(o.dtype, Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16) {
-        return Err(ZayaError::InvalidArgument(format!("compute dtype {:?} unsupported (f32, bf16, f16)", o.dtype)));
+        return Err(ZayaError::InvalidArgument(format!(
+            "compute dtype {:?} unsupported (f32, bf16, f16)",
+            o.dtype
+        )));
     }
     if o.prefill_chunk == 0 || o.kv_step == 0 {
-        return Err(ZayaError::InvalidArgument("prefill_chunk and kv_step must be positive".into()));
+        return Err(ZayaError::InvalidArgument(
+            "prefill_chunk and kv_step must be positive".into(),
+        ));
     }
     Ok(())
 }
@@ -247,7 +359,12 @@ impl ZayaModel {
 
     /// Builds the model from canonical weights; every tensor must be consumed (`origin` names the
     /// weights in errors).
-    pub fn from_weights(config: ZayaConfig, weights: CanonicalWeights, options: ModelOptions, origin: &str) -> Result<Self> {
+    pub fn from_weights(
+        config: ZayaConfig,
+        weights: CanonicalWeights,
+        options: ModelOptions,
+        origin: &str,
+    ) -> Result<Self> {
         check_options(&options)?;
         let cfg = &config;
         let mut src = WeightSource::new(weights, origin);
@@ -262,11 +379,23 @@ impl ZayaModel {
             let input_norm = RmsNorm::load(&mut src, &format!("{base}.input_norm"), h, cfg.norm_eps, f32)?;
             let res_scale = ResScale::load(&mut src, &format!("{base}.res_scale"), h, n > 0)?;
             let (self_attn, zaya_block) = if n % 2 == 0 {
-                (Some(CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?), None)
+                (
+                    Some(CcaAttention::load(&mut src, &format!("{base}.self_attn"), cfg, dt)?),
+                    None,
+                )
             } else {
-                (None, Some(ZayaMoe::load(&mut src, &format!("{base}.zaya_block"), cfg, dt)?))
+                (
+                    None,
+                    Some(ZayaMoe::load(&mut src, &format!("{base}.zaya_block"), cfg, dt)?),
+                )
             };
-            layers.push(ZayaLayer { input_norm, res_scale, self_attn, zaya_block, index: n });
+            layers.push(ZayaLayer {
+                input_norm,
+                res_scale,
+                self_attn,
+                zaya_block,
+                index: n,
+            });
         }
         let final_norm = RmsNorm::load(&mut src, "model.final_norm", h, cfg.norm_eps, f32)?;
         let res_scale = ResScale::load(&mut src, "model.res_scale", h, true)?;
@@ -276,7 +405,17 @@ impl ZayaModel {
             Some(QLinear::load(&mut src, "lm_head", h, cfg.vocab_size, false, f32)?)
         };
         src.finish()?;
-        let model = ZayaModel { model: ZayaBody { embed_tokens, layers, final_norm, res_scale }, lm_head, config, options };
+        let model = ZayaModel {
+            model: ZayaBody {
+                embed_tokens,
+                layers,
+                final_norm,
+                res_scale,
+            },
+            lm_head,
+            config,
+            options,
+        };
         // materialize the dtype conversions now (load time), not in the first forward
         {
             use mlx_rs::module::ModuleParameters;
@@ -284,6 +423,12 @@ impl ZayaModel {
             mlx_rs::transforms::eval(params.values().copied())?;
         }
         Ok(model)
+    }
+
+    /// True when the fused per-layer primitives run ([`ModelOptions::fused_layers`] with the fused
+    /// linear backend).
+    pub fn fused_layers(&self) -> bool {
+        self.options.fused_layers && self.options.linear_backend == LinearBackend::Fused
     }
 
     /// The model configuration.
@@ -301,7 +446,9 @@ impl ZayaModel {
     pub fn set_options(&mut self, options: ModelOptions) -> Result<()> {
         check_options(&options)?;
         if options.dtype != self.options.dtype || options.linear_backend != self.options.linear_backend {
-            return Err(ZayaError::InvalidArgument("dtype and linear backend are fixed when the model is built".into()));
+            return Err(ZayaError::InvalidArgument(
+                "dtype and linear backend are fixed when the model is built".into(),
+            ));
         }
         self.options = options;
         Ok(())
@@ -309,7 +456,11 @@ impl ZayaModel {
 
     /// True when the routed experts are stored as TurboQuant.
     pub fn has_turboquant_experts(&self) -> bool {
-        self.model.layers.iter().filter_map(|l| l.zaya_block.as_ref()).any(|m| m.experts.switch_mlp.is_turboquant())
+        self.model
+            .layers
+            .iter()
+            .filter_map(|l| l.zaya_block.as_ref())
+            .any(|m| m.experts.switch_mlp.is_turboquant())
     }
 
     /// A fresh cache for this model (KV growth step from the options).
@@ -323,21 +474,39 @@ impl ZayaModel {
         let tokens = match tokens.ndim() {
             1 => tokens.reshape(&[1, tokens.shape()[0]])?,
             2 => tokens.clone(),
-            n => return Err(ZayaError::InvalidArgument(format!("token ids must be [T] or [B, T], got {n} dimensions"))),
+            n => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "token ids must be [T] or [B, T], got {n} dimensions"
+                )))
+            }
         };
         let (b, t) = (tokens.shape()[0] as usize, tokens.shape()[1] as usize);
         if t == 0 || b == 0 {
             return Err(ZayaError::InvalidArgument("empty token sequence".into()));
         }
         let ids = match tokens.dtype() {
-            Dtype::Int32 | Dtype::Uint32 | Dtype::Int64 | Dtype::Uint64 | Dtype::Int16 | Dtype::Uint16 | Dtype::Int8 | Dtype::Uint8 => {
-                tokens.as_dtype(Dtype::Int64)?
+            Dtype::Int32
+            | Dtype::Uint32
+            | Dtype::Int64
+            | Dtype::Uint64
+            | Dtype::Int16
+            | Dtype::Uint16
+            | Dtype::Int8
+            | Dtype::Uint8 => tokens.as_dtype(Dtype::Int64)?,
+            other => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "token ids must be integers, got {other:?}"
+                )))
             }
-            other => return Err(ZayaError::InvalidArgument(format!("token ids must be integers, got {other:?}"))),
         };
         ids.eval()?;
         let vocab = self.config.vocab_size as i64;
-        if let Some((pos, &bad)) = ids.as_slice::<i64>().iter().enumerate().find(|(_, &v)| v < 0 || v >= vocab) {
+        if let Some((pos, &bad)) = ids
+            .as_slice::<i64>()
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v >= vocab)
+        {
             return Err(ZayaError::InvalidArgument(format!(
                 "token id {bad} at position {} is outside the vocabulary (0..{vocab})",
                 pos % t
@@ -345,7 +514,10 @@ impl ZayaModel {
         }
         let total = cache.offset() + t;
         if total > self.config.max_position_embeddings {
-            return Err(ZayaError::ContextOverflow { tokens: total, limit: self.config.max_position_embeddings });
+            return Err(ZayaError::ContextOverflow {
+                tokens: total,
+                limit: self.config.max_position_embeddings,
+            });
         }
         if let Some(cb) = cache.batch() {
             if cb != b && cache.offset() > 0 {
@@ -367,23 +539,39 @@ impl ZayaModel {
     /// carries every state across chunks in `cache`, evaluates each chunk, and optionally captures
     /// per-layer tensors.
     pub fn forward_with(&self, tokens: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
+        if opts.chunk == Some(0) {
+            return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
+        }
+        self.forward_probed(tokens, cache, opts, Probe::None)
+    }
+
+    fn forward_probed(
+        &self,
+        tokens: &Array,
+        cache: &mut ModelCache,
+        opts: ForwardOptions,
+        probe: Probe<'_>,
+    ) -> Result<ForwardOutput> {
         if cache.is_poisoned() {
             return Err(ZayaError::InvalidArgument(
                 "the cache is inconsistent after a failed forward; reset it or restore a snapshot".into(),
             ));
         }
-        if opts.chunk == Some(0) {
-            return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
-        }
         let ids = self.check_tokens(tokens, cache)?;
-        let out = self.forward_checked(&ids, cache, opts);
+        let out = self.forward_checked(&ids, cache, opts, probe);
         if out.is_err() {
             cache.poison();
         }
         out
     }
 
-    fn forward_checked(&self, ids: &Array, cache: &mut ModelCache, opts: ForwardOptions) -> Result<ForwardOutput> {
+    fn forward_checked(
+        &self,
+        ids: &Array,
+        cache: &mut ModelCache,
+        opts: ForwardOptions,
+        mut probe: Probe<'_>,
+    ) -> Result<ForwardOutput> {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         cache.bind_batch(b as usize)?;
         let chunk = opts.chunk.unwrap_or(self.options.prefill_chunk).clamp(1, t as usize) as i32;
@@ -399,13 +587,31 @@ impl ZayaModel {
                 _ => LogitsMode::None,
             };
             let piece = ids.index((.., start..end));
-            let ChunkOut { logits, capture: cap, skips } = self.forward_chunk(&piece, cache, mode, opts.capture)?;
+            let ChunkOut {
+                logits,
+                capture: cap,
+                skips,
+            } = self.forward_chunk(&piece, cache, mode, opts.capture, &mut probe)?;
+            let t_other = Instant::now();
             let mut to_eval: Vec<&Array> = skips.iter().map(|(_, a)| a).collect();
             if let Some(l) = &logits {
                 to_eval.push(l);
             }
             if let Some(c) = &cap {
                 to_eval.extend(c.hidden.iter().chain(c.residual.iter()).chain(c.routes.values()));
+            }
+            if let Probe::Nodes(st, names) = &mut probe {
+                let mut all = to_eval.clone();
+                all.extend(cache.arrays());
+                let n = ext::graph_nodes(&all)?;
+                st.nodes += n.nodes;
+                st.casts += n.casts;
+                for (name, c) in ext::graph_histogram(&all)? {
+                    match names.iter_mut().find(|(k, _)| *k == name) {
+                        Some(e) => e.1 += c,
+                        None => names.push((name, c)),
+                    }
+                }
             }
             mlx_rs::transforms::eval(to_eval)?;
             cache.eval()?;
@@ -419,6 +625,9 @@ impl ZayaModel {
             if let Some(c) = cap {
                 captures.push(c);
             }
+            if let Probe::Phases(p) = &mut probe {
+                p.other += t_other.elapsed();
+            }
             start = end;
         }
         let logits = match logits_parts.len() {
@@ -426,7 +635,11 @@ impl ZayaModel {
             1 => logits_parts.pop(),
             _ => Some(concatenate(&logits_parts, 1)?),
         };
-        let capture = if opts.capture { Some(join_captures(captures)?) } else { None };
+        let capture = if opts.capture {
+            Some(join_captures(captures)?)
+        } else {
+            None
+        };
         Ok(ForwardOutput { logits, capture })
     }
 
@@ -434,7 +647,15 @@ impl ZayaModel {
     /// and returns the last position's logits, f32 `[1, V]`, evaluated.
     pub fn prefill(&self, tokens: &[u32], cache: &mut ModelCache, chunk: Option<usize>) -> Result<Array> {
         let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
-        let out = self.forward_with(&ids, cache, ForwardOptions { logits: LogitsMode::Last, capture: false, chunk })?;
+        let out = self.forward_with(
+            &ids,
+            cache,
+            ForwardOptions {
+                logits: LogitsMode::Last,
+                capture: false,
+                chunk,
+            },
+        )?;
         let l = out.logits.expect("LogitsMode::Last");
         Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
     }
@@ -455,11 +676,72 @@ impl ZayaModel {
         let mut c = cache.snapshot();
         let ids = self.check_tokens(&Array::from_slice(&[token], &[1, 1]), &c)?;
         c.bind_batch(1)?;
-        let out = self.forward_chunk(&ids, &mut c, LogitsMode::Last, false)?;
+        let out = self.forward_chunk(&ids, &mut c, LogitsMode::Last, false, &mut Probe::None)?;
         let mut outputs: Vec<&Array> = out.skips.iter().map(|(_, a)| a).collect();
         outputs.extend(out.logits.iter());
-        outputs.extend(c.state_arrays());
+        outputs.extend(c.arrays());
         crate::ext::graph_nodes(&outputs)
+    }
+
+    fn decode_probed(&self, token: u32, cache: &mut ModelCache, probe: Probe<'_>) -> Result<Array> {
+        let ids = Array::from_slice(&[token], &[1, 1]);
+        let opts = ForwardOptions {
+            logits: LogitsMode::Last,
+            capture: false,
+            chunk: Some(1),
+        };
+        let out = self.forward_probed(&ids, cache, opts, probe)?;
+        let l = out.logits.expect("LogitsMode::Last");
+        Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
+    }
+
+    /// [`decode_step`](Self::decode_step) that also counts the primitive nodes of the step's lazy
+    /// graph (logits, skip counters and every cache state) just before it is evaluated, in total
+    /// and by primitive name (most frequent first).
+    #[allow(clippy::type_complexity)]
+    pub fn decode_step_counted(
+        &self,
+        token: u32,
+        cache: &mut ModelCache,
+    ) -> Result<(Array, GraphStats, Vec<(String, i64)>)> {
+        let mut st = GraphStats::default();
+        let mut names = Vec::new();
+        let l = self.decode_probed(token, cache, Probe::Nodes(&mut st, &mut names))?;
+        names.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok((l, st, names))
+    }
+
+    /// [`prefill`](Self::prefill) that evaluates after every phase of every chunk and returns the
+    /// wall-clock time of each phase summed over the chunks (benchmark support).
+    pub fn prefill_profiled(
+        &self,
+        tokens: &[u32],
+        cache: &mut ModelCache,
+        chunk: Option<usize>,
+    ) -> Result<(Array, PhaseTimes)> {
+        let mut p = PhaseTimes::default();
+        let t = Instant::now();
+        let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
+        let opts = ForwardOptions {
+            logits: LogitsMode::Last,
+            capture: false,
+            chunk,
+        };
+        let out = self.forward_probed(&ids, cache, opts, Probe::Phases(&mut p))?;
+        p.embed += t.elapsed().saturating_sub(p.total());
+        let l = out.logits.expect("LogitsMode::Last");
+        Ok((l.reshape(&[1, self.config.vocab_size as i32])?, p))
+    }
+
+    /// [`decode_step`](Self::decode_step) that evaluates after every phase (embedding, each
+    /// half-layer, head) and returns the wall-clock time of each (benchmark support).
+    pub fn decode_step_profiled(&self, token: u32, cache: &mut ModelCache) -> Result<(Array, PhaseTimes)> {
+        let mut p = PhaseTimes::default();
+        let t = Instant::now();
+        let l = self.decode_probed(token, cache, Probe::Phases(&mut p))?;
+        // token checks before the first chunk count as embedding time
+        p.embed += t.elapsed().saturating_sub(p.total());
+        Ok((l, p))
     }
 
     /// The lm_head: `y [.., H]` f32 → logits f32 `[.., V]`.
@@ -472,56 +754,148 @@ impl ZayaModel {
     }
 
     /// One chunk `ids [B, T]` through the whole model.
-    fn forward_chunk(&self, ids: &Array, cache: &mut ModelCache, mode: LogitsMode, capture: bool) -> Result<ChunkOut> {
+    fn forward_chunk(
+        &self,
+        ids: &Array,
+        cache: &mut ModelCache,
+        mode: LogitsMode,
+        capture: bool,
+        probe: &mut Probe<'_>,
+    ) -> Result<ChunkOut> {
+        let mut clock = Instant::now();
+        // Phases probe: evaluates `arrays` and returns the time since the last mark.
+        let mut mark = |probe: &mut Probe<'_>, arrays: &[&Array]| -> Result<Option<Duration>> {
+            if let Probe::Phases(_) = probe {
+                mlx_rs::transforms::eval(arrays.iter().copied())?;
+                let d = clock.elapsed();
+                clock = Instant::now();
+                Ok(Some(d))
+            } else {
+                Ok(None)
+            }
+        };
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let hdim = self.config.hidden_size as i32;
         let offset = cache.offset();
         let dt = self.options.dtype;
-        let cca_opts = CcaOptions { conv_mode: self.options.conv_mode, kv_step: cache.kv_step() };
-        let moe_opts = MoeOptions { mod_skip: self.options.mod_skip, backend: self.options.expert_backend };
+        let fused = self.fused_layers();
+        let cca_opts = CcaOptions {
+            conv_mode: self.options.conv_mode,
+            kv_step: cache.kv_step(),
+            fused,
+        };
+        let moe_opts = MoeOptions {
+            mod_skip: self.options.mod_skip,
+            backend: self.options.expert_backend,
+            fused_layers: fused,
+        };
         let mut cap = capture.then(LayerCapture::default);
+        // The fused path carries the hidden and residual streams as rows [B·T, H] (no reshapes
+        // between sub-layers); the plain path as [B, T, H].
+        let rows = fused;
+        let to3 = |a: &Array| -> Result<Array> { Ok(if rows { a.reshape(&[b, t, hdim])? } else { a.clone() }) };
 
-        let mut h = self.model.embed_tokens.embed(ids)?; // [B, T, H] f32
+        let mut h = if rows {
+            self.model.embed_tokens.embed(&ids.reshape(&[b * t])?)? // [B·T, H] f32
+        } else {
+            self.model.embed_tokens.embed(ids)? // [B, T, H] f32
+        };
+        if let (Some(d), Probe::Phases(p)) = (mark(probe, &[&h])?, &mut *probe) {
+            p.embed += d;
+        }
         let mut residual: Option<Array> = None;
         let mut router_state: Option<Array> = None;
         let mut skips: Vec<(usize, Array)> = Vec::new();
         for layer in &self.model.layers {
             let n = layer.index;
-            let r = layer.res_scale.merge(residual.as_ref(), &h)?;
             // the norm in f32; the router reads it in f32, projections and experts in the compute dtype
-            let x32 = layer.input_norm.forward(&r)?;
-            let x = if x32.dtype() == dt { x32.clone() } else { x32.as_dtype(dt)? };
+            let (r, x32) = layer
+                .res_scale
+                .merge_norm(residual.as_ref(), &h, &layer.input_norm, fused)?;
+            let x = if x32.dtype() == dt {
+                x32.clone()
+            } else {
+                x32.as_dtype(dt)?
+            };
             if let Some(c) = cap.as_mut() {
-                c.residual.push(r.clone());
+                c.residual.push(to3(&r)?);
             }
             residual = Some(r);
             h = if let Some(attn) = &layer.self_attn {
-                attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
+                if rows {
+                    attn.forward_rows(&x, b, t, cache.attn_mut(n), offset, cca_opts)?
+                } else {
+                    attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
+                }
             } else {
                 let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
-                let out = moe.forward(&x.reshape(&[b * t, hdim])?, &x32.reshape(&[b * t, hdim])?, router_state.as_ref(), moe_opts)?;
+                let (xm, xr) = if rows {
+                    (x.clone(), x32.clone())
+                } else {
+                    (x.reshape(&[b * t, hdim])?, x32.reshape(&[b * t, hdim])?)
+                };
+                let out = moe.forward(&xm, &xr, router_state.as_ref(), moe_opts)?;
                 skips.push((n, out.skipped));
                 if let Some(c) = cap.as_mut() {
                     c.routes.insert(n, out.route.reshape(&[b, t])?);
                 }
                 router_state = Some(out.state);
-                out.y.reshape(&[b, t, hdim])?
+                if rows {
+                    out.y
+                } else {
+                    out.y.reshape(&[b, t, hdim])?
+                }
             };
             if let Some(c) = cap.as_mut() {
-                c.hidden.push(h.as_dtype(Dtype::Float32)?);
+                c.hidden.push(to3(&h)?.as_dtype(Dtype::Float32)?);
+            }
+            if let Probe::Phases(_) = probe {
+                let mut ev: Vec<&Array> = vec![&h];
+                ev.extend(residual.as_ref());
+                ev.extend(router_state.as_ref());
+                if layer.self_attn.is_some() {
+                    ev.extend(cache.attn(n).arrays());
+                }
+                if let (Some(d), Probe::Phases(p)) = (mark(probe, &ev)?, &mut *probe) {
+                    if p.layers.len() <= n {
+                        p.layers.resize(n + 1, Duration::ZERO);
+                    }
+                    p.layers[n] += d;
+                }
             }
         }
-        let r = self.model.res_scale.merge(residual.as_ref(), &h)?;
+        let (rs, norm) = (&self.model.res_scale, &self.model.final_norm);
         let logits = match mode {
             LogitsMode::None => None,
-            LogitsMode::All => Some(self.lm_head(&self.model.final_norm.forward(&r)?)?),
+            LogitsMode::All => {
+                let y = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?;
+                Some(if rows { y.reshape(&[b, t, -1])? } else { y })
+            }
+            LogitsMode::Last if t == 1 => {
+                let y = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?;
+                Some(if rows { y.reshape(&[b, 1, -1])? } else { y })
+            }
             LogitsMode::Last => {
-                let last = r.index((.., t - 1..t, ..));
-                Some(self.lm_head(&self.model.final_norm.forward(&last)?)?)
+                // only the last position: slice before the merge (elementwise, so the same values)
+                let h_last = to3(&h)?.index((.., t - 1..t, ..));
+                let r_last = match residual.as_ref() {
+                    Some(r) => Some(to3(r)?.index((.., t - 1..t, ..))),
+                    None => None,
+                };
+                Some(self.lm_head(&rs.merge_norm(r_last.as_ref(), &h_last, norm, fused)?.1)?)
             }
         };
+        if let Some(l) = &logits {
+            if let (Some(d), Probe::Phases(p)) = (mark(probe, &[l])?, &mut *probe) {
+                p.head += d;
+            }
+        }
         cache.advance(t as usize);
-        Ok(ChunkOut { logits, capture: cap, skips })
+        Ok(ChunkOut {
+            logits,
+            capture: cap,
+            skips,
+        })
     }
 }
 
@@ -540,12 +914,22 @@ fn join_captures(mut parts: Vec<LayerCapture>) -> Result<LayerCapture> {
     let mut out = LayerCapture::default();
     let layers = parts.first().map_or(0, |p| p.hidden.len());
     for n in 0..layers {
-        out.hidden.push(concatenate(&parts.iter().map(|p| &p.hidden[n]).collect::<Vec<_>>(), 1)?);
-        out.residual.push(concatenate(&parts.iter().map(|p| &p.residual[n]).collect::<Vec<_>>(), 1)?);
+        out.hidden
+            .push(concatenate(&parts.iter().map(|p| &p.hidden[n]).collect::<Vec<_>>(), 1)?);
+        out.residual.push(concatenate(
+            &parts.iter().map(|p| &p.residual[n]).collect::<Vec<_>>(),
+            1,
+        )?);
     }
-    let keys: Vec<usize> = parts.first().map(|p| p.routes.keys().copied().collect()).unwrap_or_default();
+    let keys: Vec<usize> = parts
+        .first()
+        .map(|p| p.routes.keys().copied().collect())
+        .unwrap_or_default();
     for k in keys {
-        out.routes.insert(k, concatenate(&parts.iter().map(|p| &p.routes[&k]).collect::<Vec<_>>(), 1)?);
+        out.routes.insert(
+            k,
+            concatenate(&parts.iter().map(|p| &p.routes[&k]).collect::<Vec<_>>(), 1)?,
+        );
     }
     Ok(out)
 }

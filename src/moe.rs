@@ -7,6 +7,9 @@
 //! gate weight `w = p[e*]` (unbiased). Experts: `y = w · down(silu(gate x) ⊙ up x)`; the skip route
 //! (`e* = E`) gives `w · x` ([`ModSkip::ScaledIdentity`], the legacy reference) or `0` ([`ModSkip::Zero`]).
 //!
+//! With [`MoeOptions::fused_layers`] the router runs as one op ([`ext::router`]) and the output with
+//! its skip route as another ([`ext::moe_combine`]) around the fused experts.
+//!
 //! The plain expert path groups the tokens by chosen expert on the host (one sync per MoE layer) and
 //! runs each used expert once over its rows; TurboQuant rows are rotated once and shared by gate and
 //! up (jangtq-format.md §3.6, §4.4).
@@ -25,7 +28,7 @@ use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, TqCodec, TqWeights};
 use crate::model::RmsNorm;
 use crate::quant::affine::{self, QuantMode, QuantSpec};
-use crate::quant::linear::{take_float, take_float_opt, QLinear, WeightSource};
+use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 use crate::quant::turboquant::{rotate, TqMatrix};
 use crate::quant::WeightFormat;
 
@@ -44,18 +47,19 @@ pub enum ModSkip {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpertBackend {
     /// Plain MLX ops, tokens grouped by expert on the host: the reference path.
-    #[default]
     Plain,
     /// The fused mlx-ext TurboQuant switch-GLU primitive (`ext::tq_switch_glu`: rotation, gate/up
     /// SwiGLU and down in one op, no host sync) for TurboQuant experts with power-of-two dims and
     /// 2–4-bit codes; the plain path for every other expert format.
+    #[default]
     Fused,
 }
 
 /// Exact-erf GELU (torch `nn.GELU()` default): `x · (1 + erf(x/√2)) / 2`.
 pub fn gelu(x: &Array) -> Result<Array> {
     let inner = erf(x.multiply(Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
-    Ok(x.multiply(inner.add(Array::from_f32(1.0))?)?.multiply(Array::from_f32(0.5))?)
+    Ok(x.multiply(inner.add(Array::from_f32(1.0))?)?
+        .multiply(Array::from_f32(0.5))?)
 }
 
 /// SiLU `x · σ(x)`.
@@ -150,6 +154,8 @@ pub struct RouteOut {
     pub score: Array,
     /// f32 `[N, R]`: the EDA state handed to the next MoE layer (pre-norm `r`).
     pub state: Array,
+    /// int32 scalar: tokens that took the skip route (set by the fused router only).
+    pub skipped: Option<Array>,
 }
 
 /// The MoE router (`zaya_block.router`). Everything is computed in f32.
@@ -185,7 +191,12 @@ impl Router {
                 l4: QLinear::load(src, &format!("{base}.router_mlp.4"), r, nl, false, f32)?,
             },
             balancing_biases: Param::new(take_float(src, &format!("{base}.balancing_biases"), &[nl as i32], f32)?),
-            router_states_scale: Param::new(take_float_opt(src, &format!("{base}.router_states_scale"), &[r as i32], f32)?),
+            router_states_scale: Param::new(take_float_opt(
+                src,
+                &format!("{base}.router_states_scale"),
+                &[r as i32],
+                f32,
+            )?),
             num_experts: cfg.num_experts,
             use_eda: cfg.use_eda,
         })
@@ -205,7 +216,60 @@ impl Router {
         let choice = argmax_axis(probs.add(&*self.balancing_biases)?, -1, true)?;
         let score = take_along_axis(&probs, &choice, -1)?.squeeze_axes(&[-1])?;
         let choice = choice.squeeze_axes(&[-1])?.as_dtype(Dtype::Int32)?;
-        Ok(RouteOut { probs, choice, score, state: r })
+        Ok(RouteOut {
+            probs,
+            choice,
+            score,
+            state: r,
+            skipped: None,
+        })
+    }
+
+    /// True when [`forward_fused`](Self::forward_fused) can run this router: every linear float on
+    /// the fused backend, with the biases the router has.
+    pub fn fused_supported(&self) -> bool {
+        let ok = |l: &QLinear, bias: bool| {
+            l.format == WeightFormat::Float && l.backend == LinearBackend::Fused && l.bias.value.is_some() == bias
+        };
+        ok(&self.down_proj, true)
+            && ok(&self.router_mlp.l0, true)
+            && ok(&self.router_mlp.l2, true)
+            && ok(&self.router_mlp.l4, false)
+            && self.rmsnorm_eda.weight.dtype() == Dtype::Float32
+    }
+
+    /// The router as one fused op ([`ext::router`]); same results as [`forward`](Self::forward).
+    /// `x`: f32 `[N, H]`. Requires [`fused_supported`](Self::fused_supported).
+    pub fn forward_fused(&self, x: &Array, prev_state: Option<&Array>) -> Result<RouteOut> {
+        let prev = match (self.use_eda, prev_state, self.router_states_scale.value.as_ref()) {
+            (true, Some(p), Some(s)) => Some((p, s)),
+            _ => None,
+        };
+        let o = ext::router(
+            x,
+            prev,
+            ext::RouterWeights {
+                down_w: &self.down_proj.weight,
+                down_b: self.down_proj.bias.value.as_ref().unwrap(),
+                norm_w: &self.rmsnorm_eda.weight,
+                eps: self.rmsnorm_eda.eps,
+                w0: &self.router_mlp.l0.weight,
+                b0: self.router_mlp.l0.bias.value.as_ref().unwrap(),
+                w2: &self.router_mlp.l2.weight,
+                b2: self.router_mlp.l2.bias.value.as_ref().unwrap(),
+                w4: &self.router_mlp.l4.weight,
+                balancing: &self.balancing_biases,
+                num_experts: self.num_experts as u32,
+            },
+            ExtMode::Auto,
+        )?;
+        Ok(RouteOut {
+            probs: o.probs,
+            choice: o.choice,
+            score: o.score,
+            state: o.state,
+            skipped: Some(o.skipped),
+        })
     }
 }
 
@@ -263,11 +327,16 @@ impl SwitchProj {
         };
         match format {
             WeightFormat::Float => {
-                *p.weight = Some(take_float(src, &format!("{base}.weight"), &[ei, oi, in_f as i32], dtype)?);
+                *p.weight = Some(take_float(
+                    src,
+                    &format!("{base}.weight"),
+                    &[ei, oi, in_f as i32],
+                    dtype,
+                )?);
             }
             WeightFormat::Affine { bits, group_size } => {
                 let (b, g) = (bits as usize, group_size as usize);
-                if g == 0 || in_f % g != 0 || (in_f * b) % 32 != 0 {
+                if g == 0 || !in_f.is_multiple_of(g) || !(in_f * b).is_multiple_of(32) {
                     return Err(src.quant_err(base, format!("in_features {in_f} does not fit {b}-bit groups of {g}")));
                 }
                 *p.weight = Some(src.take_shaped(&format!("{base}.weight"), &[ei, oi, (in_f * b / 32) as i32])?);
@@ -277,15 +346,22 @@ impl SwitchProj {
                 *p.biases = Some(take_float(src, &format!("{base}.biases"), &gs, Dtype::Float32)?);
             }
             WeightFormat::Mxfp4 { group_size } => {
-                if group_size != 32 || in_f % 32 != 0 {
+                if group_size != 32 || !in_f.is_multiple_of(32) {
                     return Err(src.quant_err(base, format!("mxfp4 needs groups of 32 dividing in_features {in_f}")));
                 }
                 *p.weight = Some(src.take_shaped(&format!("{base}.weight"), &[ei, oi, (in_f / 8) as i32])?);
                 *p.scales = Some(src.take_shaped(&format!("{base}.scales"), &[ei, oi, (in_f / 32) as i32])?);
             }
-            WeightFormat::TurboQuant { bits, in_features, seed } => {
+            WeightFormat::TurboQuant {
+                bits,
+                in_features,
+                seed,
+            } => {
                 if in_features as usize != in_f {
-                    return Err(src.quant_err(base, format!("declared in_features {in_features}, the model needs {in_f}")));
+                    return Err(src.quant_err(
+                        base,
+                        format!("declared in_features {in_features}, the model needs {in_f}"),
+                    ));
                 }
                 if !(1..=8).contains(&bits) || 32 % bits != 0 {
                     return Err(src.quant_err(base, format!("{bits}-bit TurboQuant codes are not supported")));
@@ -340,10 +416,16 @@ impl SwitchProj {
 
     fn quant_spec(&self) -> Option<QuantSpec> {
         match self.format {
-            WeightFormat::Affine { bits, group_size } => {
-                Some(QuantSpec { mode: QuantMode::Affine, bits: bits as i32, group_size: group_size as i32 })
-            }
-            WeightFormat::Mxfp4 { group_size } => Some(QuantSpec { mode: QuantMode::Mxfp4, bits: 4, group_size: group_size as i32 }),
+            WeightFormat::Affine { bits, group_size } => Some(QuantSpec {
+                mode: QuantMode::Affine,
+                bits: bits as i32,
+                group_size: group_size as i32,
+            }),
+            WeightFormat::Mxfp4 { group_size } => Some(QuantSpec {
+                mode: QuantMode::Mxfp4,
+                bits: 4,
+                group_size: group_size as i32,
+            }),
             _ => None,
         }
     }
@@ -356,7 +438,11 @@ impl SwitchProj {
             Some(spec) => {
                 let s = self.scales.value.as_ref().unwrap().index(e);
                 let b = self.biases.value.as_ref().map(|b| b.index(e));
-                let xf = if x.dtype() == Dtype::Float32 { x.clone() } else { x.as_dtype(Dtype::Float32)? };
+                let xf = if x.dtype() == Dtype::Float32 {
+                    x.clone()
+                } else {
+                    x.as_dtype(Dtype::Float32)?
+                };
                 affine::matmul_t(&xf, &w, &s, b.as_ref(), spec)
             }
         }
@@ -382,7 +468,11 @@ impl SwitchMlp {
             (Some(g), Some(u), Some(d)) => {
                 // one rotation shared by gate and up when they use the same signs (always for ZAYA)
                 let xr = rotate(x, &g.signs)?;
-                let xu = if same_rotation(&self.gate_proj.format, &self.up_proj.format) { xr.clone() } else { rotate(x, &u.signs)? };
+                let xu = if same_rotation(&self.gate_proj.format, &self.up_proj.format) {
+                    xr.clone()
+                } else {
+                    rotate(x, &u.signs)?
+                };
                 let a = silu(&g.matmul_rotated(&xr, e)?)?.multiply(u.matmul_rotated(&xu, e)?)?;
                 d.matmul(&a, e)
             }
@@ -407,7 +497,9 @@ impl SwitchMlp {
     /// rotation and bit width, 2–4-bit codes, power-of-two input widths.
     pub fn fused_supported(&self) -> bool {
         let ok = |p: &SwitchProj| match p.format {
-            WeightFormat::TurboQuant { bits, in_features, .. } => (2..=4).contains(&bits) && in_features.is_power_of_two(),
+            WeightFormat::TurboQuant { bits, in_features, .. } => {
+                (2..=4).contains(&bits) && in_features.is_power_of_two()
+            }
             _ => false,
         };
         let same_bits = match (&self.gate_proj.format, &self.up_proj.format) {
@@ -424,16 +516,41 @@ impl SwitchMlp {
     /// All experts of the N rows through the fused primitive; rows routed to an id ≥ E (skip) get
     /// zeros. f32 `[N, H]`.
     fn fused(&self, x: &Array, choice: &Array) -> Result<Array> {
-        let (g, u, d) = (self.gate_proj.tq().unwrap(), self.up_proj.tq().unwrap(), self.down_proj.tq().unwrap());
-        let xf = if x.dtype() == Dtype::Float32 { x.clone() } else { x.as_dtype(Dtype::Float32)? };
+        let (g, u, d) = (
+            self.gate_proj.tq().unwrap(),
+            self.up_proj.tq().unwrap(),
+            self.down_proj.tq().unwrap(),
+        );
+        let xf = if x.dtype() == Dtype::Float32 {
+            x.clone()
+        } else {
+            x.as_dtype(Dtype::Float32)?
+        };
         ext::tq_switch_glu(
             &xf,
             choice,
-            TqWeights { packed: &g.packed, norms: &g.norms },
-            TqWeights { packed: &u.packed, norms: &u.norms },
-            TqWeights { packed: &d.packed, norms: &d.norms },
-            TqCodec { codebook: &g.codebook, signs: &g.signs, bits: g.bits },
-            TqCodec { codebook: &d.codebook, signs: &d.signs, bits: d.bits },
+            TqWeights {
+                packed: &g.packed,
+                norms: &g.norms,
+            },
+            TqWeights {
+                packed: &u.packed,
+                norms: &u.norms,
+            },
+            TqWeights {
+                packed: &d.packed,
+                norms: &d.norms,
+            },
+            TqCodec {
+                codebook: &g.codebook,
+                signs: &g.signs,
+                bits: g.bits,
+            },
+            TqCodec {
+                codebook: &d.codebook,
+                signs: &d.signs,
+                bits: d.bits,
+            },
             ExtMode::Auto,
         )
     }
@@ -458,6 +575,8 @@ pub struct Experts {
 pub struct MoeOptions {
     pub mod_skip: ModSkip,
     pub backend: ExpertBackend,
+    /// Use the fused router and output ops ([`ext::router`], [`ext::moe_combine`]) where they apply.
+    pub fused_layers: bool,
 }
 
 /// Result of one MoE half-layer.
@@ -500,16 +619,50 @@ impl ZayaMoe {
         if tq != 0 && tq != 3 {
             return Err(src.quant_err(&sm, "gate/up/down must all be TurboQuant or none".into()));
         }
-        Ok(ZayaMoe { router, experts: Experts { switch_mlp }, num_experts: e })
+        Ok(ZayaMoe {
+            router,
+            experts: Experts { switch_mlp },
+            num_experts: e,
+        })
     }
 
     /// `x [N, H]` (the input_norm output in the compute dtype) → `h_n [N, H]`, given the previous
     /// MoE layer's state. `x_router` is the same input in f32 (the router always runs in f32; pass
     /// `x` itself when it is f32).
     pub fn forward(&self, x: &Array, x_router: &Array, prev_state: Option<&Array>, opts: MoeOptions) -> Result<MoeOut> {
-        let route = self.router.forward(x_router, prev_state)?;
+        let fused_router = opts.fused_layers && self.router.fused_supported() && x_router.dtype() == Dtype::Float32;
+        let route = if fused_router {
+            self.router.forward_fused(x_router, prev_state)?
+        } else {
+            self.router.forward(x_router, prev_state)?
+        };
         let sm = &self.experts.switch_mlp;
         let e_count = self.num_experts as i32;
+        let fused_out = opts.backend == ExpertBackend::Fused && sm.fused_supported() && opts.fused_layers;
+        if let (true, Some(skipped)) = (fused_out, route.skipped.as_ref()) {
+            // one node each: experts (skip rows zero), then p·(experts | x | 0)
+            let ey = sm.fused(x, &route.choice)?;
+            let y = ext::moe_combine(
+                &ey,
+                x_router,
+                &route.choice,
+                &route.score,
+                self.num_experts as u32,
+                opts.mod_skip == ModSkip::Zero,
+                ExtMode::Auto,
+            )?;
+            let y = if y.dtype() == x.dtype() {
+                y
+            } else {
+                y.as_dtype(x.dtype())?
+            };
+            return Ok(MoeOut {
+                y,
+                state: route.state,
+                route: route.choice,
+                skipped: skipped.clone(),
+            });
+        }
         if opts.backend == ExpertBackend::Fused && sm.fused_supported() {
             let score = route.score.expand_dims(-1)?; // [N, 1] f32
             let ey = sm.fused(x, &route.choice)?.multiply(&score)?;
@@ -518,10 +671,21 @@ impl ZayaMoe {
             let y = match opts.mod_skip {
                 // skip rows of `ey` are zero already
                 ModSkip::Zero => ey,
-                ModSkip::ScaledIdentity => mlx_rs::ops::select(&is_skip.expand_dims(-1)?, x_router.multiply(&score)?, &ey)?,
+                ModSkip::ScaledIdentity => {
+                    mlx_rs::ops::select(&is_skip.expand_dims(-1)?, x_router.multiply(&score)?, &ey)?
+                }
             };
-            let y = if y.dtype() == x.dtype() { y } else { y.as_dtype(x.dtype())? };
-            return Ok(MoeOut { y, state: route.state, route: route.choice, skipped });
+            let y = if y.dtype() == x.dtype() {
+                y
+            } else {
+                y.as_dtype(x.dtype())?
+            };
+            return Ok(MoeOut {
+                y,
+                state: route.state,
+                route: route.choice,
+                skipped,
+            });
         }
         let n = x.shape()[0] as usize;
         route.choice.eval()?;
@@ -579,7 +743,16 @@ impl ZayaMoe {
                 }
             }
         };
-        let y = if y.dtype() == out_dtype { y } else { y.as_dtype(out_dtype)? };
-        Ok(MoeOut { y, state: route.state, route: route.choice, skipped: Array::from_int(skipped as i32) })
+        let y = if y.dtype() == out_dtype {
+            y
+        } else {
+            y.as_dtype(out_dtype)?
+        };
+        Ok(MoeOut {
+            y,
+            state: route.state,
+            route: route.choice,
+            skipped: Array::from_int(skipped as i32),
+        })
     }
 }

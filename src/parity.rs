@@ -26,7 +26,10 @@ pub struct ParityOptions {
 
 impl Default for ParityOptions {
     fn default() -> Self {
-        ParityOptions { rtol: DEFAULT_RTOL, min_agreement: 1.0 }
+        ParityOptions {
+            rtol: DEFAULT_RTOL,
+            min_agreement: 1.0,
+        }
     }
 }
 
@@ -86,9 +89,22 @@ impl ParityReport {
             let (abs, mref, rel) = if t.name.starts_with("route.") {
                 (String::from("-"), String::from("-"), String::from("-"))
             } else {
-                (format!("{:.3e}", t.max_abs), format!("{:.3e}", t.max_ref), format!("{:.2e}", t.rel))
+                (
+                    format!("{:.3e}", t.max_abs),
+                    format!("{:.3e}", t.max_ref),
+                    format!("{:.2e}", t.rel),
+                )
             };
-            let _ = writeln!(s, "{:<14} {:>12} {:>12} {:>11} {:>12}  {}", t.name, abs, mref, rel, agree, if t.ok { "ok" } else { "FAIL" });
+            let _ = writeln!(
+                s,
+                "{:<14} {:>12} {:>12} {:>11} {:>12}  {}",
+                t.name,
+                abs,
+                mref,
+                rel,
+                agree,
+                if t.ok { "ok" } else { "FAIL" }
+            );
         }
         if !self.ignored.is_empty() {
             let _ = writeln!(s, "not compared: {}", self.ignored.join(", "));
@@ -131,22 +147,43 @@ pub fn reference_tokens(reference: &HashMap<String, Array>) -> Result<Vec<u32>> 
         .ok_or_else(|| ZayaError::InvalidArgument("the reference file has no `token_ids` (pass --token-ids)".into()))?;
     host_i64(t)?
         .into_iter()
-        .map(|v| u32::try_from(v).map_err(|_| ZayaError::InvalidArgument(format!("reference token id {v} is negative"))))
+        .map(|v| {
+            u32::try_from(v).map_err(|_| ZayaError::InvalidArgument(format!("reference token id {v} is negative")))
+        })
         .collect()
 }
 
 /// Runs `model` on one sequence `ids` from an empty cache and returns the tensors of the reference
 /// naming contract: `token_ids`, `logits` f32 `[T, V]`, and with `hidden_states` also `hidden.{n}`,
 /// `residual.{n}` f32 `[T, H]` and `route.{n}` int32 `[T]`.
-pub fn run_outputs(model: &ZayaModel, ids: &[u32], hidden_states: bool, chunk: Option<usize>) -> Result<BTreeMap<String, Array>> {
+pub fn run_outputs(
+    model: &ZayaModel,
+    ids: &[u32],
+    hidden_states: bool,
+    chunk: Option<usize>,
+) -> Result<BTreeMap<String, Array>> {
     let mut cache: ModelCache = model.new_cache();
     let tokens = Array::from_slice(ids, &[1, ids.len() as i32]);
-    let out = model.forward_with(&tokens, &mut cache, ForwardOptions { logits: LogitsMode::All, capture: hidden_states, chunk })?;
+    let out = model.forward_with(
+        &tokens,
+        &mut cache,
+        ForwardOptions {
+            logits: LogitsMode::All,
+            capture: hidden_states,
+            chunk,
+        },
+    )?;
     let mut m = BTreeMap::new();
     let t = ids.len() as i32;
-    m.insert("token_ids".to_string(), Array::from_slice(&ids.iter().map(|&v| v as i32).collect::<Vec<_>>(), &[t]));
+    m.insert(
+        "token_ids".to_string(),
+        Array::from_slice(&ids.iter().map(|&v| v as i32).collect::<Vec<_>>(), &[t]),
+    );
     let logits = out.logits.expect("LogitsMode::All");
-    m.insert("logits".to_string(), logits.reshape(&[t, model.config().vocab_size as i32])?);
+    m.insert(
+        "logits".to_string(),
+        logits.reshape(&[t, model.config().vocab_size as i32])?,
+    );
     if let Some(cap) = out.capture {
         let h = model.config().hidden_size as i32;
         for (n, a) in cap.hidden.iter().enumerate() {
@@ -185,10 +222,18 @@ fn is_compared(name: &str) -> bool {
 
 /// Compares `ours` with `reference` for every reference tensor of the naming contract. A reference
 /// tensor we did not produce, or of a different shape, is an error.
-pub fn compare_outputs(ours: &BTreeMap<String, Array>, reference: &HashMap<String, Array>, opts: ParityOptions) -> Result<ParityReport> {
+pub fn compare_outputs(
+    ours: &BTreeMap<String, Array>,
+    reference: &HashMap<String, Array>,
+    opts: ParityOptions,
+) -> Result<ParityReport> {
     let mut names: Vec<&String> = reference.keys().filter(|k| is_compared(k)).collect();
     names.sort_by_key(|n| layer_order(n));
-    let mut ignored: Vec<String> = reference.keys().filter(|k| !is_compared(k) && k.as_str() != "token_ids").cloned().collect();
+    let mut ignored: Vec<String> = reference
+        .keys()
+        .filter(|k| !is_compared(k) && k.as_str() != "token_ids")
+        .cloned()
+        .collect();
     ignored.sort();
     let tokens = ours.get("token_ids").map_or(0, |t| t.shape()[0] as usize);
     let mut tensors = Vec::new();
@@ -200,16 +245,31 @@ pub fn compare_outputs(ours: &BTreeMap<String, Array>, reference: &HashMap<Strin
         let rshape: Vec<i32> = r.shape().iter().copied().filter(|&d| d != 1).collect();
         let oshape: Vec<i32> = o.shape().iter().copied().filter(|&d| d != 1).collect();
         if rshape != oshape {
-            return Err(ZayaError::Parity(format!("`{name}`: reference shape {:?}, ours {:?}", r.shape(), o.shape())));
+            return Err(ZayaError::Parity(format!(
+                "`{name}`: reference shape {:?}, ours {:?}",
+                r.shape(),
+                o.shape()
+            )));
         }
         let entry = if name.starts_with("route.") {
             let (a, b) = (host_i64(o)?, host_i64(r)?);
             let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
             let ok = agree as f64 >= opts.min_agreement * b.len() as f64;
-            TensorParity { name: name.clone(), max_abs: 0.0, max_ref: 0.0, rel: 0.0, agreement: Some((agree, b.len())), ok }
+            TensorParity {
+                name: name.clone(),
+                max_abs: 0.0,
+                max_ref: 0.0,
+                rel: 0.0,
+                agreement: Some((agree, b.len())),
+                ok,
+            }
         } else {
             let (a, b) = (host_f32(o)?, host_f32(r)?);
-            let max_abs = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+            let max_abs =
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
             let max_ref = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
             let rel = if max_ref > 0.0 { max_abs / max_ref } else { max_abs };
             let mut ok = max_abs.is_finite() && rel <= opts.rtol;
@@ -222,14 +282,28 @@ pub fn compare_outputs(ours: &BTreeMap<String, Array>, reference: &HashMap<Strin
             } else {
                 None
             };
-            TensorParity { name: name.clone(), max_abs, max_ref, rel, agreement, ok }
+            TensorParity {
+                name: name.clone(),
+                max_abs,
+                max_ref,
+                rel,
+                agreement,
+                ok,
+            }
         };
         tensors.push(entry);
     }
     if tensors.is_empty() {
-        return Err(ZayaError::Parity("the reference file has no `logits`, `hidden.{n}`, `residual.{n}` or `route.{n}` tensors".into()));
+        return Err(ZayaError::Parity(
+            "the reference file has no `logits`, `hidden.{n}`, `residual.{n}` or `route.{n}` tensors".into(),
+        ));
     }
-    Ok(ParityReport { tokens, options: opts, tensors, ignored })
+    Ok(ParityReport {
+        tokens,
+        options: opts,
+        tensors,
+        ignored,
+    })
 }
 
 /// Runs `model` on `token_ids` (default: the reference's `token_ids`) and compares with `reference`.

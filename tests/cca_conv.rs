@@ -126,17 +126,21 @@ fn decode_and_chunked_prefill_carry_state() {
     }
 }
 
+fn vec_f32(n: usize) -> Vec<f32> {
+    vec![0.0; n]
+}
+
 #[test]
 fn bad_inputs_are_errors_not_aborts() {
     let f = |v: &[f32], s: &[i32]| Array::from_slice(v, s);
-    let u = f(&vec![0.0; C * 3], &[1, 3, C as i32]);
-    let st = f(&vec![0.0; C * 2], &[1, C as i32, 2]);
-    let w0 = f(&vec![0.0; C * 2], &[C as i32, 2, 1]);
-    let b0 = f(&vec![0.0; C], &[C as i32]);
-    let w1 = f(&vec![0.0; C * 2 * CG], &[C as i32, 2, CG as i32]);
-    let b1 = f(&vec![0.0; C], &[C as i32]);
+    let u = f(&vec_f32(C * 3), &[1, 3, C as i32]);
+    let st = f(&vec_f32(C * 2), &[1, C as i32, 2]);
+    let w0 = f(&vec_f32(C * 2), &[C as i32, 2, 1]);
+    let b0 = f(&vec_f32(C), &[C as i32]);
+    let w1 = f(&vec_f32(C * 2 * CG), &[C as i32, 2, CG as i32]);
+    let b1 = f(&vec_f32(C), &[C as i32]);
     // wrong state shape
-    let bad_state = f(&vec![0.0; C * 3], &[1, C as i32, 3]);
+    let bad_state = f(&vec_f32(C * 3), &[1, C as i32, 3]);
     let e = cca_conv(&u, &bad_state, &w0, &b0, &w1, &b1, ExtMode::Auto).unwrap_err().to_string();
     assert!(e.contains("conv_state"), "{e}");
     // wrong dtype
@@ -144,7 +148,7 @@ fn bad_inputs_are_errors_not_aborts() {
     let e = cca_conv(&u16, &st, &w0, &b0, &w1, &b1, ExtMode::Primitive).unwrap_err().to_string();
     assert!(e.contains("float32") && e.contains("u"), "{e}");
     // PyTorch layout weight passed by mistake
-    let w1_pt = f(&vec![0.0; C * 2 * CG], &[C as i32, CG as i32, 2]);
+    let w1_pt = f(&vec_f32(C * 2 * CG), &[C as i32, CG as i32, 2]);
     let e = cca_conv(&u, &st, &w0, &b0, &w1_pt, &b1, ExtMode::Auto).unwrap_err().to_string();
     assert!(e.contains("conv_qk.1.weight"), "{e}");
 }

@@ -13,7 +13,13 @@ use zaya_mlx::model::{ForwardOptions, LogitsMode, ModelOptions, ZayaModel};
 fn setup(kv_step: usize) -> (ZayaModel, Vec<u32>, std::collections::HashMap<String, Array>) {
     let dir = model_ref("tiny", "tq", 7);
     let r = load_st(&dir.join("reference.safetensors"));
-    let model = build(&dir, ModelOptions { kv_step, ..ModelOptions::default() });
+    let model = build(
+        &dir,
+        ModelOptions {
+            kv_step,
+            ..ModelOptions::default()
+        },
+    );
     let ids = ref_tokens(&r);
     (model, ids, r)
 }
@@ -83,7 +89,11 @@ fn kv_cache_grows_in_steps_across_several_growths() {
         assert_close(&l, &rl[i * v..(i + 1) * v], 5e-4, &format!("decode position {i}"));
         let a = c.attn(0);
         assert_eq!(a.len(), i + 1);
-        assert_eq!(a.capacity(), (i + 1).div_ceil(4) * 4, "capacity is a whole number of steps");
+        assert_eq!(
+            a.capacity(),
+            (i + 1).div_ceil(4) * 4,
+            "capacity is a whole number of steps"
+        );
         caps.push(a.capacity());
     }
     caps.dedup();
@@ -112,12 +122,30 @@ fn chunked_all_position_logits_match_reference() {
     let (model, ids, r) = setup(256);
     let mut c = model.new_cache();
     let out = model
-        .forward_with(&Array::from_slice(&ids, &[1, ids.len() as i32]), &mut c, ForwardOptions { logits: LogitsMode::All, capture: true, chunk: Some(5) })
+        .forward_with(
+            &Array::from_slice(&ids, &[1, ids.len() as i32]),
+            &mut c,
+            ForwardOptions {
+                logits: LogitsMode::All,
+                capture: true,
+                chunk: Some(5),
+            },
+        )
         .unwrap();
-    assert_close(&to_vec_f32(&out.logits.unwrap()), &to_vec_f32(&r["logits"]), 5e-4, "chunked all logits");
+    assert_close(
+        &to_vec_f32(&out.logits.unwrap()),
+        &to_vec_f32(&r["logits"]),
+        5e-4,
+        "chunked all logits",
+    );
     let cap = out.capture.unwrap();
     for n in 0..model.config().num_hidden_layers {
-        assert_close(&to_vec_f32(&cap.hidden[n]), &to_vec_f32(&r[&format!("hidden.{n}")]), 5e-4, &format!("hidden.{n}"));
+        assert_close(
+            &to_vec_f32(&cap.hidden[n]),
+            &to_vec_f32(&r[&format!("hidden.{n}")]),
+            5e-4,
+            &format!("hidden.{n}"),
+        );
     }
 }
 
@@ -127,11 +155,17 @@ fn snapshot_restore_and_reset() {
     let mut c = model.new_cache();
     model.prefill(&ids[..7], &mut c, None).unwrap();
     let snap = c.snapshot();
-    let a: Vec<Vec<f32>> = ids[7..].iter().map(|&t| to_vec_f32(&model.decode_step(t, &mut c).unwrap())).collect();
+    let a: Vec<Vec<f32>> = ids[7..]
+        .iter()
+        .map(|&t| to_vec_f32(&model.decode_step(t, &mut c).unwrap()))
+        .collect();
     assert_eq!(c.offset(), ids.len());
     c.restore(&snap);
     assert_eq!(c.offset(), 7);
-    let b: Vec<Vec<f32>> = ids[7..].iter().map(|&t| to_vec_f32(&model.decode_step(t, &mut c).unwrap())).collect();
+    let b: Vec<Vec<f32>> = ids[7..]
+        .iter()
+        .map(|&t| to_vec_f32(&model.decode_step(t, &mut c).unwrap()))
+        .collect();
     assert_eq!(a, b, "decoding after restore repeats exactly");
     // the snapshot itself was not modified by decoding on the live cache
     assert_eq!(snap.offset(), 7);
@@ -154,7 +188,17 @@ fn batch_of_two_sequences_matches_single_runs() {
     let mut flat = a.to_vec();
     flat.extend(&b);
     let mut c = model.new_cache();
-    let out = model.forward_with(&Array::from_slice(&flat, &[2, 6]), &mut c, ForwardOptions { logits: LogitsMode::Last, capture: false, chunk: Some(4) }).unwrap();
+    let out = model
+        .forward_with(
+            &Array::from_slice(&flat, &[2, 6]),
+            &mut c,
+            ForwardOptions {
+                logits: LogitsMode::Last,
+                capture: false,
+                chunk: Some(4),
+            },
+        )
+        .unwrap();
     let both = to_vec_f32(&out.logits.unwrap());
     let mut ca = model.new_cache();
     let la = to_vec_f32(&model.prefill(a, &mut ca, None).unwrap());

@@ -15,7 +15,11 @@ const REL: f32 = 5e-4;
 /// Both backends: the fused kernels (the default) and plain MLX ops.
 fn check(preset: &str, format: &str, seed: u64) {
     check_with(preset, format, seed, ModelOptions::default(), "fused");
-    let plain = ModelOptions { expert_backend: ExpertBackend::Plain, linear_backend: LinearBackend::Plain, ..ModelOptions::default() };
+    let plain = ModelOptions {
+        expert_backend: ExpertBackend::Plain,
+        linear_backend: LinearBackend::Plain,
+        ..ModelOptions::default()
+    };
     check_with(preset, format, seed, plain, "plain");
 }
 
@@ -29,14 +33,26 @@ fn check_with(preset: &str, format: &str, seed: u64, opts: ModelOptions, label: 
     let ids = ref_tokens(&r);
     let mut cache = model.new_cache();
     let out = model
-        .forward_with(&Array::from_slice(&ids, &[ids.len() as i32]), &mut cache, ForwardOptions { logits: LogitsMode::All, capture: true, chunk: None })
+        .forward_with(
+            &Array::from_slice(&ids, &[ids.len() as i32]),
+            &mut cache,
+            ForwardOptions {
+                logits: LogitsMode::All,
+                capture: true,
+                chunk: None,
+            },
+        )
         .unwrap();
     let logits = to_vec_f32(&out.logits.unwrap());
     let rl = to_vec_f32(&r["logits"]);
     let (d, m) = max_diff(&logits, &rl);
     eprintln!("{preset}/{format}: logits max|Δ| {d:.3e} max|ref| {m:.3}");
     assert!(d <= REL * m, "{preset}/{format}: logits max|Δ| {d} > {REL}·{m}");
-    assert_eq!(argmax_rows(&logits, cfg.vocab_size), argmax_rows(&rl, cfg.vocab_size), "{preset}/{format}: argmax");
+    assert_eq!(
+        argmax_rows(&logits, cfg.vocab_size),
+        argmax_rows(&rl, cfg.vocab_size),
+        "{preset}/{format}: argmax"
+    );
     let cap = out.capture.unwrap();
     for n in 0..cfg.num_hidden_layers {
         for (name, ours) in [("hidden", &cap.hidden[n]), ("residual", &cap.residual[n])] {
@@ -44,7 +60,11 @@ fn check_with(preset: &str, format: &str, seed: u64, opts: ModelOptions, label: 
             assert!(d <= REL * m, "{preset}/{format}: {name}.{n} max|Δ| {d} > {REL}·{m}");
         }
         if n % 2 == 1 {
-            assert_eq!(to_vec_i32(&cap.routes[&n]), to_vec_i32(&r[&format!("route.{n}")]), "{preset}/{format}: route.{n}");
+            assert_eq!(
+                to_vec_i32(&cap.routes[&n]),
+                to_vec_i32(&r[&format!("route.{n}")]),
+                "{preset}/{format}: route.{n}"
+            );
         }
     }
 }

@@ -45,7 +45,17 @@ fn parity_fails_where_the_reference_was_perturbed() {
     let failed: Vec<&str> = rep.tensors.iter().filter(|t| !t.ok).map(|t| t.name.as_str()).collect();
     assert_eq!(failed, vec!["route.1", "hidden.2"]);
     // a looser agreement threshold accepts the single flipped route, not the hidden state
-    let rep = compare(&model, &r, None, None, ParityOptions { rtol: 5e-4, min_agreement: 0.9 }).unwrap();
+    let rep = compare(
+        &model,
+        &r,
+        None,
+        None,
+        ParityOptions {
+            rtol: 5e-4,
+            min_agreement: 0.9,
+        },
+    )
+    .unwrap();
     let failed: Vec<&str> = rep.tensors.iter().filter(|t| !t.ok).map(|t| t.name.as_str()).collect();
     assert_eq!(failed, vec!["hidden.2"]);
 }
@@ -56,8 +66,11 @@ fn parity_with_explicit_tokens_and_logits_only() {
     let r = load_st(&dir.join("reference.safetensors"));
     let model = build(&dir, ModelOptions::default());
     let ids = ref_tokens(&r);
-    let only: std::collections::HashMap<String, Array> =
-        [("logits".to_string(), r["logits"].clone()), ("greedy_ids".to_string(), Array::from_slice(&[1i32], &[1]))].into();
+    let only: std::collections::HashMap<String, Array> = [
+        ("logits".to_string(), r["logits"].clone()),
+        ("greedy_ids".to_string(), Array::from_slice(&[1i32], &[1])),
+    ]
+    .into();
     let rep = compare(&model, &only, Some(&ids), None, ParityOptions::default()).unwrap();
     assert!(rep.ok());
     assert_eq!(rep.tensors.len(), 1);

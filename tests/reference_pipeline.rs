@@ -119,7 +119,10 @@ fn formula_key_count(layers: usize) -> usize {
 
 /// dtype and shape of every tensor in the bundle's shards, read from the safetensors headers,
 /// and the index's weight map.
-fn bundle_headers(bundle: &Path) -> (BTreeMap<String, (Dtype, Vec<usize>)>, BTreeMap<String, String>) {
+/// Tensor name → (dtype, shape), and tensor name → shard file name.
+type Headers = (BTreeMap<String, (Dtype, Vec<usize>)>, BTreeMap<String, String>);
+
+fn bundle_headers(bundle: &Path) -> Headers {
     let index: Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("model.safetensors.index.json")).unwrap()).unwrap();
     assert_eq!(index["metadata"]["format"], "jangtq", "index metadata.format");
     let weight_map: BTreeMap<String, String> = index["weight_map"]

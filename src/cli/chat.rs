@@ -1,9 +1,202 @@
-//! `zaya chat` (not implemented yet).
+//! `zaya chat`: an interactive multi-turn chat that keeps the model cache across turns (each turn
+//! prefills only its new templated suffix). Commands: `/reset` (clear the conversation and the
+//! cache), `/exit` (or end of input), `/help`. Ctrl-C stops the current answer; at the prompt, a
+//! second Ctrl-C exits. Reads lines from standard input, so it also runs from a pipe (no prompt
+//! marker is printed then).
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use zaya_mlx::generate::{FinishReason, GenParams};
 use zaya_mlx::{Result, ZayaError};
 
-#[derive(clap::Args)]
-pub struct Args {}
+use super::common::{self, ModelArgs, SamplingArgs, TemplateArgs};
+use super::generate::max_tokens;
 
-pub fn run(_args: Args) -> Result<i32> {
-    Err(ZayaError::InvalidArgument("`zaya chat` is not implemented yet".into()))
+const HELP: &str = "commands: /reset clears the conversation and the cache, /exit quits (also end of input); \
+Ctrl-C stops an answer, twice at the prompt quits";
+
+/// `zaya chat` arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Most tokens per answer (-1: until EOS or the context limit).
+    #[arg(short = 'm', long, default_value_t = 512, allow_negative_numbers = true, value_name = "N")]
+    pub max_tokens: i64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub template: TemplateArgs,
+    /// Stop an answer when its text contains this string (repeatable).
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub stop: Vec<String>,
+    /// Do not stop at EOS / end-of-turn tokens (like llama.cpp's --ignore-eos; for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print statistics after each answer (on standard error).
+    #[arg(long, default_value = "false", value_name = "BOOL", value_parser = common::parse_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub verbose: bool,
+}
+
+/// What a Ctrl-C means right now.
+const AT_PROMPT: u8 = 0;
+const ANSWERING: u8 = 1;
+
+struct Interrupts {
+    mode: AtomicU8,
+    cancel: Arc<AtomicBool>,
+    presses_at_prompt: AtomicU32,
+}
+
+fn install_handler() -> Arc<Interrupts> {
+    let st = Arc::new(Interrupts {
+        mode: AtomicU8::new(AT_PROMPT),
+        cancel: Arc::new(AtomicBool::new(false)),
+        presses_at_prompt: AtomicU32::new(0),
+    });
+    let h = st.clone();
+    let installed = ctrlc::set_handler(move || {
+        if h.mode.load(Ordering::SeqCst) == ANSWERING {
+            if h.cancel.swap(true, Ordering::SeqCst) {
+                // a second Ctrl-C while the first has not taken effect yet (e.g. a long prefill)
+                eprintln!("\n[interrupted twice: exiting]");
+                std::process::exit(130);
+            }
+        } else if h.presses_at_prompt.fetch_add(1, Ordering::SeqCst) >= 1 {
+            eprintln!();
+            std::process::exit(130);
+        } else {
+            eprintln!("\n(Ctrl-C again to exit, or type /exit)");
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: cannot install the Ctrl-C handler ({e}); Ctrl-C will end the program");
+    }
+    st
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let sampling = args.sampling.params()?;
+    let chat_options = args.template.chat_options()?;
+    args.model.model_options()?;
+    let mut params = GenParams {
+        max_tokens: max_tokens(args.max_tokens)?,
+        sampling,
+        stop: args.stop.iter().map(|s| common::expand_escapes(s)).collect(),
+        prefill_chunk: args.model.prefill_chunk,
+        ignore_eos: args.ignore_eos,
+        ..GenParams::default()
+    };
+    params.validate()?;
+
+    let zaya = args.model.load()?;
+    if zaya.tokenizer().is_none() || zaya.chat_template().is_none() {
+        return Err(ZayaError::Template(format!(
+            "{} has no tokenizer or chat template; `zaya chat` needs both (try `zaya generate --ignore-chat-template`)",
+            zaya.dir().map_or("the bundle".into(), |d| d.display().to_string())
+        )));
+    }
+    let interactive = std::io::stdin().is_terminal();
+    let irq = install_handler();
+    params.cancel = Some(irq.cancel.clone());
+    let mut session = zaya.session();
+    session.set_chat_options(chat_options);
+    session.set_system_prompt(args.template.system_prompt.as_deref());
+    if interactive {
+        eprintln!("zaya chat: {} ({HELP})", zaya.dir().map_or(String::new(), |d| d.display().to_string()));
+    }
+
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock();
+    let stdout = std::io::stdout();
+    let io = |e: std::io::Error| ZayaError::io("<stdout>", e);
+    let mut line = String::new();
+    loop {
+        irq.mode.store(AT_PROMPT, Ordering::SeqCst);
+        if interactive {
+            let mut out = stdout.lock();
+            write!(out, ">> ").map_err(io)?;
+            out.flush().map_err(io)?;
+        }
+        line.clear();
+        let n = lines.read_line(&mut line).map_err(|e| ZayaError::io("<stdin>", e))?;
+        if n == 0 {
+            break; // end of input
+        }
+        irq.presses_at_prompt.store(0, Ordering::SeqCst);
+        let input = line.trim_end_matches(['\n', '\r']);
+        match input.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                session.reset();
+                session.set_system_prompt(args.template.system_prompt.as_deref());
+                println!("[conversation reset]");
+                continue;
+            }
+            "/help" => {
+                println!("{HELP}");
+                continue;
+            }
+            _ => {}
+        }
+        irq.cancel.store(false, Ordering::SeqCst);
+        irq.mode.store(ANSWERING, Ordering::SeqCst);
+        let mut gen = match session.chat(input, &params) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                if matches!(e, ZayaError::ContextOverflow { .. }) {
+                    eprintln!("(the conversation no longer fits the context: /reset to start over)");
+                }
+                continue;
+            }
+        };
+        let mut out = stdout.lock();
+        let mut failed = None;
+        for step in gen.by_ref() {
+            match step {
+                Ok(s) => {
+                    if !s.text.is_empty() {
+                        out.write_all(s.text.as_bytes()).map_err(io)?;
+                        out.flush().map_err(io)?;
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        writeln!(out).map_err(io)?;
+        out.flush().map_err(io)?;
+        drop(out);
+        let stats = gen.stats();
+        let finish = gen.finish_reason().cloned();
+        drop(gen);
+        if let Some(e) = failed {
+            eprintln!("error: {e}");
+            continue;
+        }
+        match finish {
+            Some(FinishReason::Cancelled) => eprintln!("[interrupted]"),
+            Some(FinishReason::ContextLimit) => {
+                eprintln!("[context limit of {} tokens reached: /reset to start over]", zaya.max_context())
+            }
+            _ => {}
+        }
+        if args.verbose {
+            eprintln!(
+                "[prompt: {} new tokens ({} reused), {:.3} tokens-per-sec; generation: {} tokens, {:.3} tokens-per-sec; \
+                 time to first token {:.3} s; peak memory {:.3} GB]",
+                stats.prompt_tokens,
+                stats.reused_tokens,
+                stats.prompt_tps,
+                stats.generation_tokens,
+                stats.generation_tps,
+                stats.time_to_first_token.as_secs_f64(),
+                stats.peak_bytes() as f64 / 1e9
+            );
+        }
+    }
+    Ok(0)
 }

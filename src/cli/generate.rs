@@ -1,9 +1,142 @@
-//! `zaya generate` (not implemented yet).
+//! `zaya generate`: one prompt in, streamed text out, with mlx_lm.generate's flags and output
+//! layout (`==========`, the text, `==========`, then the `Prompt:`, `Generation:` and
+//! `Peak memory:` lines; `--verbose false` prints only the text).
+use std::io::Write;
+
+use zaya_mlx::generate::{FinishReason, GenParams};
 use zaya_mlx::{Result, ZayaError};
 
-#[derive(clap::Args)]
-pub struct Args {}
+use super::common::{self, ModelArgs, SamplingArgs, TemplateArgs};
 
-pub fn run(_args: Args) -> Result<i32> {
-    Err(ZayaError::InvalidArgument("`zaya generate` is not implemented yet".into()))
+const AFTER_HELP: &str = "\
+Peak memory is the larger of MLX's allocator peak and the process's peak resident set (the weights are
+memory-mapped on the CPU backend, which MLX's counter does not see); GB = 10^9 bytes.
+
+Examples:
+  zaya generate -p 'Hello'                                  (tiny demo bundle, random weights)
+  zaya generate --model OsaurusAI/ZAYA1-8B-JANGTQ4 -p 'What is 2+2?' --no-thinking
+  echo 'Write a haiku' | zaya generate --model ./ZAYA1-8B-JANGTQ4 -p - --temp 0.7 --seed 1";
+
+/// `zaya generate` arguments.
+#[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text (`-` reads standard input; literal \n and \t are expanded).
+    #[arg(short = 'p', long, default_value = "hello", allow_hyphen_values = true)]
+    pub prompt: String,
+    /// Most tokens to generate (-1: until EOS or the context limit).
+    #[arg(short = 'm', long, default_value_t = 100, allow_negative_numbers = true, value_name = "N")]
+    pub max_tokens: i64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub template: TemplateArgs,
+    /// Encode the prompt as is, without the chat template.
+    #[arg(long)]
+    pub ignore_chat_template: bool,
+    /// Stop when the text contains this string (repeatable; not printed; \n and \t expanded).
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub stop: Vec<String>,
+    /// Do not stop at EOS / end-of-turn tokens (like llama.cpp's --ignore-eos; for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Extra end-of-sequence tokens (token text or id; repeatable).
+    #[arg(long, value_name = "TOKEN", num_args = 1..)]
+    pub extra_eos_token: Vec<String>,
+    /// Print the separators and statistics (true) or only the generated text (false).
+    #[arg(long, default_value = "true", value_name = "BOOL", value_parser = common::parse_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub verbose: bool,
+}
+
+/// `--max-tokens` → the library's limit (`-1` = none).
+pub fn max_tokens(n: i64) -> Result<Option<usize>> {
+    match n {
+        -1 => Ok(None),
+        n if n > 0 => Ok(Some(n as usize)),
+        n => Err(ZayaError::InvalidArgument(format!("--max-tokens must be positive or -1 (no limit), got {n}"))),
+    }
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    // everything that can be checked before loading the model
+    let sampling = args.sampling.params()?;
+    let chat_options = args.template.chat_options()?;
+    args.model.model_options()?;
+    let params = GenParams {
+        max_tokens: max_tokens(args.max_tokens)?,
+        sampling,
+        stop: args.stop.iter().map(|s| common::expand_escapes(s)).collect(),
+        prefill_chunk: args.model.prefill_chunk,
+        ignore_eos: args.ignore_eos,
+        ..GenParams::default()
+    };
+    params.validate()?;
+    let prompt = common::read_prompt(&args.prompt)?;
+
+    let zaya = args.model.load()?;
+    let tok = zaya.tokenizer().ok_or_else(|| {
+        ZayaError::Tokenizer(format!(
+            "{} has no tokenizer.json; `zaya generate` needs one (for token ids use `zaya logits --token-ids`)",
+            zaya.dir().map_or("the bundle".into(), |d| d.display().to_string())
+        ))
+    })?;
+    let params = GenParams {
+        extra_eos: common::extra_eos_ids(Some(tok), &args.extra_eos_token, zaya.model().config().vocab_size)?,
+        ..params
+    };
+    let mut session = zaya.session();
+    let use_template = !args.ignore_chat_template && zaya.chat_template().is_some();
+    let mut gen = if use_template {
+        session.set_chat_options(chat_options);
+        session.set_system_prompt(args.template.system_prompt.as_deref());
+        session.chat(prompt.as_str(), &params)?
+    } else {
+        session.generate(&prompt, &params)?
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let io = |e: std::io::Error| ZayaError::io("<stdout>", e);
+    if args.verbose {
+        writeln!(out, "==========").map_err(io)?;
+    }
+    let mut text = String::new();
+    for step in gen.by_ref() {
+        let step = match step {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(out);
+                return Err(e);
+            }
+        };
+        if args.verbose && !step.text.is_empty() {
+            out.write_all(step.text.as_bytes()).map_err(io)?;
+            out.flush().map_err(io)?;
+        }
+        text.push_str(&step.text);
+    }
+    let stats = gen.stats();
+    let finish = gen.finish_reason().cloned();
+    if args.verbose {
+        writeln!(out).map_err(io)?;
+        writeln!(out, "==========").map_err(io)?;
+        if text.is_empty() {
+            writeln!(out, "No text generated for this prompt").map_err(io)?;
+        } else {
+            writeln!(out, "Prompt: {} tokens, {:.3} tokens-per-sec", stats.prompt_tokens, stats.prompt_tps).map_err(io)?;
+            writeln!(out, "Generation: {} tokens, {:.3} tokens-per-sec", stats.generation_tokens, stats.generation_tps)
+                .map_err(io)?;
+            writeln!(out, "Peak memory: {:.3} GB", stats.peak_bytes() as f64 / 1e9).map_err(io)?;
+        }
+    } else {
+        writeln!(out, "{text}").map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    if finish == Some(FinishReason::ContextLimit) {
+        eprintln!("note: generation stopped at the context limit of {} tokens", zaya.max_context());
+    }
+    Ok(0)
 }

@@ -38,19 +38,37 @@ impl RunOpts {
             "f32" | "float32" => Dtype::Float32,
             "bf16" | "bfloat16" => Dtype::Bfloat16,
             "f16" | "float16" => Dtype::Float16,
-            other => return Err(ZayaError::InvalidArgument(format!("--dtype `{other}`: expected f32, bf16 or f16"))),
+            other => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "--dtype `{other}`: expected f32, bf16 or f16"
+                )))
+            }
         };
         let mod_skip = match self.mod_skip.as_str() {
             "px" | "scaled-identity" => ModSkip::ScaledIdentity,
             "zero" => ModSkip::Zero,
-            other => return Err(ZayaError::InvalidArgument(format!("--mod-skip `{other}`: expected px or zero"))),
+            other => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "--mod-skip `{other}`: expected px or zero"
+                )))
+            }
         };
         let (expert_backend, linear_backend) = match self.kernels.as_str() {
             "fused" => (ExpertBackend::Fused, LinearBackend::Fused),
             "plain" => (ExpertBackend::Plain, LinearBackend::Plain),
-            other => return Err(ZayaError::InvalidArgument(format!("--kernels `{other}`: expected fused or plain"))),
+            other => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "--kernels `{other}`: expected fused or plain"
+                )))
+            }
         };
-        let mut o = ModelOptions { dtype, mod_skip, expert_backend, linear_backend, ..ModelOptions::default() };
+        let mut o = ModelOptions {
+            dtype,
+            mod_skip,
+            expert_backend,
+            linear_backend,
+            ..ModelOptions::default()
+        };
         if let Some(c) = self.prefill_chunk {
             if c == 0 {
                 return Err(ZayaError::InvalidArgument("--prefill-chunk must be positive".into()));
@@ -92,7 +110,10 @@ pub fn parse_token_ids(s: &str) -> Result<Vec<u32>> {
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().map_err(|_| ZayaError::InvalidArgument(format!("--token-ids: `{t}` is not a token id"))))
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| ZayaError::InvalidArgument(format!("--token-ids: `{t}` is not a token id")))
+        })
         .collect();
     let ids = ids?;
     if ids.is_empty() {
@@ -127,7 +148,10 @@ pub fn run(args: Args) -> Result<i32> {
 /// The command body once the model is loaded.
 pub fn run_with_model(args: &Args, model: &ZayaModel, ids: &[u32]) -> Result<i32> {
     if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        return Err(ZayaError::InvalidArgument(format!("--out {}: the file name must end in .safetensors", args.out.display())));
+        return Err(ZayaError::InvalidArgument(format!(
+            "--out {}: the file name must end in .safetensors",
+            args.out.display()
+        )));
     }
     let outputs = parity::run_outputs(model, ids, args.hidden_states, args.run.prefill_chunk)?;
     let arrays: Vec<(&String, &Array)> = outputs.iter().collect();

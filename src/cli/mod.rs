@@ -2,6 +2,7 @@
 //! reported failure such as a parity or smoke-test failure) and a typed error otherwise.
 pub mod bench;
 pub mod chat;
+pub mod common;
 pub mod generate;
 pub mod info;
 pub mod logits;

@@ -51,21 +51,40 @@ pub fn run(args: Args) -> Result<i32> {
 /// Reads a reference file.
 pub fn read_reference(path: &std::path::Path) -> Result<std::collections::HashMap<String, Array>> {
     if !path.exists() {
-        return Err(ZayaError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(ZayaError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
-    Array::load_safetensors(path).map_err(|e| ZayaError::Safetensors { file: path.to_path_buf(), msg: e.to_string() })
+    Array::load_safetensors(path).map_err(|e| ZayaError::Safetensors {
+        file: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 /// The command body once the model and the reference are loaded.
-pub fn run_with_model(args: &Args, model: &ZayaModel, reference: &std::collections::HashMap<String, Array>) -> Result<i32> {
-    if !(args.rtol > 0.0) {
-        return Err(ZayaError::InvalidArgument(format!("--rtol {} must be positive", args.rtol)));
+pub fn run_with_model(
+    args: &Args,
+    model: &ZayaModel,
+    reference: &std::collections::HashMap<String, Array>,
+) -> Result<i32> {
+    if args.rtol.is_nan() || args.rtol <= 0.0 {
+        return Err(ZayaError::InvalidArgument(format!(
+            "--rtol {} must be positive",
+            args.rtol
+        )));
     }
     if !(0.0..=1.0).contains(&args.min_agreement) {
-        return Err(ZayaError::InvalidArgument(format!("--min-agreement {} must be in [0, 1]", args.min_agreement)));
+        return Err(ZayaError::InvalidArgument(format!(
+            "--min-agreement {} must be in [0, 1]",
+            args.min_agreement
+        )));
     }
     let ids = args.token_ids.as_deref().map(parse_token_ids).transpose()?;
-    let opts = ParityOptions { rtol: args.rtol, min_agreement: args.min_agreement };
+    let opts = ParityOptions {
+        rtol: args.rtol,
+        min_agreement: args.min_agreement,
+    };
     let report = parity::compare(model, reference, ids.as_deref(), args.run.prefill_chunk, opts)?;
     print!("{}", report.table());
     Ok(if report.ok() { 0 } else { 1 })

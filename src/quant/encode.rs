@@ -437,7 +437,7 @@ impl TqEncoder {
                 signs.len()
             )));
         }
-        if codebook.len() != 1 << bits || codebook.windows(2).any(|w| !(w[0] <= w[1])) {
+        if codebook.len() != 1 << bits || codebook.windows(2).any(|w| w[0].partial_cmp(&w[1]).is_none_or(|o| o.is_gt())) {
             return Err(ZayaError::InvalidArgument(format!(
                 "TurboQuant codebook must have {} ascending entries, got {}",
                 1 << bits,
@@ -734,9 +734,9 @@ mod tests {
         let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin()).collect();
         let mut y = x.clone();
         fwht_inplace(&mut y);
-        for i in 0..d {
+        for (i, &yi) in y.iter().enumerate() {
             let e: f64 = (0..d).map(|j| if (i & j).count_ones() % 2 == 0 { x[j] as f64 } else { -(x[j] as f64) }).sum();
-            assert!((e - y[i] as f64).abs() < 1e-5, "{i}: {e} vs {}", y[i]);
+            assert!((e - yi as f64).abs() < 1e-5, "{i}: {e} vs {yi}");
         }
     }
 

@@ -18,11 +18,11 @@ use crate::quant::WeightFormat;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LinearBackend {
     /// MLX's stock ops (`matmul`, `quantized_matmul`): the reference path, runs everywhere.
-    #[default]
     Plain,
     /// The mlx-ext fused CPU kernels where they apply: `ext::affine_matmul` / `ext::affine_embed`
     /// for affine weights of 4 or 8 bits, `ext::dense_matmul` for float weights (read in their stored
     /// dtype), all accumulating in f32. MXFP4 and other bit widths use the plain path.
+    #[default]
     Fused,
 }
 
@@ -70,6 +70,11 @@ impl WeightSource {
         &self.origin
     }
 
+    /// The dtype of tensor `name` if present (and not yet taken).
+    pub fn peek_dtype(&self, name: &str) -> Option<Dtype> {
+        self.tensors.get(name).map(|a| a.dtype())
+    }
+
     /// True if a tensor of that name is present (and not yet taken).
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
@@ -82,7 +87,10 @@ impl WeightSource {
                 self.taken.insert(name.to_string());
                 Ok(a)
             }
-            None => Err(ZayaError::MissingTensor { name: name.to_string(), file: Some(self.origin.clone()) }),
+            None => Err(ZayaError::MissingTensor {
+                name: name.to_string(),
+                file: Some(self.origin.clone()),
+            }),
         }
     }
 
@@ -137,8 +145,10 @@ impl WeightSource {
             (Some(w), Some(s)) => {
                 let cols_w = *w.shape().last().unwrap_or(&0) as usize;
                 let cols_s = *s.shape().last().unwrap_or(&0) as usize;
-                if cols_s == 0 || in_features % cols_s != 0 {
-                    return Err(self.quant_err(base, format!("cannot infer the group size from scales {:?}", s.shape())));
+                if cols_s == 0 || !in_features.is_multiple_of(cols_s) {
+                    return Err(
+                        self.quant_err(base, format!("cannot infer the group size from scales {:?}", s.shape()))
+                    );
                 }
                 let group_size = (in_features / cols_s) as u32;
                 if s.dtype() == Dtype::Uint8 {
@@ -147,20 +157,29 @@ impl WeightSource {
                 let bits = (cols_w * 32 / in_features) as u32;
                 Ok(WeightFormat::Affine { bits, group_size })
             }
-            _ => Err(ZayaError::MissingTensor { name: format!("{base}.weight"), file: Some(self.origin.clone()) }),
+            _ => Err(ZayaError::MissingTensor {
+                name: format!("{base}.weight"),
+                file: Some(self.origin.clone()),
+            }),
         }
     }
 
     /// The TurboQuant codebook `codebook.{in}.{bits}` from the sidecar.
     pub fn tq_codebook(&self, in_features: u32, bits: u32) -> Result<Array> {
         let key = format!("codebook.{in_features}.{bits}");
-        self.tq_runtime.get(&key).cloned().ok_or_else(|| ZayaError::MissingSidecar(format!("`{key}` (codebook for in_features {in_features}, {bits} bits)")))
+        self.tq_runtime.get(&key).cloned().ok_or_else(|| {
+            ZayaError::MissingSidecar(format!("`{key}` (codebook for in_features {in_features}, {bits} bits)"))
+        })
     }
 
     /// The TurboQuant sign vector `signs.{in}.{seed}` from the sidecar.
     pub fn tq_signs(&self, in_features: u32, seed: u64) -> Result<Array> {
         let key = format!("signs.{in_features}.{seed}");
-        self.tq_runtime.get(&key).cloned().ok_or_else(|| ZayaError::MissingSidecar(format!("`{key}` (Hadamard signs for in_features {in_features}, seed {seed})")))
+        self.tq_runtime.get(&key).cloned().ok_or_else(|| {
+            ZayaError::MissingSidecar(format!(
+                "`{key}` (Hadamard signs for in_features {in_features}, seed {seed})"
+            ))
+        })
     }
 
     /// The halfword lookup table of `codebook.{in}.{bits}` (built once, then shared).
@@ -176,7 +195,11 @@ impl WeightSource {
     }
 
     pub(crate) fn quant_err(&self, name: &str, msg: String) -> ZayaError {
-        ZayaError::Quant { name: name.to_string(), file: self.origin.clone(), msg }
+        ZayaError::Quant {
+            name: name.to_string(),
+            file: self.origin.clone(),
+            msg,
+        }
     }
 
     /// Names of all tensors consumed so far.
@@ -189,7 +212,9 @@ impl WeightSource {
         if self.tensors.is_empty() {
             Ok(())
         } else {
-            Err(ZayaError::UnexpectedTensors { names: self.tensors.into_keys().collect() })
+            Err(ZayaError::UnexpectedTensors {
+                names: self.tensors.into_keys().collect(),
+            })
         }
     }
 }
@@ -258,10 +283,16 @@ pub struct QLinear {
 
 fn spec_of(format: &WeightFormat) -> Option<QuantSpec> {
     match *format {
-        WeightFormat::Affine { bits, group_size } => {
-            Some(QuantSpec { mode: QuantMode::Affine, bits: bits as i32, group_size: group_size as i32 })
-        }
-        WeightFormat::Mxfp4 { group_size } => Some(QuantSpec { mode: QuantMode::Mxfp4, bits: 4, group_size: group_size as i32 }),
+        WeightFormat::Affine { bits, group_size } => Some(QuantSpec {
+            mode: QuantMode::Affine,
+            bits: bits as i32,
+            group_size: group_size as i32,
+        }),
+        WeightFormat::Mxfp4 { group_size } => Some(QuantSpec {
+            mode: QuantMode::Mxfp4,
+            bits: 4,
+            group_size: group_size as i32,
+        }),
         _ => None,
     }
 }
@@ -270,7 +301,14 @@ impl QLinear {
     /// Builds the layer `base` (`[out, in]`) from the weight source, for the source's linear
     /// backend. Plain: float weights are converted to `dtype` once here, affine scales/biases to f32.
     /// Fused: weights, scales and biases stay as stored. `bias`: whether `base.bias` must exist.
-    pub fn load(src: &mut WeightSource, base: &str, in_features: usize, out_features: usize, bias: bool, dtype: Dtype) -> Result<Self> {
+    pub fn load(
+        src: &mut WeightSource,
+        base: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        dtype: Dtype,
+    ) -> Result<Self> {
         let format = src.format(base, in_features)?;
         let (i, o) = (in_features as i32, out_features as i32);
         let wname = format!("{base}.weight");
@@ -289,8 +327,11 @@ impl QLinear {
             }
             WeightFormat::Affine { bits, group_size } => {
                 let (bits, gs) = (*bits as usize, *group_size as usize);
-                if gs == 0 || in_features % gs != 0 || (in_features * bits) % 32 != 0 {
-                    return Err(src.quant_err(base, format!("in_features {in_features} does not fit {bits}-bit groups of {gs}")));
+                if gs == 0 || !in_features.is_multiple_of(gs) || !(in_features * bits).is_multiple_of(32) {
+                    return Err(src.quant_err(
+                        base,
+                        format!("in_features {in_features} does not fit {bits}-bit groups of {gs}"),
+                    ));
                 }
                 let w = src.take_shaped(&wname, &[o, (in_features * bits / 32) as i32])?;
                 let g = (in_features / gs) as i32;
@@ -298,13 +339,21 @@ impl QLinear {
                 // plain: f32 scales, because MLX's CPU quantized_matmul accumulates in the dtype of
                 // x/scales and in bf16 that costs ~10% relative error at in = 2048
                 let sdt = |src: &WeightSource, name: &str| -> Dtype {
-                    if fused { src.tensors.get(name).map_or(Dtype::Float32, |a| a.dtype()) } else { Dtype::Float32 }
+                    if fused {
+                        src.tensors.get(name).map_or(Dtype::Float32, |a| a.dtype())
+                    } else {
+                        Dtype::Float32
+                    }
                 };
                 let (sn, bn) = (format!("{base}.scales"), format!("{base}.biases"));
                 let (sd, bd) = (sdt(src, &sn), sdt(src, &bn));
                 let s = take_float(src, &sn, &[o, g], sd)?;
                 let b = take_float(src, &bn, &[o, g], bd)?;
-                let (s, b) = if s.dtype() == b.dtype() { (s, b) } else { (cast(s, Dtype::Float32)?, cast(b, Dtype::Float32)?) };
+                let (s, b) = if s.dtype() == b.dtype() {
+                    (s, b)
+                } else {
+                    (cast(s, Dtype::Float32)?, cast(b, Dtype::Float32)?)
+                };
                 if fused {
                     backend = LinearBackend::Fused;
                 }
@@ -312,8 +361,11 @@ impl QLinear {
             }
             WeightFormat::Mxfp4 { group_size } => {
                 let gs = *group_size as usize;
-                if gs != 32 || in_features % 32 != 0 {
-                    return Err(src.quant_err(base, format!("mxfp4 needs groups of 32 dividing in_features {in_features}")));
+                if gs != 32 || !in_features.is_multiple_of(32) {
+                    return Err(src.quant_err(
+                        base,
+                        format!("mxfp4 needs groups of 32 dividing in_features {in_features}"),
+                    ));
                 }
                 let w = src.take_shaped(&wname, &[o, (in_features / 8) as i32])?;
                 let s = src.take_shaped(&format!("{base}.scales"), &[o, (in_features / 32) as i32])?;
@@ -323,7 +375,11 @@ impl QLinear {
                 return Err(src.quant_err(base, "TurboQuant is only supported for the routed experts".into()))
             }
         };
-        let bias = if bias { Some(take_float(src, &format!("{base}.bias"), &[o], Dtype::Float32)?) } else { None };
+        let bias = if bias {
+            Some(take_float(src, &format!("{base}.bias"), &[o], Dtype::Float32)?)
+        } else {
+            None
+        };
         Ok(QLinear {
             weight: Param::new(weight),
             scales: Param::new(scales),
@@ -341,8 +397,20 @@ impl QLinear {
     /// fused path).
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let f32 = Dtype::Float32;
-        let to_f32 = |x: &Array| -> Result<Array> { if x.dtype() == f32 { Ok(x.clone()) } else { Ok(x.as_dtype(f32)?) } };
-        let back = |y: Array| -> Result<Array> { if y.dtype() == x.dtype() { Ok(y) } else { Ok(y.as_dtype(x.dtype())?) } };
+        let to_f32 = |x: &Array| -> Result<Array> {
+            if x.dtype() == f32 {
+                Ok(x.clone())
+            } else {
+                Ok(x.as_dtype(f32)?)
+            }
+        };
+        let back = |y: Array| -> Result<Array> {
+            if y.dtype() == x.dtype() {
+                Ok(y)
+            } else {
+                Ok(y.as_dtype(x.dtype())?)
+            }
+        };
         if self.backend == LinearBackend::Fused {
             let xf = to_f32(x)?;
             let y = match self.format {
@@ -369,7 +437,13 @@ impl QLinear {
             None => x.matmul(self.weight.t())?,
             Some(spec) => {
                 // accumulate in f32 whatever the activation dtype, then round back to it
-                let y = affine::matmul_t(&to_f32(x)?, &self.weight, self.scales.value.as_ref().unwrap(), self.biases.value.as_ref(), spec)?;
+                let y = affine::matmul_t(
+                    &to_f32(x)?,
+                    &self.weight,
+                    self.scales.value.as_ref().unwrap(),
+                    self.biases.value.as_ref(),
+                    spec,
+                )?;
                 back(y)?
             }
         };

@@ -1,7 +1,8 @@
 //! [`SynthSpec`]: the architecture and format knobs of a synthetic bundle, its presets, JSON
 //! overrides (`zaya synth --config FILE`) and validation.
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::config::Fields;
 use crate::error::{Result, ZayaError};
 
 /// Everything that determines a synthetic bundle (with the output directory).
@@ -133,7 +134,7 @@ impl SynthSpec {
     /// ignored; anything else is an error naming the key. `file` names the source in errors.
     pub fn apply_overrides(&mut self, v: &Value, file: &str) -> Result<()> {
         let obj = v.as_object().ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
-        let o = Overrides { obj, file };
+        let o = Fields { obj, file };
         // q heads: cca_num_q_heads wins (older legacy revision, where num_attention_heads = 2·Hq)
         if let Some(h) = o.usize("cca_num_q_heads")?.or(o.usize("num_attention_heads")?) {
             self.num_q_heads = h;
@@ -277,7 +278,7 @@ impl SynthSpec {
         if !(self.norm_epsilon > 0.0 && self.norm_epsilon < 1.0) {
             return err("norm_epsilon", format!("{} is out of range", self.norm_epsilon));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return err("rope_theta", format!("{} must be positive", self.rope_theta));
         }
         if self.max_shard_bytes == 0 {
@@ -353,47 +354,6 @@ const IGNORED_KEYS: &[&str] = &[
     "quantization",
     "capabilities",
 ];
-
-struct Overrides<'a> {
-    obj: &'a Map<String, Value>,
-    file: &'a str,
-}
-
-impl Overrides<'_> {
-    fn get(&self, k: &str) -> Option<&Value> {
-        self.obj.get(k).filter(|v| !v.is_null())
-    }
-    fn u64(&self, k: &str) -> Result<Option<u64>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a non-negative integer, found {v}"))),
-        }
-    }
-    fn usize(&self, k: &str) -> Result<Option<usize>> {
-        Ok(self.u64(k)?.map(|v| v as usize))
-    }
-    fn f64(&self, k: &str) -> Result<Option<f64>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a number, found {v}"))),
-        }
-    }
-    fn bool(&self, k: &str) -> Result<Option<bool>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected true/false, found {v}"))),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

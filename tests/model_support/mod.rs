@@ -19,36 +19,50 @@ pub fn repo() -> PathBuf {
 
 /// The reference venv's python (`$ZAYA_REF_VENV` or `<repo>/.venv-ref`).
 pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv-ref"));
+    let venv = std::env::var_os("ZAYA_REF_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-ref"));
     let py = venv.join("bin/python");
-    assert!(py.exists(), "reference venv missing at {}: run scripts/setup-python-ref.sh", venv.display());
+    assert!(
+        py.exists(),
+        "reference venv missing at {}: run scripts/setup-python-ref.sh",
+        venv.display()
+    );
     py
 }
 
 fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Generates (once) the model `preset`/`format`/`seed` and returns its directory.
 pub fn model_ref(preset: &str, format: &str, seed: u64) -> PathBuf {
     let script = repo().join("tests/model_ref/make_model_ref.py");
     let text = std::fs::read(&script).unwrap();
-    let dir = repo()
-        .join("target/model-ref")
-        .join(format!("{preset}-{format}-{seed}-{:012x}", fnv(&text) & 0xffff_ffff_ffff));
+    let dir = repo().join("target/model-ref").join(format!(
+        "{preset}-{format}-{seed}-{:012x}",
+        fnv(&text) & 0xffff_ffff_ffff
+    ));
     if dir.join("reference.safetensors").exists() {
         return dir;
     }
     std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
     // generate into a private temp dir, then rename atomically (parallel tests may race)
-    let tmp = dir.with_extension(format!("tmp{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    let tmp = dir
+        .with_extension(format!("tmp{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
     let out = Command::new(python())
         .arg(&script)
         .arg(&tmp)
         .args([preset, format, &seed.to_string()])
         .output()
         .expect("running python");
-    assert!(out.status.success(), "make_model_ref.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "make_model_ref.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if std::fs::rename(&tmp, &dir).is_err() {
         // someone else won the race
         let _ = std::fs::remove_dir_all(&tmp);
@@ -65,22 +79,43 @@ pub fn load_st(path: &Path) -> HashMap<String, Array> {
 pub fn load_weights(dir: &Path) -> (ZayaConfig, CanonicalWeights) {
     let cfg = ZayaConfig::from_dir(dir).unwrap();
     let tensors: BTreeMap<String, Array> = load_st(&dir.join("weights.safetensors")).into_iter().collect();
-    let fj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("formats.json")).unwrap()).unwrap();
+    let fj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("formats.json")).unwrap()).unwrap();
     let mut formats = BTreeMap::new();
     for (k, v) in fj.as_object().unwrap() {
         let u = |f: &str| v[f].as_u64().unwrap();
         let f = match v["kind"].as_str().unwrap() {
             "float" => WeightFormat::Float,
-            "affine" => WeightFormat::Affine { bits: u("bits") as u32, group_size: u("group_size") as u32 },
-            "mxfp4" => WeightFormat::Mxfp4 { group_size: u("group_size") as u32 },
-            "turboquant" => WeightFormat::TurboQuant { bits: u("bits") as u32, in_features: u("in_features") as u32, seed: u("seed") },
+            "affine" => WeightFormat::Affine {
+                bits: u("bits") as u32,
+                group_size: u("group_size") as u32,
+            },
+            "mxfp4" => WeightFormat::Mxfp4 {
+                group_size: u("group_size") as u32,
+            },
+            "turboquant" => WeightFormat::TurboQuant {
+                bits: u("bits") as u32,
+                in_features: u("in_features") as u32,
+                seed: u("seed"),
+            },
             other => panic!("unknown format {other}"),
         };
         formats.insert(k.clone(), f);
     }
     let side = dir.join("sidecar.safetensors");
-    let tq_runtime = if side.exists() { load_st(&side).into_iter().collect() } else { BTreeMap::new() };
-    (cfg, CanonicalWeights { tensors, formats, tq_runtime })
+    let tq_runtime = if side.exists() {
+        load_st(&side).into_iter().collect()
+    } else {
+        BTreeMap::new()
+    };
+    (
+        cfg,
+        CanonicalWeights {
+            tensors,
+            formats,
+            tq_runtime,
+        },
+    )
 }
 
 pub fn build(dir: &Path, opts: ModelOptions) -> ZayaModel {
@@ -111,7 +146,15 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
 /// Argmax of each row of a row-major [rows, cols] buffer.
 pub fn argmax_rows(v: &[f32], cols: usize) -> Vec<usize> {
     v.chunks(cols)
-        .map(|r| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
+                )
+                .0
+        })
         .collect()
 }
 
@@ -119,4 +162,3 @@ pub fn argmax_rows(v: &[f32], cols: usize) -> Vec<usize> {
 pub fn ref_tokens(r: &HashMap<String, Array>) -> Vec<u32> {
     to_vec_i32(&r["token_ids"]).into_iter().map(|v| v as u32).collect()
 }
-

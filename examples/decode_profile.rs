@@ -1,0 +1,188 @@
+//! Decode timing harness (release mode): ms/token of greedy-free decode steps on a bundle, the
+//! per-phase split (embedding, attention half-layers, MoE half-layers, head, other) measured by
+//! evaluating after every phase, the graph size of one step, and the process's peak RSS.
+//!
+//! ```text
+//! cargo run --release --example decode_profile -- BUNDLE [--steps N] [--prompt P] [--kernels fused|plain]
+//!     [--prefill-only] [--no-fused-layers] [--touch-all]
+//! ```
+//! A reduced-depth bundle with the real dimensions and vocabulary is a good target:
+//! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
+use std::time::{Duration, Instant};
+
+use zaya_mlx::model::{ModelOptions, ZayaModel};
+use zaya_mlx::moe::ExpertBackend;
+use zaya_mlx::quant::linear::LinearBackend;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64 * 1024
+}
+
+/// VmHWM, RssAnon and RssFile lines of /proc/self/status (Linux).
+fn rss_detail() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut dir = None;
+    let (mut steps, mut prompt, mut plain, mut prefill_only, mut no_fused) = (16usize, 32usize, false, false, false);
+    let mut touch_all = false;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--steps" => {
+                steps = args[i + 1].parse()?;
+                i += 1;
+            }
+            "--prompt" => {
+                prompt = args[i + 1].parse()?;
+                i += 1;
+            }
+            "--kernels" => {
+                plain = args[i + 1] == "plain";
+                i += 1;
+            }
+            "--prefill-only" => prefill_only = true,
+            "--no-fused-layers" => no_fused = true,
+            "--touch-all" => touch_all = true,
+            a => dir = Some(a.to_string()),
+        }
+        i += 1;
+    }
+    let dir = dir.ok_or_else(|| anyhow::anyhow!("usage: decode_profile BUNDLE [--steps N] [--prompt P]"))?;
+    let mut opts = ModelOptions {
+        fused_layers: !no_fused,
+        ..ModelOptions::default()
+    };
+    if plain {
+        opts.expert_backend = ExpertBackend::Plain;
+        opts.linear_backend = LinearBackend::Plain;
+    }
+    let t = Instant::now();
+    let model = ZayaModel::load(&dir, opts)?;
+    println!(
+        "load: {:.2} s, rss after load {:.3} GiB",
+        t.elapsed().as_secs_f64(),
+        peak_rss_bytes() as f64 / (1u64 << 30) as f64
+    );
+    if touch_all {
+        // read every weight once (as a long generation eventually does: all experts get used)
+        use mlx_rs::module::ModuleParameters;
+        let t = Instant::now();
+        for (_, p) in model.parameters().flatten() {
+            p.sum(None)?.eval()?;
+        }
+        println!(
+            "touched every weight in {:.1} s: rss {:.3} GiB ({})",
+            t.elapsed().as_secs_f64(),
+            peak_rss_bytes() as f64 / (1u64 << 30) as f64,
+            rss_detail()
+        );
+    }
+    let vocab = model.config().vocab_size as u32;
+    let toks: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    model.prefill(&toks, &mut cache, None)?;
+    let pf = t.elapsed().as_secs_f64();
+    println!("prefill {prompt} tokens: {:.3} s ({:.1} tok/s)", pf, prompt as f64 / pf);
+    let skipped: u64 = cache.skip_counts().iter().sum();
+    let routed: u64 = cache.routed_counts().iter().sum();
+    println!("  prefill routes: {routed} routed, {skipped} took the skip route");
+    if prefill_only {
+        let mut c2 = model.new_cache();
+        let (_, p) = model.prefill_profiled(&toks, &mut c2, None)?;
+        let pl: Vec<String> = p.layers.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        println!(
+            "prefill profiled (ms): total {:.0} | embed {:.1} | attention {:.0} | moe {:.0} | head {:.1} | other {:.1}\n  per half-layer: {}",
+            ms(p.total()),
+            ms(p.embed),
+            ms(p.attention()),
+            ms(p.moe()),
+            ms(p.head),
+            ms(p.other),
+            pl.join(" ")
+        );
+        println!("peak rss {:.3} GiB", peak_rss_bytes() as f64 / (1u64 << 30) as f64);
+        return Ok(());
+    }
+    let mut tok = 1u32;
+    for _ in 0..2 {
+        model.decode_step(tok, &mut cache)?;
+        tok = (tok * 31 + 7) % vocab;
+    }
+    let (_, st, names) = model.decode_step_counted(tok, &mut cache)?;
+    println!("graph of one decode step: {} nodes, {} AsType", st.nodes, st.casts);
+    let names: Vec<String> = names.iter().map(|(k, c)| format!("{k} {c}")).collect();
+    println!("  by primitive: {}", names.join(", "));
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        model.decode_step(tok, &mut cache)?;
+        times.push(ms(t.elapsed()));
+        tok = (tok * 31 + 7) % vocab;
+    }
+    let med = median(times.clone());
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "decode: median {med:.2} ms/token, mean {mean:.2}, min {min:.2} ({:.2} tok/s at the median)",
+        1e3 / med
+    );
+    let (mut e, mut a, mut m, mut h, mut o, mut tot) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut per_layer: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..steps {
+        let (_, p) = model.decode_step_profiled(tok, &mut cache)?;
+        tok = (tok * 31 + 7) % vocab;
+        e.push(ms(p.embed));
+        a.push(ms(p.attention()));
+        m.push(ms(p.moe()));
+        h.push(ms(p.head));
+        o.push(ms(p.other));
+        tot.push(ms(p.total()));
+        per_layer.resize(p.layers.len(), Vec::new());
+        for (v, d) in per_layer.iter_mut().zip(&p.layers) {
+            v.push(ms(*d));
+        }
+    }
+    let n_attn = per_layer.len().div_ceil(2).max(1) as f64;
+    let n_moe = (per_layer.len() / 2).max(1) as f64;
+    println!(
+        "profiled (medians, ms): total {:.2} | embed {:.2} | attention {:.2} ({:.3}/layer) | moe {:.2} ({:.3}/layer) | head {:.2} | other {:.2}",
+        median(tot),
+        median(e),
+        median(a.clone()),
+        median(a) / n_attn,
+        median(m.clone()),
+        median(m) / n_moe,
+        median(h),
+        median(o)
+    );
+    let pl: Vec<String> = per_layer.into_iter().map(|v| format!("{:.2}", median(v))).collect();
+    println!("per half-layer (ms): {}", pl.join(" "));
+    println!("peak rss {:.3} GiB ({})", peak_rss_bytes() as f64 / (1u64 << 30) as f64, rss_detail());
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Quick kernel timing harness (release mode), lighter than the criterion benches: the memory read
+//! bandwidth of this machine right now, then the decode-shape (N = 1) cost of the ops one ZAYA1-8B
+//! decode token runs: the tied lm_head affine GEMV, one MoE layer's TurboQuant experts, a 2048×2048
+//! affine projection, the CCA conv step, and a tiny op (fork-join and graph overhead).
+//!
+//! `cargo run --release --example kernel_probe [-- FILTER]`; prints min and median over repetitions.
+use std::time::Instant;
+
+use half::f16;
+use mlx_rs::Array;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use zaya_mlx::ext::{self, ExtMode, TqCodec, TqWeights};
+
+const D: usize = 2048;
+
+fn stats(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], v[v.len() / 2])
+}
+
+fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let v = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    stats(v)
+}
+
+fn report(name: &str, bytes: f64, (min, med): (f64, f64)) {
+    if bytes > 0.0 {
+        println!(
+            "{name:<40} min {min:8.3} ms  median {med:8.3} ms  ({:.1} GB/s at min, {:.1} at median)",
+            bytes / min / 1e6,
+            bytes / med / 1e6
+        );
+    } else {
+        println!("{name:<40} min {min:8.3} ms  median {med:8.3} ms");
+    }
+}
+
+fn u32s(rng: &mut ChaCha8Rng, n: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.gen()).collect()
+}
+fn f16s(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f16> {
+    (0..n).map(|_| f16::from_f32(rng.gen_range(lo..hi))).collect()
+}
+fn f32s(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+}
+
+fn ev(a: &Array) {
+    a.eval().unwrap();
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let want = |n: &str| filter.is_empty() || n.contains(&filter);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+
+    if want("bandwidth") {
+        // 1 GiB summed by 2 threads (read bandwidth), and the project's copy measure
+        let n = 1usize << 27;
+        let buf: Vec<u64> = (0..n as u64).collect();
+        let r = time(5, || {
+            let (a, b) = buf.split_at(n / 2);
+            let s = std::thread::scope(|sc| {
+                let h = sc.spawn(|| a.iter().fold(0u64, |x, &y| x.wrapping_add(y)));
+                let s2 = b.iter().fold(0u64, |x, &y| x.wrapping_add(y));
+                h.join().unwrap().wrapping_add(s2)
+            });
+            std::hint::black_box(s);
+        });
+        report("read 1 GiB (2 threads)", (n * 8) as f64, r);
+        println!(
+            "copy bandwidth (bench::copy_bandwidth_gbs): {:.1} GB/s",
+            zaya_mlx::bench::copy_bandwidth_gbs(256 << 20, 5)
+        );
+    }
+
+    if want("lm_head") {
+        let (out, ng) = (262272usize, D / 32);
+        let w = Array::from_slice(&u32s(&mut rng, out * D / 4), &[out as i32, (D / 4) as i32]);
+        let s = Array::from_slice(&f16s(&mut rng, out * ng, -0.01, 0.01), &[out as i32, ng as i32]);
+        let b = Array::from_slice(&f16s(&mut rng, out * ng, -1.0, 1.0), &[out as i32, ng as i32]);
+        for a in [&w, &s, &b] {
+            ev(a);
+        }
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let bytes = (out * D + 4 * out * ng) as f64;
+        report(
+            "lm_head 262272x2048 8-bit g32 N=1",
+            bytes,
+            time(8, || {
+                ev(&ext::affine_matmul(&x, &w, &s, &b, 8, 32, ExtMode::Primitive).unwrap())
+            }),
+        );
+    }
+
+    if want("proj") {
+        // 16 copies of a 2048x2048 8-bit projection, used in turn (streams from DRAM)
+        let ng = D / 32;
+        let ws: Vec<[Array; 3]> = (0..16)
+            .map(|_| {
+                let w = Array::from_slice(&u32s(&mut rng, D * D / 4), &[D as i32, (D / 4) as i32]);
+                let s = Array::from_slice(&f16s(&mut rng, D * ng, -0.01, 0.01), &[D as i32, ng as i32]);
+                let b = Array::from_slice(&f16s(&mut rng, D * ng, -1.0, 1.0), &[D as i32, ng as i32]);
+                for a in [&w, &s, &b] {
+                    ev(a);
+                }
+                [w, s, b]
+            })
+            .collect();
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let mut k = 0;
+        report(
+            "affine 2048x2048 8-bit g32 N=1",
+            (D * D + 4 * D * ng) as f64,
+            time(64, || {
+                k += 1;
+                let [w, s, b] = &ws[k % 16];
+                ev(&ext::affine_matmul(&x, w, s, b, 8, 32, ExtMode::Primitive).unwrap())
+            }),
+        );
+    }
+
+    if want("tq") {
+        let (e, cols) = (16usize, D / 8);
+        let mk = |rng: &mut ChaCha8Rng| {
+            let p = Array::from_slice(&u32s(rng, e * D * cols), &[e as i32, D as i32, cols as i32]);
+            let n = Array::from_slice(&f16s(rng, e * D, 0.5, 2.0), &[e as i32, D as i32]);
+            ev(&p);
+            ev(&n);
+            (p, n)
+        };
+        let (g, gn) = mk(&mut rng);
+        let (u, un) = mk(&mut rng);
+        let (d, dn) = mk(&mut rng);
+        let mut cb = f32s(&mut rng, 16, -0.06, 0.06);
+        cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let cb = Array::from_slice(&cb, &[16]);
+        let signs: Vec<f32> = (0..D).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+        let signs = Array::from_slice(&signs, &[D as i32]);
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let ids: Vec<Array> = (0..e as i32).map(|i| Array::from_slice(&[i], &[1])).collect();
+        let c = TqCodec {
+            codebook: &cb,
+            signs: &signs,
+            bits: 4,
+        };
+        let bytes = 3.0 * (D * D / 2 + D * 2) as f64;
+        for (name, mode) in [("tq_switch_glu 1 expert N=1 fused", ExtMode::Primitive), ("tq_switch_glu 1 expert N=1 portable", ExtMode::Portable)] {
+            let mut k = 0;
+            report(
+                name,
+                bytes,
+                time(if mode == ExtMode::Primitive { 64 } else { 8 }, || {
+                    k += 1;
+                    let y = ext::tq_switch_glu(
+                        &x,
+                        &ids[k % e],
+                        TqWeights { packed: &g, norms: &gn },
+                        TqWeights { packed: &u, norms: &un },
+                        TqWeights { packed: &d, norms: &dn },
+                        c,
+                        c,
+                        mode,
+                    )
+                    .unwrap();
+                    ev(&y)
+                }),
+            );
+        }
+    }
+
+    if want("tqprefill") {
+        let (e, cols) = (16usize, D / 8);
+        let mk = |rng: &mut ChaCha8Rng| {
+            let p = Array::from_slice(&u32s(rng, e * D * cols), &[e as i32, D as i32, cols as i32]);
+            let n = Array::from_slice(&f16s(rng, e * D, 0.5, 2.0), &[e as i32, D as i32]);
+            ev(&p);
+            ev(&n);
+            (p, n)
+        };
+        let (g, gn) = mk(&mut rng);
+        let (u, un) = mk(&mut rng);
+        let (d, dn) = mk(&mut rng);
+        let mut cb = f32s(&mut rng, 16, -0.06, 0.06);
+        cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let cb = Array::from_slice(&cb, &[16]);
+        let signs: Vec<f32> = (0..D).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+        let signs = Array::from_slice(&signs, &[D as i32]);
+        let n = 512usize;
+        let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
+        let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
+        let ids = Array::from_slice(&ids, &[n as i32]);
+        let c = TqCodec { codebook: &cb, signs: &signs, bits: 4 };
+        let r = time(3, || {
+            let y = ext::tq_switch_glu(
+                &x,
+                &ids,
+                TqWeights { packed: &g, norms: &gn },
+                TqWeights { packed: &u, norms: &un },
+                TqWeights { packed: &d, norms: &dn },
+                c,
+                c,
+                ExtMode::Primitive,
+            )
+            .unwrap();
+            ev(&y)
+        });
+        let macs = n as f64 * 3.0 * (D * D) as f64;
+        println!("tq_switch_glu N=512 (16 experts): min {:.1} ms median {:.1} ms ({:.1} GMAC/s)", r.0, r.1, macs / r.0 / 1e6);
+    }
+
+    if want("conv") {
+        let (c, k0, k1, cg) = (1280i32, 2i32, 2i32, 128i32);
+        let s = (k0 - 1) + (k1 - 1);
+        let u = Array::from_slice(&f32s(&mut rng, c as usize, -1.0, 1.0), &[1, 1, c]);
+        let st = Array::from_slice(&f32s(&mut rng, (c * s) as usize, -1.0, 1.0), &[1, c, s]);
+        let w0 = Array::from_slice(&f32s(&mut rng, (c * k0) as usize, -1.0, 1.0), &[c, k0, 1]);
+        let b0 = Array::from_slice(&f32s(&mut rng, c as usize, -1.0, 1.0), &[c]);
+        let w1 = Array::from_slice(&f32s(&mut rng, (c * k1 * cg) as usize, -1.0, 1.0), &[c, k1, cg]);
+        let b1 = Array::from_slice(&f32s(&mut rng, c as usize, -1.0, 1.0), &[c]);
+        for a in [&u, &st, &w0, &b0, &w1, &b1] {
+            ev(a);
+        }
+        report(
+            "cca_conv T=1",
+            0.0,
+            time(200, || {
+                let (z, ns) = ext::cca_conv(&u, &st, &w0, &b0, &w1, &b1, ExtMode::Primitive).unwrap();
+                mlx_rs::transforms::eval([&z, &ns]).unwrap();
+            }),
+        );
+    }
+
+    if want("attn") {
+        // prefill chunk of 512 queries at the end of a 2048-position context, and one decode query
+        let (cap, d) = (2048i32, 128i32);
+        let k = Array::from_slice(&f32s(&mut rng, (2 * cap * d) as usize, -1.0, 1.0), &[1, 2, cap, d]);
+        let v = Array::from_slice(&f32s(&mut rng, (2 * cap * d) as usize, -1.0, 1.0), &[1, 2, cap, d]);
+        ev(&k);
+        ev(&v);
+        for t in [512i32, 1] {
+            let q = Array::from_slice(&f32s(&mut rng, (8 * t * d) as usize, -1.0, 1.0), &[1, 8, t, d]);
+            ev(&q);
+            let macs = 2.0 * 8.0 * (t as f64) * (cap as f64 - t as f64 / 2.0) * d as f64;
+            let r = time(5, || ev(&ext::cca_attention(&q, &k, &v, cap as usize, 0.088, true, ExtMode::Primitive).unwrap()));
+            println!(
+                "cca_attention T={t} len={cap}: min {:.3} ms median {:.3} ms ({:.1} GMAC/s)",
+                r.0,
+                r.1,
+                macs / r.0 / 1e6
+            );
+        }
+    }
+
+    if want("kv") {
+        // KV append into a large cache: in place (µs) unless the old storage is copied (≈1 ms)
+        let cap = 8192;
+        let mut k = mlx_rs::ops::zeros::<f32>(&[1, 2, cap, 128]).unwrap();
+        let mut v = mlx_rs::ops::zeros::<f32>(&[1, 2, cap, 128]).unwrap();
+        mlx_rs::transforms::eval([&k, &v]).unwrap();
+        let kn = Array::from_slice(&f32s(&mut rng, 256, -1.0, 1.0), &[1, 2, 1, 128]);
+        ev(&kn);
+        let mut pos = 0usize;
+        report(
+            "kv_append into [1,2,8192,128] x2",
+            0.0,
+            time(100, || {
+                let (k2, v2) = ext::kv_append(&k, &v, &kn, &kn, pos).unwrap();
+                k = k2;
+                v = v2;
+                mlx_rs::transforms::eval([&k, &v]).unwrap();
+                pos += 1;
+            }),
+        );
+    }
+
+    if want("tiny") {
+        let w = Array::from_slice(&f16s(&mut rng, 64 * D, -0.1, 0.1), &[64, D as i32]);
+        ev(&w);
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        report(
+            "dense 64x2048 f16 N=1 (overhead)",
+            0.0,
+            time(
+                500,
+                || ev(&ext::dense_matmul(&x, &w, None, ExtMode::Primitive).unwrap()),
+            ),
+        );
+        let b1 = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[D as i32]);
+        ev(&b1);
+        report("100 chained adds [1,2048]+[2048] (per add)", 0.0, {
+            let (a, b) = time(50, || {
+                let mut y = x.clone();
+                for _ in 0..100 {
+                    y = y.add(&b1).unwrap();
+                }
+                ev(&y)
+            });
+            (a / 100.0, b / 100.0)
+        });
+        let x3 = x.reshape(&[1, 1, D as i32]).unwrap();
+        report("100 chained rms_norm [1,1,2048] (per norm)", 0.0, {
+            let (a, b) = time(50, || {
+                let mut y = x3.clone();
+                for _ in 0..100 {
+                    y = mlx_rs::fast::rms_norm(&y, Some(&b1), 1e-5).unwrap();
+                }
+                ev(&y)
+            });
+            (a / 100.0, b / 100.0)
+        });
+        report(
+            "mlx add [2048] (graph overhead)",
+            0.0,
+            time(500, || ev(&x.add(&x).unwrap())),
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! Flags and helpers shared by `zaya generate`, `zaya chat` and `zaya smoke`: where the model comes
+//! from (a bundle directory, a Hugging Face repo id found in the local HF cache or downloaded with
+//! hf-hub, or the built-in tiny demo bundle), the model / sampling / chat-template flags, and the
+//! mlx_lm conventions for prompts (`\n` / `\t` escapes, `-` = stdin) and booleans.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use zaya_mlx::chat::ChatOptions;
+use zaya_mlx::generate::Zaya;
+use zaya_mlx::model::ModelOptions;
+use zaya_mlx::sampling::SamplingParams;
+use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
+use zaya_mlx::tokenizer::Tokenizer;
+use zaya_mlx::{Result, ZayaError};
+
+/// The real bundle, named in hints.
+pub const REAL_REPO: &str = "OsaurusAI/ZAYA1-8B-JANGTQ4";
+
+/// Which model to run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Bundle directory, or a Hugging Face repo id (e.g. OsaurusAI/ZAYA1-8B-JANGTQ4) looked up in
+    /// the local HF cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub) and downloaded
+    /// when missing (unless HF_HUB_OFFLINE=1). Default: a tiny demo bundle with random weights.
+    #[arg(long, value_name = "DIR|REPO")]
+    pub model: Option<String>,
+    /// Activation dtype of the projections and experts (the residual stream, norms, router,
+    /// attention and logits are always f32).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
+    pub dtype: String,
+    /// Prompt positions per prefill chunk (default 512).
+    #[arg(long, value_name = "N")]
+    pub prefill_chunk: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The model options these flags select (checked before loading anything).
+    pub fn model_options(&self) -> Result<ModelOptions> {
+        let dtype = match self.dtype.as_str() {
+            "f32" | "float32" => mlx_rs::Dtype::Float32,
+            "bf16" | "bfloat16" => mlx_rs::Dtype::Bfloat16,
+            "f16" | "float16" => mlx_rs::Dtype::Float16,
+            other => return Err(ZayaError::InvalidArgument(format!("--dtype `{other}`: expected f32, bf16 or f16"))),
+        };
+        let mut o = ModelOptions { dtype, ..ModelOptions::default() };
+        if let Some(c) = self.prefill_chunk {
+            if c == 0 {
+                return Err(ZayaError::InvalidArgument("--prefill-chunk must be positive".into()));
+            }
+            o.prefill_chunk = c;
+        }
+        Ok(o)
+    }
+
+    /// Resolves `--model` and loads it.
+    pub fn load(&self) -> Result<Zaya> {
+        let options = self.model_options()?;
+        let dir = resolve_model(self.model.as_deref())?;
+        Zaya::load(&dir, options)
+    }
+}
+
+/// Sampling flags (mlx_lm names and defaults).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_name = "T")]
+    pub temp: f32,
+    /// Nucleus sampling mass in (0, 1]; 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_name = "P")]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens; 0 = off.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_name = "K")]
+    pub top_k: i64,
+    /// Drop tokens below min_p times the top probability; 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_name = "P")]
+    pub min_p: f32,
+    /// Repetition penalty (> 0; 1 = off).
+    #[arg(long, allow_negative_numbers = true, value_name = "X")]
+    pub repetition_penalty: Option<f32>,
+    /// Recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub repetition_context_size: usize,
+    /// Presence penalty (OpenAI semantics); 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_name = "X")]
+    pub presence_penalty: f32,
+    /// Frequency penalty (OpenAI semantics); 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_name = "X")]
+    pub frequency_penalty: f32,
+    /// Recent tokens the presence / frequency penalties look at.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub penalty_context_size: usize,
+    /// Random seed (default: from the OS).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The sampling parameters, validated (errors name the flag).
+    pub fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            repetition_context_size: Some(self.repetition_context_size),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_context_size: Some(self.penalty_context_size),
+            logit_bias: Default::default(),
+            seed: self.seed,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Chat-template flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TemplateArgs {
+    /// System prompt (a system message before the user's).
+    #[arg(long, value_name = "TEXT")]
+    pub system_prompt: Option<String>,
+    /// JSON object of extra chat-template variables, e.g. '{"enable_thinking": false}'.
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_config: Option<String>,
+    /// Turn the model's reasoning on (enable_thinking=true; overrides --chat-template-config).
+    #[arg(long, overrides_with = "no_thinking")]
+    pub thinking: bool,
+    /// Turn the model's reasoning off (enable_thinking=false).
+    #[arg(long, overrides_with = "thinking")]
+    pub no_thinking: bool,
+}
+
+impl TemplateArgs {
+    /// The template options these flags select.
+    pub fn chat_options(&self) -> Result<ChatOptions> {
+        let enable_thinking = match (self.thinking, self.no_thinking) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        let opts = ChatOptions { enable_thinking, ..ChatOptions::default() };
+        match &self.chat_template_config {
+            Some(json) => opts.with_config_json(json),
+            None => Ok(opts),
+        }
+    }
+}
+
+/// Parses an mlx_lm-style boolean flag value (true/t/false/f, yes/no, 1/0; any case).
+pub fn parse_bool(s: &str) -> std::result::Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" => Ok(true),
+        "false" | "f" | "no" | "n" | "0" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean (use true or false)")),
+    }
+}
+
+/// Expands the literal escapes `\n` and `\t` (as mlx_lm does for prompts).
+pub fn expand_escapes(s: &str) -> String {
+    s.replace("\\n", "\n").replace("\\t", "\t")
+}
+
+/// The prompt text: escapes expanded, then `-` reads standard input (mlx_lm's order).
+pub fn read_prompt(arg: &str) -> Result<String> {
+    let p = expand_escapes(arg);
+    if p != "-" {
+        return Ok(p);
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| ZayaError::InvalidArgument(format!("--prompt -: cannot read standard input: {e}")))?;
+    Ok(s)
+}
+
+/// Ids of `--extra-eos-token` values: a token's text, or a numeric id.
+pub fn extra_eos_ids(tok: Option<&Tokenizer>, tokens: &[String], vocab: usize) -> Result<Vec<u32>> {
+    tokens
+        .iter()
+        .map(|t| {
+            if let Some(id) = tok.and_then(|k| k.token_to_id(t)) {
+                return Ok(id);
+            }
+            match t.parse::<u32>() {
+                Ok(id) if (id as usize) < vocab => Ok(id),
+                _ => Err(ZayaError::InvalidArgument(format!(
+                    "--extra-eos-token `{t}` is neither a token of the vocabulary nor a token id below {vocab}"
+                ))),
+            }
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// model resolution
+
+/// `--model` → a bundle directory: an existing directory; else a Hugging Face repo id (local cache,
+/// then download); none → the demo bundle (made on first use). Bad values are `InvalidArgument`s.
+pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf> {
+    let Some(spec) = spec else {
+        let dir = demo_bundle()?;
+        eprintln!(
+            "note: no --model given: using the built-in tiny demo bundle with random weights ({}), so the text is gibberish; \
+             for the real model pass --model {REAL_REPO} (or a local copy of it)",
+            dir.display()
+        );
+        return Ok(dir);
+    };
+    let path = Path::new(spec);
+    if path.exists() {
+        if !path.is_dir() {
+            return Err(ZayaError::InvalidArgument(format!("--model {spec}: is a file; expected a bundle directory")));
+        }
+        if !path.join("config.json").is_file() {
+            return Err(ZayaError::InvalidArgument(format!(
+                "--model {spec}: no config.json in this directory, so it is not a model bundle"
+            )));
+        }
+        return Ok(path.to_path_buf());
+    }
+    if looks_like_repo_id(spec) {
+        return resolve_repo(spec);
+    }
+    Err(ZayaError::InvalidArgument(format!("--model {spec}: no such directory (and not a Hugging Face repo id)")))
+}
+
+/// `owner/name` with letters, digits, `-`, `_`, `.` (not starting with `.`).
+pub fn looks_like_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+/// The Hugging Face hub cache: `$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`.
+pub fn hf_cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(p) = var("HF_HUB_CACHE") {
+        return p;
+    }
+    if let Some(p) = var("HF_HOME") {
+        return p.join("hub");
+    }
+    home_dir().join(".cache").join("huggingface").join("hub")
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn env_true(k: &str) -> bool {
+    std::env::var(k).is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// The snapshot directory of `repo` (revision `main`) in the hub cache, when it holds a config.json.
+pub fn cached_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
+    let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let hash = std::fs::read_to_string(folder.join("refs").join("main")).ok()?;
+    let dir = folder.join("snapshots").join(hash.trim());
+    dir.join("config.json").is_file().then_some(dir)
+}
+
+/// Files of a repo worth downloading for inference.
+fn wanted(file: &str) -> bool {
+    let name = file.rsplit('/').next().unwrap_or(file);
+    [".json", ".safetensors", ".jinja", ".txt", ".model"].iter().any(|e| name.ends_with(e)) && !name.starts_with('.')
+}
+
+fn resolve_repo(repo: &str) -> Result<PathBuf> {
+    let cache = hf_cache_dir();
+    if let Some(dir) = cached_snapshot(&cache, repo) {
+        return Ok(dir);
+    }
+    let not_here = format!(
+        "--model {repo}: not a local directory, and not in the Hugging Face cache ({})",
+        cache.display()
+    );
+    if env_true("HF_HUB_OFFLINE") {
+        return Err(ZayaError::InvalidArgument(format!(
+            "{not_here}; HF_HUB_OFFLINE is set, so it was not downloaded. Download it where you are online \
+             (e.g. `huggingface-cli download {repo}`) or pass the bundle directory"
+        )));
+    }
+    let fail = |e: &dyn std::fmt::Display| {
+        ZayaError::InvalidArgument(format!(
+            "{not_here}, and downloading it failed: {e}. Check the repo id and the network (offline? set \
+             HF_HUB_OFFLINE=1), or download it yourself and pass the bundle directory"
+        ))
+    };
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone())).with_progress(true);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let api = builder.build().map_err(|e| fail(&e))?;
+    let api_repo = api.model(repo.to_string());
+    let info = api_repo.info().map_err(|e| fail(&e))?;
+    let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|f| wanted(f)).collect();
+    if !files.iter().any(|f| f == "config.json") {
+        return Err(ZayaError::InvalidArgument(format!("--model {repo}: the repository has no config.json")));
+    }
+    eprintln!("downloading {} files of {repo} into {}", files.len(), cache.display());
+    let mut dir = None;
+    for f in &files {
+        let p = api_repo.download(f).map_err(|e| fail(&format!("{f}: {e}")))?;
+        if f == "config.json" {
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| ZayaError::InvalidArgument(format!("--model {repo}: download finished without config.json")))
+}
+
+/// `${XDG_CACHE_HOME:-~/.cache}/zaya-mlx/demo-tiny`.
+pub fn demo_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home_dir().join(".cache"));
+    base.join("zaya-mlx").join("demo-tiny")
+}
+
+/// The demo bundle (`zaya synth --preset tiny --seed 0`), written on first use. Concurrent first
+/// uses each write a private temporary directory and rename it into place; the loser's copy is
+/// discarded.
+pub fn demo_bundle() -> Result<PathBuf> {
+    let dir = demo_dir();
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    let parent = dir.parent().expect("demo dir has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| ZayaError::io(parent, e))?;
+    let tmp = parent.join(format!(".demo-tiny.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    eprintln!("note: writing the tiny demo bundle to {} (first use)", dir.display());
+    let spec = SynthSpec::preset("tiny")?;
+    let written = synth::write_bundle(&spec, &tmp, &SynthOptions { force: false, progress: false, threads: None });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join("config.json").is_file() {
+            return Err(ZayaError::io(&dir, e));
+        }
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids() {
+        assert!(looks_like_repo_id("OsaurusAI/ZAYA1-8B-JANGTQ4"));
+        assert!(looks_like_repo_id("a_b/c.d"));
+        for bad in ["./x", "/abs/path", "a/b/c", "x", "a/", "/b", "a b/c", "../x"] {
+            assert!(!looks_like_repo_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn escapes_and_bools() {
+        assert_eq!(expand_escapes(r"a\nb\tc"), "a\nb\tc");
+        assert_eq!(expand_escapes("plain"), "plain");
+        for t in ["true", "T", "True", "yes", "1"] {
+            assert_eq!(parse_bool(t), Ok(true));
+        }
+        for f in ["false", "F", "FALSE", "no", "0"] {
+            assert_eq!(parse_bool(f), Ok(false));
+        }
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn download_filter() {
+        for f in ["config.json", "model-00001-of-00002.safetensors", "chat_template.jinja", "merges.txt", "tokenizer.model"] {
+            assert!(wanted(f), "{f}");
+        }
+        for f in ["README.md", "osaurus-x-banner.png", ".gitattributes"] {
+            assert!(!wanted(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn thinking_flags_override_the_json() {
+        let a = TemplateArgs {
+            system_prompt: None,
+            chat_template_config: Some(r#"{"enable_thinking": true, "x": 1}"#.into()),
+            thinking: false,
+            no_thinking: true,
+        };
+        let o = a.chat_options().unwrap();
+        assert_eq!(o.enable_thinking, Some(false));
+        assert_eq!(o.extra.get("x"), Some(&serde_json::json!(1)));
+        let a = TemplateArgs { no_thinking: false, ..a };
+        assert_eq!(a.chat_options().unwrap().enable_thinking, Some(true));
+        let a = TemplateArgs { chat_template_config: Some("[1]".into()), ..a };
+        assert!(matches!(a.chat_options(), Err(ZayaError::InvalidArgument(_))));
+    }
+}

@@ -73,13 +73,23 @@ fn tq_layer(rng: &mut ChaCha8Rng) -> Tq {
 }
 
 fn run_tq(t: &Tq, x: &Array, idx: &Array, mode: ExtMode) -> Array {
-    let w = |i: usize| TqWeights { packed: &t.packed[i], norms: &t.norms[i] };
-    let c = TqCodec { codebook: &t.cb, signs: &t.signs, bits: 4 };
+    let w = |i: usize| TqWeights {
+        packed: &t.packed[i],
+        norms: &t.norms[i],
+    };
+    let c = TqCodec {
+        codebook: &t.cb,
+        signs: &t.signs,
+        bits: 4,
+    };
     tq_switch_glu(x, idx, w(0), w(1), w(2), c, c, mode).unwrap()
 }
 
 fn isas() -> Vec<KernelIsa> {
-    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512].into_iter().filter(|i| *i <= detected_isa()).collect()
+    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512]
+        .into_iter()
+        .filter(|i| *i <= detected_isa())
+        .collect()
 }
 
 fn bench_tq(c: &mut Criterion) {
@@ -88,7 +98,9 @@ fn bench_tq(c: &mut Criterion) {
     let per_expert = 3 * (D * D / 2 + D * 2) as u64; // codes + f16 norms of gate, up, down
 
     let mut g = c.benchmark_group("tq_switch_glu");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     // decode: one token, one expert (a different one each call)
     let x1 = Array::from_slice(&rand_f32(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
     let i1: Vec<Array> = (0..E as i32).map(|e| Array::from_slice(&[e], &[1])).collect();
@@ -109,12 +121,16 @@ fn bench_tq(c: &mut Criterion) {
     let ip = Array::from_slice(&ids, &[n as i32]);
     g.throughput(Throughput::Bytes(per_expert * E as u64));
     for (name, mode) in [("fused", ExtMode::Primitive), ("portable", ExtMode::Portable)] {
-        g.bench_function(BenchmarkId::new(name, "N=128"), |b| b.iter(|| eval(&run_tq(&t, &xp, &ip, mode))));
+        g.bench_function(BenchmarkId::new(name, "N=128"), |b| {
+            b.iter(|| eval(&run_tq(&t, &xp, &ip, mode)))
+        });
     }
     g.finish();
 
     let mut g = c.benchmark_group("tq_switch_glu_isa");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Bytes(per_expert));
     for isa in isas() {
         let prev = set_max_isa(isa);
@@ -145,14 +161,21 @@ fn affine_weight(rng: &mut ChaCha8Rng, out: usize, inp: usize) -> Aff {
     eval(&w);
     eval(&s);
     eval(&b);
-    Aff { w, s, b, bytes: (out * inp + 2 * 2 * out * ng) as u64 }
+    Aff {
+        w,
+        s,
+        b,
+        bytes: (out * inp + 2 * 2 * out * ng) as u64,
+    }
 }
 
 /// `ws`: copies of one weight, used in turn (so small weights stream from DRAM like in a model).
 fn bench_affine_case(c: &mut Criterion, group: &str, ws: &[Aff], inp: usize, ns: &[usize], isa: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let mut g = c.benchmark_group(group);
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Bytes(ws[0].bytes));
     for &n in ns {
         let x = Array::from_slice(&rand_f32(&mut rng, n * inp, -1.0, 1.0), &[n as i32, inp as i32]);
@@ -220,7 +243,9 @@ fn bench_dense(c: &mut Criterion) {
         .collect();
     let x = Array::from_slice(&rand_f32(&mut rng, inp, -1.0, 1.0), &[1, inp as i32]);
     let mut g = c.benchmark_group("dense_f16_256x2048");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Bytes((out * inp * 2) as u64));
     let mut k = 0;
     g.bench_function(BenchmarkId::new("ours", "N=1"), |b| {
@@ -257,21 +282,36 @@ fn bench_layers(c: &mut Criterion) {
     };
     let d = D as i32;
     let mut g = c.benchmark_group("layers_decode");
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
 
     let (h, r) = (arr(&mut rng, &[1, d], -1.0, 1.0), arr(&mut rng, &[1, d], -1.0, 1.0));
     let vs: Vec<Array> = (0..5).map(|_| arr(&mut rng, &[d], 0.5, 1.5)).collect();
     g.bench_function("res_norm", |b| {
         b.iter(|| {
-            let (r2, x) = res_norm(&h, Some(&r), &vs[0], &vs[1], Some((&vs[2], &vs[3])), &vs[4], 1e-5, ExtMode::Primitive)
-                .unwrap();
+            let (r2, x) = res_norm(
+                &h,
+                Some(&r),
+                &vs[0],
+                &vs[1],
+                Some((&vs[2], &vs[3])),
+                &vs[4],
+                1e-5,
+                ExtMode::Primitive,
+            )
+            .unwrap();
             mlx_rs::transforms::eval([&r2, &x]).unwrap();
         })
     });
 
     let rh = 256;
-    let (dw, w0, w2, w4) =
-        (f16a(&mut rng, &[rh, d], 0.05), f16a(&mut rng, &[rh, rh], 0.1), f16a(&mut rng, &[rh, rh], 0.1), f16a(&mut rng, &[17, rh], 0.5));
+    let (dw, w0, w2, w4) = (
+        f16a(&mut rng, &[rh, d], 0.05),
+        f16a(&mut rng, &[rh, rh], 0.1),
+        f16a(&mut rng, &[rh, rh], 0.1),
+        f16a(&mut rng, &[17, rh], 0.5),
+    );
     let rv: Vec<Array> = (0..4).map(|_| arr(&mut rng, &[rh], -0.1, 0.1)).collect();
     let bal = arr(&mut rng, &[17], -0.01, 0.01);
     let prev = arr(&mut rng, &[1, rh], -1.0, 1.0);
@@ -299,11 +339,22 @@ fn bench_layers(c: &mut Criterion) {
     let cc = (hq + hk) * hd;
     let u = arr(&mut rng, &[1, cc], -1.0, 1.0);
     let st = arr(&mut rng, &[1, cc, 2], -1.0, 1.0);
-    let (w0c, b0c, w1c, b1c) =
-        (f16a(&mut rng, &[cc, 2, 1], 0.5), f16a(&mut rng, &[cc], 0.1), f16a(&mut rng, &[cc, 2, hd], 0.1), f16a(&mut rng, &[cc], 0.1));
+    let (w0c, b0c, w1c, b1c) = (
+        f16a(&mut rng, &[cc, 2, 1], 0.5),
+        f16a(&mut rng, &[cc], 0.1),
+        f16a(&mut rng, &[cc, 2, hd], 0.1),
+        f16a(&mut rng, &[cc], 0.1),
+    );
     let temp = arr(&mut rng, &[hk], 0.5, 1.5);
     let vals = arr(&mut rng, &[1, hk * hd], -1.0, 1.0);
-    let p = CcaQkParams { q_heads: 8, kv_heads: 2, rotary_dim: 64, rope_theta: 5e6, clamp_temp: false, offset: 2047 };
+    let p = CcaQkParams {
+        q_heads: 8,
+        kv_heads: 2,
+        rotary_dim: 64,
+        rope_theta: 5e6,
+        clamp_temp: false,
+        offset: 2047,
+    };
     g.bench_function("cca_qk T=1", |b| {
         b.iter(|| {
             let o = cca_qk(&u, &st, &w0c, &b0c, &w1c, &b1c, &temp, &vals, p, ExtMode::Primitive).unwrap();
@@ -321,7 +372,9 @@ fn bench_layers(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("attention_prefill");
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
     let q512 = arr(&mut rng, &[1, hq, 512, hd], -1.0, 1.0);
     for (name, mode) in [("fused", ExtMode::Primitive), ("portable", ExtMode::Portable)] {
         g.bench_function(BenchmarkId::new(name, "T=512 len=2048"), |b| {

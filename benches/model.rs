@@ -46,14 +46,29 @@ const HALF_LAYERS: usize = 16;
 fn bundle_dir() -> PathBuf {
     let base = std::env::var_os("ZAYA_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("zaya-bench"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("zaya-bench")
+        });
     let dir = base.join(format!("real-{HALF_LAYERS}hl-v262272-s0"));
     if !dir.join("config.json").exists() {
         std::fs::create_dir_all(&base).unwrap();
         let tmp = base.join(format!(".real-{HALF_LAYERS}hl.tmp-{}", std::process::id()));
-        let spec = SynthSpec { num_hidden_layers: HALF_LAYERS, ..SynthSpec::preset("zaya1-8b").unwrap() };
+        let spec = SynthSpec {
+            num_hidden_layers: HALF_LAYERS,
+            ..SynthSpec::preset("zaya1-8b").unwrap()
+        };
         eprintln!("writing the benchmark bundle to {} (once)", dir.display());
-        synth::write_bundle(&spec, &tmp, &SynthOptions { force: true, ..Default::default() }).unwrap();
+        synth::write_bundle(
+            &spec,
+            &tmp,
+            &SynthOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         if std::fs::rename(&tmp, &dir).is_err() {
             // another process won the race
             let _ = std::fs::remove_dir_all(&tmp);
@@ -86,7 +101,9 @@ fn load_models() -> Models {
 fn randn(rng: &mut ChaCha8Rng, shape: &[i32]) -> Array {
     let n: i32 = shape.iter().product();
     // sum of 4 uniforms: close enough to normal, unit variance
-    let v: Vec<f32> = (0..n).map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.866).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.866)
+        .collect();
     let a = Array::from_slice(&v, shape);
     a.eval().unwrap();
     a
@@ -98,7 +115,9 @@ fn eval(xs: &[&Array]) {
 
 fn group<'a>(c: &'a mut Criterion, name: &str, secs: u64) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(secs));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(secs));
     g
 }
 
@@ -148,18 +167,39 @@ struct TqSet {
 }
 
 fn tq_set(sm: &SwitchMlp) -> TqSet {
-    TqSet { g: sm.gate_proj.tq().unwrap(), u: sm.up_proj.tq().unwrap(), d: sm.down_proj.tq().unwrap() }
+    TqSet {
+        g: sm.gate_proj.tq().unwrap(),
+        u: sm.up_proj.tq().unwrap(),
+        d: sm.down_proj.tq().unwrap(),
+    }
 }
 
 fn fused_experts(t: &TqSet, x: &Array, idx: &Array, mode: ExtMode) -> Array {
     ext::tq_switch_glu(
         x,
         idx,
-        TqWeights { packed: &t.g.packed, norms: &t.g.norms },
-        TqWeights { packed: &t.u.packed, norms: &t.u.norms },
-        TqWeights { packed: &t.d.packed, norms: &t.d.norms },
-        TqCodec { codebook: &t.g.codebook, signs: &t.g.signs, bits: t.g.bits },
-        TqCodec { codebook: &t.d.codebook, signs: &t.d.signs, bits: t.d.bits },
+        TqWeights {
+            packed: &t.g.packed,
+            norms: &t.g.norms,
+        },
+        TqWeights {
+            packed: &t.u.packed,
+            norms: &t.u.norms,
+        },
+        TqWeights {
+            packed: &t.d.packed,
+            norms: &t.d.norms,
+        },
+        TqCodec {
+            codebook: &t.g.codebook,
+            signs: &t.g.signs,
+            bits: t.g.bits,
+        },
+        TqCodec {
+            codebook: &t.d.codebook,
+            signs: &t.d.signs,
+            bits: t.d.bits,
+        },
         mode,
     )
     .unwrap()
@@ -168,7 +208,10 @@ fn fused_experts(t: &TqSet, x: &Array, idx: &Array, mode: ExtMode) -> Array {
 /// The model's plain expert math (moe.rs `SwitchMlp::expert`) for rows that chose `e`.
 fn plain_expert(t: &TqSet, x: &Array, e: i32) -> Array {
     let xr = rotate(x, &t.g.signs).unwrap();
-    let a = silu(&t.g.matmul_rotated(&xr, e).unwrap()).unwrap().multiply(t.u.matmul_rotated(&xr, e).unwrap()).unwrap();
+    let a = silu(&t.g.matmul_rotated(&xr, e).unwrap())
+        .unwrap()
+        .multiply(t.u.matmul_rotated(&xr, e).unwrap())
+        .unwrap();
     t.d.matmul(&a, e).unwrap()
 }
 
@@ -182,20 +225,31 @@ fn plain_experts(t: &TqSet, x: &Array, route: &[i32]) -> Array {
     let mut parts = Vec::new();
     let mut order = Vec::new();
     for (&e, rows) in &groups {
-        parts.push(plain_expert(t, &take_axis(x, Array::from_slice(rows, &[rows.len() as i32]), 0).unwrap(), e));
+        parts.push(plain_expert(
+            t,
+            &take_axis(x, Array::from_slice(rows, &[rows.len() as i32]), 0).unwrap(),
+            e,
+        ));
         order.extend_from_slice(rows);
     }
     let mut inv = vec![0u32; route.len()];
     for (pos, &r) in order.iter().enumerate() {
         inv[r as usize] = pos as u32;
     }
-    take_axis(concatenate(&parts, 0).unwrap(), Array::from_slice(&inv, &[route.len() as i32]), 0).unwrap()
+    take_axis(
+        concatenate(&parts, 0).unwrap(),
+        Array::from_slice(&inv, &[route.len() as i32]),
+        0,
+    )
+    .unwrap()
 }
 
 fn bench_experts(c: &mut Criterion, m: &Models) {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let sets: Vec<TqSet> =
-        moe_layers(&m.fused).iter().map(|l| tq_set(&l.zaya_block.as_ref().unwrap().experts.switch_mlp)).collect();
+    let sets: Vec<TqSet> = moe_layers(&m.fused)
+        .iter()
+        .map(|l| tq_set(&l.zaya_block.as_ref().unwrap().experts.switch_mlp))
+        .collect();
     let e_count = m.fused.config().num_experts as i32;
     let per_expert: u64 = [&sets[0].g, &sets[0].u, &sets[0].d]
         .iter()
@@ -206,7 +260,11 @@ fn bench_experts(c: &mut Criterion, m: &Models) {
     let x1 = randn(&mut rng, &[1, H]);
     let ids: Vec<Array> = (0..e_count).map(|e| Array::from_slice(&[e], &[1])).collect();
     g.throughput(Throughput::Bytes(per_expert));
-    for (name, mode) in [("fused", Some(ExtMode::Primitive)), ("portable", Some(ExtMode::Portable)), ("plain", None)] {
+    for (name, mode) in [
+        ("fused", Some(ExtMode::Primitive)),
+        ("portable", Some(ExtMode::Portable)),
+        ("plain", None),
+    ] {
         let mut k = 0usize;
         g.bench_function(BenchmarkId::new(name, "decode N=1"), |b| {
             b.iter(|| {
@@ -225,7 +283,11 @@ fn bench_experts(c: &mut Criterion, m: &Models) {
     let route: Vec<i32> = (0..PREFILL).map(|_| rng.gen_range(0..e_count)).collect();
     let idx = Array::from_slice(&route, &[PREFILL]);
     g.throughput(Throughput::Bytes(per_expert * e_count as u64));
-    for (name, mode) in [("fused", Some(ExtMode::Primitive)), ("portable", Some(ExtMode::Portable)), ("plain", None)] {
+    for (name, mode) in [
+        ("fused", Some(ExtMode::Primitive)),
+        ("portable", Some(ExtMode::Portable)),
+        ("plain", None),
+    ] {
         let mut k = 0usize;
         g.bench_function(BenchmarkId::new(name, "prefill N=128"), |b| {
             b.iter(|| {
@@ -249,7 +311,13 @@ fn affine_parts(q: &zaya_mlx::quant::linear::QLinear) -> (&Array, &Array, &Array
         zaya_mlx::quant::WeightFormat::Affine { bits, group_size } => (bits, group_size),
         ref f => panic!("lm_head format {f:?}"),
     };
-    (&*q.weight, q.scales.value.as_ref().unwrap(), q.biases.value.as_ref().unwrap(), bits, gs)
+    (
+        &*q.weight,
+        q.scales.value.as_ref().unwrap(),
+        q.biases.value.as_ref().unwrap(),
+        bits,
+        gs,
+    )
 }
 
 fn bench_lm_head(c: &mut Criterion, m: &Models) {
@@ -287,7 +355,9 @@ fn bench_conv(c: &mut Criterion, m: &Models) {
             [
                 randn(&mut rng, &[ch, k0, 1]),
                 randn(&mut rng, &[ch]),
-                randn(&mut rng, &[ch, k1, cg]).multiply(Array::from_f32(1.0 / (cg as f32).sqrt())).unwrap(),
+                randn(&mut rng, &[ch, k1, cg])
+                    .multiply(Array::from_f32(1.0 / (cg as f32).sqrt()))
+                    .unwrap(),
                 randn(&mut rng, &[ch]),
             ]
         })
@@ -332,7 +402,10 @@ fn attn_cache(rng: &mut ChaCha8Rng, m: &ZayaModel, ctx: i32) -> AttnCache {
 }
 
 fn state_outputs(c: &AttnCache) -> Vec<Array> {
-    [c.keys(), c.values(), c.conv_state.clone(), c.prev_hs.clone()].into_iter().flatten().collect()
+    [c.keys(), c.values(), c.conv_state.clone(), c.prev_hs.clone()]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// How a variant runs: conv implementation and expert backend.
@@ -346,15 +419,42 @@ struct Variant {
 
 fn variants(m: &Models) -> [(&'static str, &ZayaModel, Variant); 2] {
     [
-        ("fused", &m.fused, Variant { conv: ExtMode::Auto, backend: ExpertBackend::Fused, fused: true }),
-        ("plain", &m.plain, Variant { conv: ExtMode::Portable, backend: ExpertBackend::Plain, fused: false }),
+        (
+            "fused",
+            &m.fused,
+            Variant {
+                conv: ExtMode::Auto,
+                backend: ExpertBackend::Fused,
+                fused: true,
+            },
+        ),
+        (
+            "plain",
+            &m.plain,
+            Variant {
+                conv: ExtMode::Portable,
+                backend: ExpertBackend::Plain,
+                fused: false,
+            },
+        ),
     ]
 }
 
 /// Attention block only (x = the input_norm output) of `layer` at `ctx` cached positions.
 fn run_attention(layer: &ZayaLayer, x: &Array, mut cache: AttnCache, ctx: usize, v: Variant) {
     let attn = layer.self_attn.as_ref().unwrap();
-    let y = attn.forward(x, &mut cache, ctx, CcaOptions { conv_mode: v.conv, kv_step: 256, fused: v.fused }).unwrap();
+    let y = attn
+        .forward(
+            x,
+            &mut cache,
+            ctx,
+            CcaOptions {
+                conv_mode: v.conv,
+                kv_step: 256,
+                fused: v.fused,
+            },
+        )
+        .unwrap();
     let mut outs = state_outputs(&cache);
     outs.push(y);
     mlx_rs::transforms::eval(outs.iter()).unwrap();
@@ -390,7 +490,18 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
     let r = layer.res_scale.merge(Some(residual), h).unwrap();
     let x = layer.input_norm.forward(&r).unwrap();
     if let Some(attn) = &layer.self_attn {
-        let y = attn.forward(&x, &mut cache, offset, CcaOptions { conv_mode: v.conv, kv_step: 256, fused: v.fused }).unwrap();
+        let y = attn
+            .forward(
+                &x,
+                &mut cache,
+                offset,
+                CcaOptions {
+                    conv_mode: v.conv,
+                    kv_step: 256,
+                    fused: v.fused,
+                },
+            )
+            .unwrap();
         let mut outs = state_outputs(&cache);
         outs.push(y);
         outs.push(r);
@@ -399,7 +510,11 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let x2 = x.reshape(&[b * t, H]).unwrap();
         let moe = layer.zaya_block.as_ref().unwrap();
-        let opts = MoeOptions { backend: v.backend, fused_layers: v.fused, ..MoeOptions::default() };
+        let opts = MoeOptions {
+            backend: v.backend,
+            fused_layers: v.fused,
+            ..MoeOptions::default()
+        };
         let out = moe.forward(&x2, &x2, Some(prev_state), opts).unwrap();
         eval(&[&out.y, &out.state, &out.skipped, &r]);
     }
@@ -412,9 +527,19 @@ fn bench_half_layers(c: &mut Criterion, m: &Models) {
     for t in [1, PREFILL] {
         // 16 different inputs in turn, so the router picks different experts
         let inputs: Vec<HalfLayerInput> = (0..16)
-            .map(|_| (randn(&mut rng, &[1, t, H]), randn(&mut rng, &[1, t, H]), randn(&mut rng, &[t, rdim])))
+            .map(|_| {
+                (
+                    randn(&mut rng, &[1, t, H]),
+                    randn(&mut rng, &[1, t, H]),
+                    randn(&mut rng, &[t, rdim]),
+                )
+            })
             .collect();
-        let (ctx, label) = if t == 1 { (128, "T=1 ctx=128".to_string()) } else { (0, format!("T={t}")) };
+        let (ctx, label) = if t == 1 {
+            (128, "T=1 ctx=128".to_string())
+        } else {
+            (0, format!("T={t}"))
+        };
         for (name, model, v) in variants(m) {
             let attn = attn_layers(model);
             // MoE layers after the first (which has no EDA state input)

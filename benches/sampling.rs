@@ -17,14 +17,26 @@ fn bench(c: &mut Criterion) {
     let normal = Normal::new(0.0f32, 3.0).unwrap();
     let logits: Vec<f32> = (0..VOCAB).map(|_| normal.sample(&mut rng)).collect();
     let history: Vec<u32> = (0..64).map(|i| (i * 4099) % VOCAB as u32).collect();
-    let t = |temperature| SamplingParams { temperature, seed: Some(1), ..Default::default() };
+    let t = |temperature| SamplingParams {
+        temperature,
+        seed: Some(1),
+        ..Default::default()
+    };
     let configs = [
         ("greedy", SamplingParams::default()),
         ("temp", t(0.7)),
         ("top_k_40", SamplingParams { top_k: 40, ..t(0.7) }),
         ("top_p_0.9", SamplingParams { top_p: 0.9, ..t(0.7) }),
         ("min_p_0.05", SamplingParams { min_p: 0.05, ..t(0.7) }),
-        ("top_k_top_p_min_p", SamplingParams { top_k: 50, top_p: 0.95, min_p: 0.05, ..t(0.7) }),
+        (
+            "top_k_top_p_min_p",
+            SamplingParams {
+                top_k: 50,
+                top_p: 0.95,
+                min_p: 0.05,
+                ..t(0.7)
+            },
+        ),
         (
             "penalties_bias_greedy",
             SamplingParams {

@@ -28,7 +28,10 @@ fn main() -> zaya_mlx::Result<()> {
     let zaya = Zaya::load(&dir, ModelOptions::default())?;
     let mut session = zaya.session();
     session.set_system_prompt(Some("You are a helpful assistant."));
-    let params = GenParams { max_tokens: Some(256), ..GenParams::default() };
+    let params = GenParams {
+        max_tokens: Some(256),
+        ..GenParams::default()
+    };
 
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {

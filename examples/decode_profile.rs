@@ -183,6 +183,10 @@ fn main() -> anyhow::Result<()> {
     );
     let pl: Vec<String> = per_layer.into_iter().map(|v| format!("{:.2}", median(v))).collect();
     println!("per half-layer (ms): {}", pl.join(" "));
-    println!("peak rss {:.3} GiB ({})", peak_rss_bytes() as f64 / (1u64 << 30) as f64, rss_detail());
+    println!(
+        "peak rss {:.3} GiB ({})",
+        peak_rss_bytes() as f64 / (1u64 << 30) as f64,
+        rss_detail()
+    );
     Ok(())
 }

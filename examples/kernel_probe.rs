@@ -153,7 +153,10 @@ fn main() {
             bits: 4,
         };
         let bytes = 3.0 * (D * D / 2 + D * 2) as f64;
-        for (name, mode) in [("tq_switch_glu 1 expert N=1 fused", ExtMode::Primitive), ("tq_switch_glu 1 expert N=1 portable", ExtMode::Portable)] {
+        for (name, mode) in [
+            ("tq_switch_glu 1 expert N=1 fused", ExtMode::Primitive),
+            ("tq_switch_glu 1 expert N=1 portable", ExtMode::Portable),
+        ] {
             let mut k = 0;
             report(
                 name,
@@ -198,7 +201,11 @@ fn main() {
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
         let ids = Array::from_slice(&ids, &[n as i32]);
-        let c = TqCodec { codebook: &cb, signs: &signs, bits: 4 };
+        let c = TqCodec {
+            codebook: &cb,
+            signs: &signs,
+            bits: 4,
+        };
         let r = time(3, || {
             let y = ext::tq_switch_glu(
                 &x,
@@ -214,7 +221,12 @@ fn main() {
             ev(&y)
         });
         let macs = n as f64 * 3.0 * (D * D) as f64;
-        println!("tq_switch_glu N=512 (16 experts): min {:.1} ms median {:.1} ms ({:.1} GMAC/s)", r.0, r.1, macs / r.0 / 1e6);
+        println!(
+            "tq_switch_glu N=512 (16 experts): min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+            r.0,
+            r.1,
+            macs / r.0 / 1e6
+        );
     }
 
     if want("conv") {
@@ -250,7 +262,9 @@ fn main() {
             let q = Array::from_slice(&f32s(&mut rng, (8 * t * d) as usize, -1.0, 1.0), &[1, 8, t, d]);
             ev(&q);
             let macs = 2.0 * 8.0 * (t as f64) * (cap as f64 - t as f64 / 2.0) * d as f64;
-            let r = time(5, || ev(&ext::cca_attention(&q, &k, &v, cap as usize, 0.088, true, ExtMode::Primitive).unwrap()));
+            let r = time(5, || {
+                ev(&ext::cca_attention(&q, &k, &v, cap as usize, 0.088, true, ExtMode::Primitive).unwrap())
+            });
             println!(
                 "cca_attention T={t} len={cap}: min {:.3} ms median {:.3} ms ({:.1} GMAC/s)",
                 r.0,

@@ -31,6 +31,8 @@ echo "== full size, prompt 128, 32 generated ==" >&2
 "$ZAYA" bench --model "$FULL" -p 128 -g 32 -n 3 --json > "$OUT/full-p128.json"
 echo "== full size, prompt 1024, 16 generated ==" >&2
 "$ZAYA" bench --model "$FULL" -p 1024 -g 16 -n 3 --json > "$OUT/full-p1024.json"
+echo "== full size, every weight touched first (worst-case peak RSS) ==" >&2
+"$ZAYA" bench --model "$FULL" -p 128 -g 16 -n 1 --touch-all --json > "$OUT/full-touch.json"
 if [ "${PLAIN:-0}" = 1 ]; then
   echo "== full size, plain ops, prompt 16, 8 generated ==" >&2
   "$ZAYA" bench --model "$FULL" -p 16 -g 8 -n 1 --kernels plain --json > "$OUT/full-plain.json"

@@ -21,7 +21,7 @@ def bench_row(r: dict) -> str:
     t0 = r["trials"][0]
     anon, file = (t0.get("rss_anon_bytes_end") or 0) / 1e9, (t0.get("rss_file_bytes_end") or 0) / 1e9
     return (
-        f"| {r['options']['kernels']} | {r['prompt_tokens']} / {r['generation_tokens']} | {m['prompt_tps']:.1f} "
+        f"| {r['options']['kernels']}{' (touch-all)' if r['options'].get('touch_all') else ''} | {r['prompt_tokens']} / {r['generation_tokens']} | {m['prompt_tps']:.1f} "
         f"| {m['ttft_s']:.2f} | {m['generation_tps']:.2f} | {b['tok_per_s']:.1f} | {b['decode_pct_of_bound']:.0f}% "
         f"| {g['nodes_per_decode_step']} ({g['as_type_per_decode_step']}) "
         f"| {rss / 1e9:.2f} GB = {r['peak_rss_over_bundle'] or 0:.2f}x | {anon:.2f} + {file:.2f} GB "
@@ -32,7 +32,7 @@ def bench_row(r: dict) -> str:
 
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "target/perf-report")
-    runs = [r for r in (load(out, n) for n in ["full-p128.json", "full-p1024.json", "full-plain.json"]) if r]
+    runs = [r for r in (load(out, n) for n in ["full-p128.json", "full-p1024.json", "full-touch.json", "full-plain.json"]) if r]
     if runs:
         r = runs[0]
         mc = r["machine"]
@@ -49,6 +49,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in runs:
             print(bench_row(r))
+        r = runs[0]
+        mb = r["bound"]["bytes"]
         mbt = r["bound"]["bytes_per_token"]
         print(
             f"\nBytes per decode token at context {runs[0]['bound']['context']}: {mbt / 1e6:.1f} MB = experts "

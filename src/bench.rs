@@ -339,7 +339,11 @@ pub fn run_trial(
             if let Some(p) = probe.as_deref_mut() {
                 let t = Instant::now();
                 let st = model.decode_graph_stats(tok, &cache)?;
-                *p = Some(GraphProbe { nodes: st.nodes, as_type: st.casts, offset: cache.offset() });
+                *p = Some(GraphProbe {
+                    nodes: st.nodes,
+                    as_type: st.casts,
+                    offset: cache.offset(),
+                });
                 paused += t.elapsed().as_secs_f64();
             }
         }
@@ -359,7 +363,11 @@ pub fn run_trial(
         prompt_tokens: prompt.len(),
         generation_tokens: gen_tokens,
         prompt_tps: prompt.len() as f64 / ttft_s,
-        generation_tps: if gen_tokens > 1 { (gen_tokens - 1) as f64 / decode_s } else { f64::NAN },
+        generation_tps: if gen_tokens > 1 {
+            (gen_tokens - 1) as f64 / decode_s
+        } else {
+            f64::NAN
+        },
         ttft_s,
         decode_s,
         total_time_s: (t_end - t_start).as_secs_f64() - paused,
@@ -368,14 +376,20 @@ pub fn run_trial(
         rss_anon_file_bytes,
         load_average,
         generated,
-        skip_fraction: if routed > 0 { skipped as f64 / routed as f64 } else { 0.0 },
+        skip_fraction: if routed > 0 {
+            skipped as f64 / routed as f64
+        } else {
+            0.0
+        },
     })
 }
 
 /// Checks a benchmark's prompt and generation lengths against the model's context limit.
 pub fn check_lengths(cfg: &ZayaConfig, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
     if prompt_tokens == 0 {
-        return Err(ZayaError::InvalidArgument("the prompt must have at least one token (-p)".into()));
+        return Err(ZayaError::InvalidArgument(
+            "the prompt must have at least one token (-p)".into(),
+        ));
     }
     if gen_tokens < 2 {
         return Err(ZayaError::InvalidArgument(
@@ -386,7 +400,10 @@ pub fn check_lengths(cfg: &ZayaConfig, prompt_tokens: usize, gen_tokens: usize) 
     // the last generated token is never fed back
     let total = prompt_tokens + gen_tokens - 1;
     if total > cfg.max_position_embeddings {
-        return Err(ZayaError::ContextOverflow { tokens: total, limit: cfg.max_position_embeddings });
+        return Err(ZayaError::ContextOverflow {
+            tokens: total,
+            limit: cfg.max_position_embeddings,
+        });
     }
     Ok(())
 }
@@ -462,9 +479,28 @@ pub fn mean_decode_context(p: usize, g: usize) -> usize {
 /// The bound for `weights_bytes` (the per-token bytes at context 0) plus the state at `context`,
 /// over `bandwidth_gbs`.
 pub fn bound(weights_bytes: DecodeBytes, cfg: &ZayaConfig, context: usize, bandwidth_gbs: f64) -> Bound {
-    let bytes = DecodeBytes { state: state_bytes(cfg, context, KV_BYTES_PER_ELEM), ..weights_bytes };
+    let bytes = DecodeBytes {
+        state: state_bytes(cfg, context, KV_BYTES_PER_ELEM),
+        ..weights_bytes
+    };
     let total = bytes.total();
-    Bound { bytes, bytes_per_token: total, context, bandwidth_gbs, tok_per_s: bandwidth_gbs * 1e9 / total as f64 }
+    Bound {
+        bytes,
+        bytes_per_token: total,
+        context,
+        bandwidth_gbs,
+        tok_per_s: bandwidth_gbs * 1e9 / total as f64,
+    }
+}
+
+/// Reads every parameter of `model` once (a sum per tensor, evaluated one at a time), so every page
+/// of the memory-mapped bundle becomes resident: the worst case for the process's RSS.
+pub fn touch_weights(model: &crate::model::ZayaModel) -> Result<()> {
+    use mlx_rs::module::ModuleParameters;
+    for (_, p) in model.parameters().flatten() {
+        p.sum(None)?.eval()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

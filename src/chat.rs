@@ -73,7 +73,11 @@ pub struct Message {
 impl Message {
     /// A message with `role` and text `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message { role: role.into(), content: Some(content.into()), ..Default::default() }
+        Message {
+            role: role.into(),
+            content: Some(content.into()),
+            ..Default::default()
+        }
     }
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
@@ -127,7 +131,9 @@ impl ChatOptions {
         let v: Value = serde_json::from_str(json)
             .map_err(|e| ZayaError::InvalidArgument(format!("--chat-template-config: not valid JSON: {e}")))?;
         let Value::Object(m) = v else {
-            return Err(ZayaError::InvalidArgument("--chat-template-config must be a JSON object".into()));
+            return Err(ZayaError::InvalidArgument(
+                "--chat-template-config must be a JSON object".into(),
+            ));
         };
         for (k, v) in m {
             if RESERVED_KWARGS.contains(&k.as_str()) {
@@ -155,7 +161,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("templates", &self.templates).field("special", &self.special).finish()
+        f.debug_struct("ChatTemplate")
+            .field("templates", &self.templates)
+            .field("special", &self.special)
+            .finish()
     }
 }
 
@@ -297,7 +306,9 @@ impl ChatTemplate {
         env.add_filter("truncate", truncate_filter);
         env.add_filter("striptags", minijinja_contrib::filters::striptags);
         env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
-        env.add_function("cycler", |items: Rest<JValue>| minijinja_contrib::globals::cycler(items.0));
+        env.add_function("cycler", |items: Rest<JValue>| {
+            minijinja_contrib::globals::cycler(items.0)
+        });
         env.add_function("joiner", minijinja_contrib::globals::joiner);
         env.add_filter("tojson", tojson_filter);
         env.add_function("raise_exception", raise_exception);
@@ -308,7 +319,11 @@ impl ChatTemplate {
                 .map_err(|e| template_error(&e))?;
             templates.push((name, env_name));
         }
-        Ok(ChatTemplate { env, templates, special: BTreeMap::new() })
+        Ok(ChatTemplate {
+            env,
+            templates,
+            special: BTreeMap::new(),
+        })
     }
 
     fn pick(&self, opts: &ChatOptions) -> Result<&str> {
@@ -355,7 +370,9 @@ impl ChatTemplate {
         let tpl = self.env.get_template(name).map_err(|e| template_error(&e))?;
         for (i, m) in messages.iter().enumerate() {
             if !m.is_object() {
-                return Err(ZayaError::InvalidArgument(format!("chat message {i} must be a JSON object, got {m}")));
+                return Err(ZayaError::InvalidArgument(format!(
+                    "chat message {i} must be a JSON object, got {m}"
+                )));
             }
         }
         if opts.continue_final_message && opts.add_generation_prompt {
@@ -368,22 +385,18 @@ impl ChatTemplate {
         const TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
         let mut final_text = None;
         if opts.continue_final_message {
-            let last = msgs
-                .last_mut()
-                .ok_or_else(|| ZayaError::InvalidArgument("continue_final_message: the conversation is empty".into()))?;
+            let last = msgs.last_mut().ok_or_else(|| {
+                ZayaError::InvalidArgument("continue_final_message: the conversation is empty".into())
+            })?;
             match last.get_mut("content") {
                 Some(Value::String(s)) => {
                     final_text = Some(s.clone());
                     s.push_str(TAG);
                 }
                 Some(Value::Array(parts)) => {
-                    let block = parts
-                        .iter_mut()
-                        .rev()
-                        .find_map(|b| b.get_mut("text"))
-                        .ok_or_else(|| {
-                            ZayaError::InvalidArgument("continue_final_message: the final message has no text".into())
-                        })?;
+                    let block = parts.iter_mut().rev().find_map(|b| b.get_mut("text")).ok_or_else(|| {
+                        ZayaError::InvalidArgument("continue_final_message: the final message has no text".into())
+                    })?;
                     let s = block.as_str().unwrap_or_default().to_owned();
                     final_text = Some(s.clone());
                     *block = Value::String(s + TAG);
@@ -411,8 +424,14 @@ impl ChatTemplate {
             ctx.insert("enable_thinking".into(), JValue::from(t));
         }
         ctx.insert("messages".into(), JValue::from_serialize(&msgs));
-        ctx.insert("tools".into(), opts.tools.as_ref().map_or(JValue::from(()), JValue::from_serialize));
-        ctx.insert("documents".into(), opts.documents.as_ref().map_or(JValue::from(()), JValue::from_serialize));
+        ctx.insert(
+            "tools".into(),
+            opts.tools.as_ref().map_or(JValue::from(()), JValue::from_serialize),
+        );
+        ctx.insert(
+            "documents".into(),
+            opts.documents.as_ref().map_or(JValue::from(()), JValue::from_serialize),
+        );
         ctx.insert("add_generation_prompt".into(), JValue::from(opts.add_generation_prompt));
         let out = tpl.render(ctx).map_err(|e| template_error(&e))?;
         match final_text {
@@ -454,7 +473,9 @@ fn parse_template_field(v: &Value, file: &str) -> Result<Vec<(String, String, St
             }
             Ok(out)
         }
-        _ => Err(ZayaError::Template(format!("{file}: chat_template must be a string or a list of {{name, template}}"))),
+        _ => Err(ZayaError::Template(format!(
+            "{file}: chat_template must be a string or a list of {{name, template}}"
+        ))),
     }
 }
 
@@ -462,7 +483,9 @@ fn parse_template_field(v: &Value, file: &str) -> Result<Vec<(String, String, St
 /// is the first non-null of reasoning_content / thinking / reasoning.
 fn alias_reasoning(m: &Value) -> Value {
     let Value::Object(o) = m else { return m.clone() };
-    let r = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| o.get(*k).filter(|v| !v.is_null()));
+    let r = ["reasoning_content", "thinking", "reasoning"]
+        .iter()
+        .find_map(|k| o.get(*k).filter(|v| !v.is_null()));
     let Some(r) = r else { return m.clone() };
     let mut out = Map::new();
     out.insert("thinking".into(), r.clone());
@@ -534,7 +557,11 @@ fn truncate_filter(s: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::resul
         return Ok(s.clone());
     }
     let head: String = chars[..(length - end_len) as usize].iter().collect();
-    let head = if killwords { head } else { head.rsplit_once(' ').map_or(head.clone(), |(a, _)| a.to_owned()) };
+    let head = if killwords {
+        head
+    } else {
+        head.rsplit_once(' ').map_or(head.clone(), |(a, _)| a.to_owned())
+    };
     Ok(JValue::from(head + &end))
 }
 
@@ -609,7 +636,11 @@ pub(crate) fn py_float_repr(f: f64) -> String {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let e = format!("{f:e}"); // shortest round-trip digits, e.g. "-1.25e-7"
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
@@ -639,7 +670,11 @@ pub(crate) fn py_float_repr(f: f64) -> String {
         }
         s
     } else {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
 }
@@ -667,7 +702,11 @@ fn is_py_printable(c: char) -> bool {
 
 /// Python `repr(str)`.
 fn py_str_repr(s: &str, out: &mut String) {
-    let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(q);
     for c in s.chars() {
         match c {
@@ -681,7 +720,11 @@ fn py_str_repr(s: &str, out: &mut String) {
             }
             c if !is_py_printable(c) => {
                 let u = c as u32;
-                let _ = if u < 0x100 { write!(out, "\\x{u:02x}") } else { write!(out, "\\u{u:04x}") };
+                let _ = if u < 0x100 {
+                    write!(out, "\\x{u:02x}")
+                } else {
+                    write!(out, "\\u{u:04x}")
+                };
             }
             c => out.push(c),
         }
@@ -703,7 +746,10 @@ fn py_repr(v: &JValue, out: &mut String) -> std::result::Result<(), JError> {
             }
             out.push(']');
         }
-        ValueKind::Map if v.as_object().is_none_or(|o| o.repr() == minijinja::value::ObjectRepr::Map) => {
+        ValueKind::Map
+            if v.as_object()
+                .is_none_or(|o| o.repr() == minijinja::value::ObjectRepr::Map) =>
+        {
             out.push('{');
             for (i, k) in v.try_iter()?.enumerate() {
                 if i > 0 {
@@ -735,11 +781,7 @@ fn py_str(v: &JValue, out: &mut String) -> std::result::Result<(), JError> {
     Ok(())
 }
 
-fn py_formatter(
-    out: &mut minijinja::Output,
-    _state: &minijinja::State,
-    v: &JValue,
-) -> std::result::Result<(), JError> {
+fn py_formatter(out: &mut minijinja::Output, _state: &minijinja::State, v: &JValue) -> std::result::Result<(), JError> {
     if v.kind() == ValueKind::String {
         return out.write_str(v.as_str().unwrap_or_default()).map_err(JError::from);
     }
@@ -896,7 +938,11 @@ fn tojson_filter(v: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result:
     let (item_sep, key_sep) = match arg(2, "separators")? {
         Some(x) if !x.is_none() => {
             let parts: Vec<JValue> = x.try_iter()?.collect();
-            match (parts.first().and_then(|p| p.as_str()), parts.get(1).and_then(|p| p.as_str()), parts.len()) {
+            match (
+                parts.first().and_then(|p| p.as_str()),
+                parts.get(1).and_then(|p| p.as_str()),
+                parts.len(),
+            ) {
                 (Some(a), Some(b), 2) => (a.to_owned(), b.to_owned()),
                 _ => return Err(bad("separators must be a pair of strings".into())),
             }
@@ -905,7 +951,13 @@ fn tojson_filter(v: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result:
     };
     let sort_keys = arg(3, "sort_keys")?.is_some_and(|x| x.is_true());
     kwargs.assert_all_used()?;
-    let o = JsonOpts { ensure_ascii, indent, item_sep, key_sep, sort_keys };
+    let o = JsonOpts {
+        ensure_ascii,
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys,
+    };
     let mut out = String::new();
     json_dump(v, &o, 0, &mut out)?;
     Ok(JValue::from_safe_string(out))

@@ -159,7 +159,9 @@ impl ZayaConfig {
             .as_object()
             .ok_or_else(|| ZayaError::config(file, "<root>", "config must be a JSON object"))?;
         let f = Fields { obj, file };
-        let model_type = f.str("model_type")?.ok_or_else(|| ZayaError::config(file, "model_type", "missing"))?;
+        let model_type = f
+            .str("model_type")?
+            .ok_or_else(|| ZayaError::config(file, "model_type", "missing"))?;
         if model_type != "zaya" {
             return Err(ZayaError::UnsupportedModel {
                 file: file.to_string(),
@@ -167,7 +169,11 @@ impl ZayaConfig {
             });
         }
         let upstream = obj.contains_key("layer_types") || obj.contains_key("num_experts_per_tok");
-        let revision = if upstream { ConfigRevision::Upstream } else { ConfigRevision::Legacy };
+        let revision = if upstream {
+            ConfigRevision::Upstream
+        } else {
+            ConfigRevision::Legacy
+        };
 
         let hidden_size = f.req_usize("hidden_size")?;
         let blocks_or_half = f.req_usize("num_hidden_layers")?;
@@ -183,7 +189,11 @@ impl ZayaConfig {
                         ));
                     }
                     if let Some(bad) = types.iter().find(|t| t.as_str() != Some("hybrid")) {
-                        return Err(ZayaError::config(file, "layer_types", format!("unsupported layer type {bad}")));
+                        return Err(ZayaError::config(
+                            file,
+                            "layer_types",
+                            format!("unsupported layer type {bad}"),
+                        ));
                     }
                 }
                 blocks_or_half * 2
@@ -209,7 +219,11 @@ impl ZayaConfig {
         };
         let head_dim = match (f.usize("head_dim")?, f.usize("kv_channels")?) {
             (Some(a), Some(b)) if a != b => {
-                return Err(ZayaError::config(file, "kv_channels", format!("{b} differs from head_dim {a}")))
+                return Err(ZayaError::config(
+                    file,
+                    "kv_channels",
+                    format!("{b} differs from head_dim {a}"),
+                ))
             }
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) => 128,
@@ -232,21 +246,32 @@ impl ZayaConfig {
                 .and_then(Value::as_str)
                 .is_some_and(|t| t == "default");
             if !none && !default_type {
-                return Err(ZayaError::config(file, "rope_scaling", format!("unsupported RoPE scaling {rs}")));
+                return Err(ZayaError::config(
+                    file,
+                    "rope_scaling",
+                    format!("unsupported RoPE scaling {rs}"),
+                ));
             }
         }
 
         let num_experts = f.req_usize("num_experts")?;
         let top_k = match revision {
             ConfigRevision::Legacy => f.usize("moe_router_topk")?.unwrap_or(1),
-            ConfigRevision::Upstream => f.usize("num_experts_per_tok")?.or(f.usize("moe_router_topk")?).unwrap_or(1),
+            ConfigRevision::Upstream => f
+                .usize("num_experts_per_tok")?
+                .or(f.usize("moe_router_topk")?)
+                .unwrap_or(1),
         };
         let expert_intermediate_size = match f.usize("moe_intermediate_size")? {
             Some(v) => v,
             None => {
                 let ffn = f.req_usize("ffn_hidden_size")?;
                 if !ffn.is_multiple_of(2) {
-                    return Err(ZayaError::config(file, "ffn_hidden_size", format!("{ffn} is odd; it is the fused gate+up width")));
+                    return Err(ZayaError::config(
+                        file,
+                        "ffn_hidden_size",
+                        format!("{ffn} is odd; it is the fused gate+up width"),
+                    ));
                 }
                 ffn / 2
             }
@@ -305,17 +330,26 @@ impl ZayaConfig {
         if self.num_q_heads == 0 || self.num_kv_heads == 0 || !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return err(
                 "num_attention_heads",
-                format!("{} query heads must be a positive multiple of {} KV heads", self.num_q_heads, self.num_kv_heads),
+                format!(
+                    "{} query heads must be a positive multiple of {} KV heads",
+                    self.num_q_heads, self.num_kv_heads
+                ),
             );
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return err("head_dim", format!("{} must be positive and even", self.head_dim));
         }
         if !self.k_dim().is_multiple_of(2) {
-            return err("num_key_value_heads", "Hk·D must be even (the value is split in two halves)".into());
+            return err(
+                "num_key_value_heads",
+                "Hk·D must be even (the value is split in two halves)".into(),
+            );
         }
         if !self.rotary_dim().is_multiple_of(2) {
-            return err("partial_rotary_factor", format!("rotary dim {} must be even", self.rotary_dim()));
+            return err(
+                "partial_rotary_factor",
+                format!("rotary dim {} must be even", self.rotary_dim()),
+            );
         }
         if !self.conv_channels().is_multiple_of(self.head_dim) {
             return err("head_dim", "conv channels must split into head-sized groups".into());
@@ -327,7 +361,10 @@ impl ZayaConfig {
             return err("num_experts", "must be positive".into());
         }
         if self.top_k != 1 {
-            return err("moe_router_topk", format!("{} is not supported: ZAYA routes top-1", self.top_k));
+            return err(
+                "moe_router_topk",
+                format!("{} is not supported: ZAYA routes top-1", self.top_k),
+            );
         }
         if self.vocab_size == 0 {
             return err("vocab_size", "must be positive".into());
@@ -349,8 +386,17 @@ impl ZayaConfig {
 
 impl QuantizationConfig {
     /// Keys of the block that are not module overrides.
-    const NON_MODULE_KEYS: &'static [&'static str] =
-        &["bits", "group_size", "mode", "routed_expert_bits", "mxtq_bits", "expert_layout", "quant_method", "embed_bits", "router_bits"];
+    const NON_MODULE_KEYS: &'static [&'static str] = &[
+        "bits",
+        "group_size",
+        "mode",
+        "routed_expert_bits",
+        "mxtq_bits",
+        "expert_layout",
+        "quant_method",
+        "embed_bits",
+        "router_bits",
+    ];
 
     fn from_value(v: &Value, file: &str) -> Result<Self> {
         let obj = v
@@ -376,13 +422,21 @@ impl QuantizationConfig {
                 let of = Fields { obj: o, file };
                 q.overrides.insert(
                     k.clone(),
-                    QuantOverride { bits: of.u32("bits")?, group_size: of.u32("group_size")?, mode: of.str("mode")? },
+                    QuantOverride {
+                        bits: of.u32("bits")?,
+                        group_size: of.u32("group_size")?,
+                        mode: of.str("mode")?,
+                    },
                 );
             }
         }
         if let Some(b) = q.bits {
             if ![2, 3, 4, 5, 6, 8].contains(&b) {
-                return Err(ZayaError::config(file, "quantization.bits", format!("{b} is not a supported bit width")));
+                return Err(ZayaError::config(
+                    file,
+                    "quantization.bits",
+                    format!("{b} is not a supported bit width"),
+                ));
             }
         }
         Ok(q)
@@ -435,7 +489,9 @@ impl JangConfig {
         if let Some(re) = obj.get("mxtq_bits").and_then(|m| m.get("routed_expert")) {
             match re {
                 Value::Number(n) => {
-                    let b = n.as_u64().ok_or_else(|| ZayaError::config(file, "mxtq_bits.routed_expert", "must be an integer"))?;
+                    let b = n
+                        .as_u64()
+                        .ok_or_else(|| ZayaError::config(file, "mxtq_bits.routed_expert", "must be an integer"))?;
                     for p in ["gate_proj", "up_proj", "down_proj"] {
                         routed_expert_bits.insert(p.to_string(), b as u32);
                     }
@@ -448,7 +504,13 @@ impl JangConfig {
                         routed_expert_bits.insert(k.clone(), b as u32);
                     }
                 }
-                _ => return Err(ZayaError::config(file, "mxtq_bits.routed_expert", "must be a number or an object")),
+                _ => {
+                    return Err(ZayaError::config(
+                        file,
+                        "mxtq_bits.routed_expert",
+                        "must be a number or an object",
+                    ))
+                }
             }
         }
         Ok(JangConfig {
@@ -572,14 +634,19 @@ impl Fields<'_> {
     }
     /// An id or a list of ids.
     pub(crate) fn ids(&self, k: &str) -> Result<Vec<u32>> {
-        let bad = |v: &Value| ZayaError::config(self.file, k, format!("expected a token id or a list of ids, found {v}"));
+        let bad =
+            |v: &Value| ZayaError::config(self.file, k, format!("expected a token id or a list of ids, found {v}"));
         match self.get(k) {
             None => Ok(vec![]),
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(x)))
                 .collect(),
-            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(|n| vec![n]).ok_or_else(|| bad(v)),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| vec![n])
+                .ok_or_else(|| bad(v)),
         }
     }
 }
@@ -605,8 +672,14 @@ mod tests {
     fn legacy_revision() {
         let c = ZayaConfig::from_value(legacy(), "config.json").unwrap();
         assert_eq!(c.revision, ConfigRevision::Legacy);
-        assert_eq!((c.num_hidden_layers, c.num_q_heads, c.num_kv_heads, c.head_dim), (80, 8, 2, 128));
-        assert_eq!((c.expert_intermediate_size, c.router_hidden_size, c.rotary_dim()), (2048, 256, 64));
+        assert_eq!(
+            (c.num_hidden_layers, c.num_q_heads, c.num_kv_heads, c.head_dim),
+            (80, 8, 2, 128)
+        );
+        assert_eq!(
+            (c.expert_intermediate_size, c.router_hidden_size, c.rotary_dim()),
+            (2048, 256, 64)
+        );
         assert_eq!(c.conv_channels(), 1280);
         assert_eq!(c.conv_state_len(), 2);
         assert!(c.tie_word_embeddings);
@@ -676,7 +749,10 @@ mod tests {
         });
         let c = ZayaConfig::from_value(v, "config.json").unwrap();
         let q = c.quantization.unwrap();
-        assert_eq!((q.bits, q.group_size, q.routed_expert_bits), (Some(8), Some(32), Some(4)));
+        assert_eq!(
+            (q.bits, q.group_size, q.routed_expert_bits),
+            (Some(8), Some(32), Some(4))
+        );
         assert_eq!(q.overrides.len(), 1);
         assert_eq!(q.overrides["model.embed_tokens"].group_size, Some(64));
         // JANGTQ_K-style per-projection bits in the quantization block are accepted

@@ -43,11 +43,21 @@ pub enum ZayaError {
 
     /// A tensor has the wrong shape.
     #[error("tensor `{name}` in {file}: expected shape {expected}, found {found}")]
-    Shape { name: String, file: String, expected: String, found: String },
+    Shape {
+        name: String,
+        file: String,
+        expected: String,
+        found: String,
+    },
 
     /// A tensor has the wrong dtype.
     #[error("tensor `{name}` in {file}: expected dtype {expected}, found {found}")]
-    Dtype { name: String, file: String, expected: String, found: String },
+    Dtype {
+        name: String,
+        file: String,
+        expected: String,
+        found: String,
+    },
 
     /// Quantization metadata is inconsistent (bits, group size, packed widths).
     #[error("tensor `{name}` in {file}: {msg}")]
@@ -100,12 +110,19 @@ fn preview(names: &[String]) -> String {
 impl ZayaError {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ZayaError::Io { path: path.into(), source }
+        ZayaError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A config error for `field` in `file`.
     pub fn config(file: impl Into<String>, field: impl Into<String>, msg: impl Into<String>) -> Self {
-        ZayaError::Config { file: file.into(), field: field.into(), msg: msg.into() }
+        ZayaError::Config {
+            file: file.into(),
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
 
     /// Exit code the CLI uses for this error: 2 for bad user input, 1 otherwise.

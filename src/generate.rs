@@ -116,8 +116,16 @@ impl Zaya {
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let model = ZayaModel::load(dir, options)?;
-        let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_dir(dir)?) } else { None };
-        let template = if tokenizer.is_some() { ChatTemplate::from_dir(dir)? } else { None };
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(Tokenizer::from_dir(dir)?)
+        } else {
+            None
+        };
+        let template = if tokenizer.is_some() {
+            ChatTemplate::from_dir(dir)?
+        } else {
+            None
+        };
         let mut z = Self::from_parts(model, tokenizer, template);
         z.dir = Some(dir.to_path_buf());
         Ok(z)
@@ -134,7 +142,13 @@ impl Zaya {
                 }
             }
         }
-        Zaya { model, tokenizer, template, eos_ids, dir: None }
+        Zaya {
+            model,
+            tokenizer,
+            template,
+            eos_ids,
+            dir: None,
+        }
     }
 
     /// The network.
@@ -176,7 +190,9 @@ impl Zaya {
         self.tokenizer.as_ref().ok_or_else(|| {
             ZayaError::Tokenizer(format!(
                 "{what} needs a tokenizer but {} has no tokenizer.json",
-                self.dir.as_ref().map_or("the model".to_string(), |d| d.display().to_string())
+                self.dir
+                    .as_ref()
+                    .map_or("the model".to_string(), |d| d.display().to_string())
             ))
         })
     }
@@ -185,7 +201,10 @@ impl Zaya {
     /// model's (the rest are padding rows it cannot decode), else `None` (all of them).
     fn vocab_limit(&self) -> Option<usize> {
         let v = self.model.config().vocab_size;
-        self.tokenizer.as_ref().map(Tokenizer::vocab_size).filter(|&n| n > 0 && n < v)
+        self.tokenizer
+            .as_ref()
+            .map(Tokenizer::vocab_size)
+            .filter(|&n| n > 0 && n < v)
     }
 }
 
@@ -263,7 +282,9 @@ impl GenParams {
             return Err(ZayaError::InvalidArgument("--prefill-chunk must be positive".into()));
         }
         if self.stop.iter().any(String::is_empty) {
-            return Err(ZayaError::InvalidArgument("--stop: a stop string must not be empty".into()));
+            return Err(ZayaError::InvalidArgument(
+                "--stop: a stop string must not be empty".into(),
+            ));
         }
         self.sampling.validate()
     }
@@ -420,7 +441,9 @@ struct Prefill {
 enum Mode {
     /// Append an assistant message: `prefix` (the generation prompt after the assistant header)
     /// + the reply.
-    Chat { prefix: String },
+    Chat {
+        prefix: String,
+    },
     Raw,
 }
 
@@ -538,7 +561,9 @@ impl<'m> Session<'m> {
         let tpl = zaya.template.as_ref().ok_or_else(|| {
             ZayaError::Template(format!(
                 "{} has no chat template; use raw generation (--ignore-chat-template)",
-                zaya.dir.as_ref().map_or("the model".to_string(), |d| d.display().to_string())
+                zaya.dir
+                    .as_ref()
+                    .map_or("the model".to_string(), |d| d.display().to_string())
             ))
         })?;
         let tok = zaya.tokenizer_or_err("chat")?;
@@ -590,7 +615,15 @@ impl<'m> Session<'m> {
             }
         }
         let logits = logits.expect("the last piece returns logits");
-        Ok((Prefill { logits, prompt_tokens: new_tokens, reused_tokens }, Mode::Chat { prefix }, start))
+        Ok((
+            Prefill {
+                logits,
+                prompt_tokens: new_tokens,
+                reused_tokens,
+            },
+            Mode::Chat { prefix },
+            start,
+        ))
     }
 
     /// Continues the cache with raw text (no chat template). `<bos>` is added (by the tokenizer's
@@ -600,7 +633,8 @@ impl<'m> Session<'m> {
     pub fn generate(&mut self, prompt: &str, params: &GenParams) -> Result<Generation<'_, 'm>> {
         let tok = self.zaya.tokenizer_or_err("text generation")?;
         let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
-        let add_special = self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| prompt.starts_with(b));
+        let add_special =
+            self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| prompt.starts_with(b));
         let ids = tok.encode(prompt, add_special)?;
         self.generate_from_tokens(&ids, params)
     }
@@ -627,8 +661,14 @@ impl<'m> Session<'m> {
         self.pending = None;
         self.text = None;
         self.snapshot = None;
-        let logits = self.feed(&ids, None, true, params.prefill_chunk)?.expect("logits requested");
-        let pre = Prefill { logits, prompt_tokens: ids.len(), reused_tokens };
+        let logits = self
+            .feed(&ids, None, true, params.prefill_chunk)?
+            .expect("logits requested");
+        let pre = Prefill {
+            logits,
+            prompt_tokens: ids.len(),
+            reused_tokens,
+        };
         Generation::new(self, params, pre, Mode::Raw, start)
     }
 
@@ -678,7 +718,15 @@ impl<'m> Session<'m> {
         } else {
             let arr = Array::from_slice(ids, &[1, ids.len() as i32]);
             model
-                .forward_with(&arr, &mut self.cache, ForwardOptions { logits: LogitsMode::None, capture: false, chunk })
+                .forward_with(
+                    &arr,
+                    &mut self.cache,
+                    ForwardOptions {
+                        logits: LogitsMode::None,
+                        capture: false,
+                        chunk,
+                    },
+                )
                 .map(|_| None)
         };
         match out {
@@ -702,15 +750,25 @@ impl<'m> Session<'m> {
 /// The part of the generation prompt that follows the assistant header (`<|im_start|>assistant\n`),
 /// found by rendering a marker assistant message: what an assistant message must start with to
 /// render exactly as the generation prompt did.
-fn generation_prefix(tpl: &ChatTemplate, messages: &[Message], opts: &ChatOptions, hist: &str, gen_prompt: &str) -> Result<String> {
+fn generation_prefix(
+    tpl: &ChatTemplate,
+    messages: &[Message],
+    opts: &ChatOptions,
+    hist: &str,
+    gen_prompt: &str,
+) -> Result<String> {
     const MARK: &str = "\u{E000}zaya-reply\u{E000}";
     let mut msgs = messages.to_vec();
     msgs.push(Message::assistant(MARK));
     let Ok(rendered) = tpl.render_messages(&msgs, opts) else {
         return Ok(String::new());
     };
-    let Some(pos) = rendered.find(MARK) else { return Ok(String::new()) };
-    let Some(header) = rendered[..pos].strip_prefix(hist) else { return Ok(String::new()) };
+    let Some(pos) = rendered.find(MARK) else {
+        return Ok(String::new());
+    };
+    let Some(header) = rendered[..pos].strip_prefix(hist) else {
+        return Ok(String::new());
+    };
     Ok(gen_prompt.strip_prefix(header).unwrap_or("").to_string())
 }
 
@@ -822,7 +880,9 @@ impl<'s, 'm> Generation<'s, 'm> {
 
     /// Statistics so far.
     pub fn stats(&self) -> GenStats {
-        let ttft = self.first_token_at.map_or_else(|| self.start.elapsed(), |t| t - self.start);
+        let ttft = self
+            .first_token_at
+            .map_or_else(|| self.start.elapsed(), |t| t - self.start);
         let gen_time = match (self.first_token_at, self.last_token_at) {
             (Some(a), Some(b)) => b - a,
             _ => Duration::ZERO,
@@ -833,9 +893,17 @@ impl<'s, 'm> Generation<'s, 'm> {
         GenStats {
             prompt_tokens: self.prompt_tokens,
             reused_tokens: self.reused_tokens,
-            prompt_tps: if secs(ttft) > 0.0 { self.prompt_tokens as f64 / secs(ttft) } else { 0.0 },
+            prompt_tps: if secs(ttft) > 0.0 {
+                self.prompt_tokens as f64 / secs(ttft)
+            } else {
+                0.0
+            },
             generation_tokens: n,
-            generation_tps: if secs(gen_time) > 0.0 { n as f64 / secs(gen_time) } else { 0.0 },
+            generation_tps: if secs(gen_time) > 0.0 {
+                n as f64 / secs(gen_time)
+            } else {
+                0.0
+            },
             time_to_first_token: ttft,
             generation_time: gen_time,
             peak_memory: crate::bench::mlx_memory().1,
@@ -933,7 +1001,9 @@ impl<'s, 'm> Generation<'s, 'm> {
             self.session.pending = self.to_feed.take().or(last);
         }
         let Mode::Chat { prefix } = &self.mode else { return };
-        let Some(tok) = self.session.zaya.tokenizer.as_ref() else { return };
+        let Some(tok) = self.session.zaya.tokenizer.as_ref() else {
+            return;
+        };
         let fed = &self.generated[..self.fed.min(self.generated.len())];
         match tok.decode(fed, false) {
             Ok(t) => {
@@ -953,7 +1023,9 @@ impl<'s, 'm> Generation<'s, 'm> {
                 reply.truncate(p);
             }
         }
-        self.session.messages.push(Message::assistant(format!("{prefix}{reply}")));
+        self.session
+            .messages
+            .push(Message::assistant(format!("{prefix}{reply}")));
     }
 }
 
@@ -1004,9 +1076,15 @@ mod tests {
 
     #[test]
     fn params_validation_names_flags() {
-        let p = GenParams { max_tokens: Some(0), ..GenParams::default() };
+        let p = GenParams {
+            max_tokens: Some(0),
+            ..GenParams::default()
+        };
         assert!(p.validate().unwrap_err().to_string().contains("--max-tokens"));
-        let p = GenParams { stop: vec![String::new()], ..GenParams::default() };
+        let p = GenParams {
+            stop: vec![String::new()],
+            ..GenParams::default()
+        };
         assert!(p.validate().unwrap_err().to_string().contains("--stop"));
         let mut p = GenParams::default();
         p.sampling.top_p = 0.0;

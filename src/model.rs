@@ -671,7 +671,9 @@ impl ZayaModel {
     /// run, then drops it unevaluated. `cache` is not changed.
     pub fn decode_graph_stats(&self, token: u32, cache: &ModelCache) -> Result<crate::ext::GraphStats> {
         if cache.is_poisoned() {
-            return Err(ZayaError::InvalidArgument("the cache is inconsistent after a failed forward".into()));
+            return Err(ZayaError::InvalidArgument(
+                "the cache is inconsistent after a failed forward".into(),
+            ));
         }
         let mut c = cache.snapshot();
         let ids = self.check_tokens(&Array::from_slice(&[token], &[1, 1]), &c)?;

@@ -91,7 +91,10 @@ impl SamplingParams {
             return Err(invalid(format!("--temp must be a finite number >= 0, got {t}")));
         }
         if self.top_k < 0 {
-            return Err(invalid(format!("--top-k must be >= 0 (0 disables it), got {}", self.top_k)));
+            return Err(invalid(format!(
+                "--top-k must be >= 0 (0 disables it), got {}",
+                self.top_k
+            )));
         }
         let p = self.top_p;
         if !(p > 0.0 && p <= 1.0) {
@@ -103,23 +106,33 @@ impl SamplingParams {
         }
         let r = self.repetition_penalty;
         if !(r.is_finite() && r > 0.0) {
-            return Err(invalid(format!("--repetition-penalty must be a finite number > 0, got {r}")));
+            return Err(invalid(format!(
+                "--repetition-penalty must be a finite number > 0, got {r}"
+            )));
         }
         if self.repetition_context_size == Some(0) {
             return Err(invalid("--repetition-context-size must be > 0".into()));
         }
         if !self.presence_penalty.is_finite() {
-            return Err(invalid(format!("--presence-penalty must be finite, got {}", self.presence_penalty)));
+            return Err(invalid(format!(
+                "--presence-penalty must be finite, got {}",
+                self.presence_penalty
+            )));
         }
         if !self.frequency_penalty.is_finite() {
-            return Err(invalid(format!("--frequency-penalty must be finite, got {}", self.frequency_penalty)));
+            return Err(invalid(format!(
+                "--frequency-penalty must be finite, got {}",
+                self.frequency_penalty
+            )));
         }
         if self.penalty_context_size == Some(0) {
             return Err(invalid("--penalty-context-size must be > 0".into()));
         }
         for (&id, &b) in &self.logit_bias {
             if b.is_nan() || b == f32::INFINITY {
-                return Err(invalid(format!("--logit-bias for token {id} must be a number or -inf, got {b}")));
+                return Err(invalid(format!(
+                    "--logit-bias for token {id} must be a number or -inf, got {b}"
+                )));
             }
         }
         Ok(())
@@ -162,7 +175,11 @@ impl Sampler {
             Some(s) => ChaCha8Rng::seed_from_u64(s),
             None => ChaCha8Rng::from_entropy(),
         };
-        Ok(Sampler { params, rng, weights: Vec::new() })
+        Ok(Sampler {
+            params,
+            rng,
+            weights: Vec::new(),
+        })
     }
 
     /// The settings.
@@ -194,12 +211,16 @@ impl Sampler {
         let mut per_id: BTreeMap<u32, (f32, f32, f32)> = BTreeMap::new();
         for (&id, &b) in &p.logit_bias {
             if id as usize >= v {
-                return Err(invalid(format!("--logit-bias: token id {id} is out of range (vocabulary size {v})")));
+                return Err(invalid(format!(
+                    "--logit-bias: token id {id} is out of range (vocabulary size {v})"
+                )));
             }
             per_id.entry(id).or_insert((0.0, 1.0, 0.0)).0 += b;
         }
         if let Some(&id) = history.iter().find(|&&id| id as usize >= v) {
-            return Err(invalid(format!("history token id {id} is out of range (vocabulary size {v})")));
+            return Err(invalid(format!(
+                "history token id {id} is out of range (vocabulary size {v})"
+            )));
         }
         let tail = |n: Option<usize>| &history[history.len() - n.unwrap_or(history.len()).min(history.len())..];
         if p.repetition_penalty != 1.0 {
@@ -251,7 +272,9 @@ impl Sampler {
         let v = shape[1];
         let mut out = Vec::with_capacity(histories.len());
         for (b, h) in histories.iter().enumerate() {
-            let row = logits.take_axis(Array::from_slice(&[b as i32], &[1]), 0)?.reshape(&[v])?;
+            let row = logits
+                .take_axis(Array::from_slice(&[b as i32], &[1]), 0)?
+                .reshape(&[v])?;
             let row = self.process_row(to_f32(row)?, h)?;
             out.push(self.sample_processed(&row)?);
         }
@@ -260,7 +283,9 @@ impl Sampler {
 
     fn sample_processed(&mut self, x: &Array) -> Result<u32> {
         let x = host(x)?;
-        let xs = x.try_as_slice::<f32>().map_err(|e| ZayaError::Ext(format!("sampling: {e}")))?;
+        let xs = x
+            .try_as_slice::<f32>()
+            .map_err(|e| ZayaError::Ext(format!("sampling: {e}")))?;
         if self.params.is_greedy() {
             return argmax(xs);
         }
@@ -277,7 +302,9 @@ impl Sampler {
     /// renormalised; one-hot at the argmax when greedy). For tests and diagnostics.
     pub fn probs(&self, logits: &Array, history: &[u32]) -> Result<Vec<f32>> {
         let x = host(&self.process_logits(logits, history)?)?;
-        let xs = x.try_as_slice::<f32>().map_err(|e| ZayaError::Ext(format!("sampling: {e}")))?;
+        let xs = x
+            .try_as_slice::<f32>()
+            .map_err(|e| ZayaError::Ext(format!("sampling: {e}")))?;
         if self.params.is_greedy() {
             let mut p = vec![0.0; xs.len()];
             p[argmax(xs)? as usize] = 1.0;
@@ -291,13 +318,19 @@ impl Sampler {
 
 /// Casts to f32.
 fn to_f32(x: Array) -> Result<Array> {
-    Ok(if x.dtype() == Dtype::Float32 { x } else { x.as_type::<f32>()? })
+    Ok(if x.dtype() == Dtype::Float32 {
+        x
+    } else {
+        x.as_type::<f32>()?
+    })
 }
 
 /// `[.., V]` with every leading dim 1 → f32 `[V]`.
 fn one_row(logits: &Array) -> Result<Array> {
     let shape = logits.shape();
-    let v = *shape.last().ok_or_else(|| invalid("sampling: logits must have a vocabulary axis, got a scalar".into()))?;
+    let v = *shape
+        .last()
+        .ok_or_else(|| invalid("sampling: logits must have a vocabulary axis, got a scalar".into()))?;
     if v <= 0 || logits.size() != v as usize {
         return Err(invalid(format!(
             "sampling: logits must hold one row ([V] or [1, V]), got shape {shape:?}; use sample_batch for [B, V]"
@@ -341,7 +374,9 @@ fn check_row(nan: bool, max: f32) -> Result<()> {
         return Err(invalid("sampling: logits contain NaN".into()));
     }
     if max == f32::NEG_INFINITY {
-        return Err(invalid("sampling: every token is masked (all logits are -inf; check --logit-bias)".into()));
+        return Err(invalid(
+            "sampling: every token is masked (all logits are -inf; check --logit-bias)".into(),
+        ));
     }
     if max == f32::INFINITY {
         return Err(invalid("sampling: logits contain +inf".into()));
@@ -396,10 +431,18 @@ fn distribution<'a>(p: &SamplingParams, xs: &[f32], w: &'a mut Vec<f32>) -> Resu
     check_row(nan, max)?;
     let inv_t = 1.0 / p.temperature;
     // top-k: keep x >= the k-th largest value (ties kept, as HF)
-    let lo = if p.top_k > 0 && (p.top_k as usize) < n { kth_largest(xs, p.top_k as usize) } else { f32::NEG_INFINITY };
+    let lo = if p.top_k > 0 && (p.top_k as usize) < n {
+        kth_largest(xs, p.top_k as usize)
+    } else {
+        f32::NEG_INFINITY
+    };
     // Without top-p, min-p can also skip the exp of every token that cannot pass it: w = e^z with
     // z < ln(min_p) - 1e-4 is below min_p whatever the rounding of exp (the exact test follows).
-    let z_lo = if p.min_p > 0.0 && p.top_p >= 1.0 { p.min_p.ln() - 1e-4 } else { f32::NEG_INFINITY };
+    let z_lo = if p.min_p > 0.0 && p.top_p >= 1.0 {
+        p.min_p.ln() - 1e-4
+    } else {
+        f32::NEG_INFINITY
+    };
     w.clear();
     w.resize(n, 0.0);
     let mut total = 0f64;
@@ -438,7 +481,12 @@ fn nucleus(w: &mut [f32], total: f64, top_p: f64) -> f64 {
     let mut keep = 0usize;
     for cut in [1e-4f32, 1e-8, 0.0] {
         cand.clear();
-        cand.extend(w.iter().enumerate().filter(|(_, &x)| x > 0.0 && x >= cut).map(|(i, &x)| (x, i as u32)));
+        cand.extend(
+            w.iter()
+                .enumerate()
+                .filter(|(_, &x)| x > 0.0 && x >= cut)
+                .map(|(i, &x)| (x, i as u32)),
+        );
         cand.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut mass = 0f64;
         keep = 0;

@@ -161,7 +161,9 @@ impl Tokenizer {
             let obj = cfg.as_object().ok_or_else(|| tok_err(cname, "must be a JSON object"))?;
             // added_tokens_decoder: {"106": {"content": "<|im_end|>", "special": true, ...}}
             if let Some(dec) = obj.get("added_tokens_decoder") {
-                let dec = dec.as_object().ok_or_else(|| tok_err(cname, "`added_tokens_decoder` must be an object"))?;
+                let dec = dec
+                    .as_object()
+                    .ok_or_else(|| tok_err(cname, "`added_tokens_decoder` must be an object"))?;
                 let mut entries: Vec<(u32, &str, &serde_json::Map<String, Value>)> = Vec::new();
                 for (k, v) in dec {
                     let id: u32 = k
@@ -186,7 +188,9 @@ impl Tokenizer {
                         Some(found) if found != id => {
                             return Err(tok_err(
                                 cname,
-                                format!("added token `{content}` declared with id {id} but {name} has it at id {found}"),
+                                format!(
+                                    "added token `{content}` declared with id {id} but {name} has it at id {found}"
+                                ),
                             ))
                         }
                         _ => {}
@@ -235,7 +239,12 @@ impl Tokenizer {
             split_special = b("split_special_tokens")?.unwrap_or(false);
         }
 
-        let find = |content: &str| inner.token_to_id(content).map(|id| SpecialToken { content: content.to_owned(), id });
+        let find = |content: &str| {
+            inner.token_to_id(content).map(|id| SpecialToken {
+                content: content.to_owned(),
+                id,
+            })
+        };
         let named_or = |key: &str, default: &str| match named.get(key) {
             Some(c) => find(c),
             None => find(default),
@@ -311,7 +320,10 @@ impl Tokenizer {
 
     /// Whether `id` is a special added token (skipped by `decode(.., skip_special_tokens=true)`).
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+        self.inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
     }
 
     fn encode_impl(&self, tok: &tokenizers::Tokenizer, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -345,7 +357,9 @@ impl Tokenizer {
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let v = self.vocab_size();
         match ids.iter().find(|&&id| id as usize >= v) {
-            Some(id) => Err(ZayaError::InvalidArgument(format!("token id {id} is out of range (vocabulary size {v})"))),
+            Some(id) => Err(ZayaError::InvalidArgument(format!(
+                "token id {id} is out of range (vocabulary size {v})"
+            ))),
             None => Ok(()),
         }
     }
@@ -386,7 +400,13 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// A decoder over `tok`.
     pub fn new(tok: Tokenizer, skip_special_tokens: bool) -> Self {
-        StreamDecoder { tok, skip_special: skip_special_tokens, ids: Vec::new(), prefix_len: 0, prefix: String::new() }
+        StreamDecoder {
+            tok,
+            skip_special: skip_special_tokens,
+            ids: Vec::new(),
+            prefix_len: 0,
+            prefix: String::new(),
+        }
     }
 
     /// Pushes one id; returns the newly completed text (often empty).
@@ -494,13 +514,20 @@ impl StopMatcher {
         let mut stops = Vec::new();
         for s in stop_strings {
             if s.is_empty() {
-                return Err(ZayaError::InvalidArgument("--stop: a stop string must not be empty".into()));
+                return Err(ZayaError::InvalidArgument(
+                    "--stop: a stop string must not be empty".into(),
+                ));
             }
             if !stops.contains(&s) {
                 stops.push(s);
             }
         }
-        Ok(StopMatcher { eos, stops, pending: String::new(), stopped: false })
+        Ok(StopMatcher {
+            eos,
+            stops,
+            pending: String::new(),
+            stopped: false,
+        })
     }
 
     /// Whether `id` is one of the EOS ids.
@@ -526,7 +553,10 @@ impl StopMatcher {
         }
         if self.is_eos(id) {
             self.stopped = true;
-            return StopOutput { text: std::mem::take(&mut self.pending), stop: Some(StopReason::Eos(id)) };
+            return StopOutput {
+                text: std::mem::take(&mut self.pending),
+                stop: Some(StopReason::Eos(id)),
+            };
         }
         self.push_text(text)
     }
@@ -538,7 +568,10 @@ impl StopMatcher {
         }
         self.pending.push_str(text);
         if self.stops.is_empty() {
-            return StopOutput { text: std::mem::take(&mut self.pending), stop: None };
+            return StopOutput {
+                text: std::mem::take(&mut self.pending),
+                stop: None,
+            };
         }
         let mut best: Option<(usize, usize)> = None;
         for (k, s) in self.stops.iter().enumerate() {

@@ -33,14 +33,29 @@ fn tiny_preset_bytes_per_decode_token_match_a_hand_count() {
     let (h, layers, hq, hk, d) = (128u64, 6u64, 4u64, 2u64, 32u64);
     let (experts, inter, r, vocab, g, bits, top_k) = (4u64, 128u64, 64u64, 1024u64, 32u64, 4u64, 1u64);
     assert_eq!(
-        (spec.hidden_size, spec.num_hidden_layers, spec.num_q_heads, spec.num_kv_heads, spec.head_dim),
+        (
+            spec.hidden_size,
+            spec.num_hidden_layers,
+            spec.num_q_heads,
+            spec.num_kv_heads,
+            spec.head_dim
+        ),
         (h as usize, layers as usize, hq as usize, hk as usize, d as usize)
     );
     assert_eq!(
-        (spec.num_experts, spec.expert_intermediate_size, spec.router_hidden_size, spec.vocab_size, spec.group_size),
+        (
+            spec.num_experts,
+            spec.expert_intermediate_size,
+            spec.router_hidden_size,
+            spec.vocab_size,
+            spec.group_size
+        ),
         (experts as usize, inter as usize, r as usize, vocab as usize, g as usize)
     );
-    assert_eq!((spec.expert_bits, cfg.top_k, spec.use_mod), (bits as u32, top_k as usize, true));
+    assert_eq!(
+        (spec.expert_bits, cfg.top_k, spec.use_mod),
+        (bits as u32, top_k as usize, true)
+    );
     assert!(cfg.tie_word_embeddings);
 
     let attn_layers = layers.div_ceil(2); // 0, 2, 4
@@ -77,7 +92,14 @@ fn tiny_preset_bytes_per_decode_token_match_a_hand_count() {
     for ctx in [0usize, 1, 37, 1000] {
         // K and V f32 [Hk, ctx, D] plus conv_state f32 [C, 2] and prev_hs f32 [H], per attention layer
         let state = attn_layers * (2 * hk * ctx as u64 * d * 4 + (c * 2 + h) * 4);
-        let expected = DecodeBytes { attention, router, experts: experts_b, lm_head_and_embedding: lm, norms, state };
+        let expected = DecodeBytes {
+            attention,
+            router,
+            experts: experts_b,
+            lm_head_and_embedding: lm,
+            norms,
+            state,
+        };
         let got = bench::decode_bytes(&bundle.weights, cfg, ctx, 4);
         assert_eq!(got, expected, "ctx {ctx}");
         assert_eq!(got.total(), attention + router + experts_b + lm + norms + state);

@@ -31,8 +31,16 @@ fn tiny() -> &'static Path {
 #[test]
 fn trial_greedy_tokens_match_the_python_reference() {
     let fx = common::fixture("tiny");
-    let prompt: Vec<u32> = common::read_tensor(&fx.reference, "token_ids").to_i64().iter().map(|&x| x as u32).collect();
-    let want: Vec<u32> = common::read_tensor(&fx.reference, "greedy_ids").to_i64().iter().map(|&x| x as u32).collect();
+    let prompt: Vec<u32> = common::read_tensor(&fx.reference, "token_ids")
+        .to_i64()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let want: Vec<u32> = common::read_tensor(&fx.reference, "greedy_ids")
+        .to_i64()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     assert!(want.len() >= 3);
     for kernels in ["fused", "plain"] {
         let mut o = ModelOptions::default();
@@ -72,7 +80,12 @@ fn json_report_is_complete_and_consistent() {
     let vocab = v["vocab_size"].as_u64().unwrap() as usize;
     assert_eq!(vocab, 1024);
     // the prompt is the seeded random prompt; every trial generates exactly -g tokens
-    let ids: Vec<u32> = v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = v["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(ids, bench::random_prompt(vocab, 20, 5));
     assert_eq!(v["generated_ids"].as_array().unwrap().len(), 6);
     assert_eq!(v["same_tokens_every_trial"], true);
@@ -99,7 +112,12 @@ fn json_report_is_complete_and_consistent() {
     let b = &v["bound"];
     assert_eq!(b["context"].as_u64().unwrap(), 23);
     let bytes = b["bytes_per_token"].as_u64().unwrap();
-    let parts: u64 = b["bytes"].as_object().unwrap().values().map(|x| x.as_u64().unwrap()).sum();
+    let parts: u64 = b["bytes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_u64().unwrap())
+        .sum();
     assert_eq!(bytes, parts);
     let bw = b["copy_bandwidth_gbs"].as_f64().unwrap();
     assert!(bw > 0.0);
@@ -140,7 +158,12 @@ fn text_report_follows_the_mlx_lm_layout() {
 #[test]
 fn bad_arguments_are_reported() {
     let run = |args: &[&str]| {
-        let o = zaya().args(["bench", "--model"]).arg(tiny()).args(args).output().unwrap();
+        let o = zaya()
+            .args(["bench", "--model"])
+            .arg(tiny())
+            .args(args)
+            .output()
+            .unwrap();
         (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
     };
     for (args, needle) in [
@@ -155,7 +178,10 @@ fn bad_arguments_are_reported() {
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
     }
-    let o = zaya().args(["bench", "--model", "/nonexistent/zaya-bundle"]).output().unwrap();
+    let o = zaya()
+        .args(["bench", "--model", "/nonexistent/zaya-bundle"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/zaya-bundle"));
 }

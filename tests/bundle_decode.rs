@@ -54,26 +54,45 @@ fn loaded_weights_equal_numpy_decode_of_the_same_files() {
 
     let (mut n_tq, mut n_aff) = (0, 0);
     for (base, fmt) in &w.formats {
-        let Some(ours) = dequantize_module(w, base) else { continue };
+        let Some(ours) = dequantize_module(w, base) else {
+            continue;
+        };
         match fmt {
             WeightFormat::TurboQuant { .. } => n_tq += 1,
             WeightFormat::Affine { .. } => n_aff += 1,
             _ => panic!("unexpected format {fmt:?}"),
         }
         let name = format!("{base}.weight");
-        let r = reference.get(&name).unwrap_or_else(|| panic!("the NumPy decode lacks {name}"));
-        assert_eq!(ours.shape().iter().map(|&d| d as usize).collect::<Vec<_>>(), r.shape, "{name}");
+        let r = reference
+            .get(&name)
+            .unwrap_or_else(|| panic!("the NumPy decode lacks {name}"));
+        assert_eq!(
+            ours.shape().iter().map(|&d| d as usize).collect::<Vec<_>>(),
+            r.shape,
+            "{name}"
+        );
         let ours = to_vec(&ours);
         let r = f32s(r);
         let err = rel_max(&ours, &r);
         // NumPy decodes in f64 (Hadamard as a matrix product), MLX in f32 with the butterfly
-        let tol = if matches!(fmt, WeightFormat::TurboQuant { .. }) { 2e-6 } else { 1e-6 };
+        let tol = if matches!(fmt, WeightFormat::TurboQuant { .. }) {
+            2e-6
+        } else {
+            1e-6
+        };
         assert!(err <= tol, "{name}: max|Δ|/max|ref| = {err:e} > {tol:e}");
         // and both are the source up to quantization error (4-bit TQ ≈ 0.1, 8-bit affine ≈ 0.005)
         let s = &source[&name];
         let q = rel_rmse(&ours, s);
-        let bound = if matches!(fmt, WeightFormat::TurboQuant { .. }) { 0.15 } else { 0.02 };
-        assert!(q <= bound, "{name}: relative RMS error vs the float source {q:.4} > {bound}");
+        let bound = if matches!(fmt, WeightFormat::TurboQuant { .. }) {
+            0.15
+        } else {
+            0.02
+        };
+        assert!(
+            q <= bound,
+            "{name}: relative RMS error vs the float source {q:.4} > {bound}"
+        );
         eprintln!("{name}: vs numpy {err:.2e}, vs source {q:.4}");
     }
     assert_eq!(n_tq, 6, "2 MoE layers × gate/up/down");
@@ -105,8 +124,18 @@ fn sidecar_values_match_the_reference_functions() {
                            's': [float(x) for x in generate_random_signs(64, seed=42)]}))",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let c: Vec<f32> = v["c"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    let s: Vec<f32> = v["s"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let c: Vec<f32> = v["c"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let s: Vec<f32> = v["s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     assert_eq!(to_vec(&b.weights.tq_runtime["codebook.64.4"]), c);
     assert_eq!(to_vec(&b.weights.tq_runtime["signs.64.42"]), s);
 }

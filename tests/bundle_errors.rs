@@ -16,7 +16,9 @@ fn open_err(dir: &Path) -> ZayaError {
         Ok(_) => panic!("{} should not open", dir.display()),
         Err(e) => e,
     };
-    let Err(i) = inspect(dir, &BundleOptions::default()) else { panic!("inspect should fail too") };
+    let Err(i) = inspect(dir, &BundleOptions::default()) else {
+        panic!("inspect should fail too")
+    };
     assert_eq!(e.to_string(), i.to_string());
     eprintln!("{e}");
     e
@@ -38,7 +40,10 @@ fn missing_tensor() {
         t.remove("model.layers.2.input_norm.weight").unwrap();
     });
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::MissingTensor { name, .. } if name == "model.layers.2.input_norm.weight"), "{e}");
+    assert!(
+        matches!(&e, ZayaError::MissingTensor { name, .. } if name == "model.layers.2.input_norm.weight"),
+        "{e}"
+    );
 
     // a quantized module without its biases (f16 scales, so not MXFP4)
     let (_t, d) = jang_copy();
@@ -46,15 +51,22 @@ fn missing_tensor() {
         t.remove("model.layers.0.self_attn.o_proj.biases").unwrap();
     });
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::MissingTensor { name, .. } if name == "model.layers.0.self_attn.o_proj.biases"), "{e}");
+    assert!(
+        matches!(&e, ZayaError::MissingTensor { name, .. } if name == "model.layers.0.self_attn.o_proj.biases"),
+        "{e}"
+    );
 
     // TurboQuant norms without codes
     let (_t, d) = jang_copy();
     edit_shard(&d, |t| {
-        t.remove("model.layers.1.zaya_block.experts.switch_mlp.down_proj.tq_packed").unwrap();
+        t.remove("model.layers.1.zaya_block.experts.switch_mlp.down_proj.tq_packed")
+            .unwrap();
     });
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::MissingTensor { name, .. } if name.ends_with("down_proj.tq_packed")), "{e}");
+    assert!(
+        matches!(&e, ZayaError::MissingTensor { name, .. } if name.ends_with("down_proj.tq_packed")),
+        "{e}"
+    );
 
     // a missing expert of the per-expert layout names that expert
     let t = tempfile::tempdir().unwrap();
@@ -62,18 +74,29 @@ fn missing_tensor() {
     write_per_expert(&m, t.path());
     let p = t.path().join(SHARD);
     let mut s = read_safetensors(&p);
-    s.remove("model.layers.3.zaya_block.experts.local_experts.2.linear_fc2.weight").unwrap();
+    s.remove("model.layers.3.zaya_block.experts.local_experts.2.linear_fc2.weight")
+        .unwrap();
     write_safetensors(&p, &s);
     let e = open_err(t.path());
     assert!(matches!(e, ZayaError::MissingTensor { .. }), "{e}");
-    assert_names(&e, &["model.layers.3.zaya_block.experts.local_experts.2.linear_fc2.weight"]);
+    assert_names(
+        &e,
+        &["model.layers.3.zaya_block.experts.local_experts.2.linear_fc2.weight"],
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let (_t, d) = jang_copy();
     edit_shard(&d, |t| {
-        t.insert("model.final_norm.weight".into(), Stored { dtype: Dtype::F16, shape: vec![63], bytes: vec![0; 126] });
+        t.insert(
+            "model.final_norm.weight".into(),
+            Stored {
+                dtype: Dtype::F16,
+                shape: vec![63],
+                bytes: vec![0; 126],
+            },
+        );
     });
     let e = open_err(&d);
     assert!(
@@ -87,24 +110,45 @@ fn wrong_shape() {
     edit_shard(&d, |t| {
         t.insert(
             "model.layers.1.zaya_block.experts.switch_mlp.up_proj.tq_norms".into(),
-            Stored { dtype: Dtype::F16, shape: vec![4, 32], bytes: vec![0; 256] },
+            Stored {
+                dtype: Dtype::F16,
+                shape: vec![4, 32],
+                bytes: vec![0; 256],
+            },
         );
     });
     let e = open_err(&d);
     assert!(matches!(e, ZayaError::Shape { .. }), "{e}");
-    assert_names(&e, &["model.layers.1.zaya_block.experts.switch_mlp.up_proj.tq_norms", "[4, 64]", "[4, 32]"]);
+    assert_names(
+        &e,
+        &[
+            "model.layers.1.zaya_block.experts.switch_mlp.up_proj.tq_norms",
+            "[4, 64]",
+            "[4, 32]",
+        ],
+    );
 
     // a conv weight in neither MLX nor PyTorch layout
     let (_t, d) = jang_copy();
     edit_shard(&d, |t| {
         t.insert(
             "model.layers.0.self_attn.qkv.conv_qk.0.weight".into(),
-            Stored { dtype: Dtype::F16, shape: vec![96, 2, 2], bytes: vec![0; 96 * 4 * 2] },
+            Stored {
+                dtype: Dtype::F16,
+                shape: vec![96, 2, 2],
+                bytes: vec![0; 96 * 4 * 2],
+            },
         );
     });
     let e = open_err(&d);
     assert!(matches!(e, ZayaError::Shape { .. }), "{e}");
-    assert_names(&e, &["conv_qk.0.weight", "[96, 2, 1] (MLX layout) or [96, 1, 2] (PyTorch layout)"]);
+    assert_names(
+        &e,
+        &[
+            "conv_qk.0.weight",
+            "[96, 2, 1] (MLX layout) or [96, 1, 2] (PyTorch layout)",
+        ],
+    );
 }
 
 #[test]
@@ -121,11 +165,22 @@ fn wrong_dtype() {
 
     let (_t, d) = jang_copy();
     edit_shard(&d, |t| {
-        t.get_mut("model.layers.3.zaya_block.experts.switch_mlp.down_proj.tq_packed").unwrap().dtype = Dtype::I32;
+        t.get_mut("model.layers.3.zaya_block.experts.switch_mlp.down_proj.tq_packed")
+            .unwrap()
+            .dtype = Dtype::I32;
     });
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::Dtype { expected, found, .. } if expected == "U32" && found == "I32"), "{e}");
-    assert_names(&e, &["model.layers.3.zaya_block.experts.switch_mlp.down_proj.tq_packed", SHARD]);
+    assert!(
+        matches!(&e, ZayaError::Dtype { expected, found, .. } if expected == "U32" && found == "I32"),
+        "{e}"
+    );
+    assert_names(
+        &e,
+        &[
+            "model.layers.3.zaya_block.experts.switch_mlp.down_proj.tq_packed",
+            SHARD,
+        ],
+    );
 }
 
 #[test]
@@ -136,16 +191,25 @@ fn truncated_shard() {
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.set_len(len - 100).unwrap();
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)), "{e}");
+    assert!(
+        matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)),
+        "{e}"
+    );
     assert_names(&e, &["truncated"]);
 
     // so short that not even the header fits
     f.set_len(200).unwrap();
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)), "{e}");
+    assert!(
+        matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)),
+        "{e}"
+    );
     f.set_len(3).unwrap();
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)), "{e}");
+    assert!(
+        matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,7 +221,10 @@ fn corrupt_header() {
     bytes[8] = b'X';
     std::fs::write(&p, &bytes).unwrap();
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)), "{e}");
+    assert!(
+        matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with(SHARD)),
+        "{e}"
+    );
     assert_names(&e, &["corrupt header"]);
 
     // an absurd header length
@@ -175,7 +242,10 @@ fn corrupt_header() {
     f.extend(vec![0u8; 128]);
     std::fs::write(t.path().join("model.safetensors"), f).unwrap();
     let e = open_err(t.path());
-    assert!(matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with("model.safetensors")), "{e}");
+    assert!(
+        matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with("model.safetensors")),
+        "{e}"
+    );
     assert_names(&e, &["model.final_norm.weight", "[1000, 1128]"]);
 }
 
@@ -203,11 +273,19 @@ fn bits_mismatch() {
     // tq_bits disagrees with jang_config.json's routed-expert bits
     let (_t, d) = jang_copy();
     edit_shard(&d, |t| {
-        t.get_mut("model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits").unwrap().bytes = vec![2];
+        t.get_mut("model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits")
+            .unwrap()
+            .bytes = vec![2];
     });
     let e = open_err(&d);
     assert!(matches!(e, ZayaError::Quant { .. }), "{e}");
-    assert_names(&e, &["model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits", "jang_config.json"]);
+    assert_names(
+        &e,
+        &[
+            "model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits",
+            "jang_config.json",
+        ],
+    );
 
     // without jang_config.json, 2-bit codes cannot fill the packed columns: packed_cols·32/bits ≠ in
     std::fs::remove_file(d.join("jang_config.json")).unwrap();
@@ -216,7 +294,13 @@ fn bits_mismatch() {
     });
     let e = open_err(&d);
     assert!(matches!(e, ZayaError::Quant { .. }), "{e}");
-    assert_names(&e, &["model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_packed", "in_features is 64"]);
+    assert_names(
+        &e,
+        &[
+            "model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_packed",
+            "in_features is 64",
+        ],
+    );
 
     // config.json's affine bits / group size disagree with the tensors
     let (_t, d) = jang_copy();
@@ -244,7 +328,13 @@ fn bits_mismatch() {
     });
     let e = open_err(&d);
     assert!(matches!(e, ZayaError::Quant { .. }), "{e}");
-    assert_names(&e, &["model.layers.3.zaya_block.experts.switch_mlp.down_proj.tq_packed", "128"]);
+    assert_names(
+        &e,
+        &[
+            "model.layers.3.zaya_block.experts.switch_mlp.down_proj.tq_packed",
+            "128",
+        ],
+    );
 }
 
 #[test]
@@ -263,7 +353,10 @@ fn missing_shard_named_by_the_index() {
         i["weight_map"]["model.final_norm.weight"] = json!("model-00002-of-00002.safetensors");
     });
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with("model-00002-of-00002.safetensors")), "{e}");
+    assert!(
+        matches!(&e, ZayaError::Safetensors { file, .. } if file.ends_with("model-00002-of-00002.safetensors")),
+        "{e}"
+    );
     assert_names(&e, &["missing shard", "model.final_norm.weight"]);
 }
 
@@ -284,12 +377,35 @@ fn index_names_a_tensor_its_shard_lacks() {
 fn unexpected_tensors() {
     let (_t, d) = jang_copy();
     edit_shard(&d, |t| {
-        t.insert("model.layers.0.self_attn.extra.weight".into(), Stored { dtype: Dtype::F16, shape: vec![2], bytes: vec![0; 4] });
-        t.insert("model.layers.9.input_norm.weight".into(), Stored { dtype: Dtype::F16, shape: vec![64], bytes: vec![0; 128] });
+        t.insert(
+            "model.layers.0.self_attn.extra.weight".into(),
+            Stored {
+                dtype: Dtype::F16,
+                shape: vec![2],
+                bytes: vec![0; 4],
+            },
+        );
+        t.insert(
+            "model.layers.9.input_norm.weight".into(),
+            Stored {
+                dtype: Dtype::F16,
+                shape: vec![64],
+                bytes: vec![0; 128],
+            },
+        );
     });
     let e = open_err(&d);
-    assert!(matches!(&e, ZayaError::UnexpectedTensors { names } if names.len() == 2), "{e}");
-    assert_names(&e, &["model.layers.0.self_attn.extra.weight", "model.layers.9.input_norm.weight"]);
+    assert!(
+        matches!(&e, ZayaError::UnexpectedTensors { names } if names.len() == 2),
+        "{e}"
+    );
+    assert_names(
+        &e,
+        &[
+            "model.layers.0.self_attn.extra.weight",
+            "model.layers.9.input_norm.weight",
+        ],
+    );
     // allowed: a warning in the load report
     let b = Bundle::open_with(&d, &BundleOptions { allow_unexpected: true }).unwrap();
     assert_eq!(b.report.unexpected.len(), 2);
@@ -319,7 +435,10 @@ fn upstream_missing_tensor_names_the_layout() {
     s.remove("model.layers.1.self_attn.qk_norm.temp").unwrap();
     write_safetensors(&p, &s);
     edit_json(&t.path().join("model.safetensors.index.json"), |i| {
-        i["weight_map"].as_object_mut().unwrap().remove("model.layers.1.self_attn.qk_norm.temp");
+        i["weight_map"]
+            .as_object_mut()
+            .unwrap()
+            .remove("model.layers.1.self_attn.qk_norm.temp");
     });
     let e = open_err(t.path());
     assert!(matches!(e, ZayaError::MissingTensor { .. }), "{e}");

@@ -20,7 +20,9 @@ fn check_decode(dir: &Path, m: &FloatModel, tol: f32, bound: f64) -> BTreeMap<St
     let reference = numpy_decode(dir);
     let mut seen = BTreeMap::new();
     for (base, fmt) in &b.weights.formats {
-        let Some(ours) = dequantize_module(&b.weights, base) else { continue };
+        let Some(ours) = dequantize_module(&b.weights, base) else {
+            continue;
+        };
         let name = format!("{base}.weight");
         let ours = to_vec(&ours);
         let r = f32s(&reference[&name]);
@@ -38,12 +40,26 @@ fn jang_mxfp4_converter_output_is_affine_4_bit_with_8_bit_embeddings() {
     let (src, _) = jang_tiny();
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("mxfp4");
-    run_python(&["-m", "jang_tools.convert_zaya_mxfp4", src.to_str().unwrap(), out.to_str().unwrap()]);
+    run_python(&[
+        "-m",
+        "jang_tools.convert_zaya_mxfp4",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let b = Bundle::open(&out).unwrap();
-    assert_eq!(b.weights.formats["model.embed_tokens"], WeightFormat::Affine { bits: 8, group_size: 32 });
+    assert_eq!(
+        b.weights.formats["model.embed_tokens"],
+        WeightFormat::Affine {
+            bits: 8,
+            group_size: 32
+        }
+    );
     assert_eq!(
         b.weights.formats["model.layers.1.zaya_block.experts.switch_mlp.down_proj"],
-        WeightFormat::Affine { bits: 4, group_size: 32 }
+        WeightFormat::Affine {
+            bits: 4,
+            group_size: 32
+        }
     );
     let m = random_model(&tiny_config(), SEED);
     let seen = check_decode(&out, &m, 1e-6, 0.12);
@@ -94,21 +110,32 @@ fn mlx_mxfp4_mode() {
     let out = t.path().join("mxfp4");
     run_python(&["-c", MXFP4_SCRIPT, src.to_str().unwrap(), out.to_str().unwrap()]);
     let b = Bundle::open(&out).unwrap();
-    assert_eq!(b.weights.formats["model.embed_tokens"], WeightFormat::Mxfp4 { group_size: 32 });
+    assert_eq!(
+        b.weights.formats["model.embed_tokens"],
+        WeightFormat::Mxfp4 { group_size: 32 }
+    );
     assert_eq!(
         b.weights.formats["model.layers.3.zaya_block.experts.switch_mlp.gate_proj"],
         WeightFormat::Mxfp4 { group_size: 32 }
     );
-    assert_eq!(b.weights.formats["model.layers.3.zaya_block.router.down_proj"], WeightFormat::Float);
+    assert_eq!(
+        b.weights.formats["model.layers.3.zaya_block.router.down_proj"],
+        WeightFormat::Float
+    );
     assert_eq!(b.summary.group_sizes, vec![32]);
     // e2m1 with a power-of-two scale per 32 values: ≈ 0.1 relative RMS error on uniform weights
     let seen = check_decode(&out, &m, 1e-6, 0.2);
     assert_eq!(seen["Mxfp4 { group_size: 32 }"], 1 + 10 + 6);
 
     // a config that says affine contradicts scales without biases
-    edit_json(&out.join("config.json"), |c| c["quantization"]["mode"] = serde_json::json!("affine"));
+    edit_json(&out.join("config.json"), |c| {
+        c["quantization"]["mode"] = serde_json::json!("affine")
+    });
     match Bundle::open(&out) {
-        Err(e @ ZayaError::Quant { .. }) => assert!(e.to_string().contains("mxfp4") || e.to_string().contains("MXFP4"), "{e}"),
+        Err(e @ ZayaError::Quant { .. }) => assert!(
+            e.to_string().contains("mxfp4") || e.to_string().contains("MXFP4"),
+            "{e}"
+        ),
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("should fail"),
     }
@@ -121,12 +148,22 @@ fn turboquant_2_bit_and_per_projection_bits() {
     let (src, tq4) = jang_tiny();
     let t = tempfile::tempdir().unwrap();
     let tq2 = t.path().join("tq2");
-    run_python(&["-m", "jang_tools.convert_zaya_jangtq", src.to_str().unwrap(), tq2.to_str().unwrap(), "JANGTQ2"]);
+    run_python(&[
+        "-m",
+        "jang_tools.convert_zaya_jangtq",
+        src.to_str().unwrap(),
+        tq2.to_str().unwrap(),
+        "JANGTQ2",
+    ]);
     let m = random_model(&tiny_config(), SEED);
     let b = Bundle::open(&tq2).unwrap();
     assert_eq!(
         b.weights.formats["model.layers.1.zaya_block.experts.switch_mlp.up_proj"],
-        WeightFormat::TurboQuant { bits: 2, in_features: 64, seed: 42 }
+        WeightFormat::TurboQuant {
+            bits: 2,
+            in_features: 64,
+            seed: 42
+        }
     );
     let packed = &b.weights.tensors["model.layers.1.zaya_block.experts.switch_mlp.up_proj.tq_packed"];
     assert_eq!(packed.shape(), &[4, 64, 4]);
@@ -155,7 +192,11 @@ fn turboquant_2_bit_and_per_projection_bits() {
     for (p, bits) in [("gate_proj", 2), ("up_proj", 2), ("down_proj", 4)] {
         assert_eq!(
             b.weights.formats[&format!("model.layers.3.zaya_block.experts.switch_mlp.{p}")],
-            WeightFormat::TurboQuant { bits, in_features: 64, seed: 42 }
+            WeightFormat::TurboQuant {
+                bits,
+                in_features: 64,
+                seed: 42
+            }
         );
     }
     assert_eq!(b.summary.turboquant_bits, vec![2, 4]);
@@ -164,7 +205,9 @@ fn turboquant_2_bit_and_per_projection_bits() {
     assert_eq!(seen["TurboQuant { bits: 4, in_features: 64, seed: 42 }"], 2);
 
     // the per-projection bits are enforced: down_proj declared 2-bit but stored 4-bit
-    edit_json(&mix.join("jang_config.json"), |j| j["mxtq_bits"]["routed_expert"]["down_proj"] = serde_json::json!(2));
+    edit_json(&mix.join("jang_config.json"), |j| {
+        j["mxtq_bits"]["routed_expert"]["down_proj"] = serde_json::json!(2)
+    });
     match Bundle::open(&mix) {
         Err(e @ ZayaError::Quant { .. }) => assert!(e.to_string().contains("down_proj.tq_bits"), "{e}"),
         Err(e) => panic!("wrong error {e}"),

@@ -13,7 +13,10 @@ use zaya_mlx::quant::WeightFormat;
 
 fn values(a: &Array) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(a.dtype(), mlx_rs::Dtype::Float32);
-    (a.shape().iter().map(|&d| d as usize).collect(), a.as_slice::<f32>().to_vec())
+    (
+        a.shape().iter().map(|&d| d as usize).collect(),
+        a.as_slice::<f32>().to_vec(),
+    )
 }
 
 /// The canonical form of the model, computed here: conv weights moved to MLX layout.
@@ -31,7 +34,13 @@ fn expected(m: &FloatModel) -> BTreeMap<String, T> {
                         }
                     }
                 }
-                (n.clone(), T { shape: vec![o, k, a], data: d })
+                (
+                    n.clone(),
+                    T {
+                        shape: vec![o, k, a],
+                        data: d,
+                    },
+                )
             } else {
                 (n.clone(), t.clone())
             }
@@ -80,26 +89,36 @@ fn all_layouts_give_the_same_canonical_set() {
 
     // MLX-LM's stacked names without `switch_mlp`, and an untied lm_head kept as `lm_head`
     let mlx_lm = t.path().join("mlx_lm");
-    let mut m2 = FloatModel { cfg: m.cfg.clone(), tensors: BTreeMap::new() };
+    let mut m2 = FloatModel {
+        cfg: m.cfg.clone(),
+        tensors: BTreeMap::new(),
+    };
     for (n, v) in &m.tensors {
         m2.tensors.insert(n.replace(".switch_mlp.", "."), v.clone());
     }
     m2.cfg["tie_word_embeddings"] = false.into();
-    let lm = T { shape: vec![256, 64], data: (0..256 * 64).map(|i| i as f32 * 1e-3).collect() };
+    let lm = T {
+        shape: vec![256, 64],
+        data: (0..256 * 64).map(|i| i as f32 * 1e-3).collect(),
+    };
     m2.tensors.insert("lm_head.weight".into(), lm.clone());
     write_stacked(&m2, &mlx_lm);
     let b = Bundle::open(&mlx_lm).unwrap();
     let mut want2 = want.clone();
     want2.insert("lm_head.weight".into(), lm);
     check(&b, &want2);
-    assert_eq!(b.summary.params.total, Bundle::open(&stacked).unwrap().summary.params.total + 256 * 64);
+    assert_eq!(
+        b.summary.params.total,
+        Bundle::open(&stacked).unwrap().summary.params.total + 256 * 64
+    );
 }
 
 #[test]
 fn tied_lm_head_is_dropped() {
     let mut m = random_model(&tiny_config(), 12);
     let want = expected(&m);
-    m.tensors.insert("lm_head.weight".into(), m.tensors["model.embed_tokens.weight"].clone());
+    m.tensors
+        .insert("lm_head.weight".into(), m.tensors["model.embed_tokens.weight"].clone());
     let t = tempfile::tempdir().unwrap();
     write_stacked(&m, t.path());
     let b = Bundle::open(t.path()).unwrap();
@@ -132,15 +151,21 @@ fn upstream_older_revision_names() {
             .replace("mlp.experts.", "zaya_block.experts.")
     };
     let mut wm = serde_json::Map::new();
-    for (f, p) in [("model-00001-of-00002.safetensors", &shard), ("model-00002-of-00002.safetensors", &experts)] {
+    for (f, p) in [
+        ("model-00001-of-00002.safetensors", &shard),
+        ("model-00002-of-00002.safetensors", &experts),
+    ] {
         let renamed: BTreeMap<String, Stored> = read_safetensors(p).into_iter().map(|(n, s)| (rename(&n), s)).collect();
         for k in renamed.keys() {
             wm.insert(k.clone(), serde_json::json!(f));
         }
         write_safetensors(p, &renamed);
     }
-    std::fs::write(t.path().join("model.safetensors.index.json"), serde_json::json!({ "weight_map": wm }).to_string())
-        .unwrap();
+    std::fs::write(
+        t.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": wm }).to_string(),
+    )
+    .unwrap();
     let b = Bundle::open(t.path()).unwrap();
     assert_eq!(b.layout, Layout::Upstream);
     check(&b, &want);

@@ -43,7 +43,12 @@ fn inventory() -> Vec<Spec> {
     };
     affine(&mut s, "model.embed_tokens".into(), v, h);
     s("model.final_norm.weight".into(), "F16", vec![h]);
-    for x in ["hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias"] {
+    for x in [
+        "hidden_states_scale",
+        "hidden_states_bias",
+        "residual_scale",
+        "residual_bias",
+    ] {
         s(format!("model.res_scale.{x}"), "F16", vec![h]);
     }
     for n in 0..80 {
@@ -59,7 +64,12 @@ fn inventory() -> Vec<Spec> {
         }
         if n % 2 == 0 {
             let a = format!("{p}.self_attn");
-            for (m, out) in [("linear_q", 1024), ("linear_k", 256), ("val_proj1", 128), ("val_proj2", 128)] {
+            for (m, out) in [
+                ("linear_q", 1024),
+                ("linear_k", 256),
+                ("val_proj1", 128),
+                ("val_proj2", 128),
+            ] {
                 affine(&mut s, format!("{a}.qkv.{m}"), out, h);
             }
             affine(&mut s, format!("{a}.o_proj"), h, 1024);
@@ -104,7 +114,10 @@ fn write_streaming(path: &Path, specs: &[&Spec], seed: u64) {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
     for s in &order {
-        header.insert(s.name.clone(), json!({"dtype": s.dtype, "shape": s.shape, "data_offsets": [off, off + s.bytes()]}));
+        header.insert(
+            s.name.clone(),
+            json!({"dtype": s.dtype, "shape": s.shape, "data_offsets": [off, off + s.bytes()]}),
+        );
         off += s.bytes();
     }
     let mut h = serde_json::to_vec(&header).unwrap();
@@ -166,7 +179,11 @@ fn write_bundle(dir: &Path) -> u64 {
             wm.insert(s.name.clone(), json!(file));
         }
     }
-    std::fs::write(dir.join("model.safetensors.index.json"), json!({"metadata": {"format": "jangtq"}, "weight_map": wm}).to_string()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        json!({"metadata": {"format": "jangtq"}, "weight_map": wm}).to_string(),
+    )
+    .unwrap();
     let cfg = json!({
         "model_type": "zaya", "hidden_size": 2048, "num_hidden_layers": 80, "num_attention_heads": 8,
         "num_key_value_heads": 2, "num_query_groups": 2, "head_dim": 128, "kv_channels": 128,
@@ -179,10 +196,22 @@ fn write_bundle(dir: &Path) -> u64 {
     });
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let sidecar = [
-        Spec { name: "codebook.2048.4".into(), dtype: "F32", shape: vec![16] },
-        Spec { name: "signs.2048.42".into(), dtype: "F32", shape: vec![2048] },
+        Spec {
+            name: "codebook.2048.4".into(),
+            dtype: "F32",
+            shape: vec![16],
+        },
+        Spec {
+            name: "signs.2048.42".into(),
+            dtype: "F32",
+            shape: vec![2048],
+        },
     ];
-    write_streaming(&dir.join("jangtq_runtime.safetensors"), &sidecar.iter().collect::<Vec<_>>(), 5);
+    write_streaming(
+        &dir.join("jangtq_runtime.safetensors"),
+        &sidecar.iter().collect::<Vec<_>>(),
+        5,
+    );
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -194,7 +223,10 @@ fn write_bundle(dir: &Path) -> u64 {
 fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     s.lines()
-        .find_map(|l| l.strip_prefix(field).map(|r| r.trim().trim_end_matches(" kB").trim().parse().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|r| r.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        })
         .unwrap()
 }
 
@@ -204,7 +236,11 @@ fn full_size_bundle_peak_rss() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let t0 = std::time::Instant::now();
     let bytes = write_bundle(tmp.path());
-    eprintln!("wrote {:.2} GiB in {:.1?}", bytes as f64 / (1u64 << 30) as f64, t0.elapsed());
+    eprintln!(
+        "wrote {:.2} GiB in {:.1?}",
+        bytes as f64 / (1u64 << 30) as f64,
+        t0.elapsed()
+    );
     // forget the writer's peak: reset VmHWM (Linux ≥ 4.0)
     std::fs::write("/proc/self/clear_refs", "5").expect("cannot reset the peak RSS");
     let base = status_kib("VmRSS:");
@@ -213,7 +249,10 @@ fn full_size_bundle_peak_rss() {
     let open = t1.elapsed();
     assert_eq!(b.summary.stored_tensors, 1965);
     eprintln!("{}", b.summary.to_text());
-    assert_eq!(b.report.copied_tensors, 80, "only the 2×40 transposed conv weights are copied");
+    assert_eq!(
+        b.report.copied_tensors, 80,
+        "only the 2×40 transposed conv weights are copied"
+    );
     // read every byte through MLX
     let t2 = std::time::Instant::now();
     for a in b.weights.tensors.values() {

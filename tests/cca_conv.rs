@@ -21,7 +21,12 @@ fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 fn weights(rng: &mut ChaCha8Rng) -> Weights {
-    Weights { w0: rand_vec(rng, C * 2), b0: rand_vec(rng, C), w1: rand_vec(rng, C * 2 * CG), b1: rand_vec(rng, C) }
+    Weights {
+        w0: rand_vec(rng, C * 2),
+        b0: rand_vec(rng, C),
+        w1: rand_vec(rng, C * 2 * CG),
+        b1: rand_vec(rng, C),
+    }
 }
 
 /// f64 reference: P = [s0, s1, u0..], a_i = b0 + w0[c,0] P_i + w0[c,1] P_{i+1},
@@ -31,7 +36,11 @@ fn reference(b: usize, t: usize, u: &[f32], state: &[f32], w: &Weights) -> (Vec<
     let mut ns = vec![0f64; b * C * 2];
     for bi in 0..b {
         let frame = |i: usize, c: usize| -> f64 {
-            if i < 2 { state[bi * C * 2 + c * 2 + i] as f64 } else { u[bi * t * C + (i - 2) * C + c] as f64 }
+            if i < 2 {
+                state[bi * C * 2 + c * 2 + i] as f64
+            } else {
+                u[bi * t * C + (i - 2) * C + c] as f64
+            }
         };
         let a = |i: usize, c: usize| -> f64 {
             w.b0[c] as f64 + w.w0[c * 2] as f64 * frame(i, c) + w.w0[c * 2 + 1] as f64 * frame(i + 1, c)
@@ -141,15 +150,20 @@ fn bad_inputs_are_errors_not_aborts() {
     let b1 = f(&vec_f32(C), &[C as i32]);
     // wrong state shape
     let bad_state = f(&vec_f32(C * 3), &[1, C as i32, 3]);
-    let e = cca_conv(&u, &bad_state, &w0, &b0, &w1, &b1, ExtMode::Auto).unwrap_err().to_string();
+    let e = cca_conv(&u, &bad_state, &w0, &b0, &w1, &b1, ExtMode::Auto)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("conv_state"), "{e}");
     // wrong dtype
     let u16 = u.as_dtype(mlx_rs::Dtype::Float16).unwrap();
-    let e = cca_conv(&u16, &st, &w0, &b0, &w1, &b1, ExtMode::Primitive).unwrap_err().to_string();
+    let e = cca_conv(&u16, &st, &w0, &b0, &w1, &b1, ExtMode::Primitive)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("float32") && e.contains("u"), "{e}");
     // PyTorch layout weight passed by mistake
     let w1_pt = f(&vec_f32(C * 2 * CG), &[C as i32, CG as i32, 2]);
-    let e = cca_conv(&u, &st, &w0, &b0, &w1_pt, &b1, ExtMode::Auto).unwrap_err().to_string();
+    let e = cca_conv(&u, &st, &w0, &b0, &w1_pt, &b1, ExtMode::Auto)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("conv_qk.1.weight"), "{e}");
 }
-

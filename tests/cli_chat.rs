@@ -25,13 +25,21 @@ fn chat_through_a_pipe_keeps_the_cache_across_turns() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"Hello there\nTell me more\n/reset\nHello there\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello there\nTell me more\n/reset\nHello there\n")
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
     // the library session with the same settings
     let z = Zaya::load(&b, ModelOptions::default()).unwrap();
-    let p = GenParams { max_tokens: Some(10), ..GenParams::default() };
+    let p = GenParams {
+        max_tokens: Some(10),
+        ..GenParams::default()
+    };
     let mut s = z.session();
     s.set_system_prompt(Some("Be brief."));
     let (a1, _) = s.chat("Hello there", &p).unwrap().collect_text().unwrap();
@@ -42,7 +50,10 @@ fn chat_through_a_pipe_keeps_the_cache_across_turns() {
     let err = stderr(&o);
     let reused: Vec<usize> = err
         .lines()
-        .filter_map(|l| l.split_once(" new tokens (").map(|(_, r)| r.split_once(' ').unwrap().0.parse().unwrap()))
+        .filter_map(|l| {
+            l.split_once(" new tokens (")
+                .map(|(_, r)| r.split_once(' ').unwrap().0.parse().unwrap())
+        })
         .collect();
     assert_eq!(reused.len(), 3, "{err}");
     assert_eq!(reused[0], 0);
@@ -74,11 +85,17 @@ fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, what: &str, child: &mut Child) {
             return;
         }
         if let Some(st) = child.try_wait().unwrap() {
-            panic!("exited ({st}) before printing {what:?}: {}", String::from_utf8_lossy(&buf.lock().unwrap()));
+            panic!(
+                "exited ({st}) before printing {what:?}: {}",
+                String::from_utf8_lossy(&buf.lock().unwrap())
+            );
         }
         if t.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("timed out waiting for {what:?}: {}", String::from_utf8_lossy(&buf.lock().unwrap()));
+            panic!(
+                "timed out waiting for {what:?}: {}",
+                String::from_utf8_lossy(&buf.lock().unwrap())
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -120,13 +137,19 @@ fn ctrl_c_stops_the_answer_and_twice_at_the_prompt_exits() {
     }
     sigint(&child);
     wait_for(&err, "[interrupted]", &mut child);
-    assert!(child.try_wait().unwrap().is_none(), "Ctrl-C during an answer must not end the program");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "Ctrl-C during an answer must not end the program"
+    );
     // the program still answers
     stdin.write_all(b"/help\n").unwrap();
     stdin.flush().unwrap();
     let t = Instant::now();
     while String::from_utf8_lossy(&out.lock().unwrap()).matches("/reset").count() < 2 {
-        assert!(t.elapsed() < Duration::from_secs(60), "no answer after the interruption");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no answer after the interruption"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // at the prompt: the first Ctrl-C explains, the second exits
@@ -139,7 +162,10 @@ fn ctrl_c_stops_the_answer_and_twice_at_the_prompt_exits() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "a second Ctrl-C at the prompt must exit");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "a second Ctrl-C at the prompt must exit"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(130));
@@ -154,9 +180,17 @@ fn ctrl_c_stops_the_answer_and_twice_at_the_prompt_exits() {
 fn chat_bad_input_and_exit_commands() {
     let home = tempfile::tempdir().unwrap();
     let b = synth(home.path(), None);
-    let o = zaya(home.path()).args(["chat", "--model"]).arg(&b).args(["--temp", "-1"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["chat", "--model"])
+        .arg(&b)
+        .args(["--temp", "-1"])
+        .output()
+        .unwrap();
     assert_bad_input(&o, "--temp -1", &["--temp"]);
-    let o = zaya(home.path()).args(["chat", "--model", "/no/such/dir"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["chat", "--model", "/no/such/dir"])
+        .output()
+        .unwrap();
     assert_bad_input(&o, "missing model", &["/no/such/dir"]);
     // /exit ends the program before reading further lines; empty lines are skipped
     let mut child = zaya(home.path())
@@ -184,11 +218,24 @@ fn chat_bad_input_and_exit_commands() {
         .spawn()
         .unwrap();
     let long = "word ".repeat(60);
-    child.stdin.take().unwrap().write_all(format!("{long}\n/reset\nhi\n").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{long}\n/reset\nhi\n").as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("context overflow") && stderr(&o).contains("/reset"), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("[conversation reset]\n"), "no answer before the reset: {}", stdout(&o));
+    assert!(
+        stderr(&o).contains("context overflow") && stderr(&o).contains("/reset"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stdout(&o).starts_with("[conversation reset]\n"),
+        "no answer before the reset: {}",
+        stdout(&o)
+    );
     assert_eq!(stderr(&o).matches("context overflow").count(), 1, "{}", stderr(&o));
 }
 
@@ -206,14 +253,22 @@ fn smoke_reports_each_check_and_fails_on_random_weights() {
     assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
-    for (line, name) in lines.iter().zip(["arithmetic", "capital", "chat, thinking off", "chat, thinking on"]) {
+    for (line, name) in lines
+        .iter()
+        .zip(["arithmetic", "capital", "chat, thinking off", "chat, thinking on"])
+    {
         assert!(line.starts_with(&format!("FAIL  {name} (")), "{line}");
     }
     assert!(lines[0].contains("expected \"4\""), "{}", lines[0]);
     assert!(lines[3].contains("</think>"), "{}", lines[3]);
     assert_eq!(lines[4], "smoke: 0/4 passed");
     // bad input
-    let o = zaya(home.path()).args(["smoke", "--model"]).arg(&b).args(["--max-tokens", "0"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["smoke", "--model"])
+        .arg(&b)
+        .args(["--max-tokens", "0"])
+        .output()
+        .unwrap();
     assert_bad_input(&o, "--max-tokens 0", &["--max-tokens"]);
     // a bundle without tokenizer / chat template is refused
     let bare = home.path().join("bare");
@@ -225,7 +280,15 @@ fn smoke_reports_each_check_and_fails_on_random_weights() {
             std::fs::copy(&p, bare.join(&n)).unwrap();
         }
     }
-    let o = zaya(home.path()).args(["smoke", "--model"]).arg(&bare).output().unwrap();
+    let o = zaya(home.path())
+        .args(["smoke", "--model"])
+        .arg(&bare)
+        .output()
+        .unwrap();
     assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("tokenizer") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tokenizer") && !stderr(&o).contains("panicked"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -27,25 +27,45 @@ struct Verbose {
 
 fn stat(line: &str, label: &str) -> (usize, f64) {
     // "Prompt: 19 tokens, 871.195 tokens-per-sec"
-    let rest = line.strip_prefix(label).unwrap_or_else(|| panic!("expected {label:?}, got {line:?}"));
-    let (n, rest) = rest.split_once(" tokens, ").unwrap_or_else(|| panic!("bad line {line:?}"));
-    let x = rest.strip_suffix(" tokens-per-sec").unwrap_or_else(|| panic!("bad line {line:?}"));
+    let rest = line
+        .strip_prefix(label)
+        .unwrap_or_else(|| panic!("expected {label:?}, got {line:?}"));
+    let (n, rest) = rest
+        .split_once(" tokens, ")
+        .unwrap_or_else(|| panic!("bad line {line:?}"));
+    let x = rest
+        .strip_suffix(" tokens-per-sec")
+        .unwrap_or_else(|| panic!("bad line {line:?}"));
     let decimals = x.split_once('.').map(|(_, d)| d.len());
     assert_eq!(decimals, Some(3), "three decimals: {line:?}");
     (n.parse().unwrap(), x.parse().unwrap())
 }
 
 fn parse_verbose(out: &str) -> Verbose {
-    let body = out.strip_prefix("==========\n").unwrap_or_else(|| panic!("no leading separator:\n{out}"));
-    let end = body.rfind("\n==========\n").unwrap_or_else(|| panic!("no closing separator:\n{out}"));
+    let body = out
+        .strip_prefix("==========\n")
+        .unwrap_or_else(|| panic!("no leading separator:\n{out}"));
+    let end = body
+        .rfind("\n==========\n")
+        .unwrap_or_else(|| panic!("no closing separator:\n{out}"));
     let text = body[..end].to_string();
     let tail: Vec<&str> = body[end + "\n==========\n".len()..].lines().collect();
     assert_eq!(tail.len(), 3, "three statistics lines:\n{out}");
     let (prompt_tokens, prompt_tps) = stat(tail[0], "Prompt: ");
     let (generation_tokens, generation_tps) = stat(tail[1], "Generation: ");
-    let peak = tail[2].strip_prefix("Peak memory: ").and_then(|s| s.strip_suffix(" GB")).expect("peak memory line");
+    let peak = tail[2]
+        .strip_prefix("Peak memory: ")
+        .and_then(|s| s.strip_suffix(" GB"))
+        .expect("peak memory line");
     assert_eq!(peak.split_once('.').map(|(_, d)| d.len()), Some(3));
-    Verbose { text, prompt_tokens, prompt_tps, generation_tokens, generation_tps, peak_gb: peak.parse().unwrap() }
+    Verbose {
+        text,
+        prompt_tokens,
+        prompt_tps,
+        generation_tokens,
+        generation_tps,
+        peak_gb: peak.parse().unwrap(),
+    }
 }
 
 #[test]
@@ -65,15 +85,37 @@ fn output_layout_matches_mlx_lm_and_the_library() {
     let z = Zaya::load(&b, ModelOptions::default()).unwrap();
     let mut s = z.session();
     s.set_system_prompt(Some("Be brief."));
-    let (text, stats) = s.chat("Hello there", &GenParams { max_tokens: Some(12), ..GenParams::default() }).unwrap().collect_text().unwrap();
+    let (text, stats) = s
+        .chat(
+            "Hello there",
+            &GenParams {
+                max_tokens: Some(12),
+                ..GenParams::default()
+            },
+        )
+        .unwrap()
+        .collect_text()
+        .unwrap();
     assert_eq!(v.text, text);
     assert_eq!(v.generation_tokens, stats.generation_tokens);
     assert!(v.generation_tokens >= 1 && v.generation_tokens <= 12);
     // the prompt is the templated conversation, tokenized without extra special tokens
     let tok = Tokenizer::from_dir(&b).unwrap();
     let tpl = ChatTemplate::from_dir(&b).unwrap().unwrap();
-    let msgs = [Message::system("Be brief.").to_value(), Message::user("Hello there").to_value()];
-    let want = tpl.tokenize(&tok, &msgs, &ChatOptions { add_generation_prompt: true, ..ChatOptions::default() }).unwrap();
+    let msgs = [
+        Message::system("Be brief.").to_value(),
+        Message::user("Hello there").to_value(),
+    ];
+    let want = tpl
+        .tokenize(
+            &tok,
+            &msgs,
+            &ChatOptions {
+                add_generation_prompt: true,
+                ..ChatOptions::default()
+            },
+        )
+        .unwrap();
     assert_eq!(v.prompt_tokens, want.len());
     assert!(v.prompt_tps > 0.0 && v.generation_tps > 0.0 && v.peak_gb > 0.0, "{v:?}");
 
@@ -81,15 +123,34 @@ fn output_layout_matches_mlx_lm_and_the_library() {
     let o = zaya(home.path())
         .args(["generate", "--model"])
         .arg(&b)
-        .args(["-p", "Hello there", "--system-prompt", "Be brief.", "-m", "12", "--verbose", "false"])
+        .args([
+            "-p",
+            "Hello there",
+            "--system-prompt",
+            "Be brief.",
+            "-m",
+            "12",
+            "--verbose",
+            "false",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("{text}\n"));
     // `--verbose F` is the same, `--verbose` alone is true
-    let o = zaya(home.path()).args(["generate", "--model"]).arg(&b).args(["-p", "x", "-m", "2", "--verbose", "F"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["generate", "--model"])
+        .arg(&b)
+        .args(["-p", "x", "-m", "2", "--verbose", "F"])
+        .output()
+        .unwrap();
     assert!(!stdout(&o).contains("=========="));
-    let o = zaya(home.path()).args(["generate", "--model"]).arg(&b).args(["-p", "x", "-m", "2", "--verbose"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["generate", "--model"])
+        .arg(&b)
+        .args(["-p", "x", "-m", "2", "--verbose"])
+        .output()
+        .unwrap();
     assert!(stdout(&o).starts_with("==========\n"), "{}", stderr(&o));
 }
 
@@ -112,18 +173,27 @@ fn prompt_escapes_stdin_and_raw_prompts() {
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         let out = stdout(&o);
-        let line = out.lines().find(|l| l.starts_with("Prompt: ")).unwrap_or_else(|| panic!("{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Prompt: "))
+            .unwrap_or_else(|| panic!("{out}"));
         stat(line, "Prompt: ").0
     };
     // --ignore-chat-template: the raw prompt with <bos> (the tokenizer's special tokens)
     let raw = "one\ntwo\tthree";
     let want = tok.encode(raw, true).unwrap().len();
-    assert_eq!(prompt_tokens(&["--ignore-chat-template", "-p", r"one\ntwo\tthree"], None), want);
+    assert_eq!(
+        prompt_tokens(&["--ignore-chat-template", "-p", r"one\ntwo\tthree"], None),
+        want
+    );
     assert_eq!(prompt_tokens(&["--ignore-chat-template", "-p", "-"], Some(raw)), want);
     let literal = tok.encode(r"one\ntwo\tthree", true).unwrap().len();
     assert_ne!(want, literal, "the escapes must matter for this check");
     // a raw prompt that starts with <bos> gets no second one
-    assert_eq!(prompt_tokens(&["--ignore-chat-template", "-p", "<bos>one"], None), tok.encode("<bos>one", false).unwrap().len());
+    assert_eq!(
+        prompt_tokens(&["--ignore-chat-template", "-p", "<bos>one"], None),
+        tok.encode("<bos>one", false).unwrap().len()
+    );
 }
 
 #[test]
@@ -150,7 +220,19 @@ fn stop_strings_and_extra_eos_tokens() {
     assert_eq!(run(&["--stop", &stop]), full[..cut]);
     // the token of the first generated token as an extra EOS: nothing is printed
     let z = Zaya::load(&b, ModelOptions::default()).unwrap();
-    let first = z.session().chat("Hello", &GenParams { max_tokens: Some(1), ..GenParams::default() }).unwrap().next().unwrap().unwrap();
+    let first = z
+        .session()
+        .chat(
+            "Hello",
+            &GenParams {
+                max_tokens: Some(1),
+                ..GenParams::default()
+            },
+        )
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
     let name = z.tokenizer().unwrap().id_to_token(first.id).unwrap();
     assert_eq!(run(&["--extra-eos-token", &first.id.to_string()]), "");
     assert_eq!(run(&["--extra-eos-token", &name]), "");
@@ -159,16 +241,25 @@ fn stop_strings_and_extra_eos_tokens() {
 #[test]
 fn demo_bundle_when_no_model_is_given() {
     let home = tempfile::tempdir().unwrap();
-    let o = zaya(home.path()).args(["generate", "-p", "hi", "-m", "4"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["generate", "-p", "hi", "-m", "4"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("random weights") && err.contains("OsaurusAI/ZAYA1-8B-JANGTQ4"), "{err}");
+    assert!(
+        err.contains("random weights") && err.contains("OsaurusAI/ZAYA1-8B-JANGTQ4"),
+        "{err}"
+    );
     assert!(err.contains("writing the tiny demo bundle"), "{err}");
     let demo = home.path().join("xdg/zaya-mlx/demo-tiny");
     assert!(demo.join("config.json").is_file() && demo.join("tokenizer.json").is_file());
     parse_verbose(&stdout(&o));
     // second use: no rewrite, same output
-    let o2 = zaya(home.path()).args(["generate", "-p", "hi", "-m", "4"]).output().unwrap();
+    let o2 = zaya(home.path())
+        .args(["generate", "-p", "hi", "-m", "4"])
+        .output()
+        .unwrap();
     assert!(!stderr(&o2).contains("writing"), "{}", stderr(&o2));
     assert_eq!(parse_verbose(&stdout(&o2)).text, parse_verbose(&stdout(&o)).text);
 }
@@ -188,9 +279,18 @@ fn hugging_face_repo_ids_resolve_in_the_local_cache() {
         std::os::unix::fs::symlink(&p, snap.join(p.file_name().unwrap())).unwrap();
     }
     let args = ["-p", "Hello", "-m", "6", "--verbose", "false"];
-    let by_repo = zaya(home.path()).args(["generate", "--model", "TestOrg/Tiny-ZAYA"]).args(args).output().unwrap();
+    let by_repo = zaya(home.path())
+        .args(["generate", "--model", "TestOrg/Tiny-ZAYA"])
+        .args(args)
+        .output()
+        .unwrap();
     assert!(by_repo.status.success(), "{}", stderr(&by_repo));
-    let by_dir = zaya(home.path()).args(["generate", "--model"]).arg(&b).args(args).output().unwrap();
+    let by_dir = zaya(home.path())
+        .args(["generate", "--model"])
+        .arg(&b)
+        .args(args)
+        .output()
+        .unwrap();
     assert_eq!(stdout(&by_repo), stdout(&by_dir));
     // HF_HUB_CACHE takes precedence over HF_HOME
     let o = zaya(home.path())
@@ -203,7 +303,10 @@ fn hugging_face_repo_ids_resolve_in_the_local_cache() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     // not cached and offline: a clear message naming the cache
-    let o = zaya(home.path()).args(["generate", "--model", "TestOrg/Missing"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["generate", "--model", "TestOrg/Missing"])
+        .output()
+        .unwrap();
     assert_bad_input(&o, "offline", &["TestOrg/Missing", "HF_HUB_OFFLINE", "hf/hub"]);
     // not cached, online but the hub is unreachable (a closed local port): the download error
     let o = zaya(home.path())
@@ -238,9 +341,18 @@ fn bad_input_exits_2_with_a_clear_message() {
         (vec!["-m", "0"], vec!["--max-tokens"]),
         (vec!["--prefill-chunk", "0"], vec!["--prefill-chunk"]),
         (vec!["--stop", ""], vec!["--stop"]),
-        (vec!["--chat-template-config", "{not json"], vec!["--chat-template-config"]),
-        (vec!["--model", bs, "--extra-eos-token", "<no-such-token>"], vec!["--extra-eos-token", "<no-such-token>"]),
-        (vec!["--model", "/no/such/bundle/dir"], vec!["/no/such/bundle/dir", "no such directory"]),
+        (
+            vec!["--chat-template-config", "{not json"],
+            vec!["--chat-template-config"],
+        ),
+        (
+            vec!["--model", bs, "--extra-eos-token", "<no-such-token>"],
+            vec!["--extra-eos-token", "<no-such-token>"],
+        ),
+        (
+            vec!["--model", "/no/such/bundle/dir"],
+            vec!["/no/such/bundle/dir", "no such directory"],
+        ),
         (vec!["--model", not_a_bundle.to_str().unwrap()], vec!["config.json"]),
         (vec!["--model", file.to_str().unwrap()], vec!["is a file"]),
     ];
@@ -253,14 +365,26 @@ fn bad_input_exits_2_with_a_clear_message() {
     let o = zaya(home.path())
         .args(["generate", "--model"])
         .arg(&small)
-        .args(["-p", "a long prompt that does not fit into twenty four positions at all, not even close"])
+        .args([
+            "-p",
+            "a long prompt that does not fit into twenty four positions at all, not even close",
+        ])
         .output()
         .unwrap();
     assert_bad_input(&o, "context overflow", &["context", "24"]);
     // a prompt that fits: generation stops at the context limit with a note, exit 0
-    let o = zaya(home.path()).args(["generate", "--model"]).arg(&small).args(["-p", "hi", "-m", "100"]).output().unwrap();
+    let o = zaya(home.path())
+        .args(["generate", "--model"])
+        .arg(&small)
+        .args(["-p", "hi", "-m", "100"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("context limit of 24 tokens"), "{}", stderr(&o));
     let v = parse_verbose(&stdout(&o));
-    assert_eq!(v.prompt_tokens + v.generation_tokens, 25, "every position used, plus the final sampled token");
+    assert_eq!(
+        v.prompt_tokens + v.generation_tokens,
+        25,
+        "every position used, plus the final sampled token"
+    );
 }

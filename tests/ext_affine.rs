@@ -17,7 +17,10 @@ const TOL: f64 = 1e-5;
 static ISA_LOCK: Mutex<()> = Mutex::new(());
 
 fn isas() -> Vec<KernelIsa> {
-    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512].into_iter().filter(|i| *i <= detected_isa()).collect()
+    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512]
+        .into_iter()
+        .filter(|i| *i <= detected_isa())
+        .collect()
 }
 
 /// The ISA cap is process-wide and read when an op is built.
@@ -83,7 +86,18 @@ fn weight(seed: u64, out: usize, inp: usize, bits: u32, group: usize, st: SType)
     let (b64, ba) = stored(&b, st, &shape);
     assert!(s64.iter().any(|v| *v < 0.0) && s64.iter().any(|v| *v > 0.0));
     let wa = Array::from_slice(&w, &[out as i32, wpr as i32]);
-    Weight { out, inp, bits, group, w, s64, b64, wa, sa, ba }
+    Weight {
+        out,
+        inp,
+        bits,
+        group,
+        w,
+        s64,
+        b64,
+        wa,
+        sa,
+        ba,
+    }
 }
 
 impl Weight {
@@ -101,8 +115,11 @@ impl Weight {
         for r in 0..self.out {
             let row: Vec<f64> = (0..self.inp).map(|j| self.deq(r, j)).collect();
             for t in 0..n {
-                y[t * self.out + r] =
-                    row.iter().zip(&x[t * self.inp..(t + 1) * self.inp]).map(|(w, x)| w * *x as f64).sum();
+                y[t * self.out + r] = row
+                    .iter()
+                    .zip(&x[t * self.inp..(t + 1) * self.inp])
+                    .map(|(w, x)| w * *x as f64)
+                    .sum();
             }
         }
         y
@@ -169,8 +186,11 @@ fn matmul_bits_groups_dtypes_batch_sizes() {
 #[test]
 fn matmul_model_sized_rows() {
     // in = 2048 like ZAYA's hidden size; odd row counts across two threads.
-    for (bits, group, st, n) in [(8u32, 32usize, SType::F16, 1usize), (8, 32, SType::F16, 17), (4, 64, SType::Bf16, 5)]
-    {
+    for (bits, group, st, n) in [
+        (8u32, 32usize, SType::F16, 1usize),
+        (8, 32, SType::F16, 17),
+        (4, 64, SType::Bf16, 5),
+    ] {
         let w = weight(40 + bits as u64, 4099, 2048, bits, group, st);
         check(&w, n, 7, n == 1);
     }
@@ -195,7 +215,9 @@ fn weights_quantized_by_mlx() {
     let (out, inp) = (96usize, 512usize);
     let wf: Vec<f32> = (0..out * inp).map(|_| rng.gen_range(-0.2f32..0.2)).collect();
     for (bits, group) in [(8, 32), (4, 64)] {
-        let wa = Array::from_slice(&wf, &[out as i32, inp as i32]).as_dtype(Dtype::Float16).unwrap();
+        let wa = Array::from_slice(&wf, &[out as i32, inp as i32])
+            .as_dtype(Dtype::Float16)
+            .unwrap();
         let (q, s, b) = mlx_rs::ops::quantize(&wa, group, bits).unwrap();
         q.eval().unwrap();
         s.eval().unwrap();
@@ -260,7 +282,10 @@ fn embedding_rows() {
                 // Dequantized values: exact up to the f32 rounding of s*q + b.
                 let err = rel_err(&got, &want);
                 assert!(err <= 1e-6, "bits={bits} G={group} {st:?} {mode:?}: {err:e}");
-                assert!(got[3 * w.inp..5 * w.inp].iter().all(|v| *v == 0.0), "out-of-range ids give zero rows");
+                assert!(
+                    got[3 * w.inp..5 * w.inp].iter().all(|v| *v == 0.0),
+                    "out-of-range ids give zero rows"
+                );
             }
         }
     }
@@ -286,7 +311,15 @@ fn bad_arguments_are_errors_not_aborts() {
     assert!(e.contains("whole words"), "{e}");
     let e = err(affine_matmul(&x, &w.wa, &w.sa, &w.ba, 8, 64, ExtMode::Auto));
     assert!(e.contains("scales must be [out, in/group_size]"), "{e}");
-    let e = err(affine_matmul(&x, &w.wa.as_dtype(Dtype::Int32).unwrap(), &w.sa, &w.ba, 8, 32, ExtMode::Auto));
+    let e = err(affine_matmul(
+        &x,
+        &w.wa.as_dtype(Dtype::Int32).unwrap(),
+        &w.sa,
+        &w.ba,
+        8,
+        32,
+        ExtMode::Auto,
+    ));
     assert!(e.contains("w must be uint32"), "{e}");
     let b32 = w.ba.as_dtype(Dtype::Float32).unwrap();
     let e = err(affine_matmul(&x, &w.wa, &w.sa, &b32, 8, 32, ExtMode::Auto));
@@ -388,9 +421,19 @@ fn dense_matmul_bad_arguments() {
     let w = Array::from_slice(&vec![0.5f32; 8 * 16], &[8, 16]);
     let err = |r: zaya_mlx::Result<Array>| r.unwrap_err().to_string();
     assert!(dense_matmul(&x, &w, None, ExtMode::Auto).is_ok());
-    let e = err(dense_matmul(&x.as_dtype(Dtype::Float16).unwrap(), &w, None, ExtMode::Auto));
+    let e = err(dense_matmul(
+        &x.as_dtype(Dtype::Float16).unwrap(),
+        &w,
+        None,
+        ExtMode::Auto,
+    ));
     assert!(e.contains("x must be float32"), "{e}");
-    let e = err(dense_matmul(&x, &w.as_dtype(Dtype::Int32).unwrap(), None, ExtMode::Auto));
+    let e = err(dense_matmul(
+        &x,
+        &w.as_dtype(Dtype::Int32).unwrap(),
+        None,
+        ExtMode::Auto,
+    ));
     assert!(e.contains("w must be float16"), "{e}");
     let w15 = Array::from_slice(&vec![0.5f32; 8 * 15], &[8, 15]);
     let e = err(dense_matmul(&x, &w15, None, ExtMode::Primitive));

@@ -21,7 +21,10 @@ const TOL: f64 = 1e-5;
 static ISA_LOCK: Mutex<()> = Mutex::new(());
 
 fn isas() -> Vec<KernelIsa> {
-    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512].into_iter().filter(|i| *i <= detected_isa()).collect()
+    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512]
+        .into_iter()
+        .filter(|i| *i <= detected_isa())
+        .collect()
 }
 
 fn with_isa<T>(isa: KernelIsa, f: impl FnOnce() -> T) -> T {
@@ -66,8 +69,15 @@ fn rand_proj(rng: &mut ChaCha8Rng, e: usize, out: usize, input: usize, bits: u32
     // Random words: also fills the unused top bits of 3-bit words and the padding codes, which the
     // kernels must ignore.
     let packed = (0..e * out * cols).map(|_| rng.gen::<u32>()).collect();
-    let norms = (0..e * out).map(|_| f16::from_f32(rng.gen_range(0.25f32..2.0))).collect();
-    Proj { packed, norms, out, cols }
+    let norms = (0..e * out)
+        .map(|_| f16::from_f32(rng.gen_range(0.25f32..2.0)))
+        .collect();
+    Proj {
+        packed,
+        norms,
+        out,
+        cols,
+    }
 }
 
 fn rand_codebook(rng: &mut ChaCha8Rng, bits: u32, input: usize) -> Vec<f32> {
@@ -152,7 +162,13 @@ fn reference(ex: &Experts, x: &[f32], idx: &[i64]) -> Vec<f64> {
         }
         let e = e as usize;
         let n = d / k;
-        let xr = rotate64(&x[n * ex.h..(n + 1) * ex.h].iter().map(|v| *v as f64).collect::<Vec<_>>(), &ex.s_gu);
+        let xr = rotate64(
+            &x[n * ex.h..(n + 1) * ex.h]
+                .iter()
+                .map(|v| *v as f64)
+                .collect::<Vec<_>>(),
+            &ex.s_gu,
+        );
         let g = proj64(&ex.gate, e, &ex.cb_gu, ex.bits_gu, &xr);
         let u = proj64(&ex.up, e, &ex.cb_gu, ex.bits_gu, &xr);
         let a: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
@@ -199,11 +215,28 @@ fn build(ex: &Experts, a: &Arrays, x: &Array, idx: &Array, mode: ExtMode) -> zay
     tq_switch_glu(
         x,
         idx,
-        TqWeights { packed: &a.gp, norms: &a.gn },
-        TqWeights { packed: &a.up, norms: &a.un },
-        TqWeights { packed: &a.dp, norms: &a.dn },
-        TqCodec { codebook: &a.cb_gu, signs: &a.s_gu, bits: ex.bits_gu },
-        TqCodec { codebook: &a.cb_d, signs: &a.s_d, bits: ex.bits_d },
+        TqWeights {
+            packed: &a.gp,
+            norms: &a.gn,
+        },
+        TqWeights {
+            packed: &a.up,
+            norms: &a.un,
+        },
+        TqWeights {
+            packed: &a.dp,
+            norms: &a.dn,
+        },
+        TqCodec {
+            codebook: &a.cb_gu,
+            signs: &a.s_gu,
+            bits: ex.bits_gu,
+        },
+        TqCodec {
+            codebook: &a.cb_d,
+            signs: &a.s_d,
+            bits: ex.bits_d,
+        },
         mode,
     )
 }
@@ -253,14 +286,22 @@ fn check_case(ex: &Experts, a: &Arrays, n: usize, k: usize, mix: Mix, seed: u64,
     assert!(want.iter().any(|v| *v != 0.0) || idx.iter().all(|e| *e >= ex.e as i64));
     let xa = Array::from_slice(&x, &[n as i32, ex.h as i32]);
     let idx32: Vec<i32> = idx.iter().map(|v| *v as i32).collect();
-    let ia =
-        if k == 1 { Array::from_slice(&idx32, &[n as i32]) } else { Array::from_slice(&idx32, &[n as i32, k as i32]) };
-    let ctx =
-        format!("E={} H={} I={} O={} bits={}/{} N={n} K={k} {mix:?}", ex.e, ex.h, ex.i, ex.o, ex.bits_gu, ex.bits_d);
+    let ia = if k == 1 {
+        Array::from_slice(&idx32, &[n as i32])
+    } else {
+        Array::from_slice(&idx32, &[n as i32, k as i32])
+    };
+    let ctx = format!(
+        "E={} H={} I={} O={} bits={}/{} N={n} K={k} {mix:?}",
+        ex.e, ex.h, ex.i, ex.o, ex.bits_gu, ex.bits_d
+    );
     for isa in isas() {
         let y = with_isa(isa, || build(ex, a, &xa, &ia, ExtMode::Primitive)).unwrap();
-        let want_shape: Vec<i32> =
-            if k == 1 { vec![n as i32, ex.o as i32] } else { vec![n as i32, k as i32, ex.o as i32] };
+        let want_shape: Vec<i32> = if k == 1 {
+            vec![n as i32, ex.o as i32]
+        } else {
+            vec![n as i32, k as i32, ex.o as i32]
+        };
         assert_eq!(y.shape(), &want_shape[..], "{ctx}");
         let err = rel_err(&values(&y), &want);
         verbose(&ctx, &format!("{isa:?}"), err);
@@ -283,7 +324,9 @@ fn reference_butterfly_is_the_sylvester_hadamard_matrix() {
     let mut b = v.clone();
     fwht64(&mut b);
     for (i, bi) in b.iter().enumerate() {
-        let d: f64 = (0..n).map(|j| if (i & j).count_ones() % 2 == 0 { v[j] } else { -v[j] }).sum();
+        let d: f64 = (0..n)
+            .map(|j| if (i & j).count_ones() % 2 == 0 { v[j] } else { -v[j] })
+            .sum();
         assert!((d - bi).abs() < 1e-12);
     }
 }
@@ -350,7 +393,10 @@ fn top_k_slots_and_index_dtypes() {
             let y = values(&build(&ex, &a, &xa, &idx, mode).unwrap());
             assert!(rel_err(&y, &want) <= TOL, "{mode:?}");
             for d in [1usize, 2, 5] {
-                assert!(y[d * ex.o..(d + 1) * ex.o].iter().all(|v| *v == 0.0), "{mode:?} row {d} not zero");
+                assert!(
+                    y[d * ex.o..(d + 1) * ex.o].iter().all(|v| *v == 0.0),
+                    "{mode:?} row {d} not zero"
+                );
             }
         }
     }
@@ -400,11 +446,28 @@ fn bad_arguments_are_errors_not_aborts() {
         tq_switch_glu(
             x,
             idx,
-            TqWeights { packed: &a.gp, norms: &a.gn },
-            TqWeights { packed: &a.up, norms: &a.un },
-            TqWeights { packed: &a.dp, norms: &a.dn },
-            TqCodec { codebook: &a.cb_gu, signs: &a.s_gu, bits },
-            TqCodec { codebook: &a.cb_d, signs: &a.s_d, bits: 4 },
+            TqWeights {
+                packed: &a.gp,
+                norms: &a.gn,
+            },
+            TqWeights {
+                packed: &a.up,
+                norms: &a.un,
+            },
+            TqWeights {
+                packed: &a.dp,
+                norms: &a.dn,
+            },
+            TqCodec {
+                codebook: &a.cb_gu,
+                signs: &a.s_gu,
+                bits,
+            },
+            TqCodec {
+                codebook: &a.cb_d,
+                signs: &a.s_d,
+                bits: 4,
+            },
             ExtMode::Auto,
         )
     };

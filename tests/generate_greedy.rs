@@ -7,7 +7,10 @@ use zaya_mlx::generate::{FinishReason, GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
 
 fn ids(t: &common::Tensor) -> Vec<u32> {
-    t.to_i64().into_iter().map(|v| u32::try_from(v).expect("token id")).collect()
+    t.to_i64()
+        .into_iter()
+        .map(|v| u32::try_from(v).expect("token id"))
+        .collect()
 }
 
 fn check(name: &str, chunk: Option<usize>) {
@@ -20,7 +23,12 @@ fn check(name: &str, chunk: Option<usize>) {
     // the converter's bundles carry no tokenizer: token-level generation still works
     assert!(zaya.tokenizer().is_none());
     let mut session = zaya.session();
-    let params = GenParams { max_tokens: Some(want.len()), ignore_eos: true, prefill_chunk: chunk, ..GenParams::default() };
+    let params = GenParams {
+        max_tokens: Some(want.len()),
+        ignore_eos: true,
+        prefill_chunk: chunk,
+        ..GenParams::default()
+    };
     let mut gen = session.generate_from_tokens(&prompt, &params).unwrap();
     let steps: Vec<_> = gen.by_ref().map(|s| s.unwrap()).collect();
     let got: Vec<u32> = steps.iter().map(|s| s.id).collect();
@@ -62,8 +70,20 @@ fn continuing_a_raw_generation_feeds_the_pending_token() {
     let want = ids(&r["greedy_ids"]);
     let zaya = Zaya::load(&fx.bundle, ModelOptions::default()).unwrap();
     let mut s = zaya.session();
-    let p = |n| GenParams { max_tokens: Some(n), ignore_eos: true, ..GenParams::default() };
-    let a: Vec<u32> = s.generate_from_tokens(&prompt, &p(12)).unwrap().map(|t| t.unwrap().id).collect();
-    let b: Vec<u32> = s.generate_from_tokens(&[], &p(20)).unwrap().map(|t| t.unwrap().id).collect();
+    let p = |n| GenParams {
+        max_tokens: Some(n),
+        ignore_eos: true,
+        ..GenParams::default()
+    };
+    let a: Vec<u32> = s
+        .generate_from_tokens(&prompt, &p(12))
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    let b: Vec<u32> = s
+        .generate_from_tokens(&[], &p(20))
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
     assert_eq!([a, b].concat(), want);
 }

@@ -54,7 +54,10 @@ fn row(a: &Array) -> Vec<f32> {
 fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let m = b.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-    let d = a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
     d / m
 }
 
@@ -63,7 +66,9 @@ fn force(ids: Vec<u32>) -> LogitsProcessor {
     let k = AtomicUsize::new(0);
     Arc::new(move |_history: &[u32], logits: &Array| {
         let i = k.fetch_add(1, Ordering::SeqCst);
-        let Some(&id) = ids.get(i) else { return Ok(logits.clone()) };
+        let Some(&id) = ids.get(i) else {
+            return Ok(logits.clone());
+        };
         let v = logits.shape()[1] as usize;
         let mut bias = vec![0f32; v];
         bias[id as usize] = 1e6;
@@ -107,7 +112,9 @@ fn turn(
 /// Compares every recorded row with one forward over the session's whole token sequence.
 fn assert_rows_match_from_scratch(model: &ZayaModel, tokens: &[u32], rows: &[(usize, Vec<f32>)]) {
     let mut cache = model.new_cache();
-    let all = model.forward(&Array::from_slice(tokens, &[1, tokens.len() as i32]), &mut cache).unwrap();
+    let all = model
+        .forward(&Array::from_slice(tokens, &[1, tokens.len() as i32]), &mut cache)
+        .unwrap();
     let v = model.config().vocab_size;
     let all = row(&all);
     let mut worst = 0f64;
@@ -115,7 +122,10 @@ fn assert_rows_match_from_scratch(model: &ZayaModel, tokens: &[u32], rows: &[(us
         let want = &all[pos * v..(pos + 1) * v];
         let d = rel_diff(r, want);
         worst = worst.max(d);
-        assert!(d <= 1e-5, "position {pos}: session logits differ from the from-scratch forward by {d:.2e} (relative)");
+        assert!(
+            d <= 1e-5,
+            "position {pos}: session logits differ from the from-scratch forward by {d:.2e} (relative)"
+        );
     }
     eprintln!("{} rows, worst relative difference {worst:.2e}", rows.len());
 }
@@ -137,7 +147,11 @@ fn multi_turn_session_equals_the_conversation_from_scratch() {
     assert_eq!(finish, Some(FinishReason::Eos(IM_END)));
     assert_eq!(ids.len(), 6);
     assert_eq!(stats.reused_tokens, 0);
-    assert_eq!(stats.prompt_tokens + 5, s.offset(), "prompt + the 5 reply tokens fed back");
+    assert_eq!(
+        stats.prompt_tokens + 5,
+        s.offset(),
+        "prompt + the 5 reply tokens fed back"
+    );
 
     for (msg, k) in [("Tell me about the river, please.", 7), ("And the mountains?", 4)] {
         let before = s.offset();
@@ -148,7 +162,10 @@ fn multi_turn_session_equals_the_conversation_from_scratch() {
         // the new suffix: <|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n<think>...
         let tok = zaya.tokenizer().unwrap();
         let suffix = &s.tokens()[before..before + stats.prompt_tokens];
-        assert_eq!(suffix[0], IM_END, "the end-of-turn token that ended the reply is fed first");
+        assert_eq!(
+            suffix[0], IM_END,
+            "the end-of-turn token that ended the reply is fed first"
+        );
         assert!(tok.decode(suffix, false).unwrap().contains(msg));
     }
     // a last turn ending on the token limit: its final token stays pending
@@ -160,10 +177,27 @@ fn multi_turn_session_equals_the_conversation_from_scratch() {
     assert_eq!(s.pending_token(), Some(ids[5]));
 
     let roles: Vec<&str> = s.messages().iter().map(|m| m.role.as_str()).collect();
-    assert_eq!(roles, ["system", "user", "assistant", "user", "assistant", "user", "assistant", "user", "assistant"]);
+    assert_eq!(
+        roles,
+        [
+            "system",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant"
+        ]
+    );
     // assistant turns are recorded as the model saw them: the closed think block of the
     // generation prompt (thinking off), then the reply
-    assert!(s.messages()[2].content.as_deref().unwrap().starts_with("<think>\n\n</think>\n\n"));
+    assert!(s.messages()[2]
+        .content
+        .as_deref()
+        .unwrap()
+        .starts_with("<think>\n\n</think>\n\n"));
     assert_rows_match_from_scratch(zaya.model(), s.tokens(), &rows);
 
     // /reset semantics: history and cache cleared, the next turn starts from scratch
@@ -195,17 +229,27 @@ fn template_that_rewrites_history_falls_back_to_the_snapshot() {
     let zaya = Zaya::from_parts(model, Some(Tokenizer::from_dir(&dir).unwrap()), Some(tpl));
     let mut s = zaya.session();
     let mut rows = Vec::new();
-    let p = |k| GenParams { max_tokens: Some(10), logits_processors: vec![eos_at(k)], ..GenParams::default() };
+    let p = |k| GenParams {
+        max_tokens: Some(10),
+        logits_processors: vec![eos_at(k)],
+        ..GenParams::default()
+    };
     let (_, _, st1) = turn(&mut s, "First question?", &p(4), &mut rows);
     // where turn 1's history ended (before its generation prompt)
     let tok = zaya.tokenizer().unwrap();
-    let hist1 = tok.encode("<bos><|im_start|>user\nFirst question?<|im_end|>\n", false).unwrap();
+    let hist1 = tok
+        .encode("<bos><|im_start|>user\nFirst question?<|im_end|>\n", false)
+        .unwrap();
     assert_eq!(&s.tokens()[..hist1.len()], &hist1[..]);
     assert!(st1.prompt_tokens > hist1.len());
     // turn 1's rows belong to a sequence the fallback replaces: compare turn 2's only
     rows.clear();
     let (_, _, st2) = turn(&mut s, "Second question?", &p(3), &mut rows);
-    assert_eq!(st2.reused_tokens, hist1.len(), "falls back to the snapshot at the end of turn 1's history");
+    assert_eq!(
+        st2.reused_tokens,
+        hist1.len(),
+        "falls back to the snapshot at the end of turn 1's history"
+    );
     // the re-rendered history really is what the cache now holds
     let text = tok.decode(s.tokens(), false).unwrap();
     assert!(text.starts_with("<bos><|im_start|>user\nFirst question?<|im_end|>\n<|im_start|>assistant\n"));
@@ -224,14 +268,18 @@ fn byte_tokens(tok: &Tokenizer, s: &str) -> Vec<u32> {
                 let n = (0..b).filter(|&x| !printable(x)).count() as u32;
                 char::from_u32(256 + n).unwrap()
             };
-            tok.token_to_id(&c.to_string()).unwrap_or_else(|| panic!("no token for byte {b:#x}"))
+            tok.token_to_id(&c.to_string())
+                .unwrap_or_else(|| panic!("no token for byte {b:#x}"))
         })
         .collect()
 }
 
 fn run_forced(zaya: &Zaya, script: Vec<u32>, params: GenParams) -> (Vec<String>, Vec<u32>, Option<FinishReason>) {
     let mut s = zaya.session();
-    let params = GenParams { logits_processors: vec![force(script)], ..params };
+    let params = GenParams {
+        logits_processors: vec![force(script)],
+        ..params
+    };
     let mut gen = s.generate("Once upon a time", &params).unwrap();
     let mut texts = Vec::new();
     let mut ids = Vec::new();
@@ -279,9 +327,16 @@ fn stop_strings_straddling_tokens_are_not_printed() {
     }
     let start = full.find(stop).unwrap();
     let end = start + stop.len();
-    assert!(ends.iter().any(|&e| e > start && e < end), "the stop string should straddle tokens");
+    assert!(
+        ends.iter().any(|&e| e > start && e < end),
+        "the stop string should straddle tokens"
+    );
     let k = ends.iter().position(|&e| e >= end).unwrap(); // token completing the stop string
-    let p = GenParams { stop: vec![stop.into(), "never".into()], max_tokens: Some(100), ..GenParams::default() };
+    let p = GenParams {
+        stop: vec![stop.into(), "never".into()],
+        max_tokens: Some(100),
+        ..GenParams::default()
+    };
     let (texts, ids, finish) = run_forced(&zaya, script.clone(), p);
     assert_eq!(finish, Some(FinishReason::StopString(stop.into())));
     assert_eq!(ids, script[..=k]);
@@ -289,7 +344,10 @@ fn stop_strings_straddling_tokens_are_not_printed() {
 
     // a stop string made of parts of multi-byte characters split across byte tokens
     let script = byte_tokens(tok, "x café déjà vu");
-    let p = GenParams { stop: vec!["é d".into()], ..GenParams::default() };
+    let p = GenParams {
+        stop: vec!["é d".into()],
+        ..GenParams::default()
+    };
     let (texts, _, finish) = run_forced(&zaya, script, p);
     assert_eq!(finish, Some(FinishReason::StopString("é d".into())));
     assert_eq!(texts.concat(), "x caf");
@@ -297,7 +355,11 @@ fn stop_strings_straddling_tokens_are_not_printed() {
     // a possible stop-string start is held back until resolved, and released at the end
     let script = tok.encode("4 and 4", false).unwrap();
     assert_eq!(tok.decode(&script[..1], false).unwrap(), "4");
-    let p = GenParams { stop: vec!["42".into()], max_tokens: Some(script.len()), ..GenParams::default() };
+    let p = GenParams {
+        stop: vec!["42".into()],
+        max_tokens: Some(script.len()),
+        ..GenParams::default()
+    };
     let (texts, _, finish) = run_forced(&zaya, script, p);
     assert_eq!(finish, Some(FinishReason::MaxTokens));
     assert_eq!(texts[0], "", "'4' may start '42'");
@@ -312,13 +374,28 @@ fn chat_history_omits_the_stop_string_and_what_follows() {
     let tok = zaya.tokenizer().unwrap();
     let script = tok.encode("Sure. STOP and more", false).unwrap();
     let mut s = zaya.session();
-    let p = GenParams { stop: vec!["STOP".into()], logits_processors: vec![force(script)], ..GenParams::default() };
+    let p = GenParams {
+        stop: vec!["STOP".into()],
+        logits_processors: vec![force(script)],
+        ..GenParams::default()
+    };
     let (text, _) = s.chat("hi", &p).unwrap().collect_text().unwrap();
     assert_eq!(text, "Sure. ");
-    assert_eq!(s.messages().last().unwrap().content.as_deref(), Some("<think>\n\n</think>\n\nSure. "));
+    assert_eq!(
+        s.messages().last().unwrap().content.as_deref(),
+        Some("<think>\n\n</think>\n\nSure. ")
+    );
     // the next turn still works (the cache holds part of the stop string: it re-prefills the reply)
     let before = s.offset();
-    let mut gen = s.chat("ok", &GenParams { max_tokens: Some(2), ..GenParams::default() }).unwrap();
+    let mut gen = s
+        .chat(
+            "ok",
+            &GenParams {
+                max_tokens: Some(2),
+                ..GenParams::default()
+            },
+        )
+        .unwrap();
     gen.by_ref().for_each(|t| drop(t.unwrap()));
     let st = gen.stats();
     assert!(st.reused_tokens > 0 && st.reused_tokens < before, "{st:?}");
@@ -329,8 +406,19 @@ fn seed_determinism() {
     let zaya = load(4096);
     let run = |seed: u64| -> (Vec<u32>, String) {
         let mut s = zaya.session();
-        let sampling = SamplingParams { temperature: 1.0, top_p: 0.95, top_k: 50, seed: Some(seed), ..SamplingParams::default() };
-        let p = GenParams { max_tokens: Some(40), ignore_eos: true, sampling, ..GenParams::default() };
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 50,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
+        let p = GenParams {
+            max_tokens: Some(40),
+            ignore_eos: true,
+            sampling,
+            ..GenParams::default()
+        };
         let mut gen = s.chat("Write something.", &p).unwrap();
         let mut ids = Vec::new();
         let mut text = String::new();
@@ -352,7 +440,11 @@ fn context_limit_ends_generation_and_overflow_is_an_error() {
     let zaya = load(32);
     let mut s = zaya.session();
     let prompt: Vec<u32> = (200..220).collect();
-    let p = GenParams { max_tokens: None, ignore_eos: true, ..GenParams::default() };
+    let p = GenParams {
+        max_tokens: None,
+        ignore_eos: true,
+        ..GenParams::default()
+    };
     let mut gen = s.generate_from_tokens(&prompt, &p).unwrap();
     let steps: Vec<_> = gen.by_ref().map(|t| t.unwrap()).collect();
     assert_eq!(gen.finish_reason(), Some(&FinishReason::ContextLimit));
@@ -367,7 +459,10 @@ fn context_limit_ends_generation_and_overflow_is_an_error() {
     }
     let mut fresh = zaya.session();
     let long: Vec<u32> = (200..240).collect();
-    assert!(matches!(fresh.generate_from_tokens(&long, &p), Err(ZayaError::ContextOverflow { tokens: 40, limit: 32 })));
+    assert!(matches!(
+        fresh.generate_from_tokens(&long, &p),
+        Err(ZayaError::ContextOverflow { tokens: 40, limit: 32 })
+    ));
     assert_eq!(fresh.offset(), 0, "nothing was fed");
 
     // chat: an overflowing turn is an error, the conversation is unchanged and usable after a reset
@@ -376,7 +471,10 @@ fn context_limit_ends_generation_and_overflow_is_an_error() {
     assert!(matches!(err, ZayaError::ContextOverflow { .. }), "{err}");
     assert!(c.messages().is_empty());
     c.reset();
-    let p = GenParams { max_tokens: Some(3), ..GenParams::default() };
+    let p = GenParams {
+        max_tokens: Some(3),
+        ..GenParams::default()
+    };
     assert!(c.chat("hi", &p).unwrap().collect_text().is_ok());
 }
 
@@ -385,7 +483,11 @@ fn cancellation_and_eos_and_raw_bos() {
     let zaya = load(4096);
     let cancel = Arc::new(AtomicBool::new(true));
     let mut s = zaya.session();
-    let p = GenParams { cancel: Some(cancel.clone()), ignore_eos: true, ..GenParams::default() };
+    let p = GenParams {
+        cancel: Some(cancel.clone()),
+        ignore_eos: true,
+        ..GenParams::default()
+    };
     let steps: Vec<_> = s.chat("hi", &p).unwrap().map(|t| t.unwrap()).collect();
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0].finish, Some(FinishReason::Cancelled));
@@ -393,7 +495,10 @@ fn cancellation_and_eos_and_raw_bos() {
     // extra EOS ids stop too, and are not printed
     let tok = zaya.tokenizer().unwrap();
     let script = byte_tokens(tok, "abcd");
-    let p = GenParams { extra_eos: vec![script[1]], ..GenParams::default() };
+    let p = GenParams {
+        extra_eos: vec![script[1]],
+        ..GenParams::default()
+    };
     let (texts, ids, finish) = run_forced(&zaya, script.clone(), p);
     assert_eq!(finish, Some(FinishReason::Eos(script[1])));
     assert_eq!(ids, script[..2]);
@@ -401,7 +506,10 @@ fn cancellation_and_eos_and_raw_bos() {
 
     // raw text gets <bos> on an empty cache only, and not twice
     let mut s = zaya.session();
-    let p = GenParams { max_tokens: Some(1), ..GenParams::default() };
+    let p = GenParams {
+        max_tokens: Some(1),
+        ..GenParams::default()
+    };
     drop(s.generate("Hello", &p).unwrap());
     assert_eq!(s.tokens()[0], 2);
     let n = s.offset();
@@ -416,9 +524,18 @@ fn cancellation_and_eos_and_raw_bos() {
 fn chat_options_reach_the_template() {
     let zaya = load(4096);
     let mut s = zaya.session();
-    s.set_chat_options(ChatOptions { enable_thinking: Some(true), ..ChatOptions::default() });
-    let p = GenParams { max_tokens: Some(1), ..GenParams::default() };
+    s.set_chat_options(ChatOptions {
+        enable_thinking: Some(true),
+        ..ChatOptions::default()
+    });
+    let p = GenParams {
+        max_tokens: Some(1),
+        ..GenParams::default()
+    };
     drop(s.chat("hi", &p).unwrap());
     let text = zaya.tokenizer().unwrap().decode(s.tokens(), false).unwrap();
-    assert!(text.ends_with("<|im_start|>assistant\n"), "thinking on: no closed think block: {text:?}");
+    assert!(
+        text.ends_with("<|im_start|>assistant\n"),
+        "thinking on: no closed think block: {text:?}"
+    );
 }

@@ -19,7 +19,11 @@ fn to_array(t: &common::Tensor) -> Array {
 fn max_abs_diff(a: &Array, b: &[f32]) -> f32 {
     let a = a.as_dtype(Dtype::Float32).unwrap();
     a.eval().unwrap();
-    a.as_slice::<f32>().iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.as_slice::<f32>()
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -40,10 +44,19 @@ fn matmul_and_affine_quantization_match_python_mlx() {
         wq.eval().unwrap();
         let wq_ref: Vec<u32> = r[&format!("wq.{tag}")].data.iter().map(|&v| v as u32).collect();
         assert_eq!(wq.as_slice::<u32>(), &wq_ref[..], "{tag}: packed weights differ");
-        assert!(max_abs_diff(&s, &r[&format!("scales.{tag}")].to_f32()) == 0.0, "{tag}: scales");
-        assert!(max_abs_diff(&b, &r[&format!("biases.{tag}")].to_f32()) == 0.0, "{tag}: biases");
+        assert!(
+            max_abs_diff(&s, &r[&format!("scales.{tag}")].to_f32()) == 0.0,
+            "{tag}: scales"
+        );
+        assert!(
+            max_abs_diff(&b, &r[&format!("biases.{tag}")].to_f32()) == 0.0,
+            "{tag}: biases"
+        );
         let y = ops::quantized_matmul(&x, &wq, &s, &b, true, gs, bits).unwrap();
-        assert!(max_abs_diff(&y, &r[&format!("y.{tag}")].to_f32()) <= 1e-5, "{tag}: quantized_matmul");
+        assert!(
+            max_abs_diff(&y, &r[&format!("y.{tag}")].to_f32()) <= 1e-5,
+            "{tag}: quantized_matmul"
+        );
     }
 }
 
@@ -55,7 +68,10 @@ fn mlx_errors_are_rust_errors() {
     let e = ops::matmul(&a, &b).unwrap_err();
     assert!(!e.to_string().is_empty());
     let e = a.reshape(&[4, 2]).unwrap_err();
-    assert!(e.to_string().contains("reshape") || e.to_string().contains("shape"), "{e}");
+    assert!(
+        e.to_string().contains("reshape") || e.to_string().contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -65,7 +81,13 @@ fn graph_node_count_of_a_small_graph() {
     let b = Array::from_slice(&[3.0f32, 4.0], &[2]);
     a.eval().unwrap();
     b.eval().unwrap();
-    let p = a.add(&b).unwrap().multiply(&b).unwrap().as_dtype(Dtype::Float16).unwrap();
+    let p = a
+        .add(&b)
+        .unwrap()
+        .multiply(&b)
+        .unwrap()
+        .as_dtype(Dtype::Float16)
+        .unwrap();
     let st = zaya_mlx::ext::graph_nodes(&[&p]).unwrap();
     assert_eq!((st.nodes, st.casts), (3, 1));
     p.eval().unwrap();

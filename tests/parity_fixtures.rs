@@ -65,7 +65,10 @@ fn bf16_parity(name: &str) {
     );
     let r32 = load_ref(&fx.reference);
     let only = |r: &HashMap<String, Array>, keep: &dyn Fn(&str) -> bool| -> HashMap<String, Array> {
-        r.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        r.iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     let bar = ParityOptions {
         rtol: 3e-2,
@@ -94,7 +97,14 @@ fn bf16_parity(name: &str) {
             ours <= d / m,
             "{name}: our bf16 run should be at least as close to f32 as the bf16 reference"
         );
-        let rep = compare(&model, &only(&rb, &|k| k == "token_ids" || k == "logits"), None, None, informative).unwrap();
+        let rep = compare(
+            &model,
+            &only(&rb, &|k| k == "token_ids" || k == "logits"),
+            None,
+            None,
+            informative,
+        )
+        .unwrap();
         eprint!("{name} bf16 vs the bf16 reference (informative):\n{}", rep.table());
     }
 }

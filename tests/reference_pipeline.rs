@@ -28,7 +28,11 @@ struct Dims {
 }
 
 fn dims(cfg: &Value) -> Dims {
-    let u = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("fixtures.json: `{k}` missing")) as usize;
+    let u = |k: &str| {
+        cfg[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("fixtures.json: `{k}` missing")) as usize
+    };
     Dims {
         h: u("hidden_size"),
         layers: u("num_hidden_layers"),
@@ -59,7 +63,12 @@ fn expected_bundle_keys(m: &Dims) -> BTreeMap<String, (Dtype, Vec<usize>)> {
     };
     affine(&mut put, "model.embed_tokens", m.vocab, h);
     put("model.final_norm.weight".into(), Dtype::F16, &[h]);
-    for v in ["hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias"] {
+    for v in [
+        "hidden_states_scale",
+        "hidden_states_bias",
+        "residual_scale",
+        "residual_bias",
+    ] {
         put(format!("model.res_scale.{v}"), Dtype::F16, &[h]);
     }
     let (qd, kd) = (m.hq * m.d, m.hk * m.d);
@@ -94,7 +103,11 @@ fn expected_bundle_keys(m: &Dims) -> BTreeMap<String, (Dtype, Vec<usize>)> {
                 put(format!("{z}.router.router_mlp.{i}.weight"), Dtype::F16, &[m.r, m.r]);
                 put(format!("{z}.router.router_mlp.{i}.bias"), Dtype::F16, &[m.r]);
             }
-            put(format!("{z}.router.router_mlp.4.weight"), Dtype::F16, &[m.experts + 1, m.r]);
+            put(
+                format!("{z}.router.router_mlp.4.weight"),
+                Dtype::F16,
+                &[m.experts + 1, m.r],
+            );
             put(format!("{z}.router.balancing_biases"), Dtype::F16, &[m.experts + 1]);
             if n > 1 {
                 put(format!("{z}.router.router_states_scale"), Dtype::F16, &[m.r]);
@@ -123,7 +136,8 @@ fn formula_key_count(layers: usize) -> usize {
 type Headers = (BTreeMap<String, (Dtype, Vec<usize>)>, BTreeMap<String, String>);
 
 fn bundle_headers(bundle: &Path) -> Headers {
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.safetensors.index.json")).unwrap()).unwrap();
     assert_eq!(index["metadata"]["format"], "jangtq", "index metadata.format");
     let weight_map: BTreeMap<String, String> = index["weight_map"]
         .as_object()
@@ -136,30 +150,51 @@ fn bundle_headers(bundle: &Path) -> Headers {
     let mut total = 0u64;
     for shard in shards {
         let path = bundle.join(shard);
-        assert!(shard.starts_with("model-") && shard.ends_with(".safetensors"), "shard name {shard}");
+        assert!(
+            shard.starts_with("model-") && shard.ends_with(".safetensors"),
+            "shard name {shard}"
+        );
         total += std::fs::metadata(&path).unwrap().len();
         let map = common::mmap(&path);
         let (_, meta) = safetensors::SafeTensors::read_metadata(&map).unwrap();
-        assert!(meta.metadata().is_none(), "{shard}: the converter writes no __metadata__");
+        assert!(
+            meta.metadata().is_none(),
+            "{shard}: the converter writes no __metadata__"
+        );
         let st = safetensors::SafeTensors::deserialize(&map).unwrap();
         for (name, view) in st.tensors() {
             assert_eq!(weight_map.get(&name), Some(shard), "index entry of {name}");
             found.insert(name, (view.dtype(), view.shape().to_vec()));
         }
     }
-    assert_eq!(index["metadata"]["total_size"].as_u64(), Some(total), "index metadata.total_size");
+    assert_eq!(
+        index["metadata"]["total_size"].as_u64(),
+        Some(total),
+        "index metadata.total_size"
+    );
     (found, weight_map)
 }
 
 fn check_bundle(fx: &Fixture) {
     let m = dims(&fx.config());
-    for f in ["config.json", "jang_config.json", "model.safetensors.index.json", "jangtq_runtime.safetensors", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "jang_config.json",
+        "model.safetensors.index.json",
+        "jangtq_runtime.safetensors",
+        "generation_config.json",
+    ] {
         assert!(fx.bundle.join(f).is_file(), "{}: {f} missing", fx.name);
     }
     let (found, weight_map) = bundle_headers(&fx.bundle);
     assert_eq!(weight_map.len(), found.len(), "index lists exactly the shard tensors");
     let expected = expected_bundle_keys(&m);
-    assert_eq!(found.len(), formula_key_count(m.layers), "{}: key count formula", fx.name);
+    assert_eq!(
+        found.len(),
+        formula_key_count(m.layers),
+        "{}: key count formula",
+        fx.name
+    );
     for (k, v) in &expected {
         assert_eq!(found.get(k), Some(v), "{}: tensor {k} (dtype, shape)", fx.name);
     }
@@ -167,16 +202,34 @@ fn check_bundle(fx: &Fixture) {
     assert!(extra.is_empty(), "{}: unexpected tensors {extra:?}", fx.name);
 
     // tq_bits = 4; sidecar codebook / signs for in_features = hidden
-    let shard = fx.bundle.join(&weight_map["model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits"]);
-    assert_eq!(read_tensor(&shard, "model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits").data, vec![4.0]);
+    let shard = fx
+        .bundle
+        .join(&weight_map["model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits"]);
+    assert_eq!(
+        read_tensor(&shard, "model.layers.1.zaya_block.experts.switch_mlp.gate_proj.tq_bits").data,
+        vec![4.0]
+    );
     let side = read_all(&fx.bundle.join("jangtq_runtime.safetensors"));
     let names: Vec<_> = side.keys().cloned().collect();
-    assert_eq!(names, vec![format!("codebook.{}.4", m.h), format!("signs.{}.42", m.h)], "{}: sidecar keys", fx.name);
+    assert_eq!(
+        names,
+        vec![format!("codebook.{}.4", m.h), format!("signs.{}.42", m.h)],
+        "{}: sidecar keys",
+        fx.name
+    );
     let cb = &side[&format!("codebook.{}.4", m.h)];
     assert_eq!((cb.dtype, cb.shape.clone()), (Dtype::F32, vec![16]));
-    assert!(cb.data.windows(2).all(|w| w[0] < w[1]), "codebook ascending: {:?}", cb.data);
+    assert!(
+        cb.data.windows(2).all(|w| w[0] < w[1]),
+        "codebook ascending: {:?}",
+        cb.data
+    );
     for k in 0..8 {
-        assert!((cb.data[15 - k] + cb.data[k]).abs() < 1e-7, "codebook symmetric at {k}: {:?}", cb.data);
+        assert!(
+            (cb.data[15 - k] + cb.data[k]).abs() < 1e-7,
+            "codebook symmetric at {k}: {:?}",
+            cb.data
+        );
     }
     let signs = &side[&format!("signs.{}.42", m.h)];
     assert_eq!((signs.dtype, signs.shape.clone()), (Dtype::F32, vec![m.h]));
@@ -188,15 +241,30 @@ fn check_bundle(fx: &Fixture) {
     assert_eq!(cfg["quantization"]["group_size"].as_u64(), Some(m.group as u64));
     assert_eq!(cfg["quantization"]["bits"].as_u64(), Some(8));
     assert_eq!(cfg["mxtq_seed"].as_u64(), Some(42));
-    let jang: Value = serde_json::from_str(&std::fs::read_to_string(fx.bundle.join("jang_config.json")).unwrap()).unwrap();
+    let jang: Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.bundle.join("jang_config.json")).unwrap()).unwrap();
     assert_eq!(jang["profile"], "JANGTQ4");
     assert_eq!(jang["tq_in_features"].as_object().unwrap().len(), 3 * (m.layers / 2));
     let zc = zaya_mlx::config::ZayaConfig::from_dir(&fx.bundle).expect("ZayaConfig parses the fixture bundle");
     assert_eq!(
-        (zc.hidden_size, zc.num_hidden_layers, zc.num_q_heads, zc.num_kv_heads, zc.head_dim),
+        (
+            zc.hidden_size,
+            zc.num_hidden_layers,
+            zc.num_q_heads,
+            zc.num_kv_heads,
+            zc.head_dim
+        ),
         (m.h, m.layers, m.hq, m.hk, m.d)
     );
-    assert_eq!((zc.num_experts, zc.expert_intermediate_size, zc.router_hidden_size, zc.vocab_size), (m.experts, m.h, m.r, m.vocab));
+    assert_eq!(
+        (
+            zc.num_experts,
+            zc.expert_intermediate_size,
+            zc.router_hidden_size,
+            zc.vocab_size
+        ),
+        (m.experts, m.h, m.r, m.vocab)
+    );
 }
 
 /// Names and shapes of the naming contract (tests/reference/README.md).
@@ -214,15 +282,30 @@ fn check_reference_names(fx: &Fixture, path: &Path) -> BTreeMap<String, Tensor> 
             want.insert(format!("route.{n}"), (Dtype::I32, vec![m.t]));
         }
     }
-    let got: BTreeMap<String, (Dtype, Vec<usize>)> = r.iter().map(|(k, t)| (k.clone(), (t.dtype, t.shape.clone()))).collect();
+    let got: BTreeMap<String, (Dtype, Vec<usize>)> =
+        r.iter().map(|(k, t)| (k.clone(), (t.dtype, t.shape.clone()))).collect();
     assert_eq!(got, want, "{}: tensors of {}", fx.name, path.display());
 
     let ids = r["token_ids"].to_i64();
     assert_eq!(ids[0], 2, "token_ids start with BOS 2");
-    assert!(ids.iter().chain(r["greedy_ids"].to_i64().iter()).all(|&i| i >= 0 && (i as usize) < m.vocab));
-    assert_eq!(ids, fx.meta()["token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>());
+    assert!(ids
+        .iter()
+        .chain(r["greedy_ids"].to_i64().iter())
+        .all(|&i| i >= 0 && (i as usize) < m.vocab));
+    assert_eq!(
+        ids,
+        fx.meta()["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect::<Vec<_>>()
+    );
     for n in (1..m.layers).step_by(2) {
-        assert!(r[&format!("route.{n}")].to_i64().iter().all(|&e| e >= 0 && e as usize <= m.experts));
+        assert!(r[&format!("route.{n}")]
+            .to_i64()
+            .iter()
+            .all(|&e| e >= 0 && e as usize <= m.experts));
     }
     for (k, t) in &r {
         assert!(t.data.iter().all(|v| v.is_finite()), "{k} has non-finite values");
@@ -231,13 +314,20 @@ fn check_reference_names(fx: &Fixture, path: &Path) -> BTreeMap<String, Tensor> 
 }
 
 fn vector(bundle: &BTreeMap<String, Tensor>, name: &str) -> Vec<f64> {
-    bundle.get(name).unwrap_or_else(|| panic!("bundle has no {name}")).data.clone()
+    bundle
+        .get(name)
+        .unwrap_or_else(|| panic!("bundle has no {name}"))
+        .data
+        .clone()
 }
 
 /// Row `row` of the 8-bit affine embedding, dequantized in f64 (jangtq-format.md §2).
 fn embed_row(b: &BTreeMap<String, Tensor>, row: usize, h: usize, g: usize) -> Vec<f64> {
     let w = &b["model.embed_tokens.weight"].data; // u32 words, 4 codes each, LSB first
-    let (s, z) = (&b["model.embed_tokens.scales"].data, &b["model.embed_tokens.biases"].data);
+    let (s, z) = (
+        &b["model.embed_tokens.scales"].data,
+        &b["model.embed_tokens.biases"].data,
+    );
     (0..h)
         .map(|j| {
             let word = w[row * h / 4 + j / 4] as u32;
@@ -254,7 +344,10 @@ fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
 }
 
 fn close(name: &str, got: f64, want: f64, tol: f64) {
-    assert!((got - want).abs() <= tol, "{name}: reference {got} vs f64 formula {want} (tol {tol})");
+    assert!(
+        (got - want).abs() <= tol,
+        "{name}: reference {got} vs f64 formula {want} (tol {tol})"
+    );
 }
 
 /// The residual-merge / final-norm / tied-head formulas (zaya-architecture.md §2.2–2.5) hold
@@ -266,28 +359,51 @@ fn check_reference_semantics(fx: &Fixture, r: &BTreeMap<String, Tensor>) {
     let ids = r["token_ids"].to_i64();
     let eps = 1e-5;
     // residual.0 = (E[id] + b_h) * s_h
-    let (s0, b0) = (vector(&b, "model.layers.0.res_scale.hidden_states_scale"), vector(&b, "model.layers.0.res_scale.hidden_states_bias"));
+    let (s0, b0) = (
+        vector(&b, "model.layers.0.res_scale.hidden_states_scale"),
+        vector(&b, "model.layers.0.res_scale.hidden_states_bias"),
+    );
     for (ti, &id) in ids.iter().enumerate() {
         let e = embed_row(&b, id as usize, h, m.group);
         for j in 0..h {
-            close("residual.0", r["residual.0"].data[ti * h + j], (e[j] + b0[j]) * s0[j], 1e-5);
+            close(
+                "residual.0",
+                r["residual.0"].data[ti * h + j],
+                (e[j] + b0[j]) * s0[j],
+                1e-5,
+            );
         }
     }
     // residual.n = (R_{n-1} + b_r) * s_r + (h_{n-1} + b_h) * s_h, and the same with model.res_scale
     let merge = |prefix: &str, rin: &[f64], hin: &[f64]| -> Vec<f64> {
         let v = |s: &str| vector(&b, &format!("{prefix}res_scale.{s}"));
-        let (sh, bh, sr, br) = (v("hidden_states_scale"), v("hidden_states_bias"), v("residual_scale"), v("residual_bias"));
-        (0..rin.len()).map(|i| (rin[i] + br[i % h]) * sr[i % h] + (hin[i] + bh[i % h]) * sh[i % h]).collect()
+        let (sh, bh, sr, br) = (
+            v("hidden_states_scale"),
+            v("hidden_states_bias"),
+            v("residual_scale"),
+            v("residual_bias"),
+        );
+        (0..rin.len())
+            .map(|i| (rin[i] + br[i % h]) * sr[i % h] + (hin[i] + bh[i % h]) * sh[i % h])
+            .collect()
     };
     for n in 1..m.layers {
-        let want = merge(&format!("model.layers.{n}."), &r[&format!("residual.{}", n - 1)].data, &r[&format!("hidden.{}", n - 1)].data);
+        let want = merge(
+            &format!("model.layers.{n}."),
+            &r[&format!("residual.{}", n - 1)].data,
+            &r[&format!("hidden.{}", n - 1)].data,
+        );
         for (i, (&g, &w)) in r[&format!("residual.{n}")].data.iter().zip(&want).enumerate() {
             close(&format!("residual.{n}[{i}]"), g, w, 1e-5 * (1.0 + w.abs()));
         }
     }
     // logits = RMSNorm(final merge) * w_final · Eᵀ (tied, dequantized embedding)
     let last = m.layers - 1;
-    let fin = merge("model.", &r[&format!("residual.{last}")].data, &r[&format!("hidden.{last}")].data);
+    let fin = merge(
+        "model.",
+        &r[&format!("residual.{last}")].data,
+        &r[&format!("hidden.{last}")].data,
+    );
     let wf = vector(&b, "model.final_norm.weight");
     let table: Vec<Vec<f64>> = (0..m.vocab).map(|v| embed_row(&b, v, h, m.group)).collect();
     let logits = &r["logits"].data;
@@ -296,7 +412,12 @@ fn check_reference_semantics(fx: &Fixture, r: &BTreeMap<String, Tensor>) {
         let y = rms_norm(&fin[ti * h..(ti + 1) * h], &wf, eps);
         for (v, row) in table.iter().enumerate() {
             let want: f64 = y.iter().zip(row).map(|(a, b)| a * b).sum();
-            close(&format!("logits[{ti},{v}]"), logits[ti * m.vocab + v], want, 2e-5 * scale);
+            close(
+                &format!("logits[{ti},{v}]"),
+                logits[ti * m.vocab + v],
+                want,
+                2e-5 * scale,
+            );
         }
     }
 }
@@ -334,7 +455,10 @@ fn check_meta(fx: &Fixture) {
     assert_eq!(f32v["greedy_recheck_agree"].as_u64(), Some(m.greedy as u64));
     let sv = &meta["source_vs_bundle_f32"];
     // 4-bit experts: the bundle's logits stay near the float source's (jangtq-format.md §5.2)
-    assert!(sv["max_abs_diff"].as_f64().unwrap() < 0.5 * sv["max_abs_logit"].as_f64().unwrap(), "{sv}");
+    assert!(
+        sv["max_abs_diff"].as_f64().unwrap() < 0.5 * sv["max_abs_logit"].as_f64().unwrap(),
+        "{sv}"
+    );
     assert!(2 * sv["argmax_agree"].as_u64().unwrap() >= m.t as u64, "{sv}");
     // 4-bit TurboQuant of Gaussian rows: relative RMS error ≈ 0.1 (jangtq-format.md §3.5)
     let e = meta["expert_dequant_max_rel_rms_error"].as_f64().unwrap();
@@ -363,7 +487,10 @@ fn skip_fixture_routes_some_tokens_to_the_skip_route() {
     check_meta(&fx);
     let t = dims(&fx.config()).t;
     let skipped1 = check_skip_outputs(&fx, &r, 1);
-    assert!(skipped1 > 0 && skipped1 < t, "layer 1: {skipped1} of {t} tokens on the skip route");
+    assert!(
+        skipped1 > 0 && skipped1 < t,
+        "layer 1: {skipped1} of {t} tokens on the skip route"
+    );
     assert_eq!(check_skip_outputs(&fx, &r, 3), 0, "layer 3 keeps the normal skip bias");
     // the bias is in the bundle, as written in the source
     let b = read_all(&fx.bundle.join("model-00001-of-00001.safetensors"));
@@ -394,23 +521,41 @@ fn real_fixture_bundle_and_reference() {
 fn concurrent_requests_generate_a_fixture_once() {
     let base = tempfile::tempdir().unwrap();
     let roots: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| fixture_in(base.path(), "tiny").root)).collect();
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| fixture_in(base.path(), "tiny").root))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(roots.iter().all(|r| r == &roots[0] && r.join("meta.json").is_file()));
-    let left: Vec<_> = std::fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(base.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left.len(), 1, "no lock or temp dir left behind: {left:?}");
     // the same generator and seed give byte-identical outputs (except timings.json)
     let cached = fixture("tiny");
-    for f in ["reference.safetensors", "reference_bf16.safetensors", "meta.json", "bundle/model-00001-of-00001.safetensors", "source/model-00001-of-00001.safetensors"] {
-        assert_eq!(std::fs::read(roots[0].join(f)).unwrap(), std::fs::read(cached.root.join(f)).unwrap(), "{f} differs between two generations");
+    for f in [
+        "reference.safetensors",
+        "reference_bf16.safetensors",
+        "meta.json",
+        "bundle/model-00001-of-00001.safetensors",
+        "source/model-00001-of-00001.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(roots[0].join(f)).unwrap(),
+            std::fs::read(cached.root.join(f)).unwrap(),
+            "{f} differs between two generations"
+        );
     }
 }
 
 #[test]
 fn missing_venv_names_the_setup_script() {
     let msg = common::venv_python(Path::new("/nonexistent/venv")).unwrap_err();
-    assert!(msg.contains("scripts/setup-python-ref.sh") && !msg.contains('\n'), "{msg}");
+    assert!(
+        msg.contains("scripts/setup-python-ref.sh") && !msg.contains('\n'),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -430,6 +575,11 @@ fn decode_stream_reproduces_the_reference_greedy_ids() {
     let n = greedy.len().to_string();
     let out = common::run_python(&script, &[bundle, "--ids", &ids.join(","), "--max-new", &n]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("decode_stream prints one JSON object");
-    let got: Vec<i64> = v["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let got: Vec<i64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
     assert_eq!(got, greedy);
 }

@@ -30,7 +30,10 @@ fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 }
 
 fn params() -> SamplingParams {
-    SamplingParams { temperature: 1.0, ..Default::default() }
+    SamplingParams {
+        temperature: 1.0,
+        ..Default::default()
+    }
 }
 
 /// logits ln(0.4), ln(0.3), ln(0.2), ln(0.1)
@@ -43,27 +46,69 @@ fn hand_computed_distributions() {
     let l = four();
     let cases: Vec<(SamplingParams, Vec<f64>)> = vec![
         (params(), vec![0.4, 0.3, 0.2, 0.1]),
-        (SamplingParams { top_k: 2, ..params() }, vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0]),
+        (
+            SamplingParams { top_k: 2, ..params() },
+            vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0],
+        ),
         (SamplingParams { top_k: 4, ..params() }, vec![0.4, 0.3, 0.2, 0.1]),
         // mass before token 3 is 0.7 >= 0.6: dropped
-        (SamplingParams { top_p: 0.6, ..params() }, vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0]),
-        (SamplingParams { top_p: 0.75, ..params() }, vec![4.0 / 9.0, 3.0 / 9.0, 2.0 / 9.0, 0.0]),
+        (
+            SamplingParams { top_p: 0.6, ..params() },
+            vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0],
+        ),
+        (
+            SamplingParams {
+                top_p: 0.75,
+                ..params()
+            },
+            vec![4.0 / 9.0, 3.0 / 9.0, 2.0 / 9.0, 0.0],
+        ),
         (SamplingParams { top_p: 0.3, ..params() }, vec![1.0, 0.0, 0.0, 0.0]),
         // keep p >= 0.5 * 0.4
-        (SamplingParams { min_p: 0.5, ..params() }, vec![4.0 / 9.0, 3.0 / 9.0, 2.0 / 9.0, 0.0]),
+        (
+            SamplingParams { min_p: 0.5, ..params() },
+            vec![4.0 / 9.0, 3.0 / 9.0, 2.0 / 9.0, 0.0],
+        ),
         (SamplingParams { min_p: 1.0, ..params() }, vec![1.0, 0.0, 0.0, 0.0]),
         // T = 0.5: p^2 renormalised
-        (SamplingParams { temperature: 0.5, ..params() }, vec![16.0 / 30.0, 9.0 / 30.0, 4.0 / 30.0, 1.0 / 30.0]),
+        (
+            SamplingParams {
+                temperature: 0.5,
+                ..params()
+            },
+            vec![16.0 / 30.0, 9.0 / 30.0, 4.0 / 30.0, 1.0 / 30.0],
+        ),
         // T = 2 then top-k 3: sqrt(p) over the first three
-        (SamplingParams { temperature: 2.0, top_k: 3, ..params() }, {
-            let s: f64 = [0.4f64, 0.3, 0.2].iter().map(|p| p.sqrt()).sum();
-            vec![0.4f64.sqrt() / s, 0.3f64.sqrt() / s, 0.2f64.sqrt() / s, 0.0]
-        }),
+        (
+            SamplingParams {
+                temperature: 2.0,
+                top_k: 3,
+                ..params()
+            },
+            {
+                let s: f64 = [0.4f64, 0.3, 0.2].iter().map(|p| p.sqrt()).sum();
+                vec![0.4f64.sqrt() / s, 0.3f64.sqrt() / s, 0.2f64.sqrt() / s, 0.0]
+            },
+        ),
         // top-p runs on the renormalised top-k distribution [4,3,2]/9: the mass before token 2 is
         // 7/9 >= 0.75, so it is dropped (on the raw distribution it would be 0.7 < 0.75, kept)
-        (SamplingParams { top_k: 3, top_p: 0.75, ..params() }, vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0]),
+        (
+            SamplingParams {
+                top_k: 3,
+                top_p: 0.75,
+                ..params()
+            },
+            vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0],
+        ),
         // min-p after top-p: [4,3,2]/9 then keep p >= 0.6 * 4/9
-        (SamplingParams { top_p: 0.75, min_p: 0.6, ..params() }, vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0]),
+        (
+            SamplingParams {
+                top_p: 0.75,
+                min_p: 0.6,
+                ..params()
+            },
+            vec![4.0 / 7.0, 3.0 / 7.0, 0.0, 0.0],
+        ),
         (SamplingParams::default(), vec![1.0, 0.0, 0.0, 0.0]),
     ];
     for (p, want) in cases {
@@ -76,23 +121,48 @@ fn hand_computed_penalties_and_bias() {
     let greedy = SamplingParams::default();
     let logits = [2.0f32, 1.5, -1.0, 0.0, 0.5];
     let processed = |p: &SamplingParams, h: &[u32]| -> Vec<f32> {
-        Sampler::new(p.clone()).unwrap().process_logits(&arr(&logits), h).unwrap().as_slice::<f32>().to_vec()
+        Sampler::new(p.clone())
+            .unwrap()
+            .process_logits(&arr(&logits), h)
+            .unwrap()
+            .as_slice::<f32>()
+            .to_vec()
     };
     // repetition penalty 2 on ids {0, 2}: 2.0 / 2, -1.0 * 2
-    let p = SamplingParams { repetition_penalty: 2.0, ..greedy.clone() };
+    let p = SamplingParams {
+        repetition_penalty: 2.0,
+        ..greedy.clone()
+    };
     assert_eq!(processed(&p, &[0, 2, 2]), vec![1.0, 1.5, -2.0, 0.0, 0.5]);
     let mut s = Sampler::new(p.clone()).unwrap();
-    assert_eq!(s.sample(&arr(&logits), &[0]).unwrap(), 1, "the penalised argmax moves to id 1");
+    assert_eq!(
+        s.sample(&arr(&logits), &[0]).unwrap(),
+        1,
+        "the penalised argmax moves to id 1"
+    );
     assert_eq!(s.sample(&arr(&logits), &[]).unwrap(), 0);
     // window of 1: only the last history id is penalised
-    let p1 = SamplingParams { repetition_context_size: Some(1), ..p.clone() };
+    let p1 = SamplingParams {
+        repetition_context_size: Some(1),
+        ..p.clone()
+    };
     assert_eq!(processed(&p1, &[0, 2]), vec![2.0, 1.5, -2.0, 0.0, 0.5]);
     // presence 0.5 + frequency 0.25 over history [3, 3, 1]
-    let pf = SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.25, ..greedy.clone() };
+    let pf = SamplingParams {
+        presence_penalty: 0.5,
+        frequency_penalty: 0.25,
+        ..greedy.clone()
+    };
     assert_eq!(processed(&pf, &[3, 3, 1]), vec![2.0, 0.75, -1.0, -1.0, 0.5]);
-    let pfw = SamplingParams { penalty_context_size: Some(2), ..pf.clone() };
+    let pfw = SamplingParams {
+        penalty_context_size: Some(2),
+        ..pf.clone()
+    };
     assert_eq!(processed(&pfw, &[1, 3, 3]), vec![2.0, 1.5, -1.0, -1.0, 0.5]);
-    let all = SamplingParams { penalty_context_size: None, ..pf };
+    let all = SamplingParams {
+        penalty_context_size: None,
+        ..pf
+    };
     let long: Vec<u32> = std::iter::repeat_n(4, 30).collect();
     assert_eq!(processed(&all, &long)[4], 0.5 - 0.5 - 0.25 * 30.0);
     // logit bias then repetition penalty (mlx-lm order): (0.5 + 1.5) / 2
@@ -103,7 +173,10 @@ fn hand_computed_penalties_and_bias() {
     };
     assert_eq!(processed(&b, &[4]), vec![f32::NEG_INFINITY, 1.5, -1.0, 0.0, 1.0]);
     assert_eq!(Sampler::new(b).unwrap().sample(&arr(&logits), &[4]).unwrap(), 1);
-    let b = SamplingParams { logit_bias: BTreeMap::from([(3, 10.0)]), ..greedy };
+    let b = SamplingParams {
+        logit_bias: BTreeMap::from([(3, 10.0)]),
+        ..greedy
+    };
     assert_eq!(Sampler::new(b).unwrap().sample(&arr(&logits), &[]).unwrap(), 3);
 }
 
@@ -121,7 +194,11 @@ fn reference(logits: &[f32], history: &[u32], p: &SamplingParams) -> Vec<f64> {
     if p.repetition_penalty != 1.0 {
         for id in rep {
             let v = &mut x[id as usize];
-            *v = if *v < 0.0 { *v * p.repetition_penalty as f64 } else { *v / p.repetition_penalty as f64 };
+            *v = if *v < 0.0 {
+                *v * p.repetition_penalty as f64
+            } else {
+                *v / p.repetition_penalty as f64
+            };
         }
     }
     let mut counts = BTreeMap::new();
@@ -185,11 +262,32 @@ fn random_logits(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
 fn full_pipeline_matches_f64_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let settings = [
-        SamplingParams { temperature: 0.7, ..params() },
-        SamplingParams { temperature: 0.8, top_k: 40, ..params() },
-        SamplingParams { temperature: 1.3, top_p: 0.9, ..params() },
-        SamplingParams { temperature: 0.6, top_k: 100, top_p: 0.8, min_p: 0.05, ..params() },
-        SamplingParams { temperature: 1.0, min_p: 0.1, ..params() },
+        SamplingParams {
+            temperature: 0.7,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 1.3,
+            top_p: 0.9,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 0.6,
+            top_k: 100,
+            top_p: 0.8,
+            min_p: 0.05,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            min_p: 0.1,
+            ..params()
+        },
         SamplingParams {
             temperature: 0.9,
             top_p: 0.95,
@@ -199,7 +297,11 @@ fn full_pipeline_matches_f64_reference() {
             logit_bias: BTreeMap::from([(5, 2.0), (17, -3.0)]),
             ..params()
         },
-        SamplingParams { repetition_penalty: 1.5, presence_penalty: 1.0, ..Default::default() },
+        SamplingParams {
+            repetition_penalty: 1.5,
+            presence_penalty: 1.0,
+            ..Default::default()
+        },
     ];
     for p in &settings {
         for _ in 0..3 {
@@ -219,7 +321,11 @@ fn large_vocab_nucleus_beyond_the_first_cut() {
     let n = 262_144usize;
     let mut logits: Vec<f32> = (0..n).map(|i| -12.0 - (i % 977) as f32 * 1e-3).collect();
     logits[1234] = 0.0;
-    let p = SamplingParams { temperature: 1.0, top_p: 0.9, ..params() };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.9,
+        ..params()
+    };
     let got = probs(&p, &logits, &[]);
     let want = reference(&logits, &[], &p);
     assert_close(&got, &want, 1e-6, "large vocab");
@@ -236,8 +342,20 @@ fn filters_and_processors_match_mlx_lm() {
         ("top_k", SamplingParams { top_k: 7, ..params() }),
         ("top_k", SamplingParams { top_k: 300, ..params() }),
         ("top_p", SamplingParams { top_p: 0.5, ..params() }),
-        ("top_p", SamplingParams { top_p: 0.97, ..params() }),
-        ("min_p", SamplingParams { min_p: 0.02, ..params() }),
+        (
+            "top_p",
+            SamplingParams {
+                top_p: 0.97,
+                ..params()
+            },
+        ),
+        (
+            "min_p",
+            SamplingParams {
+                min_p: 0.02,
+                ..params()
+            },
+        ),
         ("min_p", SamplingParams { min_p: 0.3, ..params() }),
     ] {
         let logits = random_logits(&mut rng, 1000, 6.0);
@@ -245,7 +363,12 @@ fn filters_and_processors_match_mlx_lm() {
                           "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p}));
         ours.push(probs(&p, &logits, &[]));
     }
-    for (rp, pres, freq, ctx) in [(1.3f32, 0.0f32, 0.0f32, 20usize), (0.8, 0.5, 0.0, 8), (1.0, 0.0, 0.3, 30), (1.2, 0.7, 0.2, 5)] {
+    for (rp, pres, freq, ctx) in [
+        (1.3f32, 0.0f32, 0.0f32, 20usize),
+        (0.8, 0.5, 0.0, 8),
+        (1.0, 0.0, 0.3, 30),
+        (1.2, 0.7, 0.2, 5),
+    ] {
         let logits = random_logits(&mut rng, 500, 4.0);
         let history: Vec<u32> = (0..40).map(|_| rng.gen_range(0..60)).collect();
         let p = SamplingParams {
@@ -262,7 +385,10 @@ fn filters_and_processors_match_mlx_lm() {
             "repetition_penalty": rp_json, "repetition_context_size": ctx,
             "presence_penalty": pres, "frequency_penalty": freq, "context_size": ctx,
             "logit_bias": {"3": 1.25, "499": -2.5}}));
-        let x = Sampler::new(p).unwrap().process_logits(&arr(&logits), &history).unwrap();
+        let x = Sampler::new(p)
+            .unwrap()
+            .process_logits(&arr(&logits), &history)
+            .unwrap();
         ours.push(x.as_slice::<f32>().to_vec());
     }
     let reference = run_python("ref_sampling.py", &Value::Array(cases));
@@ -274,7 +400,12 @@ fn filters_and_processors_match_mlx_lm() {
 
 #[test]
 fn empirical_frequencies_within_binomial_bound() {
-    let p = SamplingParams { temperature: 1.0, top_k: 3, seed: Some(1234), ..Default::default() };
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_k: 3,
+        seed: Some(1234),
+        ..Default::default()
+    };
     let want = [4.0 / 9.0, 3.0 / 9.0, 2.0 / 9.0, 0.0];
     let mut s = Sampler::new(p).unwrap();
     let logits = arr(&four());
@@ -287,7 +418,11 @@ fn empirical_frequencies_within_binomial_bound() {
     for i in 0..3 {
         let f = counts[i] as f64 / n as f64;
         let sigma = (want[i] * (1.0 - want[i]) / n as f64).sqrt();
-        assert!((f - want[i]).abs() < 5.0 * sigma, "id {i}: frequency {f} vs {}", want[i]);
+        assert!(
+            (f - want[i]).abs() < 5.0 * sigma,
+            "id {i}: frequency {f} vs {}",
+            want[i]
+        );
     }
 }
 
@@ -296,12 +431,24 @@ fn seeds_are_deterministic() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let rows: Vec<Array> = (0..50).map(|_| arr(&random_logits(&mut rng, 1000, 1.0))).collect();
     let run = |seed: u64| -> Vec<u32> {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: Some(seed),
+            ..Default::default()
+        })
+        .unwrap();
         rows.iter().map(|r| s.sample(r, &[]).unwrap()).collect()
     };
     assert_eq!(run(42), run(42));
     assert_ne!(run(42), run(43));
-    let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(42), ..Default::default() }).unwrap();
+    let mut s = Sampler::new(SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: Some(42),
+        ..Default::default()
+    })
+    .unwrap();
     let first: Vec<u32> = rows.iter().map(|r| s.sample(r, &[]).unwrap()).collect();
     s.reseed(42);
     let again: Vec<u32> = rows.iter().map(|r| s.sample(r, &[]).unwrap()).collect();
@@ -314,11 +461,22 @@ fn greedy_shapes_dtypes_and_batches() {
     // ties → lowest id
     assert_eq!(s.sample(&arr(&[1.0, 3.0, 3.0, -2.0]), &[]).unwrap(), 1);
     let x = Array::from_slice(&[0.5f32, -1.0, 2.0, 2.5, 0.0, 7.0], &[2, 3]);
-    assert_eq!(s.sample(&x.as_type::<half::bf16>().unwrap().reshape(&[1, 6]).unwrap(), &[]).unwrap(), 5);
+    assert_eq!(
+        s.sample(&x.as_type::<half::bf16>().unwrap().reshape(&[1, 6]).unwrap(), &[])
+            .unwrap(),
+        5
+    );
     assert_eq!(s.sample_batch(&x, &[&[], &[]]).unwrap(), vec![2, 2]);
-    let rp = SamplingParams { repetition_penalty: 10.0, ..Default::default() };
+    let rp = SamplingParams {
+        repetition_penalty: 10.0,
+        ..Default::default()
+    };
     let mut s2 = Sampler::new(rp).unwrap();
-    assert_eq!(s2.sample_batch(&x, &[&[2], &[]]).unwrap(), vec![0, 2], "per-row histories");
+    assert_eq!(
+        s2.sample_batch(&x, &[&[2], &[]]).unwrap(),
+        vec![0, 2],
+        "per-row histories"
+    );
     assert!(matches!(s.sample(&x, &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("sample_batch")));
     assert!(matches!(s.sample_batch(&x, &[&[]]), Err(ZayaError::InvalidArgument(_))));
     assert!(matches!(s.sample(&arr(&[1.0, f32::NAN]), &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("NaN")));
@@ -328,7 +486,9 @@ fn greedy_shapes_dtypes_and_batches() {
         ..Default::default()
     };
     let mut sb = Sampler::new(banned).unwrap();
-    assert!(matches!(sb.sample(&arr(&[1.0, 2.0]), &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("--logit-bias")));
+    assert!(
+        matches!(sb.sample(&arr(&[1.0, 2.0]), &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("--logit-bias"))
+    );
     assert_eq!(sb.sample(&arr(&[1.0, 2.0, -50.0]), &[]).unwrap(), 2);
 }
 
@@ -336,9 +496,27 @@ fn greedy_shapes_dtypes_and_batches() {
 fn bad_values_name_the_flag() {
     let d = SamplingParams::default;
     let bad: Vec<(SamplingParams, &str)> = vec![
-        (SamplingParams { temperature: -0.1, ..d() }, "--temp"),
-        (SamplingParams { temperature: f32::NAN, ..d() }, "--temp"),
-        (SamplingParams { temperature: f32::INFINITY, ..d() }, "--temp"),
+        (
+            SamplingParams {
+                temperature: -0.1,
+                ..d()
+            },
+            "--temp",
+        ),
+        (
+            SamplingParams {
+                temperature: f32::NAN,
+                ..d()
+            },
+            "--temp",
+        ),
+        (
+            SamplingParams {
+                temperature: f32::INFINITY,
+                ..d()
+            },
+            "--temp",
+        ),
         (SamplingParams { top_k: -1, ..d() }, "--top-k"),
         (SamplingParams { top_p: 0.0, ..d() }, "--top-p"),
         (SamplingParams { top_p: 1.5, ..d() }, "--top-p"),
@@ -346,13 +524,55 @@ fn bad_values_name_the_flag() {
         (SamplingParams { min_p: -0.01, ..d() }, "--min-p"),
         (SamplingParams { min_p: 1.01, ..d() }, "--min-p"),
         (SamplingParams { min_p: f32::NAN, ..d() }, "--min-p"),
-        (SamplingParams { repetition_penalty: 0.0, ..d() }, "--repetition-penalty"),
-        (SamplingParams { repetition_penalty: -1.0, ..d() }, "--repetition-penalty"),
-        (SamplingParams { repetition_context_size: Some(0), ..d() }, "--repetition-context-size"),
-        (SamplingParams { presence_penalty: f32::NAN, ..d() }, "--presence-penalty"),
-        (SamplingParams { frequency_penalty: f32::INFINITY, ..d() }, "--frequency-penalty"),
-        (SamplingParams { penalty_context_size: Some(0), ..d() }, "--penalty-context-size"),
-        (SamplingParams { logit_bias: BTreeMap::from([(1, f32::NAN)]), ..d() }, "--logit-bias"),
+        (
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..d()
+            },
+            "--repetition-penalty",
+        ),
+        (
+            SamplingParams {
+                repetition_penalty: -1.0,
+                ..d()
+            },
+            "--repetition-penalty",
+        ),
+        (
+            SamplingParams {
+                repetition_context_size: Some(0),
+                ..d()
+            },
+            "--repetition-context-size",
+        ),
+        (
+            SamplingParams {
+                presence_penalty: f32::NAN,
+                ..d()
+            },
+            "--presence-penalty",
+        ),
+        (
+            SamplingParams {
+                frequency_penalty: f32::INFINITY,
+                ..d()
+            },
+            "--frequency-penalty",
+        ),
+        (
+            SamplingParams {
+                penalty_context_size: Some(0),
+                ..d()
+            },
+            "--penalty-context-size",
+        ),
+        (
+            SamplingParams {
+                logit_bias: BTreeMap::from([(1, f32::NAN)]),
+                ..d()
+            },
+            "--logit-bias",
+        ),
     ];
     for (p, flag) in bad {
         match Sampler::new(p.clone()) {
@@ -360,15 +580,37 @@ fn bad_values_name_the_flag() {
             other => panic!("{p:?}: expected InvalidArgument, got {other:?}"),
         }
     }
-    let mut s = Sampler::new(SamplingParams { logit_bias: BTreeMap::from([(9, 1.0)]), ..d() }).unwrap();
-    assert!(matches!(s.sample(&arr(&[0.0, 1.0]), &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("--logit-bias")));
-    let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.1, ..d() }).unwrap();
+    let mut s = Sampler::new(SamplingParams {
+        logit_bias: BTreeMap::from([(9, 1.0)]),
+        ..d()
+    })
+    .unwrap();
+    assert!(
+        matches!(s.sample(&arr(&[0.0, 1.0]), &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("--logit-bias"))
+    );
+    let mut s = Sampler::new(SamplingParams {
+        repetition_penalty: 1.1,
+        ..d()
+    })
+    .unwrap();
     assert!(matches!(s.sample(&arr(&[0.0, 1.0]), &[5]), Err(ZayaError::InvalidArgument(m)) if m.contains("history")));
     // valid edge values
     for p in [
-        SamplingParams { top_p: 1.0, min_p: 1.0, top_k: 0, ..d() },
-        SamplingParams { min_p: 0.0, temperature: 0.0, ..d() },
-        SamplingParams { logit_bias: BTreeMap::from([(0, f32::NEG_INFINITY)]), ..d() },
+        SamplingParams {
+            top_p: 1.0,
+            min_p: 1.0,
+            top_k: 0,
+            ..d()
+        },
+        SamplingParams {
+            min_p: 0.0,
+            temperature: 0.0,
+            ..d()
+        },
+        SamplingParams {
+            logit_bias: BTreeMap::from([(0, f32::NEG_INFINITY)]),
+            ..d()
+        },
     ] {
         Sampler::new(p).unwrap();
     }

@@ -13,8 +13,22 @@ fn repo() -> PathBuf {
 fn minimal_bin(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for tool in ["bash", "uname", "dirname", "cat", "mktemp", "sha256sum", "cut", "printf", "rm", "mkdir"] {
-        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.exists());
+    for tool in [
+        "bash",
+        "uname",
+        "dirname",
+        "cat",
+        "mktemp",
+        "sha256sum",
+        "cut",
+        "printf",
+        "rm",
+        "mkdir",
+    ] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists());
         if let Some(p) = found {
             symlink(p, bin.join(tool)).unwrap();
         }
@@ -38,7 +52,10 @@ fn run(script: &str, bin: &Path, dir: &Path) -> (i32, String) {
         .env("ZAYA_REF_VENV", dir.join("venv"))
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_one_line_reason(code: i32, stderr: &str, needle: &str) {
@@ -62,7 +79,11 @@ fn mlx_setup_without_network_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let bin = minimal_bin(dir.path());
     // python3 whose pip works but cannot reach the registry; compilers present
-    stub(&bin, "python3", r#"case "$*" in *"pip --version"*) exit 0;; *"pip download"*) echo "ERROR: network unreachable" >&2; exit 1;; *) exit 1;; esac"#);
+    stub(
+        &bin,
+        "python3",
+        r#"case "$*" in *"pip --version"*) exit 0;; *"pip download"*) echo "ERROR: network unreachable" >&2; exit 1;; *) exit 1;; esac"#,
+    );
     stub(&bin, "g++", "exit 0");
     stub(&bin, "cargo", "exit 0");
     let (code, err) = run("setup-mlx-linux.sh", &bin, dir.path());
@@ -95,7 +116,10 @@ esac"#
     stub(&bin, "chmod", "/bin/chmod \"$@\"");
     let (code, err) = run("setup-python-ref.sh", &bin, dir.path());
     assert_ne!(code, 0);
-    let reason: Vec<&str> = err.lines().filter(|l| l.starts_with("setup-python-ref:") && !l.contains("creating")).collect();
+    let reason: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("setup-python-ref:") && !l.contains("creating"))
+        .collect();
     assert_eq!(reason.len(), 1, "{err}");
     assert!(reason[0].contains("no network"), "{err}");
 }

@@ -34,7 +34,11 @@ fn load_shards(dir: &Path, shards: &[String]) -> BTreeMap<String, (String, Raw)>
         assert!(header.get("__metadata__").is_none(), "{s} has __metadata__");
         let st = SafeTensors::deserialize(&bytes).unwrap();
         for (k, v) in st.tensors() {
-            let raw = Raw { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() };
+            let raw = Raw {
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                data: v.data().to_vec(),
+            };
             assert!(all.insert(k.clone(), (s.clone(), raw)).is_none(), "{k} in two shards");
         }
     }
@@ -52,7 +56,11 @@ fn tiny_bundle_has_the_documented_structure() {
     // index ↔ shards
     let index = read_json(&out.join("model.safetensors.index.json"));
     assert_eq!(index["metadata"]["format"], "jangtq");
-    let sizes: u64 = rep.shards.iter().map(|s| std::fs::metadata(out.join(s)).unwrap().len()).sum();
+    let sizes: u64 = rep
+        .shards
+        .iter()
+        .map(|s| std::fs::metadata(out.join(s)).unwrap().len())
+        .sum();
     assert_eq!(index["metadata"]["total_size"].as_u64().unwrap(), sizes);
     assert_eq!(rep.total_size, sizes);
     let t = load_shards(&out, &rep.shards);
@@ -75,16 +83,40 @@ fn tiny_bundle_has_the_documented_structure() {
     let g = spec.group_size;
     assert_eq!(shape("model.embed_tokens.weight"), vec![spec.vocab_size, h / 4]);
     assert_eq!(shape("model.embed_tokens.scales"), vec![spec.vocab_size, h / g]);
-    assert_eq!(shape("model.layers.0.self_attn.qkv.linear_q.weight"), vec![spec.q_dim(), h / 4]);
-    assert_eq!(shape("model.layers.0.self_attn.o_proj.biases"), vec![h, spec.q_dim() / g]);
-    assert_eq!(shape("model.layers.2.self_attn.qkv.conv_qk.1.weight"), vec![spec.conv_channels(), spec.head_dim, 2]);
-    assert_eq!(shape("model.layers.2.self_attn.qkv.conv_qk.0.weight"), vec![spec.conv_channels(), 1, 2]);
+    assert_eq!(
+        shape("model.layers.0.self_attn.qkv.linear_q.weight"),
+        vec![spec.q_dim(), h / 4]
+    );
+    assert_eq!(
+        shape("model.layers.0.self_attn.o_proj.biases"),
+        vec![h, spec.q_dim() / g]
+    );
+    assert_eq!(
+        shape("model.layers.2.self_attn.qkv.conv_qk.1.weight"),
+        vec![spec.conv_channels(), spec.head_dim, 2]
+    );
+    assert_eq!(
+        shape("model.layers.2.self_attn.qkv.conv_qk.0.weight"),
+        vec![spec.conv_channels(), 1, 2]
+    );
     assert_eq!(shape("model.layers.0.self_attn.qkv.temp"), vec![spec.num_kv_heads]);
-    assert_eq!(shape("model.layers.1.zaya_block.router.router_mlp.4.weight"), vec![e + 1, spec.router_hidden_size]);
+    assert_eq!(
+        shape("model.layers.1.zaya_block.router.router_mlp.4.weight"),
+        vec![e + 1, spec.router_hidden_size]
+    );
     let base = "model.layers.3.zaya_block.experts.switch_mlp";
-    assert_eq!(shape(&format!("{base}.gate_proj.tq_packed")), vec![e, spec.expert_intermediate_size, h / 8]);
-    assert_eq!(shape(&format!("{base}.down_proj.tq_packed")), vec![e, h, spec.expert_intermediate_size / 8]);
-    assert_eq!(shape(&format!("{base}.up_proj.tq_norms")), vec![e, spec.expert_intermediate_size]);
+    assert_eq!(
+        shape(&format!("{base}.gate_proj.tq_packed")),
+        vec![e, spec.expert_intermediate_size, h / 8]
+    );
+    assert_eq!(
+        shape(&format!("{base}.down_proj.tq_packed")),
+        vec![e, h, spec.expert_intermediate_size / 8]
+    );
+    assert_eq!(
+        shape(&format!("{base}.up_proj.tq_norms")),
+        vec![e, spec.expert_intermediate_size]
+    );
     assert_eq!(t[&format!("{base}.up_proj.tq_bits")].1.data, vec![4u8]);
     assert!(!t.contains_key("model.layers.0.res_scale.residual_scale"));
     assert!(t.contains_key("model.layers.2.res_scale.residual_scale"));
@@ -105,7 +137,10 @@ fn tiny_bundle_has_the_documented_structure() {
 
     // sidecar
     let side = read_safetensors(&out.join(synth::SIDECAR_FILE));
-    assert_eq!(side.keys().cloned().collect::<Vec<_>>(), vec![format!("codebook.{h}.4"), format!("signs.{h}.42")]);
+    assert_eq!(
+        side.keys().cloned().collect::<Vec<_>>(),
+        vec![format!("codebook.{h}.4"), format!("signs.{h}.42")]
+    );
     assert!(side.values().all(|r| r.dtype == Dtype::F32));
     assert_eq!(side[&format!("codebook.{h}.4")].as_f32(), codebook_f32(h, 4));
     assert_eq!(side[&format!("signs.{h}.42")].as_f32(), random_signs(h, 42));
@@ -129,8 +164,20 @@ fn tiny_bundle_has_the_documented_structure() {
     assert_eq!(c["capabilities"]["reasoning_parser"], "qwen3");
     assert!(c.get("quantization_config").is_none());
     let zc = ZayaConfig::from_dir(&out).unwrap();
-    assert_eq!((zc.hidden_size, zc.num_hidden_layers, zc.num_q_heads, zc.num_kv_heads, zc.head_dim), (h, l, 4, 2, 32));
-    assert_eq!((zc.num_experts, zc.expert_intermediate_size, zc.vocab_size), (e, spec.expert_intermediate_size, 1024));
+    assert_eq!(
+        (
+            zc.hidden_size,
+            zc.num_hidden_layers,
+            zc.num_q_heads,
+            zc.num_kv_heads,
+            zc.head_dim
+        ),
+        (h, l, 4, 2, 32)
+    );
+    assert_eq!(
+        (zc.num_experts, zc.expert_intermediate_size, zc.vocab_size),
+        (e, spec.expert_intermediate_size, 1024)
+    );
     assert_eq!(zc.eos_token_ids, vec![106, 1]);
     assert_eq!(zc.quantization.unwrap().group_size, Some(32));
     let jc = JangConfig::from_dir(&out).unwrap().unwrap();
@@ -143,10 +190,16 @@ fn tiny_bundle_has_the_documented_structure() {
     let j = read_json(&out.join("jang_config.json"));
     assert_eq!(j["version"], 2);
     assert_eq!(j["cache_subtype"], "zaya_cca");
-    assert_eq!(j["quantization"], json!({"method": "affine+mxtq", "group_size": 32, "bits_default": 4}));
+    assert_eq!(
+        j["quantization"],
+        json!({"method": "affine+mxtq", "group_size": 32, "bits_default": 4})
+    );
 
     // tokenizer files; the vocab covers the tokenizer
-    let tok: tokenizers::Tokenizer = std::fs::read_to_string(out.join("tokenizer.json")).unwrap().parse().unwrap();
+    let tok: tokenizers::Tokenizer = std::fs::read_to_string(out.join("tokenizer.json"))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(tok.get_vocab_size(true) <= spec.vocab_size);
     let tc = read_json(&out.join("tokenizer_config.json"));
     assert_eq!(
@@ -161,8 +214,10 @@ fn the_full_size_plan_matches_the_real_bundle() {
     let spec = SynthSpec::preset("zaya1-8b").unwrap();
     let t = plan::bundle_tensors(&spec, &plan::source_tensors(&spec));
     assert_eq!(t.len(), 1965);
-    let (files, _) =
-        plan::plan_files(&t, spec.max_shard_bytes, |i, n| format!("model-{i:05}-of-{n:05}.safetensors")).unwrap();
+    let (files, _) = plan::plan_files(&t, spec.max_shard_bytes, |i, n| {
+        format!("model-{i:05}-of-{n:05}.safetensors")
+    })
+    .unwrap();
     let total: u64 = files.iter().map(|f| f.size).sum();
     let gib = total as f64 / (1u64 << 30) as f64;
     eprintln!("zaya1-8b plan: {} shards, {total} bytes = {gib:.3} GiB", files.len());
@@ -175,8 +230,24 @@ fn output_is_deterministic_and_thread_independent() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = SynthSpec::preset("tiny").unwrap();
     spec.max_shard_bytes = 200_000; // several shards
-    let a = synth::write_bundle(&spec, &dir.path().join("a"), &SynthOptions { threads: Some(1), ..quiet() }).unwrap();
-    let b = synth::write_bundle(&spec, &dir.path().join("b"), &SynthOptions { threads: Some(3), ..quiet() }).unwrap();
+    let a = synth::write_bundle(
+        &spec,
+        &dir.path().join("a"),
+        &SynthOptions {
+            threads: Some(1),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    let b = synth::write_bundle(
+        &spec,
+        &dir.path().join("b"),
+        &SynthOptions {
+            threads: Some(3),
+            ..quiet()
+        },
+    )
+    .unwrap();
     assert_eq!(a.shards, b.shards);
     assert!(a.shards.len() >= 3, "{:?}", a.shards);
     for s in &a.shards {
@@ -222,7 +293,11 @@ fn compare_with_converter(spec: &SynthSpec) -> Value {
     }
     let tq = &r["tq"];
     let (diff, total) = (tq["codes_diff"].as_u64().unwrap(), tq["codes_total"].as_u64().unwrap());
-    eprintln!("{}: {diff}/{total} TurboQuant codes differ from the converter's, files {}", spec.profile(), r["files"]);
+    eprintln!(
+        "{}: {diff}/{total} TurboQuant codes differ from the converter's, files {}",
+        spec.profile(),
+        r["files"]
+    );
     assert!((diff as f64) < 1e-4 * total as f64);
     assert_eq!(tq["norms_diff"], 0);
     r
@@ -248,7 +323,12 @@ fn jang_converter_agrees_on_jangtq2_group_64_and_sharding() {
     .unwrap();
     spec.seed = 11;
     let r = compare_with_converter(&spec);
-    let shards: Vec<&String> = r["files"].as_object().unwrap().keys().filter(|k| k.starts_with("model-")).collect();
+    let shards: Vec<&String> = r["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("model-"))
+        .collect();
     assert!(shards.len() >= 3, "{shards:?}");
     for (name, f) in r["files"].as_object().unwrap() {
         assert_eq!(f["identical"], true, "{name}: {r}");
@@ -258,7 +338,10 @@ fn jang_converter_agrees_on_jangtq2_group_64_and_sharding() {
 #[test]
 fn jang_python_model_loads_the_bundle_strictly_and_matches_the_float_model() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec { seed: 5, ..SynthSpec::preset("tiny").unwrap() };
+    let spec = SynthSpec {
+        seed: 5,
+        ..SynthSpec::preset("tiny").unwrap()
+    };
     let (src, ours) = (dir.path().join("src"), dir.path().join("ours"));
     synth::write_float_source(&spec, &src, &quiet()).unwrap();
     synth::write_bundle(&spec, &ours, &quiet()).unwrap();
@@ -283,7 +366,10 @@ fn jang_python_model_loads_the_bundle_strictly_and_matches_the_float_model() {
 
 fn zaya(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_zaya")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -301,32 +387,66 @@ fn cli_writes_bundles_and_reports_bad_input() {
     std::fs::write(out.join("model-00001-of-00009.safetensors"), b"stale").unwrap();
     let (code, err) = zaya(&["synth", "--preset", "tiny", "--out", o, "--force", "-q"]);
     assert_eq!(code, 0, "{err}");
-    assert!(!out.join("model-00001-of-00009.safetensors").exists(), "stale shard removed");
+    assert!(
+        !out.join("model-00001-of-00009.safetensors").exists(),
+        "stale shard removed"
+    );
     // unknown preset, bad override file, invalid spec: typed errors naming the culprit
-    let (code, err) = zaya(&["synth", "--preset", "huge", "--out", dir.path().join("x").to_str().unwrap()]);
+    let (code, err) = zaya(&[
+        "synth",
+        "--preset",
+        "huge",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("huge") && err.contains("zaya1-8b"), "{err}");
     let cfg = dir.path().join("o.json");
     std::fs::write(&cfg, r#"{"hidden_size": 256, "num_expertz": 2}"#).unwrap();
-    let (code, err) =
-        zaya(&["synth", "--config", cfg.to_str().unwrap(), "--out", dir.path().join("y").to_str().unwrap()]);
+    let (code, err) = zaya(&[
+        "synth",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.path().join("y").to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("num_expertz"), "{err}");
     std::fs::write(&cfg, r#"{"hidden_size": 100}"#).unwrap();
-    let (code, err) =
-        zaya(&["synth", "--config", cfg.to_str().unwrap(), "--out", dir.path().join("z").to_str().unwrap()]);
+    let (code, err) = zaya(&[
+        "synth",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.path().join("z").to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("hidden_size"), "{err}");
     std::fs::write(&cfg, "{not json").unwrap();
-    let (code, err) =
-        zaya(&["synth", "--config", cfg.to_str().unwrap(), "--out", dir.path().join("w").to_str().unwrap()]);
+    let (code, err) = zaya(&[
+        "synth",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        dir.path().join("w").to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("o.json"), "{err}");
     // --config override shows up in the written config
     std::fs::write(&cfg, r#"{"num_hidden_layers": 4, "num_experts": 2}"#).unwrap();
     let v = dir.path().join("v");
-    let (code, err) = zaya(&["synth", "--config", cfg.to_str().unwrap(), "--out", v.to_str().unwrap(), "-q"]);
+    let (code, err) = zaya(&[
+        "synth",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        v.to_str().unwrap(),
+        "-q",
+    ]);
     assert_eq!(code, 0, "{err}");
     let c = read_json(&v.join("config.json"));
-    assert_eq!((c["num_hidden_layers"].as_u64(), c["num_experts"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(
+        (c["num_hidden_layers"].as_u64(), c["num_experts"].as_u64()),
+        (Some(4), Some(2))
+    );
 }

@@ -18,14 +18,20 @@ fn f32_le(v: &[f32]) -> Vec<u8> {
 #[test]
 fn sidecar_tables_for_2048_match_the_documented_hashes() {
     let cb = codebook_f32(2048, 4);
-    assert_eq!(sha256_hex(&f32_le(&cb)), "33e81370422b957bb19fee664ec97d46f05307fa51e3d9a34a7cfeafa3e324e8");
+    assert_eq!(
+        sha256_hex(&f32_le(&cb)),
+        "33e81370422b957bb19fee664ec97d46f05307fa51e3d9a34a7cfeafa3e324e8"
+    );
     let bits: Vec<u32> = cb.iter().map(|v| v.to_bits()).collect();
     assert_eq!(
         &bits[..9],
         &[0xbd80efed, 0xbd46bef6, 0xbd1e140c, 0xbcf9fec1, 0xbcbf0490, 0xbc87ddbd, 0xbc24573a, 0xbb5d312a, 0x3b5d312a]
     );
     let s = random_signs(2048, 42);
-    assert_eq!(sha256_hex(&f32_le(&s)), "41f8e007f1c4e9f0f24a9e7dca45a21111eeced628ad464dca7a28b8039ae084");
+    assert_eq!(
+        sha256_hex(&f32_le(&s)),
+        "41f8e007f1c4e9f0f24a9e7dca45a21111eeced628ad464dca7a28b8039ae084"
+    );
     let first: String = s[..32].iter().map(|&v| if v > 0.0 { '+' } else { '-' }).collect();
     assert_eq!(first, "-++--+-+--+++++++-+-+--+++-++---");
     let last: String = s[2040..].iter().map(|&v| if v > 0.0 { '+' } else { '-' }).collect();
@@ -48,8 +54,15 @@ fn codebooks_and_signs_equal_the_python_functions() {
         (4096, 4),
         (8192, 8),
     ];
-    let signs: &[(usize, u64)] =
-        &[(64, 42), (96, 7), (128, 42), (1536, 42), (2048, 0), (4096, 123_456_789), (300, (1 << 40) + 5)];
+    let signs: &[(usize, u64)] = &[
+        (64, 42),
+        (96, 7),
+        (128, 42),
+        (1536, 42),
+        (2048, 0),
+        (4096, 123_456_789),
+        (300, (1 << 40) + 5),
+    ];
     let mut args: Vec<String> = cbs.iter().map(|(d, b)| format!("cb:{d}:{b}")).collect();
     args.extend(signs.iter().map(|(d, s)| format!("signs:{d}:{s}")));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -67,8 +80,15 @@ fn codebooks_and_signs_equal_the_python_functions() {
         assert_eq!(ours.len(), py.len());
         for (o, p) in ours.iter().zip(&py) {
             // f32 (the sidecar dtype) bit-exact; f64 within a few ulps (numpy's SIMD exp/log vs libm)
-            assert_eq!((*o as f32).to_bits(), (*p as f32).to_bits(), "codebook({d},{b}): {o} vs {p}");
-            assert!((o - p).abs() <= 1e-14 * p.abs(), "codebook({d},{b}) f64: {o:e} vs {p:e}");
+            assert_eq!(
+                (*o as f32).to_bits(),
+                (*p as f32).to_bits(),
+                "codebook({d},{b}): {o} vs {p}"
+            );
+            assert!(
+                (o - p).abs() <= 1e-14 * p.abs(),
+                "codebook({d},{b}) f64: {o:e} vs {p:e}"
+            );
             exact64 += usize::from(o == p);
             total64 += 1;
         }
@@ -116,14 +136,25 @@ fn tricky(seed: u64, e: usize, out: usize, inf: usize) -> Vec<f32> {
 fn turboquant_encoder_equals_the_converter_encoder() {
     let dir = tempfile::tempdir().unwrap();
     // (bits, seed, experts, out, in)
-    let cases: &[(u32, u64, usize, usize, usize)] =
-        &[(4, 42, 3, 64, 128), (4, 42, 2, 256, 2048), (2, 42, 2, 64, 256), (4, 7, 2, 40, 96), (4, 42, 2, 32, 1536)];
+    let cases: &[(u32, u64, usize, usize, usize)] = &[
+        (4, 42, 3, 64, 128),
+        (4, 42, 2, 256, 2048),
+        (2, 42, 2, 64, 256),
+        (4, 7, 2, 40, 96),
+        (4, 42, 2, 32, 1536),
+    ];
     let mut input = BTreeMap::new();
     for (k, &(bits, seed, e, o, i)) in cases.iter().enumerate() {
-        input.insert(format!("tq.{bits}.{seed}.c{k}"), Raw::f32(&[e, o, i], &tricky(100 + k as u64, e, o, i)));
+        input.insert(
+            format!("tq.{bits}.{seed}.c{k}"),
+            Raw::f32(&[e, o, i], &tricky(100 + k as u64, e, o, i)),
+        );
     }
     for (k, d) in [2048usize, 96, 64].iter().enumerate() {
-        input.insert(format!("rot.42.r{k}"), Raw::f32(&[4, *d], &gaussian(200 + k as u64, 4 * d, 1.0)));
+        input.insert(
+            format!("rot.42.r{k}"),
+            Raw::f32(&[4, *d], &gaussian(200 + k as u64, 4 * d, 1.0)),
+        );
     }
     let inp = dir.path().join("in.safetensors");
     let outp = dir.path().join("out.safetensors");
@@ -150,8 +181,14 @@ fn turboquant_encoder_equals_the_converter_encoder() {
         let codes = e * o * i;
         let pn = py[&format!("{name}.norms")].as_u16();
         let norm_diff = ours.norms.iter().zip(&pn).filter(|(a, b)| a.to_bits() != **b).count();
-        eprintln!("{name}: {diff}/{codes} codes differ, {norm_diff}/{} norms differ", e * o);
-        assert!((diff as f64) < 1e-4 * codes as f64, "{name}: {diff} of {codes} codes differ");
+        eprintln!(
+            "{name}: {diff}/{codes} codes differ, {norm_diff}/{} norms differ",
+            e * o
+        );
+        assert!(
+            (diff as f64) < 1e-4 * codes as f64,
+            "{name}: {diff} of {codes} codes differ"
+        );
         assert_eq!(norm_diff, 0, "{name}: f16 norms differ");
     }
     for (k, d) in [2048usize, 96, 64].iter().enumerate() {
@@ -165,16 +202,29 @@ fn turboquant_encoder_equals_the_converter_encoder() {
             ours.extend(r);
         }
         let theirs = py[&name].as_f32();
-        let same = ours.iter().zip(&theirs).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
-        assert_eq!(same, ours.len(), "{name}: rotation not bit-identical to jang_tools.hadamard_rotate");
+        let same = ours
+            .iter()
+            .zip(&theirs)
+            .filter(|(a, b)| a.to_bits() == b.to_bits())
+            .count();
+        assert_eq!(
+            same,
+            ours.len(),
+            "{name}: rotation not bit-identical to jang_tools.hadamard_rotate"
+        );
     }
 }
 
 #[test]
 fn affine_encoder_equals_mx_quantize() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(u32, usize, usize, usize)] =
-        &[(8, 32, 48, 256), (4, 32, 48, 256), (8, 64, 16, 512), (4, 128, 8, 256), (2, 32, 16, 128)];
+    let cases: &[(u32, usize, usize, usize)] = &[
+        (8, 32, 48, 256),
+        (4, 32, 48, 256),
+        (8, 64, 16, 512),
+        (4, 128, 8, 256),
+        (2, 32, 16, 128),
+    ];
     let mut input = BTreeMap::new();
     for (k, &(bits, g, rows, cols)) in cases.iter().enumerate() {
         let mut v = gaussian(300 + k as u64, rows * cols, 1.0);
@@ -187,7 +237,10 @@ fn affine_encoder_equals_mx_quantize() {
         v[2 * g..3 * g].iter_mut().for_each(|x| *x = -2.0); // constant negative group
         v[3 * g] = -7.0; // negative-dominant group
         v[4 * g] = 7.0; // positive-dominant group
-        v[5 * g..6 * g].iter_mut().enumerate().for_each(|(j, x)| *x = j as f32 * 1e-9); // tiny range
+        v[5 * g..6 * g]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, x)| *x = j as f32 * 1e-9); // tiny range
         input.insert(format!("aff.{bits}.{g}.c{k}"), Raw::f32(&[rows, cols], &v));
     }
     let inp = dir.path().join("in.safetensors");
@@ -205,7 +258,10 @@ fn affine_encoder_equals_mx_quantize() {
         let b: Vec<u16> = ours.biases.iter().map(|x| x.to_bits()).collect();
         assert_eq!(s, py[&format!("{name}.scales")].as_u16(), "{name} scales");
         assert_eq!(b, py[&format!("{name}.biases")].as_u16(), "{name} biases");
-        assert!(ours.scales.iter().any(|x| x.to_f32() < 0.0), "{name}: expected negative scales (max-dominant groups)");
+        assert!(
+            ours.scales.iter().any(|x| x.to_f32() < 0.0),
+            "{name}: expected negative scales (max-dominant groups)"
+        );
     }
 }
 

@@ -26,23 +26,37 @@ fn map(path: &Path) -> memmap2::Mmap {
 }
 
 fn u32s(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 fn f16s(b: &[u8]) -> Vec<f16> {
-    b.chunks_exact(2).map(|c| f16::from_le_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(2)
+        .map(|c| f16::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
 fn small_preset_has_real_widths_and_encodes_its_float_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec { seed: 2, ..SynthSpec::preset("small").unwrap() };
+    let spec = SynthSpec {
+        seed: 2,
+        ..SynthSpec::preset("small").unwrap()
+    };
     let rep = synth::write_bundle(&spec, dir.path(), &SynthOptions::default()).unwrap();
-    eprintln!("small: {} bytes in {:.1} s on {} threads", rep.total_size, rep.seconds, rep.threads);
+    eprintln!(
+        "small: {} bytes in {:.1} s on {} threads",
+        rep.total_size, rep.seconds, rep.threads
+    );
     assert_eq!(rep.tensor_count, plan::expected_key_count(4));
     assert_eq!(rep.tensor_count, 103);
     let mmaps: Vec<memmap2::Mmap> = rep.shards.iter().map(|s| map(&dir.path().join(s))).collect();
     let sts: Vec<SafeTensors> = mmaps.iter().map(|m| SafeTensors::deserialize(m).unwrap()).collect();
-    let get = |k: &str| sts.iter().find_map(|st| st.tensor(k).ok()).unwrap_or_else(|| panic!("{k}"));
+    let get = |k: &str| {
+        sts.iter()
+            .find_map(|st| st.tensor(k).ok())
+            .unwrap_or_else(|| panic!("{k}"))
+    };
 
     let base = "model.layers.3.zaya_block.experts.switch_mlp.down_proj";
     let packed = get(&format!("{base}.tq_packed"));
@@ -50,10 +64,19 @@ fn small_preset_has_real_widths_and_encodes_its_float_weights() {
     assert_eq!(get(&format!("{base}.tq_norms")).shape(), &[16, 2048]);
     assert_eq!(get("model.embed_tokens.weight").shape(), &[32768, 512]);
     assert_eq!(get("model.embed_tokens.scales").shape(), &[32768, 64]);
-    assert_eq!(get("model.layers.0.self_attn.qkv.linear_q.weight").shape(), &[1024, 512]);
+    assert_eq!(
+        get("model.layers.0.self_attn.qkv.linear_q.weight").shape(),
+        &[1024, 512]
+    );
     assert_eq!(get("model.layers.2.self_attn.o_proj.weight").shape(), &[2048, 256]);
-    assert_eq!(get("model.layers.2.self_attn.qkv.conv_qk.1.weight").shape(), &[1280, 128, 2]);
-    assert_eq!(get("model.layers.3.zaya_block.router.router_mlp.4.weight").shape(), &[17, 256]);
+    assert_eq!(
+        get("model.layers.2.self_attn.qkv.conv_qk.1.weight").shape(),
+        &[1280, 128, 2]
+    );
+    assert_eq!(
+        get("model.layers.3.zaya_block.router.router_mlp.4.weight").shape(),
+        &[17, 256]
+    );
 
     // experts: rows decode to the float weights with the documented 4-bit error (≈0.099)
     let (shape, w) = synth::float_weights(&spec, &format!("{base}.weight")).unwrap();
@@ -107,7 +130,15 @@ fn small_preset_has_real_widths_and_encodes_its_float_weights() {
 fn zaya1_8b_full_size_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let spec = SynthSpec::preset("zaya1-8b").unwrap();
-    let rep = synth::write_bundle(&spec, dir.path(), &SynthOptions { progress: true, ..Default::default() }).unwrap();
+    let rep = synth::write_bundle(
+        &spec,
+        dir.path(),
+        &SynthOptions {
+            progress: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let hwm = vm_hwm_kib();
     let gib = rep.total_size as f64 / (1u64 << 30) as f64;
     eprintln!(

@@ -23,7 +23,11 @@ fn regenerate_tokenizer_asset() {
 
 #[test]
 fn committed_tokenizer_is_reproducible() {
-    assert_eq!(synth_tok::build_tokenizer_json().unwrap(), TOKENIZER_JSON, "rerun the ignored regenerate test");
+    assert_eq!(
+        synth_tok::build_tokenizer_json().unwrap(),
+        TOKENIZER_JSON,
+        "rerun the ignored regenerate test"
+    );
 }
 
 #[test]
@@ -48,7 +52,10 @@ fn special_tokens_sit_at_the_zaya_ids() {
     }
     let n = t.get_vocab_size(true);
     assert!(n > 109 + 256 + 200, "a few hundred merges expected, vocab {n}");
-    assert_eq!(n, SYNTH_VOCAB_MIN, "update SYNTH_VOCAB_MIN after regenerating the tokenizer");
+    assert_eq!(
+        n, SYNTH_VOCAB_MIN,
+        "update SYNTH_VOCAB_MIN after regenerating the tokenizer"
+    );
     // no holes: every id below the vocab size decodes to a token
     assert!((0..n as u32).all(|i| t.id_to_token(i).is_some()));
 }
@@ -67,7 +74,11 @@ fn encode_decode_round_trips() {
         assert_eq!(t.decode(enc.get_ids(), false).unwrap(), text);
     }
     let with_bos = t.encode("Hello", true).unwrap();
-    assert_eq!(with_bos.get_ids()[0], 2, "<bos> is prepended when special tokens are added");
+    assert_eq!(
+        with_bos.get_ids()[0],
+        2,
+        "<bos> is prepended when special tokens are added"
+    );
     let e = t.encode("<|im_start|>assistant\n<think>x</think>", false).unwrap();
     assert_eq!(e.get_ids()[0], 105);
     assert!(e.get_ids().contains(&107) && e.get_ids().contains(&108));
@@ -113,7 +124,10 @@ fn render_minijinja(case: &Value) -> String {
     }
     ctx.insert("bos_token".into(), json!("<bos>"));
     ctx.insert("eos_token".into(), json!("<|im_end|>"));
-    env.get_template("chat").unwrap().render(minijinja::Value::from_serialize(&ctx)).unwrap()
+    env.get_template("chat")
+        .unwrap()
+        .render(minijinja::Value::from_serialize(&ctx))
+        .unwrap()
 }
 
 #[test]
@@ -138,15 +152,26 @@ fn chat_template_renders_like_transformers_and_tokenizes_alike() {
         let theirs = hf["chats"][i]["text"].as_str().unwrap();
         assert_eq!(ours, theirs, "chat {i}");
         let ids: Vec<u32> = serde_json::from_value(hf["chats"][i]["ids"].clone()).unwrap();
-        assert_eq!(t.encode(ours.as_str(), false).unwrap().get_ids(), ids.as_slice(), "chat {i} ids");
+        assert_eq!(
+            t.encode(ours.as_str(), false).unwrap().get_ids(),
+            ids.as_slice(),
+            "chat {i} ids"
+        );
     }
     for (i, text) in cases["texts"].as_array().unwrap().iter().enumerate() {
         let ids: Vec<u32> = serde_json::from_value(hf["texts"][i].clone()).unwrap();
-        assert_eq!(t.encode(text.as_str().unwrap(), true).unwrap().get_ids(), ids.as_slice(), "text {i}");
+        assert_eq!(
+            t.encode(text.as_str().unwrap(), true).unwrap().get_ids(),
+            ids.as_slice(),
+            "text {i}"
+        );
     }
     // the documented behaviours
     let r = |i: usize| hf["chats"][i]["text"].as_str().unwrap().to_string();
-    assert_eq!(r(0), "<bos><|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    assert_eq!(
+        r(0),
+        "<bos><|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    );
     assert_eq!(r(1), r(0), "thinking is off by default");
     assert_eq!(r(2), "<bos><|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n");
     assert!(
@@ -155,5 +180,9 @@ fn chat_template_renders_like_transformers_and_tokenizes_alike() {
         r(5)
     );
     assert!(r(5).contains("<|im_start|>user\n<zyphra_tool_response>\n{\"temp\": 21}\n</zyphra_tool_response>\n<zyphra_tool_response>\nsunny\n</zyphra_tool_response><|im_end|>\n"), "{}", r(5));
-    assert!(r(6).contains("<tools>\n<function>\n<name>get_weather</name>"), "{}", r(6));
+    assert!(
+        r(6).contains("<tools>\n<function>\n<name>get_weather</name>"),
+        "{}",
+        r(6)
+    );
 }

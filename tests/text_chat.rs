@@ -37,17 +37,31 @@ fn tools() -> Value {
 
 fn conversations() -> Vec<(&'static str, Value, bool)> {
     vec![
-        ("system+user", json!([{"role": "system", "content": "You are ZAYA."}, {"role": "user", "content": "Hi!"}]), false),
-        ("multi-turn", json!([
+        (
+            "system+user",
+            json!([{"role": "system", "content": "You are ZAYA."}, {"role": "user", "content": "Hi!"}]),
+            false,
+        ),
+        (
+            "multi-turn",
+            json!([
             {"role": "user", "content": "What is 2+2?"},
             {"role": "assistant", "content": "4", "reasoning_content": "Simple arithmetic."},
             {"role": "user", "content": "And 3+3?"},
             {"role": "assistant", "content": "<think>\nadd three\n</think>\n\n6"},
-            {"role": "user", "content": "Thanks"}]), false),
-        ("reasoning after last user", json!([
+            {"role": "user", "content": "Thanks"}]),
+            false,
+        ),
+        (
+            "reasoning after last user",
+            json!([
             {"role": "user", "content": "Q?"},
-            {"role": "assistant", "content": "A.", "reasoning_content": "  thinking it over  "}]), false),
-        ("tools", json!([
+            {"role": "assistant", "content": "A.", "reasoning_content": "  thinking it over  "}]),
+            false,
+        ),
+        (
+            "tools",
+            json!([
             {"role": "system", "content": "Be helpful."},
             {"role": "user", "content": "Weather in Paris and Tokyo?"},
             {"role": "assistant", "content": "", "tool_calls": [
@@ -56,14 +70,24 @@ fn conversations() -> Vec<(&'static str, Value, bool)> {
             {"role": "tool", "name": "get_weather", "content": "{\"temp\": 18}"},
             {"role": "tool", "content": "22C"},
             {"role": "assistant", "content": "Paris 18°C, Tokyo 22°C."},
-            {"role": "user", "content": "Thanks!"}]), true),
-        ("tools, no system", json!([
+            {"role": "user", "content": "Thanks!"}]),
+            true,
+        ),
+        (
+            "tools, no system",
+            json!([
             {"role": "user", "content": "call it"},
             {"role": "assistant", "content": "Calling.", "tool_calls": [
                 {"type": "function", "function": {"name": "add", "arguments": {"a": 1.0, "b": 2}}}]},
-            {"role": "tool", "content": "3.0"}]), true),
-        ("thinking alias", json!([{"role": "user", "content": "hi"},
-                                  {"role": "assistant", "thinking": "hmm", "content": "hello"}]), false),
+            {"role": "tool", "content": "3.0"}]),
+            true,
+        ),
+        (
+            "thinking alias",
+            json!([{"role": "user", "content": "hi"},
+                                  {"role": "assistant", "thinking": "hmm", "content": "hello"}]),
+            false,
+        ),
     ]
 }
 
@@ -77,7 +101,14 @@ fn cases() -> Vec<Case> {
                     if let Some(t) = thinking {
                         kwargs.insert("enable_thinking".into(), json!(t));
                     }
-                    v.push(Case { template, messages: messages.clone(), tools: with_tools.then(tools), agp, cfm: false, kwargs });
+                    v.push(Case {
+                        template,
+                        messages: messages.clone(),
+                        tools: with_tools.then(tools),
+                        agp,
+                        cfm: false,
+                        kwargs,
+                    });
                 }
             }
         }
@@ -140,8 +171,10 @@ fn options(c: &Case) -> ChatOptions {
 }
 
 fn python_render(cases: &[Case]) -> Vec<Value> {
-    let templates: Map<String, Value> =
-        ["zaya", "qwen3", "features"].iter().map(|n| (n.to_string(), json!(template_source(n)))).collect();
+    let templates: Map<String, Value> = ["zaya", "qwen3", "features"]
+        .iter()
+        .map(|n| (n.to_string(), json!(template_source(n))))
+        .collect();
     let req = json!({
         "templates": templates,
         "special": {"bos_token": BOS, "eos_token": EOS},
@@ -156,23 +189,50 @@ fn python_render(cases: &[Case]) -> Vec<Value> {
 fn renders_match_transformers_jinja2() {
     let cases = cases();
     let reference = python_render(&cases);
-    let templates: Vec<(&str, ChatTemplate)> = ["zaya", "qwen3", "features"].iter().map(|n| (*n, rust_template(n))).collect();
+    let templates: Vec<(&str, ChatTemplate)> = ["zaya", "qwen3", "features"]
+        .iter()
+        .map(|n| (*n, rust_template(n)))
+        .collect();
     let mut checked = 0;
     for (c, r) in cases.iter().zip(&reference) {
         let tpl = &templates.iter().find(|t| t.0 == c.template).unwrap().1;
         let msgs = c.messages.as_array().unwrap();
         let ours = tpl.render(msgs, &options(c));
-        let expected = r.get("ok").and_then(Value::as_str).unwrap_or_else(|| panic!("python failed: {r}"));
+        let expected = r
+            .get("ok")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("python failed: {r}"));
         let ours = ours.unwrap_or_else(|e| panic!("{}: {e}", c.template));
-        assert_eq!(ours, expected, "template {} messages {} agp {} kwargs {:?}", c.template, c.messages, c.agp, c.kwargs);
+        assert_eq!(
+            ours, expected,
+            "template {} messages {} agp {} kwargs {:?}",
+            c.template, c.messages, c.agp, c.kwargs
+        );
         checked += 1;
     }
     assert_eq!(checked, cases.len());
     // the thinking switch must change the ZAYA generation prompt
     let z = rust_template("zaya");
     let m = vec![Message::user("hi")];
-    let on = z.render_messages(&m, &ChatOptions { add_generation_prompt: true, enable_thinking: Some(true), ..Default::default() }).unwrap();
-    let off = z.render_messages(&m, &ChatOptions { add_generation_prompt: true, ..Default::default() }).unwrap();
+    let on = z
+        .render_messages(
+            &m,
+            &ChatOptions {
+                add_generation_prompt: true,
+                enable_thinking: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let off = z
+        .render_messages(
+            &m,
+            &ChatOptions {
+                add_generation_prompt: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(on, "<bos><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(off, format!("{on}<think>\n\n</think>\n\n"));
 }
@@ -185,7 +245,14 @@ fn raise_exception_is_a_typed_error_like_jinja2() {
     ];
     let cases: Vec<Case> = bad
         .iter()
-        .map(|m| Case { template: "zaya", messages: m.clone(), tools: None, agp: false, cfm: false, kwargs: Map::new() })
+        .map(|m| Case {
+            template: "zaya",
+            messages: m.clone(),
+            tools: None,
+            agp: false,
+            cfm: false,
+            kwargs: Map::new(),
+        })
         .collect();
     let reference = python_render(&cases);
     let tpl = rust_template("zaya");
@@ -217,15 +284,23 @@ fn syntax_and_render_errors_name_the_line() {
         other => panic!("expected a Template error, got {other:?}"),
     }
     let t = ChatTemplate::from_source("{{ messages[0].content.nope.deeper }}", "attr.jinja").unwrap();
-    assert!(matches!(t.render(&[json!({"role": "user", "content": "x"})], &ChatOptions::default()),
-        Err(ZayaError::Template(m)) if m.contains("attr.jinja line 1")));
-    assert!(matches!(t.render(&[json!("not an object")], &ChatOptions::default()), Err(ZayaError::InvalidArgument(_))));
+    assert!(
+        matches!(t.render(&[json!({"role": "user", "content": "x"})], &ChatOptions::default()),
+        Err(ZayaError::Template(m)) if m.contains("attr.jinja line 1"))
+    );
+    assert!(matches!(
+        t.render(&[json!("not an object")], &ChatOptions::default()),
+        Err(ZayaError::InvalidArgument(_))
+    ));
 }
 
 #[test]
 fn chat_template_config_is_validated() {
     let base = ChatOptions::default();
-    let o = base.clone().with_config_json(r#"{"enable_thinking": true, "x": [1]}"#).unwrap();
+    let o = base
+        .clone()
+        .with_config_json(r#"{"enable_thinking": true, "x": [1]}"#)
+        .unwrap();
     assert_eq!(o.enable_thinking, Some(true));
     assert_eq!(o.extra["x"], json!([1]));
     for bad in ["{", "[1]", r#"{"messages": []}"#, r#"{"add_generation_prompt": true}"#] {
@@ -251,25 +326,44 @@ fn loads_from_bundle_files_with_hf_precedence() {
     assert_eq!(t.names(), vec!["default", "tool_use"]);
     let m = [Message::user("x").to_value()];
     assert_eq!(t.render(&m, &ChatOptions::default()).unwrap(), "D<bos>1");
-    let with_tools = ChatOptions { tools: Some(vec![json!({}), json!({})]), ..Default::default() };
+    let with_tools = ChatOptions {
+        tools: Some(vec![json!({}), json!({})]),
+        ..Default::default()
+    };
     assert_eq!(t.render(&m, &with_tools).unwrap(), "T2<|im_end|>");
-    let named = ChatOptions { template_name: Some("default".into()), ..with_tools.clone() };
+    let named = ChatOptions {
+        template_name: Some("default".into()),
+        ..with_tools.clone()
+    };
     assert_eq!(t.render(&m, &named).unwrap(), "D<bos>1");
-    let missing = ChatOptions { template_name: Some("nope".into()), ..Default::default() };
+    let missing = ChatOptions {
+        template_name: Some("nope".into()),
+        ..Default::default()
+    };
     assert!(matches!(t.render(&m, &missing), Err(ZayaError::InvalidArgument(_))));
 
-    std::fs::write(dir.path().join("chat_template.json"), json!({"chat_template": "J{{ bos_token }}"}).to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.json"),
+        json!({"chat_template": "J{{ bos_token }}"}).to_string(),
+    )
+    .unwrap();
     let t = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
     assert_eq!(t.render(&m, &ChatOptions::default()).unwrap(), "J<bos>");
 
     std::fs::write(dir.path().join("chat_template.jinja"), "F{{ eos_token }}\n").unwrap();
     let t = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
-    assert_eq!(t.render(&m, &ChatOptions::default()).unwrap(), "F<|im_end|>", "chat_template.jinja wins; trailing newline dropped");
+    assert_eq!(
+        t.render(&m, &ChatOptions::default()).unwrap(),
+        "F<|im_end|>",
+        "chat_template.jinja wins; trailing newline dropped"
+    );
 
     std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"chat_template": 5}"#).unwrap();
     std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
     std::fs::remove_file(dir.path().join("chat_template.json")).unwrap();
-    assert!(matches!(ChatTemplate::from_dir(dir.path()), Err(ZayaError::Template(m)) if m.contains("tokenizer_config.json")));
+    assert!(
+        matches!(ChatTemplate::from_dir(dir.path()), Err(ZayaError::Template(m)) if m.contains("tokenizer_config.json"))
+    );
 }
 
 #[test]
@@ -280,7 +374,10 @@ fn strftime_now_matches_python() {
     let py = run_python("ref_strftime.py", &json!({"format": fmt}));
     let after = t.render(&[], &ChatOptions::default()).unwrap();
     let py = py.as_str().unwrap();
-    assert!(py == before || py == after, "python {py:?} vs ours {before:?} / {after:?}");
+    assert!(
+        py == before || py == after,
+        "python {py:?} vs ours {before:?} / {after:?}"
+    );
 }
 
 #[test]
@@ -289,8 +386,13 @@ fn tokenized_chat_has_exactly_one_bos() {
     std::fs::copy(data("zaya_chat_template.jinja"), dir.path().join("chat_template.jinja")).unwrap();
     let tok = zaya_mlx::tokenizer::Tokenizer::from_dir(dir.path()).unwrap();
     let tpl = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
-    let opts = ChatOptions { add_generation_prompt: true, ..Default::default() };
-    let ids = tpl.tokenize(&tok, &[Message::user("Hello <|im_end|> there").to_value()], &opts).unwrap();
+    let opts = ChatOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    let ids = tpl
+        .tokenize(&tok, &[Message::user("Hello <|im_end|> there").to_value()], &opts)
+        .unwrap();
     assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 1, "{ids:?}");
     assert_eq!((ids[0], ids[1]), (2, 105), "<bos><|im_start|>");
     // special-token text inside a message is recognised, as with HF apply_chat_template

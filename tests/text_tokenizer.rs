@@ -26,7 +26,17 @@ fn texts() -> Vec<String> {
 }
 
 fn ids_of(v: &Value) -> Vec<Vec<u32>> {
-    v.as_array().unwrap().iter().map(|l| l.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
 }
 
 fn check_against_python(tj: &Value, cfg: &Value, with_hf: bool) {
@@ -42,21 +52,50 @@ fn check_against_python(tj: &Value, cfg: &Value, with_hf: bool) {
                 "texts": texts, "ids": id_lists}),
     );
     for (i, t) in texts.iter().enumerate() {
-        assert_eq!(tok.encode(t, true).unwrap(), ids_of(&reference["encode_special"])[i], "encode(special) of {t:?}");
-        assert_eq!(tok.encode(t, false).unwrap(), ids_of(&reference["encode_plain"])[i], "encode(plain) of {t:?}");
-        assert_eq!(tok.encode_literal(t, false).unwrap(), ids_of(&reference["encode_literal"])[i], "literal of {t:?}");
+        assert_eq!(
+            tok.encode(t, true).unwrap(),
+            ids_of(&reference["encode_special"])[i],
+            "encode(special) of {t:?}"
+        );
+        assert_eq!(
+            tok.encode(t, false).unwrap(),
+            ids_of(&reference["encode_plain"])[i],
+            "encode(plain) of {t:?}"
+        );
+        assert_eq!(
+            tok.encode_literal(t, false).unwrap(),
+            ids_of(&reference["encode_literal"])[i],
+            "literal of {t:?}"
+        );
         if with_hf {
-            assert_eq!(tok.encode(t, true).unwrap(), ids_of(&reference["hf_call"])[i], "HF call of {t:?}");
-            assert_eq!(tok.encode(t, false).unwrap(), ids_of(&reference["hf_plain"])[i], "HF plain of {t:?}");
+            assert_eq!(
+                tok.encode(t, true).unwrap(),
+                ids_of(&reference["hf_call"])[i],
+                "HF call of {t:?}"
+            );
+            assert_eq!(
+                tok.encode(t, false).unwrap(),
+                ids_of(&reference["hf_plain"])[i],
+                "HF plain of {t:?}"
+            );
         }
     }
     for (i, ids) in id_lists.iter().enumerate() {
-        assert_eq!(tok.decode(ids, false).unwrap(), reference["decode"][i].as_str().unwrap());
-        assert_eq!(tok.decode(ids, true).unwrap(), reference["decode_skip"][i].as_str().unwrap());
+        assert_eq!(
+            tok.decode(ids, false).unwrap(),
+            reference["decode"][i].as_str().unwrap()
+        );
+        assert_eq!(
+            tok.decode(ids, true).unwrap(),
+            reference["decode_skip"][i].as_str().unwrap()
+        );
     }
     if with_hf {
         assert_eq!(tok.bos_id(), reference["hf_bos"].as_u64().map(|x| x as u32));
-        assert_eq!(tok.special_tokens().eos.as_ref().map(|t| t.id as u64), reference["hf_eos"].as_u64());
+        assert_eq!(
+            tok.special_tokens().eos.as_ref().map(|t| t.id as u64),
+            reference["hf_eos"].as_u64()
+        );
         assert_eq!(tok.vocab_size() as u64, reference["hf_vocab_size"].as_u64().unwrap());
     }
 }
@@ -87,7 +126,10 @@ fn tokenizer_config_semantics_match_transformers() {
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.token_to_id("<extra_marker>"), Some(n as u32));
     let ids = tok.encode("x <extra_marker> y", true).unwrap();
-    assert_eq!(ids[0], 2, "the post-processor's <bos> stays despite add_bos_token=false");
+    assert_eq!(
+        ids[0], 2,
+        "the post-processor's <bos> stays despite add_bos_token=false"
+    );
     assert_ne!(ids.last(), Some(&106), "add_eos_token is ignored");
     assert!(ids.contains(&(n as u32)));
     let mut texts = texts();
@@ -97,8 +139,16 @@ fn tokenizer_config_semantics_match_transformers() {
         &json!({"tokenizer_json": dir.path().join("tokenizer.json"), "dir": dir.path(), "texts": texts, "ids": []}),
     );
     for (i, t) in texts.iter().enumerate() {
-        assert_eq!(tok.encode(t, true).unwrap(), ids_of(&reference["hf_call"])[i], "HF call of {t:?}");
-        assert_eq!(tok.encode(t, false).unwrap(), ids_of(&reference["hf_plain"])[i], "HF plain of {t:?}");
+        assert_eq!(
+            tok.encode(t, true).unwrap(),
+            ids_of(&reference["hf_call"])[i],
+            "HF call of {t:?}"
+        );
+        assert_eq!(
+            tok.encode(t, false).unwrap(),
+            ids_of(&reference["hf_plain"])[i],
+            "HF plain of {t:?}"
+        );
     }
 }
 
@@ -127,12 +177,20 @@ fn stream_decoder_never_splits_utf8_and_matches_full_decode() {
                 for c in &chunks {
                     assert!(!c.contains('\u{FFFD}'), "U+FFFD in chunk {c:?} of {text:?}");
                 }
-                assert_eq!(chunks.concat(), tok.decode(&ids, skip).unwrap(), "stream of {text:?} (skip={skip})");
+                assert_eq!(
+                    chunks.concat(),
+                    tok.decode(&ids, skip).unwrap(),
+                    "stream of {text:?} (skip={skip})"
+                );
             }
         }
         // Each emoji is split over 4 byte tokens here: it must come out whole, after 3 silent pushes.
         let ids = tok.encode("😀", false).unwrap();
-        assert_eq!(ids.len(), 4, "the test tokenizer is expected to spell 😀 as 4 byte tokens");
+        assert_eq!(
+            ids.len(),
+            4,
+            "the test tokenizer is expected to spell 😀 as 4 byte tokens"
+        );
         let chunks = stream(&tok, &ids, false);
         assert_eq!(chunks, vec!["", "", "", "😀", ""]);
     }
@@ -142,13 +200,18 @@ fn stream_decoder_never_splits_utf8_and_matches_full_decode() {
 fn stream_decoder_on_random_input_matches_full_decode() {
     use rand::{Rng, SeedableRng};
     let alphabet: Vec<char> = "aZ 9\n\t<>|_é漢字你好世界😀🎉🙂ΩЖ∑ß".chars().collect();
-    for (k, tj) in [byte_level_tokenizer_json(), byte_fallback_tokenizer_json()].iter().enumerate() {
+    for (k, tj) in [byte_level_tokenizer_json(), byte_fallback_tokenizer_json()]
+        .iter()
+        .enumerate()
+    {
         let (_d, tok) = load(tj);
         let v = tok.vocab_size() as u32;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for _ in 0..200 {
             // random valid text: never a U+FFFD, concatenation equals the full decode
-            let text: String = (0..rng.gen_range(1..30)).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect();
+            let text: String = (0..rng.gen_range(1..30))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
             let ids = tok.encode(&text, false).unwrap();
             let chunks = stream(&tok, &ids, false);
             assert!(chunks.iter().all(|c| !c.contains('\u{FFFD}')), "{text:?} -> {chunks:?}");
@@ -236,7 +299,10 @@ fn run_stop(stops: &[&str], chunks: &[&str]) -> (String, Option<StopReason>) {
 
 /// Oracle: the text before the earliest occurrence of any stop string.
 fn oracle(stops: &[&str], full: &str) -> (String, Option<StopReason>) {
-    let hit = stops.iter().filter_map(|s| full.find(s).map(|p| (p, *s))).min_by_key(|e| e.0);
+    let hit = stops
+        .iter()
+        .filter_map(|s| full.find(s).map(|p| (p, *s)))
+        .min_by_key(|e| e.0);
     match hit {
         Some((p, s)) => (full[..p].to_string(), Some(StopReason::StopString(s.to_string()))),
         None => (full.to_string(), None),
@@ -280,8 +346,14 @@ fn stop_holds_back_only_possible_prefixes() {
     let mut m = StopMatcher::new([106], ["<stop>".to_string()]).unwrap();
     assert_eq!(m.push(5, "abc <s").text, "abc ");
     let o = m.push(106, "ignored");
-    assert_eq!((o.text.as_str(), o.stop), ("<s", Some(StopReason::Eos(106))), "EOS releases held text");
-    assert!(matches!(StopMatcher::new([1], [String::new()]), Err(ZayaError::InvalidArgument(m)) if m.contains("--stop")));
+    assert_eq!(
+        (o.text.as_str(), o.stop),
+        ("<s", Some(StopReason::Eos(106))),
+        "EOS releases held text"
+    );
+    assert!(
+        matches!(StopMatcher::new([1], [String::new()]), Err(ZayaError::InvalidArgument(m)) if m.contains("--stop"))
+    );
 }
 
 #[test]
@@ -290,7 +362,10 @@ fn text_stream_stops_on_multibyte_stop_string_split_across_byte_tokens() {
     let text = "你好世界! 😀 done";
     let ids = tok.encode(text, false).unwrap();
     for (stop, expect) in [("世界", "你好"), ("😀", "你好世界! "), ("🎉", text)] {
-        let mut ts = TextStream::new(tok.stream_decoder(false), StopMatcher::new(tok.eos_ids(), [stop.to_string()]).unwrap());
+        let mut ts = TextStream::new(
+            tok.stream_decoder(false),
+            StopMatcher::new(tok.eos_ids(), [stop.to_string()]).unwrap(),
+        );
         let mut out = String::new();
         let mut stopped = None;
         for &id in &ids {
@@ -312,7 +387,10 @@ fn text_stream_stops_on_multibyte_stop_string_split_across_byte_tokens() {
     let mut ids = tok.encode("ok", false).unwrap();
     ids.push(106);
     ids.extend(tok.encode("after", false).unwrap());
-    let mut ts = TextStream::new(tok.stream_decoder(false), StopMatcher::new(tok.eos_ids(), Vec::<String>::new()).unwrap());
+    let mut ts = TextStream::new(
+        tok.stream_decoder(false),
+        StopMatcher::new(tok.eos_ids(), Vec::<String>::new()).unwrap(),
+    );
     let mut out = String::new();
     for &id in &ids {
         let s = ts.push(id).unwrap();

@@ -30,7 +30,10 @@ pub(crate) enum Build {
     /// A 3-D conv weight stored in PyTorch layout `[out, in/g, k]`: swap the last two axes.
     SwapLast2(TensorMeta),
     /// Per-expert tensors stacked on a new axis 0, each restricted to rows `[lo, hi)` if given.
-    Stack { parts: Vec<TensorMeta>, rows: Option<(usize, usize)> },
+    Stack {
+        parts: Vec<TensorMeta>,
+        rows: Option<(usize, usize)>,
+    },
     /// Rows `[lo, hi)` of axis 1 of a stacked `[E, R, ...]` tensor.
     Rows { src: TensorMeta, lo: usize, hi: usize },
 }
@@ -45,7 +48,11 @@ pub(crate) struct Planned {
 
 impl Planned {
     fn direct(m: &TensorMeta) -> Planned {
-        Planned { build: Build::Direct(m.clone()), dtype: m.dtype, shape: m.shape.clone() }
+        Planned {
+            build: Build::Direct(m.clone()),
+            dtype: m.dtype,
+            shape: m.shape.clone(),
+        }
     }
 
     /// The stored tensors this one comes from.
@@ -122,14 +129,19 @@ fn layer_rest(name: &str) -> Option<(usize, &str)> {
 
 /// Rewrites the first matching prefix.
 fn replace_prefix(s: &str, pairs: &[(&str, &str)]) -> Option<String> {
-    pairs.iter().find_map(|(from, to)| s.strip_prefix(from).map(|r| format!("{to}{r}")))
+    pairs
+        .iter()
+        .find_map(|(from, to)| s.strip_prefix(from).map(|r| format!("{to}{r}")))
 }
 
 /// What an upstream name becomes.
 enum Upstream {
     Name(String),
     /// The fused `[E, 2I, H]` gate/up tensor of MoE half-layer `layer` (suffix `.weight`, `.scales`...).
-    GateUp { layer: usize, suffix: String },
+    GateUp {
+        layer: usize,
+        suffix: String,
+    },
 }
 
 /// Ensures a parameter-style expert name (`down_proj`) gets a `.weight` suffix.
@@ -147,20 +159,30 @@ fn map_upstream(name: &str, half_layers: usize) -> Upstream {
         "model.input_hidden_states_scale" => {
             return Upstream::Name("model.layers.0.res_scale.hidden_states_scale".into())
         }
-        "model.input_hidden_states_bias" => return Upstream::Name("model.layers.0.res_scale.hidden_states_bias".into()),
+        "model.input_hidden_states_bias" => {
+            return Upstream::Name("model.layers.0.res_scale.hidden_states_bias".into())
+        }
         "model.norm.weight" => return Upstream::Name("model.final_norm.weight".into()),
         _ => {}
     }
-    let Some((k, rest)) = layer_rest(name) else { return same() };
+    let Some((k, rest)) = layer_rest(name) else {
+        return same();
+    };
     let attn = 2 * k;
     let moe = 2 * k + 1;
     let l = |n: usize, r: String| Upstream::Name(format!("model.layers.{n}.{r}"));
 
     // attention half-layer 2k
-    if let Some(r) = replace_prefix(rest, &[("input_layernorm.", "input_norm."), ("input_norm.", "input_norm.")]) {
+    if let Some(r) = replace_prefix(
+        rest,
+        &[("input_layernorm.", "input_norm."), ("input_norm.", "input_norm.")],
+    ) {
         return l(attn, r);
     }
-    if matches!(rest, "self_attn.qk_norm.temp" | "self_attn.temp" | "self_attn.qkv_proj.temp" | "self_attn.qkv.temp") {
+    if matches!(
+        rest,
+        "self_attn.qk_norm.temp" | "self_attn.temp" | "self_attn.qkv_proj.temp" | "self_attn.qkv.temp"
+    ) {
         return l(attn, "self_attn.qkv.temp".into());
     }
     if let Some(r) = replace_prefix(
@@ -216,7 +238,10 @@ fn map_upstream(name: &str, half_layers: usize) -> Upstream {
         if let Some(inner) = rest.strip_prefix(experts) {
             if let Some(sfx) = inner.strip_prefix("gate_up_proj") {
                 if sfx.is_empty() || sfx.starts_with('.') {
-                    return Upstream::GateUp { layer: moe, suffix: param_suffix(sfx) };
+                    return Upstream::GateUp {
+                        layer: moe,
+                        suffix: param_suffix(sfx),
+                    };
                 }
             }
             for p in ["gate_proj", "up_proj", "down_proj"] {
@@ -246,7 +271,11 @@ fn normalize_mlx_lm(name: &str) -> String {
     for p in ["gate_proj", "up_proj", "down_proj"] {
         let pat = format!(".zaya_block.experts.{p}.");
         if let Some(i) = name.find(&pat) {
-            return format!("{}.zaya_block.experts.switch_mlp.{p}.{}", &name[..i], &name[i + pat.len()..]);
+            return format!(
+                "{}.zaya_block.experts.switch_mlp.{p}.{}",
+                &name[..i],
+                &name[i + pat.len()..]
+            );
         }
     }
     name.to_string()
@@ -315,7 +344,11 @@ fn stacked(parts: Vec<TensorMeta>, rows: Option<(usize, usize)>) -> Planned {
     if let Some((lo, hi)) = rows {
         shape[1] = hi - lo;
     }
-    Planned { dtype: first.dtype, shape, build: Build::Stack { parts, rows } }
+    Planned {
+        dtype: first.dtype,
+        shape,
+        build: Build::Stack { parts, rows },
+    }
 }
 
 /// Plans every canonical tensor of the bundle. Names that map nowhere keep their stored name (and are
@@ -347,8 +380,20 @@ pub(crate) fn plan(set: &ShardSet, layout: Layout, cfg: &ZayaConfig) -> Result<B
                     for (proj, lo, hi) in [("gate_proj", 0, half), ("up_proj", half, 2 * half)] {
                         let mut shape = meta.shape.clone();
                         shape[1] = hi - lo;
-                        let p = Planned { build: Build::Rows { src: meta.clone(), lo, hi }, dtype: meta.dtype, shape };
-                        insert(&mut plan, format!("model.layers.{layer}.zaya_block.experts.switch_mlp.{proj}{suffix}"), p)?;
+                        let p = Planned {
+                            build: Build::Rows {
+                                src: meta.clone(),
+                                lo,
+                                hi,
+                            },
+                            dtype: meta.dtype,
+                            shape,
+                        };
+                        insert(
+                            &mut plan,
+                            format!("model.layers.{layer}.zaya_block.experts.switch_mlp.{proj}{suffix}"),
+                            p,
+                        )?;
                     }
                     continue;
                 }
@@ -396,8 +441,16 @@ pub(crate) fn plan(set: &ShardSet, layout: Layout, cfg: &ZayaConfig) -> Result<B
                 });
             }
             let half = rows / 2;
-            insert(&mut plan, format!("{base}.gate_proj{sfx}"), stacked(parts.clone(), Some((0, half))))?;
-            insert(&mut plan, format!("{base}.up_proj{sfx}"), stacked(parts, Some((half, rows))))?;
+            insert(
+                &mut plan,
+                format!("{base}.gate_proj{sfx}"),
+                stacked(parts.clone(), Some((0, half))),
+            )?;
+            insert(
+                &mut plan,
+                format!("{base}.up_proj{sfx}"),
+                stacked(parts, Some((half, rows))),
+            )?;
         } else {
             insert(&mut plan, format!("{base}.down_proj{sfx}"), stacked(parts, None))?;
         }
@@ -418,8 +471,14 @@ mod tests {
 
     #[test]
     fn upstream_names_map_to_legacy() {
-        assert_eq!(name("model.layers.1.input_layernorm.weight"), "model.layers.2.input_norm.weight");
-        assert_eq!(name("model.layers.1.post_attention_layernorm.weight"), "model.layers.3.input_norm.weight");
+        assert_eq!(
+            name("model.layers.1.input_layernorm.weight"),
+            "model.layers.2.input_norm.weight"
+        );
+        assert_eq!(
+            name("model.layers.1.post_attention_layernorm.weight"),
+            "model.layers.3.input_norm.weight"
+        );
         assert_eq!(
             name("model.layers.1.self_attn.qkv_proj.v_proj_delayed.weight"),
             "model.layers.2.self_attn.qkv.val_proj2.weight"
@@ -428,24 +487,51 @@ mod tests {
             name("model.layers.0.self_attn.qkv_proj.conv_qk_grouped.bias"),
             "model.layers.0.self_attn.qkv.conv_qk.1.bias"
         );
-        assert_eq!(name("model.layers.2.self_attn.qk_norm.temp"), "model.layers.4.self_attn.qkv.temp");
-        assert_eq!(name("model.layers.2.self_attn.temp"), "model.layers.4.self_attn.qkv.temp");
+        assert_eq!(
+            name("model.layers.2.self_attn.qk_norm.temp"),
+            "model.layers.4.self_attn.qkv.temp"
+        );
+        assert_eq!(
+            name("model.layers.2.self_attn.temp"),
+            "model.layers.4.self_attn.qkv.temp"
+        );
         assert_eq!(
             name("model.layers.0.mlp.gate.router_mlp.out_proj.weight"),
             "model.layers.1.zaya_block.router.router_mlp.4.weight"
         );
-        assert_eq!(name("model.layers.0.mlp.gate.router_mlp.norm.weight"), "model.layers.1.zaya_block.router.rmsnorm_eda.weight");
-        assert_eq!(name("model.layers.3.mlp.gate.balancing_biases"), "model.layers.7.zaya_block.router.balancing_biases");
-        assert_eq!(name("model.layers.0.mlp.experts.down_proj"), "model.layers.1.zaya_block.experts.switch_mlp.down_proj.weight");
+        assert_eq!(
+            name("model.layers.0.mlp.gate.router_mlp.norm.weight"),
+            "model.layers.1.zaya_block.router.rmsnorm_eda.weight"
+        );
+        assert_eq!(
+            name("model.layers.3.mlp.gate.balancing_biases"),
+            "model.layers.7.zaya_block.router.balancing_biases"
+        );
+        assert_eq!(
+            name("model.layers.0.mlp.experts.down_proj"),
+            "model.layers.1.zaya_block.experts.switch_mlp.down_proj.weight"
+        );
         assert_eq!(name("model.layers.0.mlp.experts.gate_up_proj"), "GATEUP 1.weight");
-        assert_eq!(name("model.layers.0.zaya_block.experts.gate_up_proj.scales"), "GATEUP 1.scales");
+        assert_eq!(
+            name("model.layers.0.zaya_block.experts.gate_up_proj.scales"),
+            "GATEUP 1.scales"
+        );
         assert_eq!(
             name("model.layers.0.post_mlp_residual_scale.residual_bias"),
             "model.layers.2.res_scale.residual_bias"
         );
-        assert_eq!(name("model.layers.3.post_mlp_residual_scale.residual_bias"), "model.res_scale.residual_bias");
-        assert_eq!(name("model.layers.0.post_attention_res_scale.hidden_states_scale"), "model.layers.1.res_scale.hidden_states_scale");
-        assert_eq!(name("model.input_hidden_states_bias"), "model.layers.0.res_scale.hidden_states_bias");
+        assert_eq!(
+            name("model.layers.3.post_mlp_residual_scale.residual_bias"),
+            "model.res_scale.residual_bias"
+        );
+        assert_eq!(
+            name("model.layers.0.post_attention_res_scale.hidden_states_scale"),
+            "model.layers.1.res_scale.hidden_states_scale"
+        );
+        assert_eq!(
+            name("model.input_hidden_states_bias"),
+            "model.layers.0.res_scale.hidden_states_bias"
+        );
         assert_eq!(name("model.norm.weight"), "model.final_norm.weight");
         assert_eq!(name("model.embed_tokens.weight"), "model.embed_tokens.weight");
     }
@@ -468,6 +554,9 @@ mod tests {
             parse_local_expert("model.layers.3.zaya_block.experts.local_experts.12.linear_fc1.weight"),
             Some((3, 12, 1, ".weight".to_string()))
         );
-        assert_eq!(parse_local_expert("model.layers.3.zaya_block.experts.local_experts.x.linear_fc1.weight"), None);
+        assert_eq!(
+            parse_local_expert("model.layers.3.zaya_block.experts.local_experts.x.linear_fc1.weight"),
+            None
+        );
     }
 }

@@ -95,11 +95,17 @@ pub fn array_from_bytes(name: &str, file: &str, bytes: &[u8], shape: &[usize], d
     }
     // A non-null pointer even for empty tensors; MLX copies `numel * itemsize` bytes from it.
     let dummy = [0u8; 8];
-    let ptr = if bytes.is_empty() { dummy.as_ptr() } else { bytes.as_ptr() };
+    let ptr = if bytes.is_empty() {
+        dummy.as_ptr()
+    } else {
+        bytes.as_ptr()
+    };
     // SAFETY: ptr is valid for bytes.len() reads and the dims match; mlx_array_new_data copies.
     let h = unsafe { mlx_array_new_data(ptr as *const c_void, dims.as_ptr(), dims.len() as c_int, dt) };
     if h.ctx.is_null() {
-        return Err(ZayaError::Ext(format!("MLX could not create the array for `{name}` ({file})")));
+        return Err(ZayaError::Ext(format!(
+            "MLX could not create the array for `{name}` ({file})"
+        )));
     }
     // SAFETY: a fresh, owned handle.
     Ok(unsafe { Array::from_ptr(h) })
@@ -120,7 +126,10 @@ pub fn array_from_meta(meta: &TensorMeta) -> Result<(Array, bool)> {
     // The 8 bytes before the data are read by MLX (see external_array.cpp); the data section always
     // starts after the 8-byte length field and the header.
     if meta.nbytes == 0 || !aligned || meta.offset < 8 {
-        return Ok((array_from_bytes(&meta.name, &file, meta.bytes(), &meta.shape, meta.dtype)?, false));
+        return Ok((
+            array_from_bytes(&meta.name, &file, meta.bytes(), &meta.shape, meta.dtype)?,
+            false,
+        ));
     }
     ensure_error_handler();
     let payload = Box::into_raw(Box::new(meta.shard.clone())) as *mut c_void;
@@ -149,7 +158,9 @@ pub fn array_from_meta(meta: &TensorMeta) -> Result<(Array, bool)> {
         // SAFETY: frees the (possibly empty) handle once.
         unsafe { mlx_sys::mlx_array_free(out) };
         // SAFETY: thread-local NUL-terminated string owned by the extension.
-        let msg = unsafe { std::ffi::CStr::from_ptr(zaya_ext_last_error()) }.to_string_lossy().into_owned();
+        let msg = unsafe { std::ffi::CStr::from_ptr(zaya_ext_last_error()) }
+            .to_string_lossy()
+            .into_owned();
         return Err(ZayaError::Ext(format!("wrapping `{}` ({file}): {msg}", meta.name)));
     }
     // SAFETY: the extension set a valid array into the handle; Array takes ownership.
@@ -183,7 +194,10 @@ mod tests {
     fn write_file(path: &std::path::Path) {
         use safetensors::tensor::{Dtype, TensorView};
         let a: Vec<u8> = (0u32..12).flat_map(|v| (v * 1000 + 7).to_le_bytes()).collect();
-        let h: Vec<u8> = [1.5f32, -2.25, 3.0, 0.5].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let h: Vec<u8> = [1.5f32, -2.25, 3.0, 0.5]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
         let b: Vec<u8> = vec![4];
         let views = vec![
             ("a", TensorView::new(Dtype::U32, vec![3, 4], &a).unwrap()),
@@ -204,7 +218,11 @@ mod tests {
         let (a, zc) = array_from_meta(&by_name("a")).unwrap();
         assert!(zc, "u32 tensor should be wrapped without a copy");
         let expected_ptr = parsed.map.base_ptr().wrapping_add(by_name("a").offset) as *const u8;
-        assert_eq!(array_data_ptr(&a), expected_ptr, "MLX must use the mapped bytes, not a copy");
+        assert_eq!(
+            array_data_ptr(&a),
+            expected_ptr,
+            "MLX must use the mapped bytes, not a copy"
+        );
         let (h, zc_h) = array_from_meta(&by_name("h")).unwrap();
         assert!(zc_h);
         let (b, _) = array_from_meta(&by_name("b")).unwrap();
@@ -224,7 +242,10 @@ mod tests {
         assert!(weak.upgrade().is_some());
         drop(b);
         drop(s);
-        assert!(weak.upgrade().is_none(), "the mapping must be released with the last array");
+        assert!(
+            weak.upgrade().is_none(),
+            "the mapping must be released with the last array"
+        );
     }
 
     #[test]
@@ -257,7 +278,10 @@ mod tests {
             donated = array_data_ptr(&y) == qptr;
             assert_eq!(y.as_slice::<u32>()[..3], [1, 2, 3]);
         }
-        assert!(donated, "expected MLX to reuse the mapped buffer (the scenario this test guards)");
+        assert!(
+            donated,
+            "expected MLX to reuse the mapped buffer (the scenario this test guards)"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), before, "the file must never change");
     }
 

@@ -138,15 +138,30 @@ pub(crate) fn check(dir: &Path, opts: &BundleOptions) -> Result<Checked> {
     let set = shards::ShardSet::open(dir)?;
     let layout = layout::detect_layout(&set)?;
     let plan = layout::plan(&set, layout, &config)?;
-    let ctx = validate::Context { dir, cfg: &config, jang: jang.as_ref(), layout, allow_unexpected: opts.allow_unexpected };
+    let ctx = validate::Context {
+        dir,
+        cfg: &config,
+        jang: jang.as_ref(),
+        layout,
+        allow_unexpected: opts.allow_unexpected,
+    };
     let mut validated = validate::validate(&ctx, plan)?;
     for (name, file) in &set.unlisted {
-        validated
-            .warnings
-            .push(format!("`{name}` is in {file} but not in {}; ignored", shards::INDEX_FILE));
+        validated.warnings.push(format!(
+            "`{name}` is in {file} but not in {}; ignored",
+            shards::INDEX_FILE
+        ));
     }
     let summary = BundleSummary::build(dir, &config, jang.as_ref(), layout, &set, &validated);
-    Ok(Checked { dir: dir.to_path_buf(), config, jang, layout, set, validated, summary })
+    Ok(Checked {
+        dir: dir.to_path_buf(),
+        config,
+        jang,
+        layout,
+        set,
+        validated,
+        summary,
+    })
 }
 
 /// Validates a bundle without creating any array and describes it (`zaya info`).
@@ -169,7 +184,10 @@ impl Bundle {
             dropped: c.validated.dropped.clone(),
             ..Default::default()
         };
-        let mut weights = CanonicalWeights { formats: c.validated.formats.clone(), ..Default::default() };
+        let mut weights = CanonicalWeights {
+            formats: c.validated.formats.clone(),
+            ..Default::default()
+        };
         for (name, p) in &c.validated.plan {
             let (a, zero_copy) = materialize(name, p)?;
             if zero_copy {
@@ -233,7 +251,10 @@ impl Bundle {
     /// Whether `ptr` points into one of this bundle's (live) shard mappings.
     #[doc(hidden)]
     pub fn points_into_shards(&self, ptr: *const u8) -> bool {
-        self.shard_maps.iter().filter_map(Weak::upgrade).any(|m| m.contains(ptr))
+        self.shard_maps
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|m| m.contains(ptr))
     }
 
     /// Weak handles of the shard mappings (diagnostics and tests).
@@ -269,7 +290,10 @@ fn materialize(name: &str, p: &Planned) -> Result<(Array, bool)> {
         Build::Direct(m) => mmap::array_from_meta(m),
         Build::SwapLast2(m) => {
             let swapped = swap_last2(m.bytes(), &m.shape, m.dtype.size());
-            Ok((mmap::array_from_bytes(name, m.file(), &swapped, &p.shape, p.dtype)?, false))
+            Ok((
+                mmap::array_from_bytes(name, m.file(), &swapped, &p.shape, p.dtype)?,
+                false,
+            ))
         }
         Build::Stack { parts, rows } => {
             let mut arrays = Vec::with_capacity(parts.len());
@@ -287,7 +311,10 @@ fn materialize(name: &str, p: &Planned) -> Result<(Array, bool)> {
         }
         Build::Rows { src, lo, hi } => {
             let (a, _) = mmap::array_from_meta(src)?;
-            let s = a.index((.., *lo as i32..*hi as i32)).contiguous().map_err(|e| ext_err(name, e))?;
+            let s = a
+                .index((.., *lo as i32..*hi as i32))
+                .contiguous()
+                .map_err(|e| ext_err(name, e))?;
             s.eval().map_err(|e| ext_err(name, e))?;
             Ok((s, false))
         }

@@ -229,7 +229,10 @@ pub struct ParsedShard {
 }
 
 fn st_err(path: &Path, msg: impl Into<String>) -> ZayaError {
-    ZayaError::Safetensors { file: path.to_path_buf(), msg: msg.into() }
+    ZayaError::Safetensors {
+        file: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 /// Memory-maps and parses one safetensors file; `name` is how the bundle refers to it.
@@ -237,23 +240,33 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
     let file = File::open(path).map_err(|e| ZayaError::io(path, e))?;
     let len = file.metadata().map_err(|e| ZayaError::io(path, e))?.len();
     if len < 8 {
-        return Err(st_err(path, format!("truncated: the file has {len} bytes, fewer than the 8-byte header length")));
+        return Err(st_err(
+            path,
+            format!("truncated: the file has {len} bytes, fewer than the 8-byte header length"),
+        ));
     }
     let len = usize::try_from(len).map_err(|_| st_err(path, "file too large for this platform"))?;
     // SAFETY: the mapping is private (copy-on-write), so nothing we or MLX write reaches the file.
     // Modifying or truncating the file while it is mapped is undefined behaviour of every mmap
     // loader (SIGBUS); bundles are read-only inputs.
-    let mut map = unsafe { MmapOptions::new().no_reserve_swap().map_copy(&file) }.map_err(|e| ZayaError::io(path, e))?;
+    let mut map =
+        unsafe { MmapOptions::new().no_reserve_swap().map_copy(&file) }.map_err(|e| ZayaError::io(path, e))?;
     let base = map.as_mut_ptr() as usize;
     let n = u64::from_le_bytes(map[..8].try_into().unwrap());
     if n > MAX_HEADER {
-        return Err(st_err(path, format!("corrupt header: declared header length {n} exceeds the {MAX_HEADER}-byte limit")));
+        return Err(st_err(
+            path,
+            format!("corrupt header: declared header length {n} exceeds the {MAX_HEADER}-byte limit"),
+        ));
     }
     let n = n as usize;
     if 8 + n > len {
         return Err(st_err(
             path,
-            format!("truncated or corrupt: the header declares {n} bytes but only {} follow the length field", len - 8),
+            format!(
+                "truncated or corrupt: the header declares {n} bytes but only {} follow the length field",
+                len - 8
+            ),
         ));
     }
     let data_start = 8 + n;
@@ -264,9 +277,18 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
         serde_json::from_str(text.trim_end_matches(['\0', ' ']))
             .map_err(|e| st_err(path, format!("corrupt header: not valid JSON ({e})")))?
     };
-    let obj = header.as_object().ok_or_else(|| st_err(path, "corrupt header: not a JSON object"))?;
+    let obj = header
+        .as_object()
+        .ok_or_else(|| st_err(path, "corrupt header: not a JSON object"))?;
     LIVE_MAPS.fetch_add(1, Ordering::SeqCst);
-    let shard = Arc::new(ShardMap { path: path.to_path_buf(), name: name.to_string(), map, base, len, data_start });
+    let shard = Arc::new(ShardMap {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        map,
+        base,
+        len,
+        data_start,
+    });
 
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(obj.len());
@@ -274,14 +296,20 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
         if key == "__metadata__" {
             if let Some(m) = v.as_object() {
                 for (mk, mv) in m {
-                    metadata.insert(mk.clone(), mv.as_str().map(str::to_string).unwrap_or_else(|| mv.to_string()));
+                    metadata.insert(
+                        mk.clone(),
+                        mv.as_str().map(str::to_string).unwrap_or_else(|| mv.to_string()),
+                    );
                 }
             }
             continue;
         }
         let bad = |msg: String| st_err(path, format!("corrupt header entry for tensor `{key}`: {msg}"));
         let info = v.as_object().ok_or_else(|| bad("not an object".into()))?;
-        let dtype_s = info.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("missing `dtype`".into()))?;
+        let dtype_s = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("missing `dtype`".into()))?;
         let dtype = DType::parse(dtype_s).ok_or_else(|| bad(format!("unknown dtype `{dtype_s}`")))?;
         let shape = info
             .get("shape")
@@ -309,8 +337,13 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
                 ),
             ));
         }
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows".into()))?;
-        let bits = numel.checked_mul(dtype.bits()).ok_or_else(|| bad("shape overflows".into()))?;
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows".into()))?;
+        let bits = numel
+            .checked_mul(dtype.bits())
+            .ok_or_else(|| bad("shape overflows".into()))?;
         if bits % 8 != 0 || bits / 8 != e - b {
             return Err(bad(format!(
                 "{} {:?} needs {} bytes but data_offsets [{b}, {e}] span {}",
@@ -330,7 +363,11 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
         });
     }
     tensors.sort_by_key(|t| t.offset);
-    Ok(ParsedShard { map: shard, tensors, metadata })
+    Ok(ParsedShard {
+        map: shard,
+        tensors,
+        metadata,
+    })
 }
 
 /// All model shards of a bundle directory.
@@ -369,15 +406,27 @@ impl ShardSet {
             let f = f
                 .as_str()
                 .ok_or_else(|| st_err(index, format!("weight_map entry for `{name}` is not a file name")))?;
-            if f.is_empty() || Path::new(f).components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-                return Err(st_err(index, format!("weight_map entry for `{name}` names `{f}`, not a file inside the bundle")));
+            if f.is_empty()
+                || Path::new(f)
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(st_err(
+                    index,
+                    format!("weight_map entry for `{name}` names `{f}`, not a file inside the bundle"),
+                ));
             }
             by_file.entry(f.to_string()).or_default().push(name.clone());
         }
         if by_file.is_empty() {
             return Err(st_err(index, "index lists no tensors"));
         }
-        let mut set = ShardSet { tensors: BTreeMap::new(), shards: vec![], from_index: true, unlisted: vec![] };
+        let mut set = ShardSet {
+            tensors: BTreeMap::new(),
+            shards: vec![],
+            from_index: true,
+            unlisted: vec![],
+        };
         for (f, names) in &by_file {
             let path = dir.join(f);
             if !path.is_file() {
@@ -398,7 +447,12 @@ impl ShardSet {
                     Some(t) => {
                         set.tensors.insert(name.clone(), t);
                     }
-                    None => return Err(ZayaError::MissingTensor { name: name.clone(), file: Some(f.clone()) }),
+                    None => {
+                        return Err(ZayaError::MissingTensor {
+                            name: name.clone(),
+                            file: Some(f.clone()),
+                        })
+                    }
                 }
             }
             set.unlisted.extend(present.into_keys().map(|n| (n, f.clone())));
@@ -417,16 +471,28 @@ impl ShardSet {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(st_err(dir, format!("no `*.safetensors` model shards and no {INDEX_FILE} in the directory")));
+            return Err(st_err(
+                dir,
+                format!("no `*.safetensors` model shards and no {INDEX_FILE} in the directory"),
+            ));
         }
-        let mut set = ShardSet { tensors: BTreeMap::new(), shards: vec![], from_index: false, unlisted: vec![] };
+        let mut set = ShardSet {
+            tensors: BTreeMap::new(),
+            shards: vec![],
+            from_index: false,
+            unlisted: vec![],
+        };
         for f in &files {
             let parsed = open_shard(&dir.join(f), f)?;
             for t in parsed.tensors {
                 if let Some(prev) = set.tensors.get(&t.name) {
                     return Err(st_err(
                         &dir.join(f),
-                        format!("tensor `{}` is also in {} (without an index the shards must not overlap)", t.name, prev.file()),
+                        format!(
+                            "tensor `{}` is also in {} (without an index the shards must not overlap)",
+                            t.name,
+                            prev.file()
+                        ),
                     ));
                 }
                 set.tensors.insert(t.name.clone(), t);

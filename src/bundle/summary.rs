@@ -167,7 +167,11 @@ impl BundleSummary {
         let mut modules_per_format: BTreeMap<String, usize> = BTreeMap::new();
         let (mut ab, mut gs, mut tb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for (m, f) in &v.formats {
-            let dt = v.plan.get(&format!("{m}.weight")).map(|w| w.dtype).unwrap_or(DType::F16);
+            let dt = v
+                .plan
+                .get(&format!("{m}.weight"))
+                .map(|w| w.dtype)
+                .unwrap_or(DType::F16);
             *modules_per_format.entry(format_label(f, dt)).or_default() += 1;
             if let Some(kind) = v.module_kinds.get(m) {
                 if let Some(k) = kinds.get_mut(kind) {
@@ -219,7 +223,11 @@ impl BundleSummary {
             affine_bits: ab.into_iter().collect(),
             group_sizes: gs.into_iter().collect(),
             turboquant_bits: tb.into_iter().collect(),
-            sidecar_entries: v.sidecar.as_ref().map(|(_, e)| e.keys().cloned().collect()).unwrap_or_default(),
+            sidecar_entries: v
+                .sidecar
+                .as_ref()
+                .map(|(_, e)| e.keys().cloned().collect())
+                .unwrap_or_default(),
             params: v.params,
             warnings,
         }
@@ -227,7 +235,13 @@ impl BundleSummary {
 
     /// A summary of a hand-built weight set (no files): sizes from the arrays, parameters from the
     /// config. Used by [`super::Bundle::from_weights`].
-    pub fn from_weights(dir: &Path, cfg: &ZayaConfig, jang: Option<&JangConfig>, layout: Layout, w: &CanonicalWeights) -> BundleSummary {
+    pub fn from_weights(
+        dir: &Path,
+        cfg: &ZayaConfig,
+        jang: Option<&JangConfig>,
+        layout: Layout,
+        w: &CanonicalWeights,
+    ) -> BundleSummary {
         let dtype_of = |a: &mlx_rs::Array| match a.dtype() {
             mlx_rs::Dtype::Float16 => DType::F16,
             mlx_rs::Dtype::Bfloat16 => DType::BF16,
@@ -241,10 +255,16 @@ impl BundleSummary {
         let mut modules_per_format: BTreeMap<String, usize> = BTreeMap::new();
         let mut tensor_bytes = 0;
         let label_of = |name: &str, a: &mlx_rs::Array| -> String {
-            let module = name.rsplit_once('.').and_then(|(stem, _)| w.formats.get(stem).map(|f| (stem, f)));
+            let module = name
+                .rsplit_once('.')
+                .and_then(|(stem, _)| w.formats.get(stem).map(|f| (stem, f)));
             match module {
                 Some((stem, f)) => {
-                    let dt = w.tensors.get(&format!("{stem}.weight")).map(dtype_of).unwrap_or(dtype_of(a));
+                    let dt = w
+                        .tensors
+                        .get(&format!("{stem}.weight"))
+                        .map(dtype_of)
+                        .unwrap_or(dtype_of(a));
                     format_label(f, dt)
                 }
                 None => format_label(&WeightFormat::Float, dtype_of(a)),
@@ -256,7 +276,13 @@ impl BundleSummary {
             let label = label_of(name, a);
             tensor_bytes += n;
             *bytes_per_format.entry(label.clone()).or_default() += n;
-            let k = kinds.entry(kind).or_insert_with(|| KindSummary { kind, formats: vec![], modules: 0, tensors: 0, bytes: 0 });
+            let k = kinds.entry(kind).or_insert_with(|| KindSummary {
+                kind,
+                formats: vec![],
+                modules: 0,
+                tensors: 0,
+                bytes: 0,
+            });
             k.tensors += 1;
             k.bytes += n;
             if !k.formats.contains(&label) {
@@ -265,7 +291,11 @@ impl BundleSummary {
         }
         let (mut ab, mut gs, mut tb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for (m, f) in &w.formats {
-            let dt = w.tensors.get(&format!("{m}.weight")).map(dtype_of).unwrap_or(DType::F16);
+            let dt = w
+                .tensors
+                .get(&format!("{m}.weight"))
+                .map(dtype_of)
+                .unwrap_or(DType::F16);
             *modules_per_format.entry(format_label(f, dt)).or_default() += 1;
             if let Some(k) = kinds.get_mut(&kind_of_name(&format!("{m}.weight"))) {
                 k.modules += 1;
@@ -318,8 +348,14 @@ impl BundleSummary {
             "layout      {} (config revision {}){}{}",
             self.layout,
             a.config_revision,
-            self.weight_format.as_ref().map(|w| format!(", weight_format {w}")).unwrap_or_default(),
-            self.profile.as_ref().map(|p| format!(", profile {p}")).unwrap_or_default()
+            self.weight_format
+                .as_ref()
+                .map(|w| format!(", weight_format {w}"))
+                .unwrap_or_default(),
+            self.profile
+                .as_ref()
+                .map(|p| format!(", profile {p}"))
+                .unwrap_or_default()
         );
         let _ = writeln!(
             s,
@@ -369,7 +405,11 @@ impl BundleSummary {
             let _ = writeln!(s, "quantized   {}", q.join(", "));
         }
         let _ = writeln!(s);
-        let _ = writeln!(s, "{:<16} {:>7} {:>8} {:>12}  formats", "kind", "modules", "tensors", "bytes");
+        let _ = writeln!(
+            s,
+            "{:<16} {:>7} {:>8} {:>12}  formats",
+            "kind", "modules", "tensors", "bytes"
+        );
         for k in &self.kinds {
             let _ = writeln!(
                 s,

@@ -95,14 +95,45 @@ impl Expected {
         let h = cfg.hidden_size;
         let mut linears = Vec::new();
         let mut params = Vec::new();
-        let lin = |base: String, kind, experts, out, inp, bias| LinearSpec { base, kind, experts, out, inp, bias };
-        let par = |name: String, kind, shape: Vec<usize>| ParamSpec { name, kind, shape, torch_shape: None };
-        linears.push(lin("model.embed_tokens".into(), TensorKind::Embeddings, None, cfg.vocab_size, h, false));
+        let lin = |base: String, kind, experts, out, inp, bias| LinearSpec {
+            base,
+            kind,
+            experts,
+            out,
+            inp,
+            bias,
+        };
+        let par = |name: String, kind, shape: Vec<usize>| ParamSpec {
+            name,
+            kind,
+            shape,
+            torch_shape: None,
+        };
+        linears.push(lin(
+            "model.embed_tokens".into(),
+            TensorKind::Embeddings,
+            None,
+            cfg.vocab_size,
+            h,
+            false,
+        ));
         if !cfg.tie_word_embeddings {
-            linears.push(lin("lm_head".into(), TensorKind::LmHead, None, cfg.vocab_size, h, false));
+            linears.push(lin(
+                "lm_head".into(),
+                TensorKind::LmHead,
+                None,
+                cfg.vocab_size,
+                h,
+                false,
+            ));
         }
         params.push(par("model.final_norm.weight".into(), TensorKind::Norms, vec![h]));
-        for s in ["hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias"] {
+        for s in [
+            "hidden_states_scale",
+            "hidden_states_bias",
+            "residual_scale",
+            "residual_bias",
+        ] {
             params.push(par(format!("model.res_scale.{s}"), TensorKind::ResidualScale, vec![h]));
         }
         let first_moe = 1;
@@ -112,7 +143,12 @@ impl Expected {
             let rs: &[&str] = if n == 0 {
                 &["hidden_states_scale", "hidden_states_bias"]
             } else {
-                &["hidden_states_scale", "hidden_states_bias", "residual_scale", "residual_bias"]
+                &[
+                    "hidden_states_scale",
+                    "hidden_states_bias",
+                    "residual_scale",
+                    "residual_bias",
+                ]
             };
             for s in rs {
                 params.push(par(format!("{p}.res_scale.{s}"), TensorKind::ResidualScale, vec![h]));
@@ -120,10 +156,22 @@ impl Expected {
             if n % 2 == 0 {
                 let a = format!("{p}.self_attn");
                 let kd = cfg.k_dim();
-                for (m, out) in [("linear_q", cfg.q_dim()), ("linear_k", kd), ("val_proj1", kd / 2), ("val_proj2", kd / 2)] {
+                for (m, out) in [
+                    ("linear_q", cfg.q_dim()),
+                    ("linear_k", kd),
+                    ("val_proj1", kd / 2),
+                    ("val_proj2", kd / 2),
+                ] {
                     linears.push(lin(format!("{a}.qkv.{m}"), TensorKind::Attention, None, out, h, false));
                 }
-                linears.push(lin(format!("{a}.o_proj"), TensorKind::Attention, None, h, cfg.q_dim(), false));
+                linears.push(lin(
+                    format!("{a}.o_proj"),
+                    TensorKind::Attention,
+                    None,
+                    h,
+                    cfg.q_dim(),
+                    false,
+                ));
                 let c = cfg.conv_channels();
                 let cg = cfg.head_dim;
                 params.push(ParamSpec {
@@ -140,7 +188,11 @@ impl Expected {
                     torch_shape: Some(vec![c, cg, cfg.cca_time1]),
                 });
                 params.push(par(format!("{a}.qkv.conv_qk.1.bias"), TensorKind::Attention, vec![c]));
-                params.push(par(format!("{a}.qkv.temp"), TensorKind::Attention, vec![cfg.num_kv_heads]));
+                params.push(par(
+                    format!("{a}.qkv.temp"),
+                    TensorKind::Attention,
+                    vec![cfg.num_kv_heads],
+                ));
             } else {
                 let r = format!("{p}.zaya_block.router");
                 let rh = cfg.router_hidden_size;
@@ -148,7 +200,14 @@ impl Expected {
                 linears.push(lin(format!("{r}.down_proj"), TensorKind::Router, None, rh, h, true));
                 linears.push(lin(format!("{r}.router_mlp.0"), TensorKind::Router, None, rh, rh, true));
                 linears.push(lin(format!("{r}.router_mlp.2"), TensorKind::Router, None, rh, rh, true));
-                linears.push(lin(format!("{r}.router_mlp.4"), TensorKind::Router, None, nl, rh, false));
+                linears.push(lin(
+                    format!("{r}.router_mlp.4"),
+                    TensorKind::Router,
+                    None,
+                    nl,
+                    rh,
+                    false,
+                ));
                 params.push(par(format!("{r}.rmsnorm_eda.weight"), TensorKind::Router, vec![rh]));
                 params.push(par(format!("{r}.balancing_biases"), TensorKind::Router, vec![nl]));
                 if cfg.use_eda && n != first_moe {
@@ -224,7 +283,11 @@ fn shape_str(s: &[usize]) -> String {
 }
 
 fn quant_err(name: &str, file: &str, msg: impl Into<String>) -> ZayaError {
-    ZayaError::Quant { name: name.to_string(), file: file.to_string(), msg: msg.into() }
+    ZayaError::Quant {
+        name: name.to_string(),
+        file: file.to_string(),
+        msg: msg.into(),
+    }
 }
 
 fn missing(name: &str, layout: Layout) -> ZayaError {
@@ -232,7 +295,10 @@ fn missing(name: &str, layout: Layout) -> ZayaError {
         name: name.to_string(),
         file: match layout {
             Layout::LegacyStacked => None,
-            l => Some(format!("any shard; canonical name shown, the bundle uses the {} layout", l.label())),
+            l => Some(format!(
+                "any shard; canonical name shown, the bundle uses the {} layout",
+                l.label()
+            )),
         },
     }
 }
@@ -340,11 +406,19 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
         if p.shape != ps.shape {
             match (&ps.torch_shape, &p.build) {
                 (Some(t), Build::Direct(m)) if &p.shape == t => {
-                    p = Planned { build: Build::SwapLast2(m.clone()), dtype: p.dtype, shape: ps.shape.clone() };
+                    p = Planned {
+                        build: Build::SwapLast2(m.clone()),
+                        dtype: p.dtype,
+                        shape: ps.shape.clone(),
+                    };
                 }
                 _ => {
                     let exp = match &ps.torch_shape {
-                        Some(t) => format!("{} (MLX layout) or {} (PyTorch layout)", shape_str(&ps.shape), shape_str(t)),
+                        Some(t) => format!(
+                            "{} (MLX layout) or {} (PyTorch layout)",
+                            shape_str(&ps.shape),
+                            shape_str(t)
+                        ),
                         None => shape_str(&ps.shape),
                     };
                     return Err(ZayaError::Shape {
@@ -359,7 +433,11 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
             // Both layouts have the same shape (kernel size equals in/groups): the stored file is taken
             // to follow PyTorch, as every known producer of such files writes PyTorch layout.
             if t == &ps.shape && ps.shape[1] > 1 {
-                p = Planned { build: Build::SwapLast2(m.clone()), dtype: p.dtype, shape: ps.shape.clone() };
+                p = Planned {
+                    build: Build::SwapLast2(m.clone()),
+                    dtype: p.dtype,
+                    shape: ps.shape.clone(),
+                };
                 out.warnings.push(format!(
                     "`{}` has kernel size equal to in/groups; assumed PyTorch layout [out, in/groups, k]",
                     ps.name
@@ -381,14 +459,26 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
         let has = |s: &str| plan.contains_key(&format!("{b}{s}"));
         let fmt = if has(".tq_packed") || has(".tq_norms") {
             if l.experts.is_none() {
-                let name = [".tq_packed", ".tq_norms"].iter().map(|s| format!("{b}{s}")).find(|n| plan.contains_key(n)).unwrap();
-                return Err(quant_err(&name, &plan[&name].files(), "TurboQuant storage is only supported for the routed experts"));
+                let name = [".tq_packed", ".tq_norms"]
+                    .iter()
+                    .map(|s| format!("{b}{s}"))
+                    .find(|n| plan.contains_key(n))
+                    .unwrap();
+                return Err(quant_err(
+                    &name,
+                    &plan[&name].files(),
+                    "TurboQuant storage is only supported for the routed experts",
+                ));
             }
             let packed_name = format!("{b}.tq_packed");
             let norms_name = format!("{b}.tq_norms");
             let bits_name = format!("{b}.tq_bits");
-            let packed = plan.remove(&packed_name).ok_or_else(|| missing(&packed_name, ctx.layout))?;
-            let norms = plan.remove(&norms_name).ok_or_else(|| missing(&norms_name, ctx.layout))?;
+            let packed = plan
+                .remove(&packed_name)
+                .ok_or_else(|| missing(&packed_name, ctx.layout))?;
+            let norms = plan
+                .remove(&norms_name)
+                .ok_or_else(|| missing(&norms_name, ctx.layout))?;
             let bits_t = plan.remove(&bits_name);
             let file = packed.files();
             check_dtype(&packed_name, &packed, DType::U32)?;
@@ -405,7 +495,9 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                     return Err(quant_err(
                         &bits_name,
                         &bits_t.as_ref().unwrap().files(),
-                        format!("tq_bits says {s} bits but jang_config.json mxtq_bits.routed_expert says {j} for {proj}"),
+                        format!(
+                            "tq_bits says {s} bits but jang_config.json mxtq_bits.routed_expert says {j} for {proj}"
+                        ),
                     ))
                 }
                 (Some(s), _) => s,
@@ -433,7 +525,11 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                 }
             }
             if ![2, 3, 4, 8].contains(&bits) {
-                return Err(quant_err(&bits_name, &file, format!("{bits}-bit TurboQuant is not supported (2, 3, 4 or 8)")));
+                return Err(quant_err(
+                    &bits_name,
+                    &file,
+                    format!("{bits}-bit TurboQuant is not supported (2, 3, 4 or 8)"),
+                ));
             }
             let per_word = (32 / bits) as usize;
             let cols = l.inp.div_ceil(per_word);
@@ -470,7 +566,11 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
             out.plan.insert(packed_name, packed);
             out.plan.insert(norms_name, norms);
             tq_modules.push((b.clone(), bits, l.inp, seed));
-            WeightFormat::TurboQuant { bits, in_features: l.inp as u32, seed }
+            WeightFormat::TurboQuant {
+                bits,
+                in_features: l.inp as u32,
+                seed,
+            }
         } else {
             let wname = format!("{b}.weight");
             let w = plan.remove(&wname).ok_or_else(|| missing(&wname, ctx.layout))?;
@@ -493,7 +593,10 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                         return Err(ZayaError::Shape {
                             name: wname.clone(),
                             file: file.clone(),
-                            expected: format!("{} (packed)", shape_str(&with(&[l.out, 0])).replace(", 0]", ", in·bits/32]")),
+                            expected: format!(
+                                "{} (packed)",
+                                shape_str(&with(&[l.out, 0])).replace(", 0]", ", in·bits/32]")
+                            ),
                             found: shape_str(&w.shape),
                         });
                     }
@@ -501,21 +604,31 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                         return Err(ZayaError::Shape {
                             name: sname.clone(),
                             file: s.files(),
-                            expected: format!("{} (per group)", shape_str(&with(&[l.out, 0])).replace(", 0]", ", in/group_size]")),
+                            expected: format!(
+                                "{} (per group)",
+                                shape_str(&with(&[l.out, 0])).replace(", 0]", ", in/group_size]")
+                            ),
                             found: shape_str(&s.shape),
                         });
                     }
                     let wc = w.shape[nd - 1];
                     let sc = s.shape[nd - 1];
                     if l.inp % sc != 0 {
-                        return Err(quant_err(&sname, &s.files(), format!("{sc} groups do not divide in_features {}", l.inp)));
+                        return Err(quant_err(
+                            &sname,
+                            &s.files(),
+                            format!("{sc} groups do not divide in_features {}", l.inp),
+                        ));
                     }
                     let group = (l.inp / sc) as u32;
                     if (wc * 32) % l.inp != 0 {
                         return Err(quant_err(
                             &wname,
                             &file,
-                            format!("{wc} packed columns do not encode {} inputs at a whole number of bits", l.inp),
+                            format!(
+                                "{wc} packed columns do not encode {} inputs at a whole number of bits",
+                                l.inp
+                            ),
                         ));
                     }
                     let bits = (wc * 32 / l.inp) as u32;
@@ -524,7 +637,12 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                     // jang's converters store the embedding's (and an untied lm_head's) width as a
                     // top-level `embed_bits` of the quantization block instead of a module override
                     let embed_bits = matches!(l.kind, TensorKind::Embeddings | TensorKind::LmHead)
-                        .then(|| cfg.raw.get("quantization").and_then(|q| q.get("embed_bits")).and_then(|v| v.as_u64()))
+                        .then(|| {
+                            cfg.raw
+                                .get("quantization")
+                                .and_then(|q| q.get("embed_bits"))
+                                .and_then(|v| v.as_u64())
+                        })
                         .flatten()
                         .map(|v| v as u32);
                     let settings = cfg.quantization.as_ref().map(|q| quant_settings(q, &bases, embed_bits));
@@ -534,10 +652,18 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                             check_dtype(&bname, &bi, s.dtype)?;
                             check_shape(&bname, &bi, &s.shape)?;
                             if ![2, 3, 4, 5, 6, 8].contains(&bits) {
-                                return Err(quant_err(&wname, &file, format!("{bits}-bit affine is not supported by MLX")));
+                                return Err(quant_err(
+                                    &wname,
+                                    &file,
+                                    format!("{bits}-bit affine is not supported by MLX"),
+                                ));
                             }
                             if ![32, 64, 128].contains(&group) {
-                                return Err(quant_err(&sname, &s.files(), format!("group size {group} is not supported by MLX (32, 64, 128)")));
+                                return Err(quant_err(
+                                    &sname,
+                                    &s.files(),
+                                    format!("group size {group} is not supported by MLX (32, 64, 128)"),
+                                ));
                             }
                             if let Some(st) = &settings {
                                 if let Some(m) = st.mode.as_deref().filter(|m| *m != "affine") {
@@ -547,14 +673,23 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                                     return Err(quant_err(&wname, &file, format!("config.json quantization says {cb} bits, the tensors hold {bits}-bit codes")));
                                 }
                                 if let Some(cg) = st.group_size.filter(|&cg| cg != group) {
-                                    return Err(quant_err(&sname, &s.files(), format!("config.json quantization says group size {cg}, the scales imply {group}")));
+                                    return Err(quant_err(
+                                        &sname,
+                                        &s.files(),
+                                        format!(
+                                            "config.json quantization says group size {cg}, the scales imply {group}"
+                                        ),
+                                    ));
                                 }
                             } else {
                                 out.warnings.push(format!("`{b}` is affine-quantized but config.json has no `quantization` block; using {bits} bits, group {group} from the shapes"));
                             }
                             out.kinds.insert(bname.clone(), l.kind);
                             out.plan.insert(bname, bi);
-                            WeightFormat::Affine { bits, group_size: group }
+                            WeightFormat::Affine {
+                                bits,
+                                group_size: group,
+                            }
                         }
                         None if s.dtype.is_float() => return Err(missing(&bname, ctx.layout)),
                         None => {
@@ -572,13 +707,22 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                                     return Err(quant_err(&wname, &file, format!("the module has no `.biases` (MXFP4) but config.json quantization mode is `{m}`")));
                                 }
                                 if let Some(cb) = st.bits.filter(|&cb| cb != 4) {
-                                    return Err(quant_err(&wname, &file, format!("config.json quantization says {cb} bits, MXFP4 holds 4")));
+                                    return Err(quant_err(
+                                        &wname,
+                                        &file,
+                                        format!("config.json quantization says {cb} bits, MXFP4 holds 4"),
+                                    ));
                                 }
                                 if let Some(cg) = st.group_size.filter(|&cg| cg != 32) {
-                                    return Err(quant_err(&sname, &s.files(), format!("config.json quantization says group size {cg}, MXFP4 uses 32")));
+                                    return Err(quant_err(
+                                        &sname,
+                                        &s.files(),
+                                        format!("config.json quantization says group size {cg}, MXFP4 uses 32"),
+                                    ));
                                 }
                             } else {
-                                out.warnings.push(format!("`{b}` is MXFP4 but config.json has no `quantization` block"));
+                                out.warnings
+                                    .push(format!("`{b}` is MXFP4 but config.json has no `quantization` block"));
                             }
                             WeightFormat::Mxfp4 { group_size: group }
                         }
@@ -608,7 +752,8 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
         if let (Some(stem), WeightFormat::TurboQuant { bits, .. }) = (b.strip_suffix(".gate_proj"), f) {
             if let Some(WeightFormat::TurboQuant { bits: ub, .. }) = out.formats.get(&format!("{stem}.up_proj")) {
                 if ub != bits {
-                    out.warnings.push(format!("`{stem}`: gate_proj has {bits}-bit and up_proj {ub}-bit codes"));
+                    out.warnings
+                        .push(format!("`{stem}`: gate_proj has {bits}-bit and up_proj {ub}-bit codes"));
                 }
             }
         }
@@ -618,7 +763,8 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
     if !plan.is_empty() {
         let names: Vec<String> = plan.values().map(|p| p.disk_name()).collect();
         if ctx.allow_unexpected {
-            out.warnings.push(format!("{} unexpected tensor(s) ignored", names.len()));
+            out.warnings
+                .push(format!("{} unexpected tensor(s) ignored", names.len()));
             out.unexpected = names;
         } else {
             return Err(ZayaError::UnexpectedTensors { names });
@@ -680,8 +826,12 @@ fn load_sidecar(
     let all: BTreeMap<String, TensorMeta> = parsed.tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
     let mut needed: BTreeMap<String, (Vec<usize>, &str)> = BTreeMap::new();
     for (base, bits, inp, seed) in modules {
-        needed.entry(format!("codebook.{inp}.{bits}")).or_insert((vec![1usize << bits], base));
-        needed.entry(format!("signs.{inp}.{seed}")).or_insert((vec![*inp], base));
+        needed
+            .entry(format!("codebook.{inp}.{bits}"))
+            .or_insert((vec![1usize << bits], base));
+        needed
+            .entry(format!("signs.{inp}.{seed}"))
+            .or_insert((vec![*inp], base));
     }
     let mut keep = BTreeMap::new();
     for (name, (shape, user)) in &needed {
@@ -749,7 +899,8 @@ mod tests {
         let c = Expected::from_config(&real_config()).param_counts(1);
         // hand count: experts 40 layers × 16 × 3 × 2048² = 8.053B; attention per layer q 2048·1024 +
         // k 2048·256 + v 2·2048·128 + o 1024·2048 + convs 1280·2 + 1280 + 1280·128·2 + 1280 + temp 2
-        let attn: u64 = 2048 * 1024 + 2048 * 256 + 2 * 2048 * 128 + 1024 * 2048 + 1280 * 2 + 1280 + 1280 * 128 * 2 + 1280 + 2;
+        let attn: u64 =
+            2048 * 1024 + 2048 * 256 + 2 * 2048 * 128 + 1024 * 2048 + 1280 * 2 + 1280 + 1280 * 128 * 2 + 1280 + 2;
         let router: u64 = 256 * 2048 + 256 + 2 * (256 * 256 + 256) + 17 * 256 + 256 + 17;
         let expert: u64 = 3 * 2048 * 2048;
         let norms_scales: u64 = 80 * 2048 + 2048 + 4 * 2048 + (80 * 4 - 2) * 2048 + 39 * 256;
@@ -761,6 +912,10 @@ mod tests {
         assert_eq!(c.active_non_embedding, active_ne);
         assert_eq!(c.active, active_ne + embed);
         // zaya-architecture.md §4.3: ≈ 0.76B active without embeddings ("760M")
-        assert!((0.75e9..0.78e9).contains(&(c.active_non_embedding as f64)), "{}", c.active_non_embedding);
+        assert!(
+            (0.75e9..0.78e9).contains(&(c.active_non_embedding as f64)),
+            "{}",
+            c.active_non_embedding
+        );
     }
 }

@@ -36,6 +36,11 @@ pub struct Args {
     /// allocated after the trials).
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     pub bandwidth_mib: usize,
+    /// Read every weight once before the trials, as a long generation does once every expert has
+    /// been used: the peak RSS then shows the worst case (the whole bundle resident), not only the
+    /// pages that these trials touch.
+    #[arg(long)]
+    pub touch_all: bool,
     /// Print one JSON object (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -101,6 +106,13 @@ pub fn run(args: Args) -> Result<i32> {
     let model = ZayaModel::from_bundle(bundle, options)?;
     let load_s = t0.elapsed().as_secs_f64();
     let machine: MachineInfo = bench::machine_info();
+    let touch_s = if args.touch_all {
+        let t = Instant::now();
+        bench::touch_weights(&model)?;
+        Some(t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
 
     say(format!(
         "Model: {} ({}, {} on disk, {} half-layers, vocab {}); kernels={}, dtype={}, load {:.2}s",
@@ -124,6 +136,11 @@ pub fn run(args: Args) -> Result<i32> {
         "Timing with prompt_tokens={p}, generation_tokens={g}, batch_size=1 ({} warm-up, {} trials, seed {}).",
         args.warmup, args.trials, args.seed
     ));
+    if let Some(t) = touch_s {
+        say(format!(
+            "Touched every weight in {t:.1}s (--touch-all: the peak RSS below is the worst case)"
+        ));
+    }
 
     let prompt = bench::random_prompt(cfg.vocab_size, p, args.seed);
     let mut probe: Option<GraphProbe> = None;
@@ -146,7 +163,11 @@ pub fn run(args: Args) -> Result<i32> {
         let first = trials[0].generated[0];
         drop(logits);
         let st = model.decode_graph_stats(first, &cache)?;
-        probe = Some(GraphProbe { nodes: st.nodes, as_type: st.casts, offset: cache.offset() });
+        probe = Some(GraphProbe {
+            nodes: st.nodes,
+            as_type: st.casts,
+            offset: cache.offset(),
+        });
     }
     let probe = probe.expect("probed");
     let (avg, med) = bench::summarize(&trials);
@@ -171,6 +192,7 @@ pub fn run(args: Args) -> Result<i32> {
                 "mod_skip": args.run.mod_skip,
                 "prefill_chunk": options.prefill_chunk,
                 "kv_step": options.kv_step,
+                "touch_all": args.touch_all,
             },
             "prompt_tokens": p,
             "generation_tokens": g,
@@ -221,7 +243,8 @@ pub fn run(args: Args) -> Result<i32> {
     println!(
         "Peak memory: {} RSS = {:.2}x the bundle ({}); MLX peak {}",
         fmt_gb(med.peak_rss_bytes),
-        med.peak_rss_bytes.map_or(f64::NAN, |b| b as f64 / summary.file_bytes as f64),
+        med.peak_rss_bytes
+            .map_or(f64::NAN, |b| b as f64 / summary.file_bytes as f64),
         human_bytes(summary.file_bytes),
         fmt_gb(Some(med.peak_mlx_bytes))
     );

@@ -22,7 +22,13 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Most tokens per answer (-1: until EOS or the context limit).
-    #[arg(short = 'm', long, default_value_t = 512, allow_negative_numbers = true, value_name = "N")]
+    #[arg(
+        short = 'm',
+        long,
+        default_value_t = 512,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
     pub max_tokens: i64,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -105,7 +111,10 @@ pub fn run(args: Args) -> Result<i32> {
     session.set_chat_options(chat_options);
     session.set_system_prompt(args.template.system_prompt.as_deref());
     if interactive {
-        eprintln!("zaya chat: {} ({HELP})", zaya.dir().map_or(String::new(), |d| d.display().to_string()));
+        eprintln!(
+            "zaya chat: {} ({HELP})",
+            zaya.dir().map_or(String::new(), |d| d.display().to_string())
+        );
     }
 
     let stdin = std::io::stdin();
@@ -180,7 +189,10 @@ pub fn run(args: Args) -> Result<i32> {
         match finish {
             Some(FinishReason::Cancelled) => eprintln!("[interrupted]"),
             Some(FinishReason::ContextLimit) => {
-                eprintln!("[context limit of {} tokens reached: /reset to start over]", zaya.max_context())
+                eprintln!(
+                    "[context limit of {} tokens reached: /reset to start over]",
+                    zaya.max_context()
+                )
             }
             _ => {}
         }

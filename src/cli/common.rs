@@ -40,9 +40,16 @@ impl ModelArgs {
             "f32" | "float32" => mlx_rs::Dtype::Float32,
             "bf16" | "bfloat16" => mlx_rs::Dtype::Bfloat16,
             "f16" | "float16" => mlx_rs::Dtype::Float16,
-            other => return Err(ZayaError::InvalidArgument(format!("--dtype `{other}`: expected f32, bf16 or f16"))),
+            other => {
+                return Err(ZayaError::InvalidArgument(format!(
+                    "--dtype `{other}`: expected f32, bf16 or f16"
+                )))
+            }
         };
-        let mut o = ModelOptions { dtype, ..ModelOptions::default() };
+        let mut o = ModelOptions {
+            dtype,
+            ..ModelOptions::default()
+        };
         if let Some(c) = self.prefill_chunk {
             if c == 0 {
                 return Err(ZayaError::InvalidArgument("--prefill-chunk must be positive".into()));
@@ -141,7 +148,10 @@ impl TemplateArgs {
             (_, true) => Some(false),
             _ => None,
         };
-        let opts = ChatOptions { enable_thinking, ..ChatOptions::default() };
+        let opts = ChatOptions {
+            enable_thinking,
+            ..ChatOptions::default()
+        };
         match &self.chat_template_config {
             Some(json) => opts.with_config_json(json),
             None => Ok(opts),
@@ -212,7 +222,9 @@ pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.exists() {
         if !path.is_dir() {
-            return Err(ZayaError::InvalidArgument(format!("--model {spec}: is a file; expected a bundle directory")));
+            return Err(ZayaError::InvalidArgument(format!(
+                "--model {spec}: is a file; expected a bundle directory"
+            )));
         }
         if !path.join("config.json").is_file() {
             return Err(ZayaError::InvalidArgument(format!(
@@ -224,7 +236,9 @@ pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf> {
     if looks_like_repo_id(spec) {
         return resolve_repo(spec);
     }
-    Err(ZayaError::InvalidArgument(format!("--model {spec}: no such directory (and not a Hugging Face repo id)")))
+    Err(ZayaError::InvalidArgument(format!(
+        "--model {spec}: no such directory (and not a Hugging Face repo id)"
+    )))
 }
 
 /// `owner/name` with letters, digits, `-`, `_`, `.` (not starting with `.`).
@@ -249,7 +263,10 @@ pub fn hf_cache_dir() -> PathBuf {
 }
 
 fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 fn env_true(k: &str) -> bool {
@@ -267,7 +284,10 @@ pub fn cached_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
 /// Files of a repo worth downloading for inference.
 fn wanted(file: &str) -> bool {
     let name = file.rsplit('/').next().unwrap_or(file);
-    [".json", ".safetensors", ".jinja", ".txt", ".model"].iter().any(|e| name.ends_with(e)) && !name.starts_with('.')
+    [".json", ".safetensors", ".jinja", ".txt", ".model"]
+        .iter()
+        .any(|e| name.ends_with(e))
+        && !name.starts_with('.')
 }
 
 fn resolve_repo(repo: &str) -> Result<PathBuf> {
@@ -298,9 +318,16 @@ fn resolve_repo(repo: &str) -> Result<PathBuf> {
     let api = builder.build().map_err(|e| fail(&e))?;
     let api_repo = api.model(repo.to_string());
     let info = api_repo.info().map_err(|e| fail(&e))?;
-    let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|f| wanted(f)).collect();
+    let files: Vec<String> = info
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .filter(|f| wanted(f))
+        .collect();
     if !files.iter().any(|f| f == "config.json") {
-        return Err(ZayaError::InvalidArgument(format!("--model {repo}: the repository has no config.json")));
+        return Err(ZayaError::InvalidArgument(format!(
+            "--model {repo}: the repository has no config.json"
+        )));
     }
     eprintln!("downloading {} files of {repo} into {}", files.len(), cache.display());
     let mut dir = None;
@@ -336,7 +363,15 @@ pub fn demo_bundle() -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&tmp);
     eprintln!("note: writing the tiny demo bundle to {} (first use)", dir.display());
     let spec = SynthSpec::preset("tiny")?;
-    let written = synth::write_bundle(&spec, &tmp, &SynthOptions { force: false, progress: false, threads: None });
+    let written = synth::write_bundle(
+        &spec,
+        &tmp,
+        &SynthOptions {
+            force: false,
+            progress: false,
+            threads: None,
+        },
+    );
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -378,7 +413,13 @@ mod tests {
 
     #[test]
     fn download_filter() {
-        for f in ["config.json", "model-00001-of-00002.safetensors", "chat_template.jinja", "merges.txt", "tokenizer.model"] {
+        for f in [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "chat_template.jinja",
+            "merges.txt",
+            "tokenizer.model",
+        ] {
             assert!(wanted(f), "{f}");
         }
         for f in ["README.md", "osaurus-x-banner.png", ".gitattributes"] {
@@ -397,9 +438,15 @@ mod tests {
         let o = a.chat_options().unwrap();
         assert_eq!(o.enable_thinking, Some(false));
         assert_eq!(o.extra.get("x"), Some(&serde_json::json!(1)));
-        let a = TemplateArgs { no_thinking: false, ..a };
+        let a = TemplateArgs {
+            no_thinking: false,
+            ..a
+        };
         assert_eq!(a.chat_options().unwrap().enable_thinking, Some(true));
-        let a = TemplateArgs { chat_template_config: Some("[1]".into()), ..a };
+        let a = TemplateArgs {
+            chat_template_config: Some("[1]".into()),
+            ..a
+        };
         assert!(matches!(a.chat_options(), Err(ZayaError::InvalidArgument(_))));
     }
 }

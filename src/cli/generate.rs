@@ -27,7 +27,13 @@ pub struct Args {
     #[arg(short = 'p', long, default_value = "hello", allow_hyphen_values = true)]
     pub prompt: String,
     /// Most tokens to generate (-1: until EOS or the context limit).
-    #[arg(short = 'm', long, default_value_t = 100, allow_negative_numbers = true, value_name = "N")]
+    #[arg(
+        short = 'm',
+        long,
+        default_value_t = 100,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
     pub max_tokens: i64,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -56,7 +62,9 @@ pub fn max_tokens(n: i64) -> Result<Option<usize>> {
     match n {
         -1 => Ok(None),
         n if n > 0 => Ok(Some(n as usize)),
-        n => Err(ZayaError::InvalidArgument(format!("--max-tokens must be positive or -1 (no limit), got {n}"))),
+        n => Err(ZayaError::InvalidArgument(format!(
+            "--max-tokens must be positive or -1 (no limit), got {n}"
+        ))),
     }
 }
 
@@ -126,9 +134,18 @@ pub fn run(args: Args) -> Result<i32> {
         if text.is_empty() {
             writeln!(out, "No text generated for this prompt").map_err(io)?;
         } else {
-            writeln!(out, "Prompt: {} tokens, {:.3} tokens-per-sec", stats.prompt_tokens, stats.prompt_tps).map_err(io)?;
-            writeln!(out, "Generation: {} tokens, {:.3} tokens-per-sec", stats.generation_tokens, stats.generation_tps)
-                .map_err(io)?;
+            writeln!(
+                out,
+                "Prompt: {} tokens, {:.3} tokens-per-sec",
+                stats.prompt_tokens, stats.prompt_tps
+            )
+            .map_err(io)?;
+            writeln!(
+                out,
+                "Generation: {} tokens, {:.3} tokens-per-sec",
+                stats.generation_tokens, stats.generation_tps
+            )
+            .map_err(io)?;
             writeln!(out, "Peak memory: {:.3} GB", stats.peak_bytes() as f64 / 1e9).map_err(io)?;
         }
     } else {
@@ -136,7 +153,10 @@ pub fn run(args: Args) -> Result<i32> {
     }
     out.flush().map_err(io)?;
     if finish == Some(FinishReason::ContextLimit) {
-        eprintln!("note: generation stopped at the context limit of {} tokens", zaya.max_context());
+        eprintln!(
+            "note: generation stopped at the context limit of {} tokens",
+            zaya.max_context()
+        );
     }
     Ok(0)
 }

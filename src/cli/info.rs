@@ -21,7 +21,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let opts = BundleOptions { allow_unexpected: args.allow_unexpected };
+    let opts = BundleOptions {
+        allow_unexpected: args.allow_unexpected,
+    };
     let res = inspect(&args.model, &opts);
     if args.json {
         let v = match &res {

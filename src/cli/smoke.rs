@@ -38,7 +38,13 @@ pub struct Case {
 
 /// The four checks.
 pub const CASES: [Case; 4] = [
-    Case { name: "arithmetic", system: None, user: "What is 2+2? Answer with just the number.", thinking: false, expect: "4" },
+    Case {
+        name: "arithmetic",
+        system: None,
+        user: "What is 2+2? Answer with just the number.",
+        thinking: false,
+        expect: "4",
+    },
     Case {
         name: "capital",
         system: None,
@@ -109,11 +115,23 @@ fn shown(text: &str, max: usize) -> String {
     format!("{s:?}")
 }
 
-fn run_case(zaya: &Zaya, case: &Case, max_tokens: usize, prefill_chunk: Option<usize>) -> Result<(String, Option<FinishReason>, zaya_mlx::generate::GenStats)> {
+fn run_case(
+    zaya: &Zaya,
+    case: &Case,
+    max_tokens: usize,
+    prefill_chunk: Option<usize>,
+) -> Result<(String, Option<FinishReason>, zaya_mlx::generate::GenStats)> {
     let mut session = zaya.session();
-    session.set_chat_options(ChatOptions { enable_thinking: Some(case.thinking), ..ChatOptions::default() });
+    session.set_chat_options(ChatOptions {
+        enable_thinking: Some(case.thinking),
+        ..ChatOptions::default()
+    });
     session.set_system_prompt(case.system);
-    let params = GenParams { max_tokens: Some(max_tokens), prefill_chunk, ..GenParams::default() };
+    let params = GenParams {
+        max_tokens: Some(max_tokens),
+        prefill_chunk,
+        ..GenParams::default()
+    };
     let mut gen = session.chat(case.user, &params)?;
     let mut text = String::new();
     for step in gen.by_ref() {
@@ -124,7 +142,9 @@ fn run_case(zaya: &Zaya, case: &Case, max_tokens: usize, prefill_chunk: Option<u
 
 pub fn run(args: Args) -> Result<i32> {
     if args.max_tokens == 0 || args.thinking_max_tokens == 0 {
-        return Err(ZayaError::InvalidArgument("--max-tokens and --thinking-max-tokens must be positive".into()));
+        return Err(ZayaError::InvalidArgument(
+            "--max-tokens and --thinking-max-tokens must be positive".into(),
+        ));
     }
     args.model.model_options()?;
     let zaya = args.model.load()?;
@@ -136,7 +156,11 @@ pub fn run(args: Args) -> Result<i32> {
     }
     let mut passed = 0;
     for case in &CASES {
-        let budget = if case.thinking { args.thinking_max_tokens } else { args.max_tokens };
+        let budget = if case.thinking {
+            args.thinking_max_tokens
+        } else {
+            args.max_tokens
+        };
         let (text, finish, stats) = run_case(&zaya, case, budget, args.model.prefill_chunk)?;
         let end = finish.map_or_else(String::new, |f| format!(" [{f}]"));
         match judge(case, &text) {

@@ -49,7 +49,11 @@ pub fn run(args: Args) -> Result<i32> {
     if args.threads == Some(0) {
         return Err(ZayaError::InvalidArgument("--threads must be at least 1".into()));
     }
-    let opts = SynthOptions { force: args.force, progress: !args.quiet, threads: args.threads };
+    let opts = SynthOptions {
+        force: args.force,
+        progress: !args.quiet,
+        threads: args.threads,
+    };
     let report = if args.float_source {
         synth::write_float_source(&spec, &args.out, &opts)?
     } else {

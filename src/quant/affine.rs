@@ -54,13 +54,19 @@ fn raw_op(what: impl FnOnce() -> String, f: impl FnOnce(*mut mlx_sys::mlx_array)
     let rc = f(&mut res);
     if rc != 0 {
         unsafe { mlx_sys::mlx_array_free(res) };
-        return Err(ZayaError::Mlx(mlx_rs::error::Exception::custom(format!("MLX rejected {}", what()))));
+        return Err(ZayaError::Mlx(mlx_rs::error::Exception::custom(format!(
+            "MLX rejected {}",
+            what()
+        ))));
     }
     Ok(unsafe { Array::from_ptr(res) })
 }
 
 fn opt_int(v: i32) -> mlx_sys::mlx_optional_int {
-    mlx_sys::mlx_optional_int { value: v, has_value: true }
+    mlx_sys::mlx_optional_int {
+        value: v,
+        has_value: true,
+    }
 }
 
 fn null_array() -> mlx_sys::mlx_array {
@@ -158,12 +164,27 @@ pub fn gather_matmul_t(
 }
 
 /// Dequantizes `w` (any leading dims) to `dtype` (MLX `dequantize`).
-pub fn dequantize_to(w: &Array, scales: &Array, biases: Option<&Array>, spec: QuantSpec, dtype: Dtype) -> Result<Array> {
+pub fn dequantize_to(
+    w: &Array,
+    scales: &Array,
+    biases: Option<&Array>,
+    spec: QuantSpec,
+    dtype: Dtype,
+) -> Result<Array> {
     let stream = Stream::thread_local_or_default();
     let nb = null_array();
     let ng = null_array();
     let out = raw_op(
-        || format!("dequantize(w {:?}, scales {:?}, {:?} bits {} group {})", w.shape(), scales.shape(), spec.mode, spec.bits, spec.group_size),
+        || {
+            format!(
+                "dequantize(w {:?}, scales {:?}, {:?} bits {} group {})",
+                w.shape(),
+                scales.shape(),
+                spec.mode,
+                spec.bits,
+                spec.group_size
+            )
+        },
         |res| unsafe {
             mlx_sys::mlx_dequantize(
                 res,
@@ -174,7 +195,10 @@ pub fn dequantize_to(w: &Array, scales: &Array, biases: Option<&Array>, spec: Qu
                 opt_int(spec.bits),
                 spec.mode.c_name().as_ptr(),
                 ng,
-                mlx_sys::mlx_optional_dtype { value: dtype.into(), has_value: true },
+                mlx_sys::mlx_optional_dtype {
+                    value: dtype.into(),
+                    has_value: true,
+                },
                 stream.as_ptr(),
             )
         },
@@ -187,8 +211,6 @@ pub fn dequantize_to(w: &Array, scales: &Array, biases: Option<&Array>, spec: Qu
 }
 
 // ---- dequantization (used by tests and by the loader's consistency checks) ----------------------
-
-
 
 /// Dequantizes MLX affine weights to f32: `w[.., r, j] = scales[.., r, j/G] · q[.., r, j] +
 /// biases[.., r, j/G]`, with `q` the `bits`-bit codes packed LSB-first into `w` (U32
@@ -213,11 +235,20 @@ pub fn dequantize_mxfp4(w: &Array, scales: &Array, group_size: u32) -> Result<Ar
             w.as_ptr(),
             scales.as_ptr(),
             none,
-            mlx_sys::mlx_optional_int { value: group_size as i32, has_value: true },
-            mlx_sys::mlx_optional_int { value: 4, has_value: true },
+            mlx_sys::mlx_optional_int {
+                value: group_size as i32,
+                has_value: true,
+            },
+            mlx_sys::mlx_optional_int {
+                value: 4,
+                has_value: true,
+            },
             c"mxfp4".as_ptr(),
             none,
-            mlx_sys::mlx_optional_dtype { value: mlx_sys::mlx_dtype__MLX_FLOAT32, has_value: true },
+            mlx_sys::mlx_optional_dtype {
+                value: mlx_sys::mlx_dtype__MLX_FLOAT32,
+                has_value: true,
+            },
             stream.as_ptr(),
         );
         mlx_sys::mlx_array_free(none);

@@ -48,7 +48,9 @@ fn seed_sequence_pool(entropy: u64) -> [u32; SS_POOL_SIZE] {
         v ^ (v >> SS_XSHIFT)
     };
     let mix = |x: u32, y: u32| -> u32 {
-        let r = SS_MIX_MULT_L.wrapping_mul(x).wrapping_sub(SS_MIX_MULT_R.wrapping_mul(y));
+        let r = SS_MIX_MULT_L
+            .wrapping_mul(x)
+            .wrapping_sub(SS_MIX_MULT_R.wrapping_mul(y));
         r ^ (r >> SS_XSHIFT)
     };
     let mut pool = [0u32; SS_POOL_SIZE];
@@ -100,10 +102,16 @@ impl Pcg64 {
     /// The generator of `np.random.default_rng(seed)` (= `PCG64(SeedSequence(seed))`).
     pub fn from_numpy_seed(seed: u64) -> Self {
         let w = seed_sequence_state(&seed_sequence_pool(seed), 8);
-        let s: Vec<u64> = (0..4).map(|i| u64::from(w[2 * i]) | (u64::from(w[2 * i + 1]) << 32)).collect();
+        let s: Vec<u64> = (0..4)
+            .map(|i| u64::from(w[2 * i]) | (u64::from(w[2 * i + 1]) << 32))
+            .collect();
         let initstate = (u128::from(s[0]) << 64) | u128::from(s[1]);
         let initseq = (u128::from(s[2]) << 64) | u128::from(s[3]);
-        let mut g = Pcg64 { state: 0, inc: (initseq << 1) | 1, pending_u32: None };
+        let mut g = Pcg64 {
+            state: 0,
+            inc: (initseq << 1) | 1,
+            pending_u32: None,
+        };
         g.step();
         g.state = g.state.wrapping_add(initstate);
         g.step();
@@ -155,7 +163,9 @@ impl Pcg64 {
 /// `default_rng(seed).choice([-1.0, 1.0], size=dim)` as f32 (jangtq-format.md §3.4).
 pub fn random_signs(dim: usize, seed: u64) -> Vec<f32> {
     let mut g = Pcg64::from_numpy_seed(seed);
-    (0..dim).map(|_| if g.bounded_u32(1) == 0 { -1.0 } else { 1.0 }).collect()
+    (0..dim)
+        .map(|_| if g.bounded_u32(1) == 0 { -1.0 } else { 1.0 })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,8 +299,11 @@ pub fn compute_codebook(dim: usize, bits: u32) -> Vec<f64> {
             let (lo, hi) = (boundaries[i], boundaries[i + 1]);
             // The grid is sorted, so the cell mask is a contiguous index range.
             let start = grid.partition_point(|&g| g < lo);
-            let end =
-                if i == n_codes - 1 { grid.partition_point(|&g| g <= hi) } else { grid.partition_point(|&g| g < hi) };
+            let end = if i == n_codes - 1 {
+                grid.partition_point(|&g| g <= hi)
+            } else {
+                grid.partition_point(|&g| g < hi)
+            };
             if end <= start + 1 {
                 next[i] = centroids[i];
                 continue;
@@ -300,7 +313,10 @@ pub fn compute_codebook(dim: usize, bits: u32) -> Vec<f64> {
             let moment = trapezoid(&xpdf[start..end], gx, &mut scratch);
             next[i] = moment / mass.max(1e-10);
         }
-        let close = centroids.iter().zip(&next).all(|(a, b)| (a - b).abs() <= 1e-10 + 1e-5 * b.abs());
+        let close = centroids
+            .iter()
+            .zip(&next)
+            .all(|(a, b)| (a - b).abs() <= 1e-10 + 1e-5 * b.abs());
         if close {
             break;
         }
@@ -425,7 +441,12 @@ impl TqEncoder {
     /// Encoder with the sidecar tables computed here: `signs.{in}.{seed}`, `codebook.{in}.{bits}`.
     pub fn new(in_features: usize, bits: u32, seed: u64) -> Result<Self> {
         Self::check(in_features, bits)?;
-        Self::with_tables(in_features, bits, random_signs(in_features, seed), codebook_f32(in_features, bits))
+        Self::with_tables(
+            in_features,
+            bits,
+            random_signs(in_features, seed),
+            codebook_f32(in_features, bits),
+        )
     }
 
     /// Encoder with given tables (e.g. read from a sidecar).
@@ -437,7 +458,11 @@ impl TqEncoder {
                 signs.len()
             )));
         }
-        if codebook.len() != 1 << bits || codebook.windows(2).any(|w| w[0].partial_cmp(&w[1]).is_none_or(|o| o.is_gt())) {
+        if codebook.len() != 1 << bits
+            || codebook
+                .windows(2)
+                .any(|w| w[0].partial_cmp(&w[1]).is_none_or(|o| o.is_gt()))
+        {
             return Err(ZayaError::InvalidArgument(format!(
                 "TurboQuant codebook must have {} ascending entries, got {}",
                 1 << bits,
@@ -445,15 +470,26 @@ impl TqEncoder {
             )));
         }
         let midpoints = codebook.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
-        Ok(TqEncoder { in_features, bits, blocks: hadamard_blocks(in_features), signs, codebook, midpoints })
+        Ok(TqEncoder {
+            in_features,
+            bits,
+            blocks: hadamard_blocks(in_features),
+            signs,
+            codebook,
+            midpoints,
+        })
     }
 
     fn check(in_features: usize, bits: u32) -> Result<()> {
         if in_features == 0 {
-            return Err(ZayaError::InvalidArgument("TurboQuant in_features must be positive".into()));
+            return Err(ZayaError::InvalidArgument(
+                "TurboQuant in_features must be positive".into(),
+            ));
         }
         if !(1..=8).contains(&bits) {
-            return Err(ZayaError::InvalidArgument(format!("TurboQuant bits must be 1..=8, got {bits}")));
+            return Err(ZayaError::InvalidArgument(format!(
+                "TurboQuant bits must be 1..=8, got {bits}"
+            )));
         }
         Ok(())
     }
@@ -593,7 +629,9 @@ pub struct AffineEncoded {
 
 fn check_affine(len: usize, rows: usize, cols: usize, bits: u32, group_size: usize) -> Result<()> {
     if ![2, 4, 8].contains(&bits) {
-        return Err(ZayaError::InvalidArgument(format!("affine quantization: bits must be 2, 4 or 8, got {bits}")));
+        return Err(ZayaError::InvalidArgument(format!(
+            "affine quantization: bits must be 2, 4 or 8, got {bits}"
+        )));
     }
     if ![32, 64, 128].contains(&group_size) {
         return Err(ZayaError::InvalidArgument(format!(
@@ -606,7 +644,9 @@ fn check_affine(len: usize, rows: usize, cols: usize, bits: u32, group_size: usi
         )));
     }
     if len != rows * cols {
-        return Err(ZayaError::InvalidArgument(format!("affine quantization: {len} values for {rows}×{cols}")));
+        return Err(ZayaError::InvalidArgument(format!(
+            "affine quantization: {len} values for {rows}×{cols}"
+        )));
     }
     Ok(())
 }
@@ -679,7 +719,9 @@ pub fn affine_dequantize(
         || enc.scales.len() != rows * cols / group_size
         || enc.biases.len() != enc.scales.len()
     {
-        return Err(ZayaError::InvalidArgument("affine dequantization: buffer sizes do not match the shape".into()));
+        return Err(ZayaError::InvalidArgument(
+            "affine dequantization: buffer sizes do not match the shape".into(),
+        ));
     }
     let mask = (1u32 << bits) - 1;
     Ok((0..rows * cols)
@@ -735,7 +777,15 @@ mod tests {
         let mut y = x.clone();
         fwht_inplace(&mut y);
         for (i, &yi) in y.iter().enumerate() {
-            let e: f64 = (0..d).map(|j| if (i & j).count_ones() % 2 == 0 { x[j] as f64 } else { -(x[j] as f64) }).sum();
+            let e: f64 = (0..d)
+                .map(|j| {
+                    if (i & j).count_ones() % 2 == 0 {
+                        x[j] as f64
+                    } else {
+                        -(x[j] as f64)
+                    }
+                })
+                .sum();
             assert!((e - yi as f64).abs() < 1e-5, "{i}: {e} vs {yi}");
         }
     }
@@ -755,7 +805,9 @@ mod tests {
         // MLX re-derives the scale from the rounded edge code (scale = edge / rint(edge / s0)), so
         // the grid can fall short of the far end of the range by up to n·s0·0.5/(n/2 − 0.5) ≈ 1.07
         // steps at 4 bits; inside the grid the error is half a step.
-        let w: Vec<f32> = (0..256).map(|i| ((i * 7919 % 257) as f32 / 257.0 - 0.3) * 2.0).collect();
+        let w: Vec<f32> = (0..256)
+            .map(|i| ((i * 7919 % 257) as f32 / 257.0 - 0.3) * 2.0)
+            .collect();
         for bits in [4u32, 8] {
             let n = ((1u32 << bits) - 1) as f32;
             let enc = affine_quantize_f32(&w, 2, 128, bits, 32).unwrap();

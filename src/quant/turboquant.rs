@@ -27,7 +27,10 @@ pub fn hadamard_blocks(d: usize) -> Vec<usize> {
 /// The randomized Hadamard rotation `R(x) = H·(s ⊙ x)` over the last axis, in f32, with the
 /// orthonormal scaling `1/√block` per power-of-two block. `signs`: f32 `[d]`.
 pub fn rotate(x: &Array, signs: &Array) -> Result<Array> {
-    let d = *x.shape().last().ok_or_else(|| ZayaError::InvalidArgument("rotate: scalar input".into()))? as usize;
+    let d = *x
+        .shape()
+        .last()
+        .ok_or_else(|| ZayaError::InvalidArgument("rotate: scalar input".into()))? as usize;
     if signs.shape() != [d as i32] {
         return Err(ZayaError::InvalidArgument(format!(
             "rotate: signs have shape {:?}, expected [{d}]",
@@ -52,7 +55,9 @@ pub fn rotate(x: &Array, signs: &Array) -> Result<Array> {
 /// Unpacks LSB-first `bits`-wide codes: `packed` U32 `[.., out, cols]` → U32 `[.., out, in]`.
 pub fn unpack_codes(packed: &Array, bits: u32, in_features: usize) -> Result<Array> {
     if !(1..=8).contains(&bits) || 32 % bits != 0 {
-        return Err(ZayaError::InvalidArgument(format!("TurboQuant bits {bits} unsupported (need 1, 2, 4 or 8)")));
+        return Err(ZayaError::InvalidArgument(format!(
+            "TurboQuant bits {bits} unsupported (need 1, 2, 4 or 8)"
+        )));
     }
     let per = (32 / bits) as usize;
     let shape = packed.shape().to_vec();
@@ -65,7 +70,10 @@ pub fn unpack_codes(packed: &Array, bits: u32, in_features: usize) -> Result<Arr
     let pows: Vec<u32> = (0..per).map(|k| 1u32 << (k as u32 * bits)).collect();
     let pows = Array::from_slice(&pows, &[per as i32]);
     let expanded = packed.expand_dims(-1)?; // [.., out, cols, 1]
-    let codes = remainder(floor_divide(&expanded, &pows)?, Array::from_slice(&[1u32 << bits], &[1]))?;
+    let codes = remainder(
+        floor_divide(&expanded, &pows)?,
+        Array::from_slice(&[1u32 << bits], &[1]),
+    )?;
     let mut new_shape = shape.clone();
     *new_shape.last_mut().unwrap() = (cols * per) as i32;
     let codes = codes.reshape(&new_shape)?;
@@ -81,7 +89,9 @@ pub fn unpack_codes(packed: &Array, bits: u32, in_features: usize) -> Result<Arr
 /// gather per halfword instead of one per code.
 pub fn halfword_lut(codebook: &Array, bits: u32) -> Result<Array> {
     if !matches!(bits, 1 | 2 | 4 | 8) {
-        return Err(ZayaError::InvalidArgument(format!("TurboQuant bits {bits} unsupported (need 1, 2, 4 or 8)")));
+        return Err(ZayaError::InvalidArgument(format!(
+            "TurboQuant bits {bits} unsupported (need 1, 2, 4 or 8)"
+        )));
     }
     if codebook.shape() != [1 << bits] {
         return Err(ZayaError::InvalidArgument(format!(
@@ -94,7 +104,10 @@ pub fn halfword_lut(codebook: &Array, bits: u32) -> Result<Array> {
     let h = Array::from_slice(&h, &[65536, 1]);
     let per = (16 / bits) as usize;
     let pows: Vec<u32> = (0..per).map(|k| 1u32 << (k as u32 * bits)).collect();
-    let codes = remainder(floor_divide(&h, Array::from_slice(&pows, &[1, per as i32]))?, Array::from_slice(&[1u32 << bits], &[1]))?;
+    let codes = remainder(
+        floor_divide(&h, Array::from_slice(&pows, &[1, per as i32]))?,
+        Array::from_slice(&[1u32 << bits], &[1]),
+    )?;
     Ok(take(&codebook.as_dtype(Dtype::Float32)?, &codes)?)
 }
 
@@ -119,9 +132,26 @@ pub struct TqMatrix {
 
 impl TqMatrix {
     /// A projection with its lookup table precomputed.
-    pub fn new(packed: Array, norms: Array, codebook: Array, signs: Array, bits: u32, in_features: usize, out_features: usize) -> Result<Self> {
+    pub fn new(
+        packed: Array,
+        norms: Array,
+        codebook: Array,
+        signs: Array,
+        bits: u32,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<Self> {
         let lut = Some(halfword_lut(&codebook, bits)?);
-        Ok(TqMatrix { packed, norms, codebook, signs, bits, in_features, out_features, lut })
+        Ok(TqMatrix {
+            packed,
+            norms,
+            codebook,
+            signs,
+            bits,
+            in_features,
+            out_features,
+            lut,
+        })
     }
 
     /// Rotated-domain weight of expert `e` without norms: `C[codes[e]]`, f32 `[out, in]`.
@@ -190,7 +220,9 @@ pub fn dequantize(
     use mlx_rs::ops::indexing::IndexOp;
     use mlx_rs::Array;
     if ![1, 2, 3, 4, 8].contains(&bits) {
-        return Err(ZayaError::InvalidArgument(format!("TurboQuant bits must be 1, 2, 3, 4 or 8, got {bits}")));
+        return Err(ZayaError::InvalidArgument(format!(
+            "TurboQuant bits must be 1, 2, 3, 4 or 8, got {bits}"
+        )));
     }
     if !in_features.is_power_of_two() {
         return Err(ZayaError::InvalidArgument(format!(
@@ -212,7 +244,9 @@ pub fn dequantize(
     let mut flat = shape.clone();
     let last = flat.len() - 1;
     flat[last] *= per_word as i32;
-    let codes = codes.reshape(&flat)?.index((mlx_rs::ops::indexing::Ellipsis, ..in_features as i32));
+    let codes = codes
+        .reshape(&flat)?
+        .index((mlx_rs::ops::indexing::Ellipsis, ..in_features as i32));
     let codes = codes.reshape(&[-1])?;
     let mut out_shape = shape.clone();
     out_shape[last] = in_features as i32;

@@ -47,7 +47,11 @@ fn ziggurat() -> &'static Ziggurat {
     static Z: OnceLock<Ziggurat> = OnceLock::new();
     Z.get_or_init(|| {
         let m = 2f64.powi(31);
-        let mut z = Ziggurat { k: [0; 128], w: [0.0; 128], f: [0.0; 128] };
+        let mut z = Ziggurat {
+            k: [0; 128],
+            w: [0.0; 128],
+            f: [0.0; 128],
+        };
         let mut d = ZIG_R;
         let mut t = d;
         let q = ZIG_V / (-0.5 * d * d).exp();
@@ -76,7 +80,9 @@ impl BlockRng {
         h.update(block.to_le_bytes());
         h.update(name.as_bytes());
         let key: [u8; 32] = h.finalize().into();
-        BlockRng { rng: ChaCha8Rng::from_seed(key) }
+        BlockRng {
+            rng: ChaCha8Rng::from_seed(key),
+        }
     }
 
     /// Uniform in [−1, 1) with 24-bit resolution.
@@ -126,7 +132,11 @@ impl BlockRng {
             Init::Uniform { bound } => out.iter_mut().for_each(|v| *v = self.uniform_pm1() * bound),
             Init::BalancingBiases { std, skip } => {
                 for (k, v) in out.iter_mut().enumerate() {
-                    *v = if skip && offset + k == total - 1 { -1.0 } else { self.normal() * std };
+                    *v = if skip && offset + k == total - 1 {
+                        -1.0
+                    } else {
+                        self.normal() * std
+                    };
                 }
             }
         }

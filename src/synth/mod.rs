@@ -105,14 +105,22 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
             (vec![find(s.name.clone())?], rows * cols * 2)
         } else {
             let base = s.name.strip_suffix(".weight").unwrap_or(&s.name);
-            let t =
-                vec![find(format!("{base}.weight"))?, find(format!("{base}.scales"))?, find(format!("{base}.biases"))?];
+            let t = vec![
+                find(format!("{base}.weight"))?,
+                find(format!("{base}.scales"))?,
+                find(format!("{base}.biases"))?,
+            ];
             let b: usize = t.iter().map(|&i| tensors[i].nbytes()).sum();
             (t, b)
         };
         let nb = num_blocks(rows, cols);
         for b in 0..nb {
-            jobs.push(Job::Regular { source: si, block: b, targets: targets.clone(), bytes: bytes / nb });
+            jobs.push(Job::Regular {
+                source: si,
+                block: b,
+                targets: targets.clone(),
+                bytes: bytes / nb,
+            });
         }
     }
     for layer in spec.moe_layers() {
@@ -122,18 +130,32 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
             let norms = find(format!("{base}.tq_norms"))?;
             let bytes = (tensors[packed].nbytes() + tensors[norms].nbytes()) / spec.num_experts;
             for e in 0..spec.num_experts {
-                jobs.push(Job::Expert { layer, proj: pi, expert: e, packed, norms, bytes });
+                jobs.push(Job::Expert {
+                    layer,
+                    proj: pi,
+                    expert: e,
+                    packed,
+                    norms,
+                    bytes,
+                });
             }
         }
     }
 
-    let ctx = Ctx { spec, sources: &sources, sink: Some(&sink) };
+    let ctx = Ctx {
+        spec,
+        sources: &sources,
+        sink: Some(&sink),
+    };
     let threads = run_jobs(&jobs, opts, "synth", |job| ctx.bundle_job(job, &encoders))?;
 
     // Sidecar, index and side files.
     let mut sidecar: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for &i in encoders.keys() {
-        sidecar.insert(format!("signs.{i}.{}", spec.mxtq_seed), (vec![i], random_signs(i, spec.mxtq_seed)));
+        sidecar.insert(
+            format!("signs.{i}.{}", spec.mxtq_seed),
+            (vec![i], random_signs(i, spec.mxtq_seed)),
+        );
         sidecar.insert(
             format!("codebook.{i}.{}", spec.expert_bits),
             (vec![1 << spec.expert_bits], codebook_f32(i, spec.expert_bits)),
@@ -142,8 +164,11 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
     write_f32_safetensors(&out.join(SIDECAR_FILE), &sidecar)?;
 
     let total_size: u64 = files.iter().map(|f| f.size).sum();
-    let weight_map: BTreeMap<String, String> =
-        tensors.iter().zip(&locs).map(|(t, l)| (t.name.clone(), files[l.file].name.clone())).collect();
+    let weight_map: BTreeMap<String, String> = tensors
+        .iter()
+        .zip(&locs)
+        .map(|(t, l)| (t.name.clone(), files[l.file].name.clone()))
+        .collect();
     files::write_json(
         &out.join("model.safetensors.index.json"),
         &files::index_json(Some("jangtq"), total_size, &weight_map),
@@ -185,15 +210,29 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
                 }
                 _ => 1,
             };
-            (0..nb).map(move |b| Job::Source { tensor: ti, block: b, bytes: t.nbytes() / nb })
+            (0..nb).map(move |b| Job::Source {
+                tensor: ti,
+                block: b,
+                bytes: t.nbytes() / nb,
+            })
         })
         .collect();
-    let ctx = Ctx { spec, sources: &sources, sink: Some(&sink) };
+    let ctx = Ctx {
+        spec,
+        sources: &sources,
+        sink: Some(&sink),
+    };
     let threads = run_jobs(&jobs, opts, "source", |job| ctx.source_job(job, &tensors))?;
     let data_size: u64 = tensors.iter().map(|t| t.nbytes() as u64).sum();
-    let weight_map: BTreeMap<String, String> =
-        tensors.iter().zip(&locs).map(|(t, l)| (t.name.clone(), files[l.file].name.clone())).collect();
-    files::write_json(&out.join("model.safetensors.index.json"), &files::index_json(None, data_size, &weight_map))?;
+    let weight_map: BTreeMap<String, String> = tensors
+        .iter()
+        .zip(&locs)
+        .map(|(t, l)| (t.name.clone(), files[l.file].name.clone()))
+        .collect();
+    files::write_json(
+        &out.join("model.safetensors.index.json"),
+        &files::index_json(None, data_size, &weight_map),
+    )?;
     files::write_json(&out.join("config.json"), &files::source_config(spec))?;
     write_text_side_files(spec, out, false)?;
     Ok(SynthReport {
@@ -215,7 +254,11 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
 pub fn float_weights(spec: &SynthSpec, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     spec.validate()?;
     let sources = plan::source_tensors(spec);
-    let ctx = Ctx { spec, sources: &sources, sink: None };
+    let ctx = Ctx {
+        spec,
+        sources: &sources,
+        sink: None,
+    };
     if let Some(si) = sources.iter().position(|s| s.name == name) {
         let (rows, cols) = sources[si].rows_cols();
         let mut v = Vec::with_capacity(rows * cols);
@@ -237,7 +280,10 @@ pub fn float_weights(spec: &SynthSpec, name: &str) -> Result<(Vec<usize>, Vec<f3
             }
         }
     }
-    Err(ZayaError::MissingTensor { name: name.to_string(), file: Some(format!("synthetic {} spec", spec.preset)) })
+    Err(ZayaError::MissingTensor {
+        name: name.to_string(),
+        file: Some(format!("synthetic {} spec", spec.preset)),
+    })
 }
 
 fn write_text_side_files(spec: &SynthSpec, out: &Path, template_in_config: bool) -> Result<()> {
@@ -255,7 +301,10 @@ fn write_text_side_files(spec: &SynthSpec, out: &Path, template_in_config: bool)
 fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
     if out.exists() {
         if !out.is_dir() {
-            return Err(ZayaError::InvalidArgument(format!("--out {} exists and is not a directory", out.display())));
+            return Err(ZayaError::InvalidArgument(format!(
+                "--out {} exists and is not a directory",
+                out.display()
+            )));
         }
         let entries: Vec<PathBuf> = std::fs::read_dir(out)
             .map_err(|e| ZayaError::io(out, e))?
@@ -285,7 +334,13 @@ fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
 fn write_f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, (shape, v))| (k.clone(), shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, (shape, v))| {
+            (
+                k.clone(),
+                shape.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
@@ -295,8 +350,10 @@ fn write_f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Ve
                 .map_err(|e| ZayaError::InvalidArgument(format!("sidecar tensor {k}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| ZayaError::Safetensors { file: path.to_path_buf(), msg: e.to_string() })
+    safetensors::serialize_to_file(views, None, path).map_err(|e| ZayaError::Safetensors {
+        file: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 /// Pre-sized output files with their headers; tensor bytes are written at planned offsets.
@@ -316,7 +373,11 @@ impl Sink {
             f.write_all_at(&p.header, 0).map_err(|e| ZayaError::io(&path, e))?;
             files.push((path, f));
         }
-        Ok(Sink { files, locs: locs.to_vec(), sizes: plans.iter().map(|p| p.size).collect() })
+        Ok(Sink {
+            files,
+            locs: locs.to_vec(),
+            sizes: plans.iter().map(|p| p.size).collect(),
+        })
     }
 
     /// Writes `bytes` at byte `offset` inside tensor `tensor`.
@@ -332,9 +393,21 @@ impl Sink {
 #[derive(Debug, Clone)]
 enum Job {
     /// Rows block `block` of a regular source tensor; `targets` are its output tensors.
-    Regular { source: usize, block: usize, targets: Vec<usize>, bytes: usize },
+    Regular {
+        source: usize,
+        block: usize,
+        targets: Vec<usize>,
+        bytes: usize,
+    },
     /// One expert matrix of one projection of one MoE layer.
-    Expert { layer: usize, proj: usize, expert: usize, packed: usize, norms: usize, bytes: usize },
+    Expert {
+        layer: usize,
+        proj: usize,
+        expert: usize,
+        packed: usize,
+        norms: usize,
+        bytes: usize,
+    },
     /// One block of one float source tensor.
     Source { tensor: usize, block: usize, bytes: usize },
 }
@@ -363,7 +436,8 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
 
 impl Ctx<'_> {
     fn sink(&self) -> Result<&Sink> {
-        self.sink.ok_or_else(|| ZayaError::InvalidArgument("synth: no output files to write to".into()))
+        self.sink
+            .ok_or_else(|| ZayaError::InvalidArgument("synth: no output files to write to".into()))
     }
 
     /// Float values of rows block `block` of regular source tensor `si`: (first row, values).
@@ -383,12 +457,21 @@ impl Ctx<'_> {
         let name = PROJECTIONS[proj];
         let (o, i) = plan::expert_dims(self.spec, name);
         let rng = BlockRng::new(self.spec.seed, &plan::expert_base(layer, name), expert as u64);
-        (rng, Init::Normal { std: 1.0 / (i as f32).sqrt() }, o, i)
+        (
+            rng,
+            Init::Normal {
+                std: 1.0 / (i as f32).sqrt(),
+            },
+            o,
+            i,
+        )
     }
 
     fn bundle_job(&self, job: &Job, encoders: &BTreeMap<usize, TqEncoder>) -> Result<()> {
         match job {
-            Job::Regular { source, block, targets, .. } => {
+            Job::Regular {
+                source, block, targets, ..
+            } => {
                 let s = &self.sources[*source];
                 let (_, cols) = s.rows_cols();
                 let (r0, v) = self.regular_block(*source, *block);
@@ -399,14 +482,22 @@ impl Ctx<'_> {
                     let rows = v.len() / cols;
                     let enc = affine_quantize_f32(&v, rows, cols, AFFINE_BITS, g)?;
                     let per = 32 / AFFINE_BITS as usize;
-                    self.sink()?.write(targets[0], (r0 * cols / per * 4) as u64, &u32_bytes(&enc.weight))?;
+                    self.sink()?
+                        .write(targets[0], (r0 * cols / per * 4) as u64, &u32_bytes(&enc.weight))?;
                     let sb: Vec<u8> = enc.scales.iter().flat_map(|x| x.to_le_bytes()).collect();
                     let bb: Vec<u8> = enc.biases.iter().flat_map(|x| x.to_le_bytes()).collect();
                     self.sink()?.write(targets[1], (r0 * cols / g * 2) as u64, &sb)?;
                     self.sink()?.write(targets[2], (r0 * cols / g * 2) as u64, &bb)
                 }
             }
-            Job::Expert { layer, proj, expert, packed, norms, .. } => {
+            Job::Expert {
+                layer,
+                proj,
+                expert,
+                packed,
+                norms,
+                ..
+            } => {
                 let (mut rng, init, o, i) = self.expert_rng(*layer, *proj, *expert);
                 let enc = &encoders[&i];
                 let pc = enc.packed_cols();
@@ -417,7 +508,8 @@ impl Ctx<'_> {
                     rng.fill(&mut row, init, r * i, o * i);
                     n.push(enc.encode_row(&mut row, &mut words[r * pc..(r + 1) * pc]));
                 }
-                self.sink()?.write(*packed, (expert * o * pc * 4) as u64, &u32_bytes(&words))?;
+                self.sink()?
+                    .write(*packed, (expert * o * pc * 4) as u64, &u32_bytes(&words))?;
                 self.sink()?.write(*norms, (expert * o * 2) as u64, &f16_bytes(&n))
             }
             Job::Source { .. } => unreachable!("source job in a bundle"),
@@ -425,7 +517,9 @@ impl Ctx<'_> {
     }
 
     fn source_job(&self, job: &Job, tensors: &[OutTensor]) -> Result<()> {
-        let Job::Source { tensor, block, .. } = job else { unreachable!("bundle job in a source") };
+        let Job::Source { tensor, block, .. } = job else {
+            unreachable!("bundle job in a source")
+        };
         let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         match tensors[*tensor].content {
             Content::SourceF32 { source } => {

@@ -83,11 +83,15 @@ pub fn expert_dims(spec: &SynthSpec, proj: &str) -> (usize, usize) {
 }
 
 fn normal_in(fan_in: usize) -> Init {
-    Init::Normal { std: 1.0 / (fan_in as f32).sqrt() }
+    Init::Normal {
+        std: 1.0 / (fan_in as f32).sqrt(),
+    }
 }
 
 fn uniform_in(fan_in: usize) -> Init {
-    Init::Uniform { bound: 1.0 / (fan_in as f32).sqrt() }
+    Init::Uniform {
+        bound: 1.0 / (fan_in as f32).sqrt(),
+    }
 }
 
 /// The non-expert tensors of the Zyphra legacy float source (zaya-architecture.md §5.1), sorted
@@ -102,7 +106,11 @@ pub fn source_tensors(spec: &SynthSpec) -> Vec<SourceTensor> {
     let norm = Init::OnesNoise { std: 0.05 };
     let small_bias = Init::Normal { std: 0.02 };
 
-    push("model.embed_tokens.weight".into(), vec![spec.vocab_size, h], normal_in(h));
+    push(
+        "model.embed_tokens.weight".into(),
+        vec![spec.vocab_size, h],
+        normal_in(h),
+    );
     push("model.final_norm.weight".into(), vec![h], norm);
     for s in ["hidden_states_scale", "residual_scale"] {
         push(format!("model.res_scale.{s}"), vec![h], norm);
@@ -123,15 +131,31 @@ pub fn source_tensors(spec: &SynthSpec) -> Vec<SourceTensor> {
             let a = format!("{p}.self_attn");
             push(format!("{a}.qkv.linear_q.weight"), vec![spec.q_dim(), h], normal_in(h));
             push(format!("{a}.qkv.linear_k.weight"), vec![spec.k_dim(), h], normal_in(h));
-            push(format!("{a}.qkv.val_proj1.weight"), vec![spec.k_dim() / 2, h], normal_in(h));
-            push(format!("{a}.qkv.val_proj2.weight"), vec![spec.k_dim() / 2, h], normal_in(h));
+            push(
+                format!("{a}.qkv.val_proj1.weight"),
+                vec![spec.k_dim() / 2, h],
+                normal_in(h),
+            );
+            push(
+                format!("{a}.qkv.val_proj2.weight"),
+                vec![spec.k_dim() / 2, h],
+                normal_in(h),
+            );
             // PyTorch layout [out, in/groups, k]: depthwise (groups = C), then one group per head.
             push(format!("{a}.qkv.conv_qk.0.weight"), vec![c, 1, 2], uniform_in(2));
             push(format!("{a}.qkv.conv_qk.0.bias"), vec![c], uniform_in(2));
             push(format!("{a}.qkv.conv_qk.1.weight"), vec![c, d, 2], uniform_in(2 * d));
             push(format!("{a}.qkv.conv_qk.1.bias"), vec![c], uniform_in(2 * d));
-            push(format!("{a}.qkv.temp"), vec![spec.num_kv_heads], Init::OnesNoise { std: 0.1 });
-            push(format!("{a}.o_proj.weight"), vec![h, spec.q_dim()], normal_in(spec.q_dim()));
+            push(
+                format!("{a}.qkv.temp"),
+                vec![spec.num_kv_heads],
+                Init::OnesNoise { std: 0.1 },
+            );
+            push(
+                format!("{a}.o_proj.weight"),
+                vec![h, spec.q_dim()],
+                normal_in(spec.q_dim()),
+            );
         } else {
             let q = format!("{p}.zaya_block.router");
             push(format!("{q}.down_proj.weight"), vec![r, h], normal_in(h));
@@ -141,11 +165,18 @@ pub fn source_tensors(spec: &SynthSpec) -> Vec<SourceTensor> {
                 push(format!("{q}.router_mlp.{i}.weight"), vec![r, r], normal_in(r));
                 push(format!("{q}.router_mlp.{i}.bias"), vec![r], uniform_in(r));
             }
-            push(format!("{q}.router_mlp.4.weight"), vec![spec.router_logits(), r], normal_in(r));
+            push(
+                format!("{q}.router_mlp.4.weight"),
+                vec![spec.router_logits(), r],
+                normal_in(r),
+            );
             push(
                 format!("{q}.balancing_biases"),
                 vec![spec.router_logits()],
-                Init::BalancingBiases { std: 0.01, skip: spec.use_mod },
+                Init::BalancingBiases {
+                    std: 0.01,
+                    skip: spec.use_mod,
+                },
             );
             if n > 1 {
                 push(format!("{q}.router_states_scale"), vec![r], norm);
@@ -375,7 +406,12 @@ pub fn plan_files(
 /// Lays out one safetensors file holding `idx` (sorted by dtype descending, then name, as the
 /// safetensors serializer does) and returns it with each tensor's absolute data offset.
 pub fn layout_file(tensors: &[OutTensor], mut idx: Vec<usize>, name: String) -> Result<(FilePlan, Vec<(usize, u64)>)> {
-    idx.sort_by(|&a, &b| tensors[b].dtype.cmp(&tensors[a].dtype).then_with(|| tensors[a].name.cmp(&tensors[b].name)));
+    idx.sort_by(|&a, &b| {
+        tensors[b]
+            .dtype
+            .cmp(&tensors[a].dtype)
+            .then_with(|| tensors[a].name.cmp(&tensors[b].name))
+    });
     let mut infos = Vec::with_capacity(idx.len());
     let mut off = 0usize;
     for &i in &idx {
@@ -383,7 +419,11 @@ pub fn layout_file(tensors: &[OutTensor], mut idx: Vec<usize>, name: String) -> 
         let n = t.nbytes();
         infos.push((
             t.name.clone(),
-            TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets: (off, off + n) },
+            TensorInfo {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data_offsets: (off, off + n),
+            },
         ));
         off += n;
     }
@@ -402,7 +442,15 @@ pub fn layout_file(tensors: &[OutTensor], mut idx: Vec<usize>, name: String) -> 
         offsets.push((i, base + o));
         o += tensors[i].nbytes() as u64;
     }
-    Ok((FilePlan { name, size: base + off as u64, header, tensors: idx }, offsets))
+    Ok((
+        FilePlan {
+            name,
+            size: base + off as u64,
+            header,
+            tensors: idx,
+        },
+        offsets,
+    ))
 }
 
 /// Number of model keys the format predicts (jangtq-format.md §1.3 formula generalised):
@@ -431,7 +479,10 @@ mod tests {
         let t = bundle_tensors(&spec, &source_tensors(&spec));
         assert_eq!(t.len(), 1965);
         let tiny = SynthSpec::preset("tiny").unwrap();
-        assert_eq!(bundle_tensors(&tiny, &source_tensors(&tiny)).len(), expected_key_count(tiny.num_hidden_layers));
+        assert_eq!(
+            bundle_tensors(&tiny, &source_tensors(&tiny)).len(),
+            expected_key_count(tiny.num_hidden_layers)
+        );
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl SynthSpec {
         };
         match name {
             "zaya1-8b" => Ok(real),
-            "small" => Ok(SynthSpec { num_hidden_layers: 4, vocab_size: 32_768, ..real }),
+            "small" => Ok(SynthSpec {
+                num_hidden_layers: 4,
+                vocab_size: 32_768,
+                ..real
+            }),
             "tiny" => Ok(SynthSpec {
                 hidden_size: 128,
                 num_hidden_layers: 6,
@@ -133,7 +137,9 @@ impl SynthSpec {
     /// `expert_bits`, `mxtq_seed`, `max_shard_bytes`). Other keys of a published config.json are
     /// ignored; anything else is an error naming the key. `file` names the source in errors.
     pub fn apply_overrides(&mut self, v: &Value, file: &str) -> Result<()> {
-        let obj = v.as_object().ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
         let o = Fields { obj, file };
         // q heads: cca_num_q_heads wins (older legacy revision, where num_attention_heads = 2·Hq)
         if let Some(h) = o.usize("cca_num_q_heads")?.or(o.usize("num_attention_heads")?) {
@@ -205,15 +211,24 @@ impl SynthSpec {
         let err = |field: &str, msg: String| Err(ZayaError::config("synth spec", field, msg));
         let g = self.group_size;
         if ![32, 64, 128].contains(&g) {
-            return err("group_size", format!("{g} is not an MLX affine group size (32, 64, 128)"));
+            return err(
+                "group_size",
+                format!("{g} is not an MLX affine group size (32, 64, 128)"),
+            );
         }
         if self.hidden_size == 0 || !self.hidden_size.is_multiple_of(g) {
-            return err("hidden_size", format!("{} must be a positive multiple of group_size {g}", self.hidden_size));
+            return err(
+                "hidden_size",
+                format!("{} must be a positive multiple of group_size {g}", self.hidden_size),
+            );
         }
         if self.num_hidden_layers < 2 {
             return err(
                 "num_hidden_layers",
-                format!("{} half-layers: need at least one attention and one MoE layer", self.num_hidden_layers),
+                format!(
+                    "{} half-layers: need at least one attention and one MoE layer",
+                    self.num_hidden_layers
+                ),
             );
         }
         if self.num_q_heads == 0 || self.num_kv_heads == 0 || !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
@@ -229,19 +244,28 @@ impl SynthSpec {
             return err("head_dim", format!("{} must be positive and even", self.head_dim));
         }
         if !self.k_dim().is_multiple_of(2) {
-            return err("num_key_value_heads", "Hk·D must be even (the value is split in two halves)".into());
+            return err(
+                "num_key_value_heads",
+                "Hk·D must be even (the value is split in two halves)".into(),
+            );
         }
         if !self.q_dim().is_multiple_of(g) {
             return err(
                 "num_attention_heads",
-                format!("o_proj input Hq·D = {} must be a multiple of group_size {g}", self.q_dim()),
+                format!(
+                    "o_proj input Hq·D = {} must be a multiple of group_size {g}",
+                    self.q_dim()
+                ),
             );
         }
         let rot = (self.head_dim as f64 * self.partial_rotary_factor) as usize;
         if !(0.0..=1.0).contains(&self.partial_rotary_factor) || !rot.is_multiple_of(2) {
             return err(
                 "partial_rotary_factor",
-                format!("{} gives an odd or invalid rotary dim {rot}", self.partial_rotary_factor),
+                format!(
+                    "{} gives an odd or invalid rotary dim {rot}",
+                    self.partial_rotary_factor
+                ),
             );
         }
         if self.num_experts == 0 {
@@ -251,10 +275,16 @@ impl SynthSpec {
             return err("zaya_mlp_expansion", "must be positive".into());
         }
         if ![2, 4].contains(&self.expert_bits) {
-            return err("expert_bits", format!("{} is not supported (JANGTQ2 or JANGTQ4: 2 or 4)", self.expert_bits));
+            return err(
+                "expert_bits",
+                format!("{} is not supported (JANGTQ2 or JANGTQ4: 2 or 4)", self.expert_bits),
+            );
         }
         let per = 32 / self.expert_bits as usize;
-        for (field, n) in [("hidden_size", self.hidden_size), ("ffn_hidden_size", self.expert_intermediate_size)] {
+        for (field, n) in [
+            ("hidden_size", self.hidden_size),
+            ("ffn_hidden_size", self.expert_intermediate_size),
+        ] {
             if n == 0 || n % per != 0 {
                 return err(
                     field,
@@ -377,9 +407,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.hidden_size, s.expert_intermediate_size), (256, 256));
-        let e = s.apply_overrides(&serde_json::json!({"hiden_size": 256}), "o.json").unwrap_err().to_string();
+        let e = s
+            .apply_overrides(&serde_json::json!({"hiden_size": 256}), "o.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hiden_size") && e.contains("o.json"), "{e}");
-        let e = s.apply_overrides(&serde_json::json!({"num_experts": "many"}), "o.json").unwrap_err().to_string();
+        let e = s
+            .apply_overrides(&serde_json::json!({"num_experts": "many"}), "o.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_experts"), "{e}");
     }
 

@@ -53,7 +53,14 @@ const UNUSED: usize = 97;
 pub fn added_tokens() -> Vec<(String, bool)> {
     let mut v: Vec<(String, bool)> = [PAD, EOS, BOS, UNK].iter().map(|s| (s.to_string(), true)).collect();
     v.extend((0..UNUSED).map(|i| (format!("<unused{i}>"), true)));
-    for s in [TOOL_CALL, TOOL_CALL_END, TOOL_RESPONSE, TOOL_RESPONSE_END, IM_START, IM_END] {
+    for s in [
+        TOOL_CALL,
+        TOOL_CALL_END,
+        TOOL_RESPONSE,
+        TOOL_RESPONSE_END,
+        IM_START,
+        IM_END,
+    ] {
         v.push((s.to_string(), true));
     }
     v.push((THINK.to_string(), false));
@@ -67,8 +74,10 @@ fn tok_err(e: impl std::fmt::Display) -> ZayaError {
 
 /// Trains the synthetic tokenizer on [`CORPUS`] and returns its `tokenizer.json` text (pretty).
 pub fn build_tokenizer_json() -> Result<String> {
-    let specials: Vec<AddedToken> =
-        added_tokens().into_iter().map(|(s, special)| AddedToken::from(s, special)).collect();
+    let specials: Vec<AddedToken> = added_tokens()
+        .into_iter()
+        .map(|(s, special)| AddedToken::from(s, special))
+        .collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(TRAIN_VOCAB)
         .min_frequency(2)

@@ -21,7 +21,9 @@ pub fn repo() -> PathBuf {
 
 /// The reference venv's python (`$ZAYA_REF_VENV` or `<repo>/.venv-ref`).
 pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv-ref"));
+    let venv = std::env::var_os("ZAYA_REF_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-ref"));
     let py = venv.join("bin").join("python");
     assert!(
         py.exists(),
@@ -33,7 +35,10 @@ pub fn python() -> PathBuf {
 
 /// Runs the venv python with `args`; panics with its stderr on failure.
 pub fn run_python(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(python()).args(args).output().expect("failed to start python");
+    let out = std::process::Command::new(python())
+        .args(args)
+        .output()
+        .expect("failed to start python");
     assert!(
         out.status.success(),
         "python {:?} failed:\n{}\n{}",
@@ -146,7 +151,10 @@ pub fn random_model(cfg: &Value, seed: u64) -> FloatModel {
             add(format!("{x}.down_proj.weight"), vec![e, h, i], 0.0, lin(i));
         }
     }
-    FloatModel { cfg: cfg.clone(), tensors }
+    FloatModel {
+        cfg: cfg.clone(),
+        tensors,
+    }
 }
 
 /// A stored tensor for writing.
@@ -158,7 +166,11 @@ pub struct Stored {
 
 impl Stored {
     pub fn f32(t: &T) -> Stored {
-        Stored { dtype: Dtype::F32, shape: t.shape.clone(), bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Stored {
+            dtype: Dtype::F32,
+            shape: t.shape.clone(),
+            bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 }
 
@@ -177,7 +189,16 @@ pub fn read_safetensors(path: &Path) -> BTreeMap<String, Stored> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(n, v)| (n, Stored { dtype: v.dtype(), shape: v.shape().to_vec(), bytes: v.data().to_vec() }))
+        .map(|(n, v)| {
+            (
+                n,
+                Stored {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    bytes: v.data().to_vec(),
+                },
+            )
+        })
         .collect()
 }
 
@@ -213,11 +234,17 @@ pub fn write_per_expert(m: &FloatModel, dir: &Path) {
                 fc1.extend(expert_rows(up, x, 0, i));
                 out.insert(
                     format!("{stem}.local_experts.{x}.linear_fc1.weight"),
-                    Stored::f32(&T { shape: vec![2 * i, h], data: fc1 }),
+                    Stored::f32(&T {
+                        shape: vec![2 * i, h],
+                        data: fc1,
+                    }),
                 );
                 out.insert(
                     format!("{stem}.local_experts.{x}.linear_fc2.weight"),
-                    Stored::f32(&T { shape: vec![down.shape[1], down.shape[2]], data: expert_rows(down, x, 0, down.shape[1]) }),
+                    Stored::f32(&T {
+                        shape: vec![down.shape[1], down.shape[2]],
+                        data: expert_rows(down, x, 0, down.shape[1]),
+                    }),
                 );
             }
         } else if n.contains(".switch_mlp.") {
@@ -240,7 +267,9 @@ pub fn upstream_name(n: &str, half_layers: usize) -> String {
     if let Some(r) = n.strip_prefix("model.res_scale.") {
         return format!("model.layers.{}.post_mlp_residual_scale.{r}", half_layers / 2 - 1);
     }
-    let Some(r) = n.strip_prefix("model.layers.") else { return n.to_string() };
+    let Some(r) = n.strip_prefix("model.layers.") else {
+        return n.to_string();
+    };
     let (l, rest) = r.split_once('.').unwrap();
     let l: usize = l.parse().unwrap();
     let k = l / 2;
@@ -304,7 +333,13 @@ pub fn write_upstream(m: &FloatModel, dir: &Path) {
                 gu.extend(expert_rows(up, x, 0, i));
             }
             let l: usize = stem.strip_prefix("model.layers.").unwrap().parse().unwrap();
-            b.insert(format!("model.layers.{}.mlp.experts.gate_up_proj", l / 2), Stored::f32(&T { shape: vec![e, 2 * i, h], data: gu }));
+            b.insert(
+                format!("model.layers.{}.mlp.experts.gate_up_proj", l / 2),
+                Stored::f32(&T {
+                    shape: vec![e, 2 * i, h],
+                    data: gu,
+                }),
+            );
         } else if let Some(stem) = n.strip_suffix(".zaya_block.experts.switch_mlp.down_proj.weight") {
             let l: usize = stem.strip_prefix("model.layers.").unwrap().parse().unwrap();
             b.insert(format!("model.layers.{}.mlp.experts.down_proj", l / 2), Stored::f32(t));
@@ -315,14 +350,25 @@ pub fn write_upstream(m: &FloatModel, dir: &Path) {
         }
     }
     let mut wm = serde_json::Map::new();
-    for (file, set) in [("model-00001-of-00002.safetensors", &a), ("model-00002-of-00002.safetensors", &b)] {
+    for (file, set) in [
+        ("model-00001-of-00002.safetensors", &a),
+        ("model-00002-of-00002.safetensors", &b),
+    ] {
         write_safetensors(&dir.join(file), set);
         for k in set.keys() {
             wm.insert(k.clone(), json!(file));
         }
     }
-    std::fs::write(dir.join("model.safetensors.index.json"), json!({"metadata": {}, "weight_map": wm}).to_string()).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&upstream_config(&m.cfg)).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        json!({"metadata": {}, "weight_map": wm}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&upstream_config(&m.cfg)).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Recursively copies a directory.
@@ -389,8 +435,12 @@ pub fn edit_shard(dir: &Path, f: impl FnOnce(&mut BTreeMap<String, Stored>)) {
     let index_path = dir.join("model.safetensors.index.json");
     let mut index: Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
     let files: Vec<String> = {
-        let mut v: Vec<String> =
-            index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
+        let mut v: Vec<String> = index["weight_map"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -442,7 +492,10 @@ pub fn to_vec(a: &Array) -> Vec<f32> {
 /// A stored F32 tensor's values.
 pub fn f32s(s: &Stored) -> Vec<f32> {
     assert_eq!(s.dtype, Dtype::F32);
-    s.bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    s.bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// max |a - b| / max |b|
@@ -463,7 +516,11 @@ pub fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
 pub fn dequantize_module(w: &CanonicalWeights, base: &str) -> Option<Array> {
     let t = |s: &str| &w.tensors[&format!("{base}.{s}")];
     Some(match &w.formats[base] {
-        WeightFormat::TurboQuant { bits, in_features, seed } => turboquant::dequantize(
+        WeightFormat::TurboQuant {
+            bits,
+            in_features,
+            seed,
+        } => turboquant::dequantize(
             t("tq_packed"),
             t("tq_norms"),
             &w.tq_runtime[&format!("codebook.{in_features}.{bits}")],

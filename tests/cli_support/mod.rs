@@ -25,14 +25,19 @@ pub fn synth(dir: &Path, max_position_embeddings: Option<usize>) -> PathBuf {
         None => "tiny".to_string(),
     });
     let mut c = Command::new(env!("CARGO_BIN_EXE_zaya"));
-    c.args(["synth", "--preset", "tiny", "--seed", "0", "--quiet", "--out"]).arg(&out);
+    c.args(["synth", "--preset", "tiny", "--seed", "0", "--quiet", "--out"])
+        .arg(&out);
     if let Some(n) = max_position_embeddings {
         let cfg = dir.join(format!("ctx{n}.json"));
         std::fs::write(&cfg, format!("{{\"max_position_embeddings\": {n}}}")).unwrap();
         c.arg("--config").arg(&cfg);
     }
     let o = c.output().unwrap();
-    assert!(o.status.success(), "zaya synth failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "zaya synth failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }
 

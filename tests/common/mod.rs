@@ -70,7 +70,10 @@ pub fn fixture_config(name: &str) -> Value {
     match all.get(name) {
         Some(v) => v.clone(),
         None => {
-            let known: Vec<&str> = all.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+            let known: Vec<&str> = all
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
             panic!("unknown fixture `{name}`; tests/reference/fixtures.json has {known:?}")
         }
     }
@@ -158,7 +161,10 @@ fn generate_locked(base: &Path, dir_name: &str, name: &str, root: &Path) {
                     continue;
                 }
                 if Instant::now() > deadline {
-                    panic!("timed out waiting for {} (remove it if no generator runs)", lock.display());
+                    panic!(
+                        "timed out waiting for {} (remove it if no generator runs)",
+                        lock.display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -233,7 +239,11 @@ fn generate(base: &Path, dir_name: &str, name: &str, root: &Path) {
             panic!("cannot move {} to {}: {e}", tmp.display(), root.display());
         }
     }
-    eprintln!("generated fixture `{name}` in {:.1}s: {}", started.elapsed().as_secs_f64(), root.display());
+    eprintln!(
+        "generated fixture `{name}` in {:.1}s: {}",
+        started.elapsed().as_secs_f64(),
+        root.display()
+    );
 }
 
 /// The reference venv's python: `$ZAYA_REF_VENV/bin/python` or `<repo>/.venv-ref/bin/python`.
@@ -302,12 +312,30 @@ fn decode(view: &safetensors::tensor::TensorView<'_>) -> Vec<f64> {
     use safetensors::Dtype;
     let b = view.data();
     match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f64()).collect(),
-        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64()).collect(),
-        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        Dtype::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f64())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64())
+            .collect(),
+        Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::U32 => b
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
         Dtype::U8 => b.iter().map(|&v| v as f64).collect(),
         other => panic!("unsupported dtype {other:?}"),
     }
@@ -328,7 +356,11 @@ pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
     st.tensors()
         .into_iter()
         .map(|(name, v)| {
-            let t = Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: decode(&v) };
+            let t = Tensor {
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                data: decode(&v),
+            };
             (name, t)
         })
         .collect()
@@ -339,6 +371,12 @@ pub fn read_tensor(path: &Path, name: &str) -> Tensor {
     let map = mmap(path);
     let st = safetensors::SafeTensors::deserialize(&map)
         .unwrap_or_else(|e| panic!("{} is not a safetensors file: {e}", path.display()));
-    let v = st.tensor(name).unwrap_or_else(|e| panic!("{}: no tensor `{name}` ({e})", path.display()));
-    Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: decode(&v) }
+    let v = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{}: no tensor `{name}` ({e})", path.display()));
+    Tensor {
+        dtype: v.dtype(),
+        shape: v.shape().to_vec(),
+        data: decode(&v),
+    }
 }

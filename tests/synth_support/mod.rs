@@ -13,7 +13,9 @@ pub fn repo() -> PathBuf {
 
 /// The reference Python interpreter: `$ZAYA_REF_VENV/bin/python` or `<repo>/.venv-ref/bin/python`.
 pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv-ref"));
+    let venv = std::env::var_os("ZAYA_REF_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-ref"));
     let py = venv.join("bin/python");
     assert!(
         py.exists(),
@@ -32,7 +34,12 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{script} failed:\n{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -53,23 +60,41 @@ pub struct Raw {
 
 impl Raw {
     pub fn f32(shape: &[usize], v: &[f32]) -> Self {
-        Raw { dtype: Dtype::F32, shape: shape.to_vec(), data: v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        Raw {
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
     pub fn as_u32(&self) -> Vec<u32> {
-        self.data.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
     pub fn as_u16(&self) -> Vec<u16> {
-        self.data.chunks_exact(2).map(|b| u16::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
     pub fn as_f32(&self) -> Vec<f32> {
-        self.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        self.data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 }
 
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Raw>) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(k, r)| (k.clone(), safetensors::tensor::TensorView::new(r.dtype, r.shape.clone(), &r.data).unwrap()))
+        .map(|(k, r)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(r.dtype, r.shape.clone(), &r.data).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
@@ -79,7 +104,16 @@ pub fn read_safetensors(path: &Path) -> BTreeMap<String, Raw> {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(k, v)| (k, Raw { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
+        .map(|(k, v)| {
+            (
+                k,
+                Raw {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    data: v.data().to_vec(),
+                },
+            )
+        })
         .collect()
 }
 

@@ -48,9 +48,16 @@ pub fn run_python(script: &str, input: &Value) -> Value {
         stdin.write_all(input.to_string().as_bytes()).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{script}: bad JSON output ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "{script}: bad JSON output ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -89,7 +96,11 @@ pub fn corpus() -> Vec<String> {
 
 /// Renumbers a trained vocabulary around the reserved special ids, appends `extra` tokens, and
 /// returns (vocab map, id of each extra token).
-fn layout(trained: &[(String, u32)], first: &[(u32, &str)], extra: &[&str]) -> (serde_json::Map<String, Value>, Vec<u32>) {
+fn layout(
+    trained: &[(String, u32)],
+    first: &[(u32, &str)],
+    extra: &[&str],
+) -> (serde_json::Map<String, Value>, Vec<u32>) {
     let mut sorted: Vec<&(String, u32)> = trained.iter().collect();
     sorted.sort_by_key(|e| e.1);
     let reserved: Vec<u32> = first.iter().map(|e| e.0).collect();
@@ -131,7 +142,10 @@ fn bos_post_processor() -> Value {
 }
 
 fn train(tok: &mut HfTokenizer, vocab_size: usize, limit_alphabet: Option<usize>, alphabet: Vec<char>) {
-    let mut b = BpeTrainerBuilder::new().vocab_size(vocab_size).min_frequency(2).show_progress(false);
+    let mut b = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false);
     if let Some(l) = limit_alphabet {
         b = b.limit_alphabet(l);
     }
@@ -149,8 +163,12 @@ pub fn byte_level_tokenizer_json() -> Value {
     tok.with_decoder(Some(ByteLevel::default()));
     train(&mut tok, 420, None, ByteLevel::alphabet().into_iter().collect());
     let mut j: Value = serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
-    let trained: Vec<(String, u32)> =
-        j["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32)).collect();
+    let trained: Vec<(String, u32)> = j["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32))
+        .collect();
     let (vocab, extra) = layout(&trained, &SPECIALS, &["<think>", "</think>"]);
     j["model"]["vocab"] = Value::Object(vocab);
     let mut added_tokens: Vec<Value> = SPECIALS.iter().map(|(id, t)| added(*id, t, true)).collect();
@@ -168,8 +186,12 @@ pub fn byte_fallback_tokenizer_json() -> Value {
     tok.with_normalizer(Some(NormalizerWrapper::Replace(Replace::new(" ", "▁").unwrap())));
     train(&mut tok, 400, Some(70), Vec::new());
     let mut j: Value = serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
-    let trained: Vec<(String, u32)> =
-        j["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32)).collect();
+    let trained: Vec<(String, u32)> = j["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32))
+        .collect();
     let mut first: Vec<(u32, &str)> = SPECIALS.to_vec();
     first.push((3, "<unk>"));
     let bytes: Vec<String> = (0..=255u32).map(|b| format!("<0x{b:02X}>")).collect();
@@ -197,9 +219,17 @@ pub fn byte_fallback_tokenizer_json() -> Value {
 /// Writes tokenizer.json (and tokenizer_config.json when given) into a fresh temp dir.
 pub fn write_bundle(tokenizer: &Value, config: Option<&Value>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_string_pretty(tokenizer).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        serde_json::to_string_pretty(tokenizer).unwrap(),
+    )
+    .unwrap();
     if let Some(c) = config {
-        std::fs::write(dir.path().join("tokenizer_config.json"), serde_json::to_string_pretty(c).unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            serde_json::to_string_pretty(c).unwrap(),
+        )
+        .unwrap();
     }
     dir
 }
@@ -208,8 +238,11 @@ pub fn write_bundle(tokenizer: &Value, config: Option<&Value>) -> tempfile::Temp
 pub fn tokenizer_config() -> Value {
     let mut dec = serde_json::Map::new();
     for (id, t) in SPECIALS {
-        dec.insert(id.to_string(), json!({"content": t, "lstrip": false, "normalized": false, "rstrip": false,
-                                          "single_word": false, "special": true}));
+        dec.insert(
+            id.to_string(),
+            json!({"content": t, "lstrip": false, "normalized": false, "rstrip": false,
+                                          "single_word": false, "special": true}),
+        );
     }
     json!({
         "added_tokens_decoder": dec,

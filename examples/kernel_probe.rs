@@ -128,6 +128,38 @@ fn main() {
         );
     }
 
+    if want("chain") {
+        // 64 chained 2048x2048 8-bit projections (16 weights in turn) built as one graph and
+        // evaluated once, as a decode step runs them: per-call cost without the host round trip
+        let ng = D / 32;
+        let ws: Vec<[Array; 3]> = (0..16)
+            .map(|_| {
+                let w = Array::from_slice(&u32s(&mut rng, D * D / 4), &[D as i32, (D / 4) as i32]);
+                let s = Array::from_slice(&f16s(&mut rng, D * ng, -0.0001, 0.0001), &[D as i32, ng as i32]);
+                let b = Array::from_slice(&f16s(&mut rng, D * ng, -0.01, 0.01), &[D as i32, ng as i32]);
+                for a in [&w, &s, &b] {
+                    ev(a);
+                }
+                [w, s, b]
+            })
+            .collect();
+        let x0 = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let calls = 64;
+        let r = time(8, || {
+            let mut x = x0.clone();
+            for k in 0..calls {
+                let [w, s, b] = &ws[k % 16];
+                x = ext::affine_matmul(&x, w, s, b, 8, 32, ExtMode::Primitive).unwrap();
+            }
+            ev(&x)
+        });
+        report(
+            "chain of 64 affine 2048x2048 (per call)",
+            (D * D + 4 * D * ng) as f64,
+            (r.0 / calls as f64, r.1 / calls as f64),
+        );
+    }
+
     if want("tq") {
         let (e, cols) = (16usize, D / 8);
         let mk = |rng: &mut ChaCha8Rng| {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: builds zaya (installing MLX for Rust on first use) and generates text.
 # Without arguments it runs on the built-in tiny demo bundle (random weights; made on first use in
-# ${XDG_CACHE_HOME:-~/.cache}/zaya-mlx/demo-tiny). Any arguments are passed to `zaya generate`, e.g.
+# ${ZAYA_MLX_HOME:-${XDG_CACHE_HOME:-~/.cache}/zaya-mlx}/demo-tiny). Any arguments are passed to `zaya generate`, e.g.
 #   scripts/demo.sh --model /path/to/ZAYA1-8B-JANGTQ4 -p "What is the capital of France?"
 # Idempotent; needs no root.
 set -euo pipefail

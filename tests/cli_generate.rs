@@ -265,6 +265,20 @@ fn demo_bundle_when_no_model_is_given() {
 }
 
 #[test]
+fn demo_bundle_lives_under_zaya_mlx_home_when_set() {
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("zaya-home");
+    let o = zaya(home.path())
+        .env("ZAYA_MLX_HOME", &root)
+        .args(["generate", "-p", "hi", "-m", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(root.join("demo-tiny/config.json").is_file(), "{}", stderr(&o));
+    assert!(!home.path().join("xdg/zaya-mlx/demo-tiny").exists());
+}
+
+#[test]
 fn hugging_face_repo_ids_resolve_in_the_local_cache() {
     let home = tempfile::tempdir().unwrap();
     let b = synth(home.path(), None);

@@ -340,13 +340,16 @@ fn resolve_repo(repo: &str) -> Result<PathBuf> {
     dir.ok_or_else(|| ZayaError::InvalidArgument(format!("--model {repo}: download finished without config.json")))
 }
 
-/// `${XDG_CACHE_HOME:-~/.cache}/zaya-mlx/demo-tiny`.
+/// `$ZAYA_MLX_HOME/demo-tiny`, the cache root the set-up script uses too (default
+/// `${XDG_CACHE_HOME:-~/.cache}/zaya-mlx`).
 pub fn demo_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home_dir().join(".cache"));
-    base.join("zaya-mlx").join("demo-tiny")
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let root = nonempty("ZAYA_MLX_HOME").unwrap_or_else(|| {
+        nonempty("XDG_CACHE_HOME")
+            .unwrap_or_else(|| home_dir().join(".cache"))
+            .join("zaya-mlx")
+    });
+    root.join("demo-tiny")
 }
 
 /// The demo bundle (`zaya synth --preset tiny --seed 0`), written on first use. Concurrent first

@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The `zaya` binary with XDG_CACHE_HOME / HF_HOME pointing into `home` (never the user's caches)
-/// and HF_HUB_OFFLINE set.
+/// The `zaya` binary with XDG_CACHE_HOME / HF_HOME pointing into `home` (never the user's caches;
+/// ZAYA_MLX_HOME, which would take precedence for the demo bundle, removed) and HF_HUB_OFFLINE set.
 pub fn zaya(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_zaya"));
     c.env("XDG_CACHE_HOME", home.join("xdg"))
+        .env_remove("ZAYA_MLX_HOME")
         .env("HF_HOME", home.join("hf"))
         .env_remove("HF_HUB_CACHE")
         .env_remove("HF_ENDPOINT")

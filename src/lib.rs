@@ -27,4 +27,9 @@ pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
 
+/// The README's Rust example, compiled by `cargo test --doc` so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use error::{Result, ZayaError};

@@ -4,7 +4,7 @@ Owns: loading a JANGTQ4 bundle (or a Zyphra-format float source) into the refere
 `jang_tools.zaya.model.Model` on the MLX CPU backend, with a chosen float compute dtype; capturing
 per-half-layer values by running the layers one by one; greedy decoding with mlx-lm caches.
 
-The routed experts are dequantized exactly as in docs/jangtq-format.md §3.6 / §5.2:
+The routed experts are dequantized exactly as in the format specification (jangtq-format.md §3.6 / §5.2):
     W[e, r, :] = signs * hadamard_transform(norms[e, r] * codebook[codes[e, r, :]], 1/sqrt(in))
 with the codebook and sign vector read from the bundle's sidecar `jangtq_runtime.safetensors`.
 Affine 8-bit tensors stay quantized and go through `nn.quantize` with the bundle's group size.

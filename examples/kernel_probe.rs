@@ -57,6 +57,64 @@ fn ev(a: &Array) {
     a.eval().unwrap();
 }
 
+/// `count` random 2048×2048 8-bit g32 affine weights `[w, scales, biases]`, evaluated; scales and
+/// biases uniform in ±`scale` and ±`bias`.
+fn affine_weights(rng: &mut ChaCha8Rng, count: usize, scale: f32, bias: f32) -> Vec<[Array; 3]> {
+    let ng = D / 32;
+    (0..count)
+        .map(|_| {
+            let w = Array::from_slice(&u32s(rng, D * D / 4), &[D as i32, (D / 4) as i32]);
+            let s = Array::from_slice(&f16s(rng, D * ng, -scale, scale), &[D as i32, ng as i32]);
+            let b = Array::from_slice(&f16s(rng, D * ng, -bias, bias), &[D as i32, ng as i32]);
+            for a in [&w, &s, &b] {
+                ev(a);
+            }
+            [w, s, b]
+        })
+        .collect()
+}
+
+/// Random 4-bit TurboQuant gate/up/down stacks of `e` experts (2048×2048), a sorted codebook and signs.
+struct TqSet {
+    g: Array,
+    gn: Array,
+    u: Array,
+    un: Array,
+    d: Array,
+    dn: Array,
+    cb: Array,
+    signs: Array,
+}
+
+fn tq_weights(rng: &mut ChaCha8Rng, e: usize) -> TqSet {
+    let cols = D / 8;
+    let mut mk = || {
+        let p = Array::from_slice(&u32s(rng, e * D * cols), &[e as i32, D as i32, cols as i32]);
+        let n = Array::from_slice(&f16s(rng, e * D, 0.5, 2.0), &[e as i32, D as i32]);
+        ev(&p);
+        ev(&n);
+        (p, n)
+    };
+    let (g, gn) = mk();
+    let (u, un) = mk();
+    let (d, dn) = mk();
+    let mut cb = f32s(rng, 16, -0.06, 0.06);
+    cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let cb = Array::from_slice(&cb, &[16]);
+    let signs: Vec<f32> = (0..D).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+    let signs = Array::from_slice(&signs, &[D as i32]);
+    TqSet {
+        g,
+        gn,
+        u,
+        un,
+        d,
+        dn,
+        cb,
+        signs,
+    }
+}
+
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let want = |n: &str| filter.is_empty() || n.contains(&filter);
@@ -104,17 +162,7 @@ fn main() {
     if want("proj") {
         // 16 copies of a 2048x2048 8-bit projection, used in turn (streams from DRAM)
         let ng = D / 32;
-        let ws: Vec<[Array; 3]> = (0..16)
-            .map(|_| {
-                let w = Array::from_slice(&u32s(&mut rng, D * D / 4), &[D as i32, (D / 4) as i32]);
-                let s = Array::from_slice(&f16s(&mut rng, D * ng, -0.01, 0.01), &[D as i32, ng as i32]);
-                let b = Array::from_slice(&f16s(&mut rng, D * ng, -1.0, 1.0), &[D as i32, ng as i32]);
-                for a in [&w, &s, &b] {
-                    ev(a);
-                }
-                [w, s, b]
-            })
-            .collect();
+        let ws = affine_weights(&mut rng, 16, 0.01, 1.0);
         let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
         let mut k = 0;
         report(
@@ -132,17 +180,8 @@ fn main() {
         // 64 chained 2048x2048 8-bit projections (16 weights in turn) built as one graph and
         // evaluated once, as a decode step runs them: per-call cost without the host round trip
         let ng = D / 32;
-        let ws: Vec<[Array; 3]> = (0..16)
-            .map(|_| {
-                let w = Array::from_slice(&u32s(&mut rng, D * D / 4), &[D as i32, (D / 4) as i32]);
-                let s = Array::from_slice(&f16s(&mut rng, D * ng, -0.0001, 0.0001), &[D as i32, ng as i32]);
-                let b = Array::from_slice(&f16s(&mut rng, D * ng, -0.01, 0.01), &[D as i32, ng as i32]);
-                for a in [&w, &s, &b] {
-                    ev(a);
-                }
-                [w, s, b]
-            })
-            .collect();
+        // small scales keep the chained activations bounded
+        let ws = affine_weights(&mut rng, 16, 0.0001, 0.01);
         let x0 = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
         let calls = 64;
         let r = time(8, || {
@@ -161,22 +200,17 @@ fn main() {
     }
 
     if want("tq") {
-        let (e, cols) = (16usize, D / 8);
-        let mk = |rng: &mut ChaCha8Rng| {
-            let p = Array::from_slice(&u32s(rng, e * D * cols), &[e as i32, D as i32, cols as i32]);
-            let n = Array::from_slice(&f16s(rng, e * D, 0.5, 2.0), &[e as i32, D as i32]);
-            ev(&p);
-            ev(&n);
-            (p, n)
-        };
-        let (g, gn) = mk(&mut rng);
-        let (u, un) = mk(&mut rng);
-        let (d, dn) = mk(&mut rng);
-        let mut cb = f32s(&mut rng, 16, -0.06, 0.06);
-        cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let cb = Array::from_slice(&cb, &[16]);
-        let signs: Vec<f32> = (0..D).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
-        let signs = Array::from_slice(&signs, &[D as i32]);
+        let e = 16usize;
+        let TqSet {
+            g,
+            gn,
+            u,
+            un,
+            d,
+            dn,
+            cb,
+            signs,
+        } = tq_weights(&mut rng, e);
         let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
         let ids: Vec<Array> = (0..e as i32).map(|i| Array::from_slice(&[i], &[1])).collect();
         let c = TqCodec {
@@ -213,22 +247,17 @@ fn main() {
     }
 
     if want("tqprefill") {
-        let (e, cols) = (16usize, D / 8);
-        let mk = |rng: &mut ChaCha8Rng| {
-            let p = Array::from_slice(&u32s(rng, e * D * cols), &[e as i32, D as i32, cols as i32]);
-            let n = Array::from_slice(&f16s(rng, e * D, 0.5, 2.0), &[e as i32, D as i32]);
-            ev(&p);
-            ev(&n);
-            (p, n)
-        };
-        let (g, gn) = mk(&mut rng);
-        let (u, un) = mk(&mut rng);
-        let (d, dn) = mk(&mut rng);
-        let mut cb = f32s(&mut rng, 16, -0.06, 0.06);
-        cb.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let cb = Array::from_slice(&cb, &[16]);
-        let signs: Vec<f32> = (0..D).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
-        let signs = Array::from_slice(&signs, &[D as i32]);
+        let e = 16usize;
+        let TqSet {
+            g,
+            gn,
+            u,
+            un,
+            d,
+            dn,
+            cb,
+            signs,
+        } = tq_weights(&mut rng, e);
         let n = 512usize;
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();

@@ -57,10 +57,7 @@ class DenseMatmul : public mx::UnaryPrimitive {
   DenseMatmul(mx::Stream stream, DenseDims d, const kern::Table* tab)
       : mx::UnaryPrimitive(stream), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& enc = mx::cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = cpu_encoder(stream(), in, out);
     DensePtrs p{nullptr, in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr, out.data<float>()};
     enc.dispatch([p, x = in[0], d = d_, tab = tab_]() mutable {
       std::vector<char> sx;

@@ -142,10 +142,7 @@ class AffineMatmul : public mx::UnaryPrimitive {
   AffineMatmul(mx::Stream stream, AffMulti am, const kern::Table* tab)
       : mx::UnaryPrimitive(stream), am_(am), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& enc = mx::cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = cpu_encoder(stream(), in, out);
     enc.dispatch([in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -198,10 +195,7 @@ class AffineEmbed : public mx::UnaryPrimitive {
  public:
   AffineEmbed(mx::Stream stream, AffDims d) : mx::UnaryPrimitive(stream), d_(d) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& enc = mx::cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = cpu_encoder(stream(), in, out);
     enc.dispatch([in, y = out.data<float>(), d = d_]() {
       std::vector<char> sc;
       const auto* ids = static_cast<const uint32_t*>(row_major(in[0], sc));

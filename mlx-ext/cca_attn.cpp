@@ -184,10 +184,7 @@ class CcaQk : public mx::Primitive {
  public:
   CcaQk(mx::Stream s, QkDims d, const kern::Table* tab) : mx::Primitive(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
-    for (auto& o : out) o.set_data(mx::allocator::malloc(o.nbytes()));
-    auto& enc = mx::cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    for (auto& o : out) enc.set_output_array(o);
+    auto& enc = cpu_encoder(stream(), in, out);
     QkOut o{out[0].data<float>(), out[1].data<float>(), out[2].data<float>(), out[3].data<float>()};
     enc.dispatch([in, o, d = d_, tab = tab_]() { run_cca_qk(in, o, d, tab); });
   }
@@ -333,10 +330,7 @@ class CcaAttention : public mx::UnaryPrimitive {
  public:
   CcaAttention(mx::Stream s, AttnDims d, const kern::Table* tab) : mx::UnaryPrimitive(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& enc = mx::cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
+    auto& enc = cpu_encoder(stream(), in, out);
     enc.dispatch([in, y = out.data<float>(), d = d_, tab = tab_]() { run_attention(in, y, d, tab); });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {

@@ -75,6 +75,25 @@ int float_type_of(const mx::array& a, const char* name);
 // Is `a` usable as an optional argument (a non-empty handle)?
 inline const mx::array* opt(mlx_array a) { return a.ctx ? static_cast<const mx::array*>(a.ctx) : nullptr; }
 
+// The prologue of every eval_cpu: allocates the outputs, registers inputs and outputs with the
+// stream's CPU command encoder (which keeps them alive until the dispatched task has run) and
+// returns the encoder, for `enc.dispatch(task)`.
+inline mx::cpu::CommandEncoder& cpu_encoder(mx::Stream s, const std::vector<mx::array>& in,
+                                            std::vector<mx::array>& out) {
+  for (auto& o : out) o.set_data(mx::allocator::malloc(o.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(s);
+  for (auto& a : in) enc.set_input_array(a);
+  for (auto& o : out) enc.set_output_array(o);
+  return enc;
+}
+inline mx::cpu::CommandEncoder& cpu_encoder(mx::Stream s, const std::vector<mx::array>& in, mx::array& out) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(s);
+  for (auto& a : in) enc.set_input_array(a);
+  enc.set_output_array(out);
+  return enc;
+}
+
 // Number of worker threads kernels split their work over (ZAYA_THREADS or the hardware count).
 int num_threads();
 

@@ -78,10 +78,7 @@ class ResNorm : public mx::Primitive {
 };
 
 void ResNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  for (auto& o : out) o.set_data(mx::allocator::malloc(o.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto& a : in) enc.set_input_array(a);
-  for (auto& o : out) enc.set_output_array(o);
+  auto& enc = cpu_encoder(stream(), in, out);
   // inputs: h, [r], hb, hs, [rb, rs], w
   enc.dispatch([in, ro = out[0].data<float>(), xo = out[1].data<float>(), d = d_]() {
     std::vector<char> sh, sr;
@@ -151,10 +148,7 @@ inline float gelu(float x) {
 }
 
 void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  for (auto& o : out) o.set_data(mx::allocator::malloc(o.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto& a : in) enc.set_input_array(a);
-  for (auto& o : out) enc.set_output_array(o);
+  auto& enc = cpu_encoder(stream(), in, out);
   // inputs: x, down_w, down_b, norm_w, w0, b0, w2, b2, w4, balancing, [prev, states_scale]
   enc.dispatch([in, choice = out[0].data<int32_t>(), score = out[1].data<float>(), state = out[2].data<float>(),
                 probs = out[3].data<float>(), skipped = out[4].data<int32_t>(), d = d_, tab = tab_]() {
@@ -297,10 +291,7 @@ class MoeCombine : public mx::UnaryPrimitive {
 };
 
 void MoeCombine::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto& a : in) enc.set_input_array(a);
-  enc.set_output_array(out);
+  auto& enc = cpu_encoder(stream(), in, out);
   enc.dispatch([in, y = out.data<float>(), d = d_]() {
     std::vector<char> s0, s1, s2, s3;
     const float* ey = static_cast<const float*>(row_major(in[0], s0));

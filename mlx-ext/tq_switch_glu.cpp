@@ -376,10 +376,7 @@ class TqSwitchGlu : public mx::UnaryPrimitive {
 void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   // Inputs in the order of zaya_tq_switch_glu; the weights are row-contiguous (weight_input), x and idx
   // are packed inside the task when strided.
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto& a : in) enc.set_input_array(a);
-  enc.set_output_array(out);
+  auto& enc = cpu_encoder(stream(), in, out);
   TqPtrs p;
   p.x = nullptr;
   p.idx = nullptr;

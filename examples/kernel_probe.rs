@@ -392,6 +392,21 @@ fn main() {
             });
             (a / 100.0, b / 100.0)
         });
+        let ones = Array::from_slice(&vec![1.0f32; D], &[D as i32]);
+        let zeros = Array::from_slice(&vec![0.0f32; D], &[D as i32]);
+        report("100 chained ext::res_norm [1,2048] (per node)", 0.0, {
+            let (a, b) = time(50, || {
+                let (mut r, mut h) = (x.clone(), x.clone());
+                for _ in 0..100 {
+                    let (r2, x2) =
+                        ext::res_norm(&h, Some(&r), &zeros, &ones, None, &ones, 1e-5, ExtMode::Primitive).unwrap();
+                    r = r2;
+                    h = x2;
+                }
+                ev(&h)
+            });
+            (a / 100.0, b / 100.0)
+        });
         report(
             "mlx add [2048] (graph overhead)",
             0.0,

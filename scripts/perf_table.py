@@ -72,10 +72,49 @@ def main() -> None:
             print(f"| {label} | {v['zaya']:.3f} | {v['reference']:.3f} | {s['ratio'][k]:.2f}x |")
         print(f"\nGreedy tokens, zaya vs reference: {s['greedy_agreement']}.")
     crit = out / "criterion-model.txt"
+    ratios(out, runs, s, crit)
     if crit.exists():
         print("\nCriterion (`cargo bench --bench model`), median time per call [95% interval]:\n")
         for name, lo, mid, hi in criterion_times(crit.read_text()):
             print(f"- {name}: {mid} [{lo} – {hi}]")
+
+
+def seconds(v: str) -> float:
+    """'316.97 µs' -> seconds."""
+    num, unit = v.split()
+    return float(num) * {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def ratios(out: Path, runs: list, s, crit: Path) -> None:
+    """The headline ratios, each from figures of this one report run."""
+    print("\nRatios from this run:\n")
+    by = {(r["options"]["kernels"], r["prompt_tokens"], bool(r["options"].get("touch_all"))): r for r in runs}
+    for key, r in by.items():
+        if key[0] == "fused":
+            print(f"- decode at prompt {key[1]}{' (touch-all)' if key[2] else ''}: "
+                  f"{r['bound']['decode_pct_of_bound']:.0f}% of the bound measured in the same process")
+    fused, plain = by.get(("fused", 128, False)), next((r for k, r in by.items() if k[0] == "plain"), None)
+    if fused and plain:
+        print(f"- whole-model decode, fused kernels vs plain MLX ops: "
+              f"{fused['median']['generation_tps'] / plain['median']['generation_tps']:.0f}x")
+    touch = by.get(("fused", 128, True))
+    if touch and touch["peak_rss_over_bundle"]:
+        print(f"- peak RSS with every weight resident: {touch['peak_rss_over_bundle']:.2f}x the bundle")
+    if crit.exists():
+        t = {name: seconds(mid) for name, _, mid, _ in criterion_times(crit.read_text())}
+        for label, a, b in [
+            ("experts at decode (N=1), fused vs plain", "expert_matmul/plain/decode N=1", "expert_matmul/fused/decode N=1"),
+            ("experts at prefill (N=128), fused vs plain", "expert_matmul/plain/prefill N=128", "expert_matmul/fused/prefill N=128"),
+            ("lm_head GEMV, ours vs MLX quantized_matmul", "lm_head_gemv/mlx_quantized_matmul/N=1", "lm_head_gemv/ours/N=1"),
+            ("CCA conv T=1, primitive vs portable", "cca_conv/portable/T=1", "cca_conv/primitive/T=1"),
+            ("attention half-layer at decode, fused vs plain", "half_layer/attention/plain/T=1 ctx=128", "half_layer/attention/fused/T=1 ctx=128"),
+            ("MoE half-layer at decode, fused vs plain", "half_layer/moe/plain/T=1 ctx=128", "half_layer/moe/fused/T=1 ctx=128"),
+        ]:
+            if a in t and b in t:
+                print(f"- {label}: {t[a] / t[b]:.0f}x")
+    if s:
+        print(f"- vs the Python MLX reference: decode {s['ratio']['generation_tps']:.1f}x, prefill "
+              f"{s['ratio']['prompt_tps']:.0f}x, greedy tokens {s['greedy_agreement']}")
 
 
 def criterion_times(text: str):

@@ -16,19 +16,6 @@ struct DenseDims {
   int in, out, wtype, btype, has_bias;
 };
 
-int float_type(const mx::array& a, const char* name) {
-  if (a.dtype() == mx::float32) return kern::kF32;
-  if (a.dtype() == mx::float16) return kern::kF16;
-  if (a.dtype() == mx::bfloat16) return kern::kBF16;
-  fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
-}
-
-// Weights: row-contiguous (a Contiguous node otherwise); x is packed inside the task when strided.
-mx::array weight_input(const mx::array& a, mx::Stream s) {
-  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
-  return mx::contiguous(a, false, s);
-}
-
 struct DensePtrs {
   const float* x;
   const void* w;
@@ -91,15 +78,14 @@ extern "C" int zaya_dense_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, mlx
                                  mlx_stream stream) {
   using namespace zaya;
   return guard("dense_matmul", [&] {
-    if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
-      fail("unknown mode " + std::to_string(mode));
+    check_mode(mode);
     auto s = get(stream);
     auto& x = get(x_h, "x");
     auto& w = get(w_h, "w");
     DenseDims d{};
     expect_dtype(x, mx::float32, "x");
     expect_ndim(w, 2, "w");
-    d.wtype = float_type(w, "w");
+    d.wtype = float_type_of(w, "w");
     d.out = w.shape(0);
     d.in = w.shape(1);
     if (d.out < 1 || d.in < 1) fail("w must be a non-empty [out, in] matrix, got " + shape_str(w.shape()));
@@ -109,14 +95,12 @@ extern "C" int zaya_dense_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, mlx
     const mx::array* b = b_h.ctx ? &get(b_h, "bias") : nullptr;
     if (b) {
       d.has_bias = 1;
-      d.btype = float_type(*b, "bias");
+      d.btype = float_type_of(*b, "bias");
       if (b->shape() != mx::Shape{d.out})
         fail("bias must be [out] = [" + std::to_string(d.out) + "], got " + shape_str(b->shape()));
     }
     d.N = x.size() / d.in;
-    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-      fail("the DenseMatmul primitive has no kernel for this stream's device; use the portable mode");
-    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    const bool use_prim = use_primitive(mode, s, "DenseMatmul");
     auto shape = x.shape();
     shape.back() = d.out;
     if (d.N == 0) {

@@ -21,13 +21,6 @@ struct AffDims {
   int in, out, bits, group, stype;
 };
 
-int float_type(const mx::array& a, const char* name) {
-  if (a.dtype() == mx::float32) return kern::kF32;
-  if (a.dtype() == mx::float16) return kern::kF16;
-  if (a.dtype() == mx::bfloat16) return kern::kBF16;
-  fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
-}
-
 AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::array& biases, int bits,
                      int group) {
   AffDims d{};
@@ -45,7 +38,7 @@ AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::arra
     fail("group_size " + std::to_string(group) + " does not divide the input width in = " + std::to_string(d.in) +
          " (w is " + shape_str(w.shape()) + " at " + std::to_string(bits) + " bits)");
   d.group = group;
-  d.stype = float_type(scales, "scales");
+  d.stype = float_type_of(scales, "scales");
   if (biases.dtype() != scales.dtype())
     fail("biases must have the scales' dtype " + dtype_str(scales.dtype()) + ", got " + dtype_str(biases.dtype()));
   const mx::Shape sg{d.out, d.in / group};
@@ -54,18 +47,6 @@ AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::arra
   if (biases.shape() != sg)
     fail("biases must be [out, in/group_size] = " + shape_str(sg) + ", got " + shape_str(biases.shape()));
   return d;
-}
-
-// Weights are read through raw row-major pointers: a weight that is not (or may not be) row-contiguous
-// gets a Contiguous node. Activations are passed as they are and packed inside the task if needed.
-mx::array weight_input(const mx::array& a, mx::Stream s) {
-  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
-  return mx::contiguous(a, false, s);
-}
-
-void check_mode(int mode) {
-  if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
-    fail("unknown mode " + std::to_string(mode));
 }
 
 // The vector kernels need whole chunks per group; otherwise the scalar one handles it.
@@ -239,9 +220,7 @@ extern "C" int zaya_affine_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, ml
       fail("x must be [..., in] with in = " + std::to_string(d.in) + " (w is " + shape_str(w.shape()) + " at " +
            std::to_string(bits) + " bits), got " + shape_str(x.shape()));
     d.N = x.size() / d.in;
-    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-      fail("the AffineMatmul primitive has no kernel for this stream's device; use the portable mode");
-    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    const bool use_prim = use_primitive(mode, s, "AffineMatmul");
     auto shape = x.shape();
     shape.back() = d.out;
     if (d.N == 0) {
@@ -274,9 +253,7 @@ extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, m
     if (ids.dtype() != mx::int32 && ids.dtype() != mx::uint32)
       fail("ids must be int32 or uint32, got " + dtype_str(ids.dtype()));
     d.N = ids.size();
-    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-      fail("the AffineEmbed primitive has no kernel for this stream's device; use the portable mode");
-    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    const bool use_prim = use_primitive(mode, s, "AffineEmbed");
     auto shape = ids.shape();
     shape.push_back(d.in);
     if (d.N == 0) {
@@ -338,9 +315,7 @@ extern "C" int zaya_affine_multi(mlx_array* y, const mlx_array* xs_h, const mlx_
       for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(*a);
     }
     shape.back() = static_cast<int>(am.total);
-    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-      fail("the AffineMatmul primitive has no kernel for this stream's device; use the portable mode");
-    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    const bool use_prim = use_primitive(mode, s, "AffineMatmul");
     if (am.N == 0) {
       set(y, mx::zeros(shape, mx::float32, s));
     } else if (use_prim) {

@@ -22,14 +22,6 @@
 namespace zaya {
 namespace {
 
-bool use_primitive(int mode, const mx::Stream& s, const char* what) {
-  if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
-    fail("unknown mode " + std::to_string(mode));
-  if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-    fail(std::string("the ") + what + " primitive has no kernel for this stream's device; use the portable mode");
-  return mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
-}
-
 struct QkDims {
   int B, T, C, K0, K1, S, Cg, G;
   int Hq, Hk, D, rd;

@@ -91,24 +91,10 @@ class CcaConv : public mx::Primitive {
 };
 
 void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  // Inputs may be strided views: they are packed inside the task when needed.
-  auto& u = in[0];
-  auto& st = in[1];
-  auto& w0 = in[2];
-  auto& b0 = in[3];
-  auto& w1 = in[4];
-  auto& b1 = in[5];
-  auto& z = out[0];
-  auto& ns = out[1];
-  z.set_data(mx::allocator::malloc(z.nbytes()));
-  ns.set_data(mx::allocator::malloc(ns.nbytes()));
-
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (auto* a : {&u, &st, &w0, &b0, &w1, &b1}) enc.set_input_array(*a);
-  enc.set_output_array(z);
-  enc.set_output_array(ns);
-
-  enc.dispatch([in, z_p = z.data<float>(), ns_p = ns.data<float>(), d = d_]() {
+  // Inputs (u, conv_state, w0, b0, w1, b1) may be strided views: they are packed inside the task when
+  // needed. Outputs: z and the new conv_state.
+  auto& enc = cpu_encoder(stream(), in, out);
+  enc.dispatch([in, z_p = out[0].data<float>(), ns_p = out[1].data<float>(), d = d_]() {
     std::vector<char> sc[6];
     const float* u_p = static_cast<const float*>(row_major(in[0], sc[0]));
     const float* st_p = static_cast<const float*>(row_major(in[1], sc[1]));
@@ -179,9 +165,7 @@ extern "C" int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u_h, 
     auto& w1 = get(w1_h, "conv_qk.1.weight");
     auto& b1 = get(b1_h, "conv_qk.1.bias");
     auto d = check_conv_args(u, state, w0, b0, w1, b1);
-    bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
-    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-      fail("the CcaConv primitive has no kernel for this stream's device; use the portable mode");
+    const bool use_prim = use_primitive(mode, s, "CcaConv");
     std::vector<mx::array> outs;
     if (use_prim) {
       std::vector<mx::array> inputs;

@@ -75,6 +75,23 @@ const void* row_major(const mx::array& a, std::vector<char>& scratch) {
   return scratch.data();
 }
 
+void check_mode(int mode) {
+  if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
+    fail("unknown mode " + std::to_string(mode));
+}
+
+bool use_primitive(int mode, const mx::Stream& s, const char* what) {
+  check_mode(mode);
+  if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
+    fail(std::string("the ") + what + " primitive has no kernel for this stream's device; use the portable mode");
+  return mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+}
+
+mx::array weight_input(const mx::array& a, mx::Stream s) {
+  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
+  return mx::contiguous(a, false, s);
+}
+
 int float_type_of(const mx::array& a, const char* name) {
   if (a.dtype() == mx::float32) return 0;
   if (a.dtype() == mx::float16) return 1;

@@ -64,6 +64,17 @@ void expect_ndim(const mx::array& a, int ndim, const char* name);
 // Is there a custom CPU kernel for this stream?
 inline bool has_cpu_kernel(const mx::Stream& s) { return s.device == mx::Device::cpu; }
 
+// Throws for a mode other than ZAYA_EXT_AUTO / PORTABLE / PRIMITIVE.
+void check_mode(int mode);
+
+// Whether an op built in `mode` on stream `s` uses its custom primitive (true) or its portable graph:
+// PRIMITIVE on a stream without a CPU kernel is an error naming the primitive `what`.
+bool use_primitive(int mode, const mx::Stream& s, const char* what);
+
+// A weight read through raw row-major pointers inside a task: itself when it is already evaluated and
+// row-contiguous, otherwise behind a Contiguous node. (Activations are packed inside the task instead.)
+mx::array weight_input(const mx::array& a, mx::Stream s);
+
 // Row-major contiguous elements of `a`: its own buffer when it is row-contiguous, otherwise a packed
 // copy in `scratch` (strided gather; broadcast and transposed views included). Call only inside the
 // scheduled task, once the input's data exist. Lets primitives take lazy views without Contiguous nodes.

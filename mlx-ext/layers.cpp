@@ -18,14 +18,6 @@
 namespace zaya {
 namespace {
 
-bool use_primitive(int mode, const mx::Stream& s, const char* what) {
-  if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
-    fail("unknown mode " + std::to_string(mode));
-  if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-    fail(std::string("the ") + what + " primitive has no kernel for this stream's device; use the portable mode");
-  return mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
-}
-
 void expect_vec(const mx::array& a, int n, const char* name) {
   expect_dtype(a, mx::float32, name);
   if (a.ndim() != 1 || a.shape(0) != n)

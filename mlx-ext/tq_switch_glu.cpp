@@ -25,21 +25,6 @@ struct TqDims {
   int idx_2d;
 };
 
-int float_type(const mx::array& a, const char* name) {
-  if (a.dtype() == mx::float32) return kern::kF32;
-  if (a.dtype() == mx::float16) return kern::kF16;
-  if (a.dtype() == mx::bfloat16) return kern::kBF16;
-  fail(std::string(name) + " must be float16, bfloat16 or float32, got " + dtype_str(a.dtype()));
-}
-
-// Weights are read through raw row-major pointers: a weight that is not (or may not be) row-contiguous
-// gets a Contiguous node. The activations (x, idx) are passed as they are and packed inside the task
-// when they turn out strided.
-mx::array weight_input(const mx::array& a, mx::Stream s) {
-  if (a.status() != mx::array::Status::unscheduled && a.flags().row_contiguous) return a;
-  return mx::contiguous(a, false, s);
-}
-
 bool is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
 int tq_cols(int in, int bits) {
@@ -97,8 +82,8 @@ TqDims check_tq_args(const mx::array& x, const mx::array& idx, const mx::array& 
   expect_dtype(up, mx::uint32, "up tq_packed");
   if (up.shape() != gp.shape())
     fail("up tq_packed must have gate's shape " + shape_str(gp.shape()) + ", got " + shape_str(up.shape()));
-  d.gn_type = float_type(gn, "gate tq_norms");
-  d.un_type = float_type(un, "up tq_norms");
+  d.gn_type = float_type_of(gn, "gate tq_norms");
+  d.un_type = float_type_of(un, "up tq_norms");
   if (gn.shape() != mx::Shape{d.E, d.I})
     fail("gate tq_norms must be [E, I] = " + dims({d.E, d.I}) + ", got " + shape_str(gn.shape()));
   if (un.shape() != mx::Shape{d.E, d.I})
@@ -112,7 +97,7 @@ TqDims check_tq_args(const mx::array& x, const mx::array& idx, const mx::array& 
     fail("down tq_packed must be [E, O, ceil(I / (32/bits))] = [" + std::to_string(d.E) + ", O, " +
          std::to_string(d.cols_d) + "] for I = " + std::to_string(d.I) + " and " + std::to_string(bits_d) +
          " bits, got " + shape_str(dp.shape()));
-  d.dn_type = float_type(dn, "down tq_norms");
+  d.dn_type = float_type_of(dn, "down tq_norms");
   if (dn.shape() != mx::Shape{d.E, d.O})
     fail("down tq_norms must be [E, O] = " + dims({d.E, d.O}) + ", got " + shape_str(dn.shape()));
 
@@ -408,8 +393,7 @@ extern "C" int zaya_tq_switch_glu(mlx_array* y, mlx_array x_h, mlx_array idx_h, 
                                   mlx_array cbd_h, mlx_array sd_h, int bits_d, int mode, mlx_stream stream) {
   using namespace zaya;
   return guard("tq_switch_glu", [&] {
-    if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
-      fail("unknown mode " + std::to_string(mode));
+    check_mode(mode);
     auto s = get(stream);
     auto& x = get(x_h, "x");
     auto& idx = get(idx_h, "expert indices");
@@ -424,9 +408,7 @@ extern "C" int zaya_tq_switch_glu(mlx_array* y, mlx_array x_h, mlx_array idx_h, 
     auto& cbd = get(cbd_h, "down codebook");
     auto& sd = get(sd_h, "down signs");
     auto d = check_tq_args(x, idx, gp, gn, up, un, dp, dn, cbgu, sgu, bits_gu, cbd, sd, bits_d);
-    if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
-      fail("the TqSwitchGlu primitive has no kernel for this stream's device; use the portable mode");
-    const bool use_prim = mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));
+    const bool use_prim = use_primitive(mode, s, "TqSwitchGlu");
     if (d.N == 0) {
       set(y, mx::zeros(TqSwitchGlu::shape(d), mx::float32, s));
     } else if (use_prim) {

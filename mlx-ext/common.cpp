@@ -248,12 +248,20 @@ void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t
   constexpr int64_t kChunksPerThread = 4;
   const int64_t chunks = std::min<int64_t>(nt * kChunksPerThread, (n + min_chunk - 1) / min_chunk);
   const int64_t step = ((n + chunks - 1) / chunks + min_chunk - 1) / min_chunk * min_chunk;
-  std::atomic<int64_t> next{0};
-  auto job = [&](int) {
+  // The job captures one pointer so that its std::function stores it inline (no allocation per call).
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    int64_t n, step;
+    const std::function<void(int64_t, int64_t)>* f;
+  } sh;
+  sh.n = n;
+  sh.step = step;
+  sh.f = &f;
+  auto job = [c = &sh](int) {
     for (;;) {
-      const int64_t b = next.fetch_add(step, std::memory_order_relaxed);
-      if (b >= n) return;
-      f(b, std::min(n, b + step));
+      const int64_t b = c->next.fetch_add(c->step, std::memory_order_relaxed);
+      if (b >= c->n) return;
+      (*c->f)(b, std::min(c->n, b + c->step));
     }
   };
   if (!pool().run(static_cast<int>(nt), job)) f(0, n);

@@ -273,8 +273,9 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   std::vector<int> used;
   for (int e = 0; e < d.E; ++e)
     if (cnt[e] > 0) used.push_back(e);
+  // Row norms of the expert in use, as f32: each chunk writes and reads only its own rows [r0, r1).
+  std::vector<float> ng(d.I), nu(d.I), nd(d.O);
   parallel_for(d.I, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<float> ng(d.I), nu(d.I);
     for (size_t k = 0; k < used.size(); ++k) {
       const int e = used[k];
       const int64_t base = (int64_t)e * d.I;
@@ -319,7 +320,6 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
     yo[q] = p.y + order[q] * d.O;
   }
   parallel_for(d.O, 16, [&](int64_t r0, int64_t r1) {
-    std::vector<float> nd(d.O);
     for (size_t k = 0; k < used.size(); ++k) {
       const int e = used[k];
       const int64_t base = (int64_t)e * d.O;

@@ -323,7 +323,7 @@ pub fn run_trial(
 ) -> Result<Trial> {
     check_lengths(model.config(), prompt.len(), gen_tokens)?;
     let load_average = load_average();
-    let rss_reset = reset_peak_rss();
+    reset_peak_rss();
     reset_mlx_peak();
     let t_start = Instant::now();
     let mut cache: ModelCache = model.new_cache();
@@ -356,7 +356,6 @@ pub fn run_trial(
     let decode_s = (t_end - t_first).as_secs_f64() - paused;
     let peak_rss_bytes = process_rss().map(|(_, peak)| peak);
     let rss_anon_file_bytes = rss_by_kind();
-    let _ = rss_reset;
     let routed: u64 = cache.routed_counts().iter().sum();
     let skipped: u64 = cache.skip_counts().iter().sum();
     Ok(Trial {

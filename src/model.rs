@@ -454,15 +454,6 @@ impl ZayaModel {
         Ok(())
     }
 
-    /// True when the routed experts are stored as TurboQuant.
-    pub fn has_turboquant_experts(&self) -> bool {
-        self.model
-            .layers
-            .iter()
-            .filter_map(|l| l.zaya_block.as_ref())
-            .any(|m| m.experts.switch_mlp.is_turboquant())
-    }
-
     /// A fresh cache for this model (KV growth step from the options).
     pub fn new_cache(&self) -> ModelCache {
         ModelCache::with_kv_step(&self.config, self.options.kv_step)
@@ -526,7 +517,12 @@ impl ZayaModel {
                 )));
             }
         }
-        Ok(ids.as_dtype(Dtype::Uint32)?)
+        // u32 ids (what decode_step and prefill pass) go into the graph as they are: no cast node
+        Ok(if tokens.dtype() == Dtype::Uint32 {
+            tokens.clone()
+        } else {
+            ids.as_dtype(Dtype::Uint32)?
+        })
     }
 
     /// All-position logits f32 `[B, T, V]` for `tokens` (`[T]` or `[B, T]`), continuing `cache`.
@@ -600,13 +596,13 @@ impl ZayaModel {
             if let Some(c) = &cap {
                 to_eval.extend(c.hidden.iter().chain(c.residual.iter()).chain(c.routes.values()));
             }
+            // the outputs and every updated cache state, evaluated together (one wait per chunk)
+            to_eval.extend(cache.arrays());
             if let Probe::Nodes(st, names) = &mut probe {
-                let mut all = to_eval.clone();
-                all.extend(cache.arrays());
-                let n = ext::graph_nodes(&all)?;
+                let n = ext::graph_nodes(&to_eval)?;
                 st.nodes += n.nodes;
                 st.casts += n.casts;
-                for (name, c) in ext::graph_histogram(&all)? {
+                for (name, c) in ext::graph_histogram(&to_eval)? {
                     match names.iter_mut().find(|(k, _)| *k == name) {
                         Some(e) => e.1 += c,
                         None => names.push((name, c)),
@@ -614,7 +610,6 @@ impl ZayaModel {
                 }
             }
             mlx_rs::transforms::eval(to_eval)?;
-            cache.eval()?;
             let tokens = (b * (end - start)) as usize;
             for (n, s) in &skips {
                 cache.count_routes(*n, tokens, s.item_cast::<i32>() as usize);

@@ -27,7 +27,7 @@ use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, TqCodec, TqWeights};
 use crate::model::RmsNorm;
-use crate::quant::affine::{self, QuantMode, QuantSpec};
+use crate::quant::affine;
 use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 use crate::quant::turboquant::{rotate, TqMatrix};
 use crate::quant::WeightFormat;
@@ -414,26 +414,32 @@ impl SwitchProj {
         }
     }
 
-    fn quant_spec(&self) -> Option<QuantSpec> {
-        match self.format {
-            WeightFormat::Affine { bits, group_size } => Some(QuantSpec {
-                mode: QuantMode::Affine,
-                bits: bits as i32,
-                group_size: group_size as i32,
-            }),
-            WeightFormat::Mxfp4 { group_size } => Some(QuantSpec {
-                mode: QuantMode::Mxfp4,
-                bits: 4,
-                group_size: group_size as i32,
-            }),
-            _ => None,
+    /// The stacked codes and row norms, borrowed (TurboQuant projections only: checked by the
+    /// callers through `fused_supported`).
+    fn tq_weights(&self) -> TqWeights<'_> {
+        TqWeights {
+            packed: self.tq_packed.value.as_ref().expect("TurboQuant codes"),
+            norms: self.tq_norms.value.as_ref().expect("TurboQuant norms"),
+        }
+    }
+
+    /// The sidecar codebook and signs with the bit width, borrowed (TurboQuant projections only).
+    fn tq_codec(&self) -> TqCodec<'_> {
+        let bits = match self.format {
+            WeightFormat::TurboQuant { bits, .. } => bits,
+            _ => unreachable!("tq_codec on a {:?} projection", self.format),
+        };
+        TqCodec {
+            codebook: self.tq_codebook.as_ref().expect("sidecar codebook"),
+            signs: self.tq_signs.as_ref().expect("sidecar signs"),
+            bits,
         }
     }
 
     /// `x [N, in] → [N, out]` through expert `e` (non-TurboQuant formats).
     fn matmul(&self, x: &Array, e: i32) -> Result<Array> {
         let w = self.weight.value.as_ref().expect("float/affine weight").index(e);
-        match self.quant_spec() {
+        match crate::quant::linear::spec_of(&self.format) {
             None => Ok(x.matmul(w.t())?),
             Some(spec) => {
                 let s = self.scales.value.as_ref().unwrap().index(e);
@@ -488,11 +494,6 @@ impl SwitchMlp {
         }
     }
 
-    /// True when the experts are TurboQuant.
-    pub fn is_turboquant(&self) -> bool {
-        matches!(self.gate_proj.format, WeightFormat::TurboQuant { .. })
-    }
-
     /// True when `ext::tq_switch_glu` can run these experts: TurboQuant gate/up sharing one
     /// rotation and bit width, 2–4-bit codes, power-of-two input widths.
     pub fn fused_supported(&self) -> bool {
@@ -516,41 +517,15 @@ impl SwitchMlp {
     /// All experts of the N rows through the fused primitive; rows routed to an id ≥ E (skip) get
     /// zeros. f32 `[N, H]`.
     fn fused(&self, x: &Array, choice: &Array) -> Result<Array> {
-        let (g, u, d) = (
-            self.gate_proj.tq().unwrap(),
-            self.up_proj.tq().unwrap(),
-            self.down_proj.tq().unwrap(),
-        );
-        let xf = if x.dtype() == Dtype::Float32 {
-            x.clone()
-        } else {
-            x.as_dtype(Dtype::Float32)?
-        };
+        let (g, u, d) = (&self.gate_proj, &self.up_proj, &self.down_proj);
         ext::tq_switch_glu(
-            &xf,
+            &x.as_dtype(Dtype::Float32)?, // no node when already f32
             choice,
-            TqWeights {
-                packed: &g.packed,
-                norms: &g.norms,
-            },
-            TqWeights {
-                packed: &u.packed,
-                norms: &u.norms,
-            },
-            TqWeights {
-                packed: &d.packed,
-                norms: &d.norms,
-            },
-            TqCodec {
-                codebook: &g.codebook,
-                signs: &g.signs,
-                bits: g.bits,
-            },
-            TqCodec {
-                codebook: &d.codebook,
-                signs: &d.signs,
-                bits: d.bits,
-            },
+            g.tq_weights(),
+            u.tq_weights(),
+            d.tq_weights(),
+            g.tq_codec(),
+            d.tq_codec(),
             ExtMode::Auto,
         )
     }

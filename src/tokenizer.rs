@@ -454,11 +454,6 @@ impl StreamDecoder {
         self.prefix_len = 0;
         self.prefix.clear();
     }
-
-    /// Whether ids are pending (pushed but not yet turned into text).
-    pub fn has_pending(&self) -> bool {
-        self.ids.len() > self.prefix_len
-    }
 }
 
 fn common_prefix_len(a: &str, b: &str) -> usize {

@@ -242,12 +242,6 @@ impl Bundle {
         }
     }
 
-    /// Number of this bundle's shard mappings still alive (they live as long as any array over them).
-    #[doc(hidden)]
-    pub fn live_shard_maps(&self) -> usize {
-        self.shard_maps.iter().filter(|w| w.strong_count() > 0).count()
-    }
-
     /// Whether `ptr` points into one of this bundle's (live) shard mappings.
     #[doc(hidden)]
     pub fn points_into_shards(&self, ptr: *const u8) -> bool {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
@@ -123,14 +122,6 @@ impl std::fmt::Display for DType {
     }
 }
 
-static LIVE_MAPS: AtomicUsize = AtomicUsize::new(0);
-
-/// Number of shard mappings alive in the process (diagnostics and tests).
-#[doc(hidden)]
-pub fn live_shard_maps() -> usize {
-    LIVE_MAPS.load(Ordering::SeqCst)
-}
-
 /// One memory-mapped safetensors file. The mapping is private and writable (copy-on-write): MLX may
 /// reuse an input buffer it owns alone for an op's output, which then dirties private pages only and
 /// never the file. It stays mapped until the last array over it is freed.
@@ -141,8 +132,6 @@ pub struct ShardMap {
     map: MmapMut,
     base: usize,
     len: usize,
-    /// Start of the data section (8 + header length).
-    data_start: usize,
 }
 
 impl ShardMap {
@@ -174,16 +163,6 @@ impl ShardMap {
     /// Bytes `[off, off + n)` of the file. Only used while loading, before arrays are handed out.
     pub(crate) fn bytes(&self, off: usize, n: usize) -> &[u8] {
         &self.map[off..off + n]
-    }
-    /// Offset of the data section.
-    pub fn data_start(&self) -> usize {
-        self.data_start
-    }
-}
-
-impl Drop for ShardMap {
-    fn drop(&mut self) {
-        LIVE_MAPS.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -280,14 +259,12 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
     let obj = header
         .as_object()
         .ok_or_else(|| st_err(path, "corrupt header: not a JSON object"))?;
-    LIVE_MAPS.fetch_add(1, Ordering::SeqCst);
     let shard = Arc::new(ShardMap {
         path: path.to_path_buf(),
         name: name.to_string(),
         map,
         base,
         len,
-        data_start,
     });
 
     let mut metadata = BTreeMap::new();

@@ -281,7 +281,8 @@ pub struct QLinear {
     pub backend: LinearBackend,
 }
 
-fn spec_of(format: &WeightFormat) -> Option<QuantSpec> {
+/// The MLX quantization parameters of an affine or MXFP4 format (None for float and TurboQuant).
+pub(crate) fn spec_of(format: &WeightFormat) -> Option<QuantSpec> {
     match *format {
         WeightFormat::Affine { bits, group_size } => Some(QuantSpec {
             mode: QuantMode::Affine,

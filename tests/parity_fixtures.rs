@@ -4,6 +4,8 @@
 //! argmax and routes equal at ≥ 99% of positions; see `bf16_parity` for why not the bf16 reference); the
 //! greedy continuation equals the reference's; the
 //! skip fixture's `p·x` matches while `zero` differs, and the skip counters see the skipped tokens.
+// both support modules include tests/common/venv.rs (a few lines; no shared state)
+#![allow(clippy::duplicate_mod)]
 mod common;
 mod model_support;
 

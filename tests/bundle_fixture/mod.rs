@@ -5,33 +5,17 @@
 //!
 //! Kept minimal so it can be swapped for the shared `tests/common` fixtures later.
 #![allow(dead_code)]
+#[path = "../common/venv.rs"]
+mod venv;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+pub use venv::{python, repo_root as repo};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
-
-/// The repository root.
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The reference venv's python (`$ZAYA_REF_VENV` or `<repo>/.venv-ref`).
-pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-ref"));
-    let py = venv.join("bin").join("python");
-    assert!(
-        py.exists(),
-        "the Python reference environment is missing ({}): run scripts/setup-python-ref.sh or set ZAYA_REF_VENV",
-        py.display()
-    );
-    py
-}
 
 /// Runs the venv python with `args`; panics with its stderr on failure.
 pub fn run_python(args: &[&str]) -> std::process::Output {

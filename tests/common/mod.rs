@@ -18,6 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod venv;
+#[allow(unused_imports)]
+pub use venv::{python, repo_root, venv_python};
+
 /// One generated fixture (see tests/reference/README.md for the contents).
 #[derive(Debug, Clone)]
 pub struct Fixture {
@@ -47,11 +51,6 @@ impl Fixture {
     pub fn config(&self) -> Value {
         fixture_config(&self.name)
     }
-}
-
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// tests/reference/ (the generator scripts and fixtures.json).
@@ -244,29 +243,6 @@ fn generate(base: &Path, dir_name: &str, name: &str, root: &Path) {
         started.elapsed().as_secs_f64(),
         root.display()
     );
-}
-
-/// The reference venv's python: `$ZAYA_REF_VENV/bin/python` or `<repo>/.venv-ref/bin/python`.
-/// Panics with a one-line hint when the venv is missing.
-pub fn python() -> PathBuf {
-    let venv = match std::env::var_os("ZAYA_REF_VENV") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join(".venv-ref"),
-    };
-    venv_python(&venv).unwrap_or_else(|msg| panic!("{msg}"))
-}
-
-/// The python of the venv at `venv`, or the one-line message [`python`] panics with.
-pub fn venv_python(venv: &Path) -> Result<PathBuf, String> {
-    let py = venv.join("bin").join("python");
-    if py.is_file() {
-        Ok(py)
-    } else {
-        Err(format!(
-            "Python reference environment not found ({} is missing): run `bash scripts/setup-python-ref.sh` (or set ZAYA_REF_VENV)",
-            py.display()
-        ))
-    }
 }
 
 /// Runs `python script args…` in the reference venv; panics with its stderr when it fails.

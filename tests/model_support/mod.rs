@@ -3,33 +3,18 @@
 //! jang_tools.zaya.model in float32), caches them under `target/model-ref/`, and loads them into a
 //! `CanonicalWeights` without the bundle loader.
 #![allow(dead_code)]
+#[path = "../common/venv.rs"]
+mod venv;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+pub use venv::{python, repo_root as repo};
 
 use mlx_rs::{Array, Dtype};
 use zaya_mlx::bundle::CanonicalWeights;
 use zaya_mlx::config::ZayaConfig;
 use zaya_mlx::model::{ModelOptions, ZayaModel};
 use zaya_mlx::quant::WeightFormat;
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The reference venv's python (`$ZAYA_REF_VENV` or `<repo>/.venv-ref`).
-pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-ref"));
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "reference venv missing at {}: run scripts/setup-python-ref.sh",
-        venv.display()
-    );
-    py
-}
 
 fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf29ce484222325u64, |h, &b| {

@@ -1,29 +1,14 @@
 //! Shared helpers of the tests/synth_*.rs tests: the Python reference environment and small
 //! safetensors read/write helpers.
 #![allow(dead_code)]
+#[path = "../common/venv.rs"]
+mod venv;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+pub use venv::{python, repo_root as repo};
 
 use safetensors::{Dtype, SafeTensors};
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The reference Python interpreter: `$ZAYA_REF_VENV/bin/python` or `<repo>/.venv-ref/bin/python`.
-pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-ref"));
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "Python reference environment missing at {} (run scripts/setup-python-ref.sh or set ZAYA_REF_VENV)",
-        venv.display()
-    );
-    py
-}
 
 /// Runs tests/python/`script` with `args`; returns its stdout (panics with stderr on failure).
 pub fn run_python(script: &str, args: &[&str]) -> String {

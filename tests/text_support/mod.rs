@@ -2,8 +2,11 @@
 //! built with the `tokenizers` crate in the ZAYA id layout (`<pad>` 0, `<eos>` 1, `<bos>` 2, tool
 //! tokens 101–104, `<|im_start|>` 105, `<|im_end|>` 106, `<think>`/`</think>` as added tokens).
 #![allow(dead_code)]
+#[path = "../common/venv.rs"]
+mod venv;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+pub use venv::python;
 
 use serde_json::{json, Value};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -11,20 +14,6 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::{NormalizerWrapper, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{ModelWrapper, Tokenizer as HfTokenizer};
-
-/// The Python reference interpreter (`$ZAYA_REF_VENV` or `<repo>/.venv-ref`).
-pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ZAYA_REF_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-ref"));
-    let py = venv.join("bin/python");
-    assert!(
-        py.exists(),
-        "Python reference environment not found at {} (run scripts/setup-python-ref.sh or set ZAYA_REF_VENV)",
-        venv.display()
-    );
-    py
-}
 
 /// Path of a file in tests/data.
 pub fn data(name: &str) -> PathBuf {

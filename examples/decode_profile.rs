@@ -10,6 +10,7 @@
 //! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
 use std::time::{Duration, Instant};
 
+use zaya_mlx::bench;
 use zaya_mlx::model::{ModelOptions, ZayaModel};
 use zaya_mlx::moe::ExpertBackend;
 use zaya_mlx::quant::linear::LinearBackend;
@@ -18,31 +19,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
+fn median(v: Vec<f64>) -> f64 {
+    bench::median(&v)
 }
 
+/// Peak RSS (VmHWM) in bytes.
 fn peak_rss_bytes() -> u64 {
-    // SAFETY: getrusage writes into the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss as u64 * 1024
+    bench::process_rss().map_or(0, |(_, peak)| peak)
 }
 
-/// VmHWM, RssAnon and RssFile lines of /proc/self/status (Linux).
+/// Peak, anonymous and file-backed resident memory (Linux /proc/self/status).
 fn rss_detail() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("VmHWM") || l.starts_with("RssAnon") || l.starts_with("RssFile"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mib = |b: u64| b / (1 << 20);
+    match bench::rss_by_kind() {
+        Some((anon, file)) => format!(
+            "VmHWM {} MiB, RssAnon {} MiB, RssFile {} MiB",
+            mib(peak_rss_bytes()),
+            mib(anon),
+            mib(file)
+        ),
+        None => String::new(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {

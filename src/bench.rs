@@ -108,16 +108,7 @@ pub fn copy_bandwidth_gbs_threads(bytes: usize, reps: usize, threads: usize) -> 
             }
         });
     };
-    copy(&mut dst);
-    let mut rates: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            copy(&mut dst);
-            (2 * n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .collect();
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[rates.len() / 2]
+    median_rate_gbs(reps, 2 * n * 8, || copy(&mut dst))
 }
 
 /// Measures read bandwidth in GB/s: the median of `reps` passes summing a `bytes`-sized buffer,
@@ -143,12 +134,17 @@ pub fn read_bandwidth_gbs(bytes: usize, reps: usize) -> f64 {
             }
         });
     };
+    median_rate_gbs(reps, n * 8, pass)
+}
+
+/// One untimed warm-up `pass`, then the median over `reps` timed passes of `bytes` / time, in GB/s.
+fn median_rate_gbs(reps: usize, bytes: usize, mut pass: impl FnMut()) -> f64 {
     pass();
     let mut rates: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let t = Instant::now();
             pass();
-            (n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+            bytes as f64 / t.elapsed().as_secs_f64() / 1e9
         })
         .collect();
     rates.sort_by(|a, b| a.total_cmp(b));
@@ -157,25 +153,24 @@ pub fn read_bandwidth_gbs(bytes: usize, reps: usize) -> f64 {
 
 /// Process memory from /proc/self/status: (current RSS, peak RSS) in bytes. None where unavailable.
 pub fn process_rss() -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |k: &str| -> Option<u64> {
-        let line = s.lines().find(|l| l.starts_with(k))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    status_bytes(["VmRSS:", "VmHWM:"])
 }
 
 /// Resident memory by kind from /proc/self/status: (anonymous, file-backed) bytes. File-backed
 /// pages are the touched parts of the memory-mapped bundle; anonymous ones are allocations.
 pub fn rss_by_kind() -> Option<(u64, u64)> {
+    status_bytes(["RssAnon:", "RssFile:"])
+}
+
+/// Two kB fields of /proc/self/status, in bytes.
+fn status_bytes(keys: [&str; 2]) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |k: &str| -> Option<u64> {
         let line = s.lines().find(|l| l.starts_with(k))?;
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb * 1024)
     };
-    Some((field("RssAnon:")?, field("RssFile:")?))
+    Some((field(keys[0])?, field(keys[1])?))
 }
 
 /// Resets the process's peak RSS (VmHWM) to the current RSS (Linux `clear_refs` 5). Returns false

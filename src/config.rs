@@ -39,6 +39,9 @@ pub struct QuantizationConfig {
     /// `routed_expert_bits` (JANGTQ), descriptive; `None` when absent or given per projection
     /// (JANGTQ_K writes an object; the per-tensor `tq_bits` are authoritative anyway).
     pub routed_expert_bits: Option<u32>,
+    /// `embed_bits`: jang's converters give the embedding's (and an untied lm_head's) width here
+    /// instead of as a module override. Read leniently (absent or not an integer → `None`).
+    pub embed_bits: Option<u32>,
     /// Per-module overrides keyed by module path (e.g. `model.embed_tokens`).
     pub overrides: BTreeMap<String, QuantOverride>,
 }
@@ -411,6 +414,7 @@ impl QuantizationConfig {
                 Some(Value::Object(_)) => None,
                 _ => f.u32("routed_expert_bits")?,
             },
+            embed_bits: obj.get("embed_bits").and_then(Value::as_u64).map(|v| v as u32),
             overrides: BTreeMap::new(),
         };
         for (k, v) in obj {

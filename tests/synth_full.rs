@@ -11,12 +11,7 @@ use zaya_mlx::quant::encode::{affine_dequantize, AffineEncoded, TqEncoder};
 use zaya_mlx::synth::{self, plan, SynthOptions, SynthSpec};
 
 fn vm_hwm_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    zaya_mlx::bench::process_rss().map_or(0, |(_, peak)| peak / 1024)
 }
 
 fn map(path: &Path) -> memmap2::Mmap {

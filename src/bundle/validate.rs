@@ -637,14 +637,8 @@ pub(crate) fn validate(ctx: &Context, mut plan: BTreeMap<String, Planned>) -> Re
                     // jang's converters store the embedding's (and an untied lm_head's) width as a
                     // top-level `embed_bits` of the quantization block instead of a module override
                     let embed_bits = matches!(l.kind, TensorKind::Embeddings | TensorKind::LmHead)
-                        .then(|| {
-                            cfg.raw
-                                .get("quantization")
-                                .and_then(|q| q.get("embed_bits"))
-                                .and_then(|v| v.as_u64())
-                        })
-                        .flatten()
-                        .map(|v| v as u32);
+                        .then(|| cfg.quantization.as_ref().and_then(|q| q.embed_bits))
+                        .flatten();
                     let settings = cfg.quantization.as_ref().map(|q| quant_settings(q, &bases, embed_bits));
                     let fmt = match biases {
                         Some(bi) => {

@@ -60,8 +60,28 @@ pub struct SynthReport {
     pub seconds: f64,
 }
 
-/// Name of the TurboQuant runtime sidecar.
-pub const SIDECAR_FILE: &str = "jangtq_runtime.safetensors";
+/// Name of the TurboQuant runtime sidecar (the loader's constant).
+pub use crate::bundle::shards::SIDECAR_FILE;
+
+/// Writes `model.safetensors.index.json`: every tensor mapped to the shard its location names.
+fn write_index(
+    out: &Path,
+    format: Option<&str>,
+    total_size: u64,
+    tensors: &[plan::OutTensor],
+    locs: &[plan::Loc],
+    shards: &[plan::FilePlan],
+) -> Result<()> {
+    let weight_map: BTreeMap<String, String> = tensors
+        .iter()
+        .zip(locs)
+        .map(|(t, l)| (t.name.clone(), shards[l.file].name.clone()))
+        .collect();
+    files::write_json(
+        &out.join(crate::bundle::shards::INDEX_FILE),
+        &files::index_json(format, total_size, &weight_map),
+    )
+}
 
 fn shard_name(i: usize, n: usize) -> String {
     format!("model-{i:05}-of-{n:05}.safetensors")
@@ -164,15 +184,7 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
     write_f32_safetensors(&out.join(SIDECAR_FILE), &sidecar)?;
 
     let total_size: u64 = files.iter().map(|f| f.size).sum();
-    let weight_map: BTreeMap<String, String> = tensors
-        .iter()
-        .zip(&locs)
-        .map(|(t, l)| (t.name.clone(), files[l.file].name.clone()))
-        .collect();
-    files::write_json(
-        &out.join("model.safetensors.index.json"),
-        &files::index_json(Some("jangtq"), total_size, &weight_map),
-    )?;
+    write_index(out, Some("jangtq"), total_size, &tensors, &locs, &files)?;
     files::write_json(&out.join("config.json"), &files::bundle_config(spec))?;
     files::write_json(&out.join("jang_config.json"), &files::jang_config(spec))?;
     write_text_side_files(spec, out, true)?;
@@ -224,15 +236,7 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
     };
     let threads = run_jobs(&jobs, opts, "source", |job| ctx.source_job(job, &tensors))?;
     let data_size: u64 = tensors.iter().map(|t| t.nbytes() as u64).sum();
-    let weight_map: BTreeMap<String, String> = tensors
-        .iter()
-        .zip(&locs)
-        .map(|(t, l)| (t.name.clone(), files[l.file].name.clone()))
-        .collect();
-    files::write_json(
-        &out.join("model.safetensors.index.json"),
-        &files::index_json(None, data_size, &weight_map),
-    )?;
+    write_index(out, None, data_size, &tensors, &locs, &files)?;
     files::write_json(&out.join("config.json"), &files::source_config(spec))?;
     write_text_side_files(spec, out, false)?;
     Ok(SynthReport {

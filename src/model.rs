@@ -641,16 +641,27 @@ impl ZayaModel {
     /// Prefills `tokens` (one sequence) in chunks of `chunk` (default: the model's `prefill_chunk`)
     /// and returns the last position's logits, f32 `[1, V]`, evaluated.
     pub fn prefill(&self, tokens: &[u32], cache: &mut ModelCache, chunk: Option<usize>) -> Result<Array> {
+        if chunk == Some(0) {
+            return Err(ZayaError::InvalidArgument("chunk size must be positive".into()));
+        }
+        self.last_logits(tokens, cache, chunk, Probe::None)
+    }
+
+    /// One sequence `tokens` through the model in chunks: the last position's logits f32 `[1, V]`.
+    fn last_logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut ModelCache,
+        chunk: Option<usize>,
+        probe: Probe<'_>,
+    ) -> Result<Array> {
         let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
-        let out = self.forward_with(
-            &ids,
-            cache,
-            ForwardOptions {
-                logits: LogitsMode::Last,
-                capture: false,
-                chunk,
-            },
-        )?;
+        let opts = ForwardOptions {
+            logits: LogitsMode::Last,
+            capture: false,
+            chunk,
+        };
+        let out = self.forward_probed(&ids, cache, opts, probe)?;
         let l = out.logits.expect("LogitsMode::Last");
         Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
     }
@@ -661,35 +672,17 @@ impl ZayaModel {
     }
 
     /// Size of the graph of one decode step for `token` after `cache` (a measuring hook for
-    /// `zaya bench`): builds the step on a snapshot of the cache and counts the nodes that
-    /// evaluating its outputs (the logits, every updated cache state and the skip counters) would
-    /// run, then drops it unevaluated. `cache` is not changed.
+    /// `zaya bench`): runs the step on a snapshot of the cache through
+    /// [`decode_step_counted`](Self::decode_step_counted), which counts the nodes of the logits,
+    /// every updated cache state and the skip counters before evaluating them. `cache` is not changed.
     pub fn decode_graph_stats(&self, token: u32, cache: &ModelCache) -> Result<crate::ext::GraphStats> {
-        if cache.is_poisoned() {
-            return Err(ZayaError::InvalidArgument(
-                "the cache is inconsistent after a failed forward".into(),
-            ));
-        }
-        let mut c = cache.snapshot();
-        let ids = self.check_tokens(&Array::from_slice(&[token], &[1, 1]), &c)?;
-        c.bind_batch(1)?;
-        let out = self.forward_chunk(&ids, &mut c, LogitsMode::Last, false, &mut Probe::None)?;
-        let mut outputs: Vec<&Array> = out.skips.iter().map(|(_, a)| a).collect();
-        outputs.extend(out.logits.iter());
-        outputs.extend(c.arrays());
-        crate::ext::graph_nodes(&outputs)
+        let mut snapshot = cache.snapshot();
+        let (_, stats, _) = self.decode_step_counted(token, &mut snapshot)?;
+        Ok(stats)
     }
 
     fn decode_probed(&self, token: u32, cache: &mut ModelCache, probe: Probe<'_>) -> Result<Array> {
-        let ids = Array::from_slice(&[token], &[1, 1]);
-        let opts = ForwardOptions {
-            logits: LogitsMode::Last,
-            capture: false,
-            chunk: Some(1),
-        };
-        let out = self.forward_probed(&ids, cache, opts, probe)?;
-        let l = out.logits.expect("LogitsMode::Last");
-        Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
+        self.last_logits(&[token], cache, Some(1), probe)
     }
 
     /// [`decode_step`](Self::decode_step) that also counts the primitive nodes of the step's lazy
@@ -718,16 +711,9 @@ impl ZayaModel {
     ) -> Result<(Array, PhaseTimes)> {
         let mut p = PhaseTimes::default();
         let t = Instant::now();
-        let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
-        let opts = ForwardOptions {
-            logits: LogitsMode::Last,
-            capture: false,
-            chunk,
-        };
-        let out = self.forward_probed(&ids, cache, opts, Probe::Phases(&mut p))?;
+        let l = self.last_logits(tokens, cache, chunk, Probe::Phases(&mut p))?;
         p.embed += t.elapsed().saturating_sub(p.total());
-        let l = out.logits.expect("LogitsMode::Last");
-        Ok((l.reshape(&[1, self.config.vocab_size as i32])?, p))
+        Ok((l, p))
     }
 
     /// [`decode_step`](Self::decode_step) that evaluates after every phase (embedding, each

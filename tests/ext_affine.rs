@@ -4,39 +4,16 @@
 //! y = x·Wᵀ.
 //!
 //! Error norm: max_i |y_i − ref_i| / max_i |ref_i| (∞-norm relative error), bound 1e-5.
-use std::sync::Mutex;
-
 use half::{bf16, f16};
 use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use zaya_mlx::ext::{affine_embed, affine_matmul, detected_isa, set_max_isa, ExtMode, KernelIsa};
+use zaya_mlx::ext::{affine_embed, affine_matmul, ExtMode};
+
+mod kernel_support;
+use kernel_support::{isas, rel_err, values, verbose, with_isa};
 
 const TOL: f64 = 1e-5;
-
-static ISA_LOCK: Mutex<()> = Mutex::new(());
-
-fn isas() -> Vec<KernelIsa> {
-    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512]
-        .into_iter()
-        .filter(|i| *i <= detected_isa())
-        .collect()
-}
-
-/// The ISA cap is process-wide and read when an op is built.
-fn with_isa<T>(isa: KernelIsa, f: impl FnOnce() -> T) -> T {
-    let _g = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let prev = set_max_isa(isa);
-    let out = f();
-    set_max_isa(prev);
-    out
-}
-
-fn verbose(ctx: &str, what: &str, err: f64) {
-    if std::env::var_os("ZAYA_TEST_VERBOSE").is_some() {
-        eprintln!("{ctx} {what}: {err:.2e}");
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum SType {
@@ -127,17 +104,6 @@ impl Weight {
     fn run(&self, x: &Array, mode: ExtMode) -> zaya_mlx::Result<Array> {
         affine_matmul(x, &self.wa, &self.sa, &self.ba, self.bits, self.group as u32, mode)
     }
-}
-
-fn values(y: &Array) -> Vec<f32> {
-    y.eval().unwrap();
-    y.as_slice::<f32>().to_vec()
-}
-
-fn rel_err(y: &[f32], r: &[f64]) -> f64 {
-    assert_eq!(y.len(), r.len());
-    let scale = r.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    y.iter().zip(r).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale
 }
 
 /// Every ISA's primitive, the portable graph and (when `stock`) MLX's quantized_matmul vs the f64 loop.

@@ -4,8 +4,6 @@
 //! â = H(s_d⊙a)/√I, y[r] = n_d[e,r]·Σ_i C_d[code]·â_i.
 //!
 //! Error norm: max_i |y_i − ref_i| / max_i |ref_i| (∞-norm relative error), bound 1e-5.
-use std::sync::Mutex;
-
 use half::f16;
 use mlx_rs::{
     ops::indexing::{IndexOp, IntoStrideBy},
@@ -13,27 +11,12 @@ use mlx_rs::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use zaya_mlx::ext::{detected_isa, set_max_isa, tq_switch_glu, ExtMode, KernelIsa, TqCodec, TqWeights};
+use zaya_mlx::ext::{tq_switch_glu, ExtMode, TqCodec, TqWeights};
+
+mod kernel_support;
+use kernel_support::{isas, rel_err, values, verbose, with_isa};
 
 const TOL: f64 = 1e-5;
-
-/// The kernel ISA cap is process-wide and read when an op is built: tests that pick an ISA hold this.
-static ISA_LOCK: Mutex<()> = Mutex::new(());
-
-fn isas() -> Vec<KernelIsa> {
-    [KernelIsa::Scalar, KernelIsa::Avx2, KernelIsa::Avx512]
-        .into_iter()
-        .filter(|i| *i <= detected_isa())
-        .collect()
-}
-
-fn with_isa<T>(isa: KernelIsa, f: impl FnOnce() -> T) -> T {
-    let _g = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let prev = set_max_isa(isa);
-    let out = f();
-    set_max_isa(prev);
-    out
-}
 
 /// One projection's stacked expert data, host side.
 struct Proj {
@@ -212,6 +195,11 @@ fn arrays(ex: &Experts) -> Arrays {
 }
 
 fn build(ex: &Experts, a: &Arrays, x: &Array, idx: &Array, mode: ExtMode) -> zaya_mlx::Result<Array> {
+    build_bits(a, x, idx, ex.bits_gu, ex.bits_d, mode)
+}
+
+/// [`build`] with explicit gate/up and down bit widths (which may disagree with the arrays).
+fn build_bits(a: &Arrays, x: &Array, idx: &Array, bits_gu: u32, bits_d: u32, mode: ExtMode) -> zaya_mlx::Result<Array> {
     tq_switch_glu(
         x,
         idx,
@@ -230,33 +218,15 @@ fn build(ex: &Experts, a: &Arrays, x: &Array, idx: &Array, mode: ExtMode) -> zay
         TqCodec {
             codebook: &a.cb_gu,
             signs: &a.s_gu,
-            bits: ex.bits_gu,
+            bits: bits_gu,
         },
         TqCodec {
             codebook: &a.cb_d,
             signs: &a.s_d,
-            bits: ex.bits_d,
+            bits: bits_d,
         },
         mode,
     )
-}
-
-fn values(y: &Array) -> Vec<f32> {
-    y.eval().unwrap();
-    y.as_slice::<f32>().to_vec()
-}
-
-fn rel_err(y: &[f32], r: &[f64]) -> f64 {
-    assert_eq!(y.len(), r.len());
-    let scale = r.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    y.iter().zip(r).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale
-}
-
-/// `ZAYA_TEST_VERBOSE=1 cargo test --release --test ext_tq -- --nocapture` prints every error.
-fn verbose(ctx: &str, what: &str, err: f64) {
-    if std::env::var_os("ZAYA_TEST_VERBOSE").is_some() {
-        eprintln!("{ctx} {what}: {err:.2e}");
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -442,35 +412,7 @@ fn bad_arguments_are_errors_not_aborts() {
     let x = Array::from_slice(&vec![0.5f32; 2 * 64], &[2, 64]);
     let idx = Array::from_slice(&[0i32, 1], &[2]);
     let err = |r: zaya_mlx::Result<Array>| r.unwrap_err().to_string();
-    let run = |x: &Array, idx: &Array, a: &Arrays, bits: u32| {
-        tq_switch_glu(
-            x,
-            idx,
-            TqWeights {
-                packed: &a.gp,
-                norms: &a.gn,
-            },
-            TqWeights {
-                packed: &a.up,
-                norms: &a.un,
-            },
-            TqWeights {
-                packed: &a.dp,
-                norms: &a.dn,
-            },
-            TqCodec {
-                codebook: &a.cb_gu,
-                signs: &a.s_gu,
-                bits,
-            },
-            TqCodec {
-                codebook: &a.cb_d,
-                signs: &a.s_d,
-                bits: 4,
-            },
-            ExtMode::Auto,
-        )
-    };
+    let run = |x: &Array, idx: &Array, a: &Arrays, bits: u32| build_bits(a, x, idx, bits, 4, ExtMode::Auto);
     assert!(run(&x, &idx, &a, 4).is_ok());
 
     let e = err(run(&x.as_dtype(Dtype::Float16).unwrap(), &idx, &a, 4));

@@ -80,24 +80,6 @@ struct V {
     lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
     hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
   }
-  static void cvt_row(const void* base, int type, size_t off, size_t n, float* dst) {
-    size_t i = 0;
-    if (type == kF16) {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + off;
-      for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
-      for (; i < n; ++i) dst[i] = _cvtsh_ss(p[i]);
-    } else if (type == kBF16) {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + off;
-      for (; i + 8 <= n; i += 8) {
-        const I v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
-        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
-      }
-      for (; i < n; ++i) dst[i] = bf16_to_f32(p[i]);
-    } else {
-      memcpy(dst, static_cast<const float*>(base) + off, n * sizeof(float));
-    }
-  }
 };
 
 #include "simd_impl.inc"

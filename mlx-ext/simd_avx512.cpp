@@ -67,24 +67,6 @@ struct V {
     lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
     hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
   }
-  static void cvt_row(const void* base, int type, size_t off, size_t n, float* dst) {
-    size_t i = 0;
-    if (type == kF16) {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + off;
-      for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))));
-      for (; i < n; ++i) dst[i] = _cvtsh_ss(p[i]);
-    } else if (type == kBF16) {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + off;
-      for (; i + 16 <= n; i += 16) {
-        const I v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
-        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
-      }
-      for (; i < n; ++i) dst[i] = bf16_to_f32(p[i]);
-    } else {
-      memcpy(dst, static_cast<const float*>(base) + off, n * sizeof(float));
-    }
-  }
 };
 
 #include "simd_impl.inc"

@@ -38,9 +38,6 @@ struct V {
     lo = (float)(p[0] & 15u);
     hi = (float)(p[0] >> 4);
   }
-  static void cvt_row(const void* base, int type, size_t off, size_t n, float* dst) {
-    for (size_t i = 0; i < n; ++i) dst[i] = load_float(base, type, off + i);
-  }
 };
 
 #include "simd_impl.inc"

@@ -26,6 +26,7 @@ struct V {
   static void storef(float* p, F a) { _mm256_storeu_ps(p, a); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static float hmax(F a) {

@@ -27,6 +27,7 @@ struct V {
   static void storef(float* p, F a) { _mm512_storeu_ps(p, a); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
   static float hmax(F a) { return _mm512_reduce_max_ps(a); }

@@ -15,6 +15,7 @@ struct V {
   static void storef(float* p, F a) { *p = a; }
   static F set1(float v) { return v; }
   static F fma(F a, F b, F c) { return a * b + c; }
+  static F mul(F a, F b) { return a * b; }
   static F add(F a, F b) { return a + b; }
   static F max(F a, F b) { return a > b ? a : b; }
   static float hmax(F a) { return a; }

@@ -1,6 +1,8 @@
-//! Decode timing harness (release mode): ms/token of greedy-free decode steps on a bundle, the
-//! per-phase split (embedding, attention half-layers, MoE half-layers, head, other) measured by
-//! evaluating after every phase, the graph size of one step, and the process's peak RSS.
+//! Decode timing harness (release mode): ms/token of greedy-free decode steps on a bundle, where a
+//! step's wall time goes by the kernel trace (each custom primitive's task time, the graph building
+//! before the first task, the gaps between tasks), the per-phase split (embedding, attention
+//! half-layers, MoE half-layers, head, other) measured by evaluating after every phase, the graph size
+//! of one step, and the process's peak RSS.
 //!
 //! ```text
 //! cargo run --release --example decode_profile -- BUNDLE [--steps N] [--prompt P] [--kernels fused|plain]
@@ -40,6 +42,70 @@ fn rss_detail() -> String {
         ),
         None => String::new(),
     }
+}
+
+/// Decode steps with the kernel trace on: where the wall time of a step goes (each custom primitive's
+/// task time, summed per primitive; the time before the first task runs, i.e. building and
+/// scheduling the graph; the gaps between tasks; the time after the last one).
+fn trace_steps(
+    model: &ZayaModel,
+    cache: &mut zaya_mlx::cache::ModelCache,
+    tok: &mut u32,
+    steps: usize,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let vocab = model.config().vocab_size as u32;
+    let (mut wall, mut lead, mut gaps, mut tail) = (vec![], vec![], vec![], vec![]);
+    let mut by_name: BTreeMap<&'static str, (Vec<f64>, usize, Vec<f64>)> = BTreeMap::new();
+    zaya_mlx::ext::trace_take();
+    zaya_mlx::ext::trace_enable(true);
+    for _ in 0..steps {
+        let t0 = zaya_mlx::ext::now_ns();
+        model.decode_step(*tok, cache)?;
+        let t1 = zaya_mlx::ext::now_ns();
+        *tok = (*tok * 31 + 7) % vocab;
+        let ev = zaya_mlx::ext::trace_take();
+        let (Some(first), Some(last)) = (ev.first(), ev.last()) else {
+            continue;
+        };
+        let ns = |d: i64| d as f64 / 1e6;
+        wall.push(ns(t1 - t0));
+        lead.push(ns(first.start_ns - t0));
+        tail.push(ns(t1 - last.end_ns));
+        gaps.push(ns(ev.windows(2).map(|w| (w[1].start_ns - w[0].end_ns).max(0)).sum()));
+        let mut step: BTreeMap<&'static str, (f64, usize, f64)> = BTreeMap::new();
+        for (i, e) in ev.iter().enumerate() {
+            let s = step.entry(e.name).or_default();
+            s.0 += ns(e.end_ns - e.start_ns);
+            s.1 += 1;
+            if i > 0 {
+                s.2 += ns((e.start_ns - ev[i - 1].end_ns).max(0));
+            }
+        }
+        for (k, (t, c, g)) in step {
+            let s = by_name.entry(k).or_default();
+            s.0.push(t);
+            s.1 = c;
+            s.2.push(g);
+        }
+    }
+    zaya_mlx::ext::trace_enable(false);
+    println!(
+        "traced (medians, ms/step): wall {:.2} = before the first kernel {:.2} + kernels + gaps between kernels {:.2} + after the last {:.2}",
+        median(wall),
+        median(lead),
+        median(gaps),
+        median(tail)
+    );
+    for (k, (t, c, g)) in by_name {
+        let m = median(t);
+        println!(
+            "  {k:<20} {m:7.2} ms in {c} tasks ({:.1} µs each; gaps before them {:.2} ms)",
+            m * 1e3 / c.max(1) as f64,
+            median(g)
+        );
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,6 +215,7 @@ fn main() -> anyhow::Result<()> {
         "decode: median {med:.2} ms/token, mean {mean:.2}, min {min:.2} ({:.2} tok/s at the median)",
         1e3 / med
     );
+    trace_steps(&model, &mut cache, &mut tok, steps)?;
     let (mut e, mut a, mut m, mut h, mut o, mut tot) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut per_layer: Vec<Vec<f64>> = Vec::new();
     for _ in 0..steps {

@@ -176,6 +176,77 @@ fn main() {
         );
     }
 
+    if want("sizes") {
+        // independent R×2048 8-bit GEMVs of one input, built as one graph and evaluated together
+        // (≈ 256 MB of distinct weights each, beyond the L3): time per call against its bytes, to
+        // separate a fixed per-kernel cost from the streaming rate
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let ng = D / 32;
+        let mut fit = Vec::new();
+        for rows in [512usize, 1024, 2048, 4096, 8192] {
+            let bytes = rows * D + 4 * rows * ng;
+            let count = ((256usize << 20) / bytes).max(2);
+            let ws: Vec<[Array; 3]> = (0..count)
+                .map(|_| {
+                    let w = Array::from_slice(&u32s(&mut rng, rows * D / 4), &[rows as i32, (D / 4) as i32]);
+                    let s = Array::from_slice(&f16s(&mut rng, rows * ng, -0.01, 0.01), &[rows as i32, ng as i32]);
+                    let b = Array::from_slice(&f16s(&mut rng, rows * ng, -1.0, 1.0), &[rows as i32, ng as i32]);
+                    for a in [&w, &s, &b] {
+                        ev(a);
+                    }
+                    [w, s, b]
+                })
+                .collect();
+            let r = time(5, || {
+                let ys: Vec<Array> = ws
+                    .iter()
+                    .map(|[w, s, b]| ext::affine_matmul(&x, w, s, b, 8, 32, ExtMode::Primitive).unwrap())
+                    .collect();
+                mlx_rs::transforms::eval(ys.iter().collect::<Vec<_>>()).unwrap();
+            });
+            let per = (r.0 / count as f64, r.1 / count as f64);
+            report(&format!("{count} × affine {rows}x2048 (per call)"), bytes as f64, per);
+            fit.push((bytes as f64, per.0));
+        }
+        // least squares time = a + bytes / bw over the minima
+        let n = fit.len() as f64;
+        let (sx, sy) = fit.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+        let (sxx, sxy) = fit.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x * x, b + x * y));
+        let slope = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+        let icpt = (sy - slope * sx) / n;
+        println!(
+            "  fit: {:.1} µs per call + bytes at {:.1} GB/s",
+            icpt * 1e3,
+            1e-6 / slope
+        );
+    }
+
+    if want("cached") {
+        // one 256×2048 8-bit weight (0.5 MB, L2-resident) in 256 GEMVs evaluated together: the
+        // kernel's compute rate without DRAM (run with ZAYA_THREADS=1 for one core)
+        let rows = 256usize;
+        let ng = D / 32;
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let w = Array::from_slice(&u32s(&mut rng, rows * D / 4), &[rows as i32, (D / 4) as i32]);
+        let s = Array::from_slice(&f16s(&mut rng, rows * ng, -0.01, 0.01), &[rows as i32, ng as i32]);
+        let b = Array::from_slice(&f16s(&mut rng, rows * ng, -1.0, 1.0), &[rows as i32, ng as i32]);
+        for a in [&w, &s, &b] {
+            ev(a);
+        }
+        let count = 256;
+        let r = time(5, || {
+            let ys: Vec<Array> = (0..count)
+                .map(|_| ext::affine_matmul(&x, &w, &s, &b, 8, 32, ExtMode::Primitive).unwrap())
+                .collect();
+            mlx_rs::transforms::eval(ys.iter().collect::<Vec<_>>()).unwrap();
+        });
+        report(
+            "cached affine 256x2048 (per call)",
+            (rows * D + 4 * rows * ng) as f64,
+            (r.0 / count as f64, r.1 / count as f64),
+        );
+    }
+
     if want("chain") {
         // 64 chained 2048x2048 8-bit projections (16 weights in turn) built as one graph and
         // evaluated once, as a decode step runs them: per-call cost without the host round trip
@@ -244,6 +315,52 @@ fn main() {
                 }),
             );
         }
+    }
+
+    if want("tqcached") {
+        // one expert (6.3 MB, L3-resident) in 64 switch-GLUs evaluated together: the kernel's compute
+        // rate with little DRAM traffic (ZAYA_THREADS=1 for one core)
+        let TqSet {
+            g,
+            gn,
+            u,
+            un,
+            d,
+            dn,
+            cb,
+            signs,
+        } = tq_weights(&mut rng, 1);
+        let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
+        let id = Array::from_slice(&[0i32], &[1]);
+        let c = TqCodec {
+            codebook: &cb,
+            signs: &signs,
+            bits: 4,
+        };
+        let count = 64;
+        let r = time(5, || {
+            let ys: Vec<Array> = (0..count)
+                .map(|_| {
+                    ext::tq_switch_glu(
+                        &x,
+                        &id,
+                        TqWeights { packed: &g, norms: &gn },
+                        TqWeights { packed: &u, norms: &un },
+                        TqWeights { packed: &d, norms: &dn },
+                        c,
+                        c,
+                        ExtMode::Primitive,
+                    )
+                    .unwrap()
+                })
+                .collect();
+            mlx_rs::transforms::eval(ys.iter().collect::<Vec<_>>()).unwrap();
+        });
+        report(
+            "cached tq_switch_glu 1 expert (per call)",
+            3.0 * (D * D / 2 + D * 2) as f64,
+            (r.0 / count as f64, r.1 / count as f64),
+        );
     }
 
     if want("tqprefill") {

@@ -36,7 +36,7 @@ void run_dense(const DensePtrs& p, const DenseDims& d, const kern::Table* tab) {
     if (d.has_bias)
       for (int64_t n = 0; n < d.N; ++n)
         for (int64_t r = r0; r < r1; ++r) ys[n][r] += kern::load_float(p.b, d.btype, r);
-  });
+  }, kStreamChunks);
 }
 
 class DenseMatmul : public mx::UnaryPrimitive {
@@ -46,11 +46,11 @@ class DenseMatmul : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     DensePtrs p{nullptr, in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr, out.data<float>()};
-    enc.dispatch([p, x = in[0], d = d_, tab = tab_]() mutable {
+    enc.dispatch(traced(name(), [p, x = in[0], d = d_, tab = tab_]() mutable {
       std::vector<char> sx;
       p.x = static_cast<const float*>(row_major(x, sx));
       run_dense(p, d, tab);
-    });
+    }));
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("DenseMatmul has no GPU kernel");

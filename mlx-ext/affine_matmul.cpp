@@ -115,7 +115,7 @@ void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, 
         tab->aff_rows(mats[i], (int)(lo - am.part[i].offset), (int)(hi - am.part[i].offset), xs[i].data(),
                       ys[i].data(), (int)N);
     }
-  });
+  }, kStreamChunks);
 }
 
 class AffineMatmul : public mx::UnaryPrimitive {
@@ -124,7 +124,7 @@ class AffineMatmul : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), am_(am), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch([in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); });
+    enc.dispatch(traced(name(), [in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); }));
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("AffineMatmul has no GPU kernel");
@@ -177,11 +177,11 @@ class AffineEmbed : public mx::UnaryPrimitive {
   AffineEmbed(mx::Stream stream, AffDims d) : mx::UnaryPrimitive(stream), d_(d) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch([in, y = out.data<float>(), d = d_]() {
+    enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
       std::vector<char> sc;
       const auto* ids = static_cast<const uint32_t*>(row_major(in[0], sc));
       run_embed(ids, in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), y, d);
-    });
+    }));
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("AffineEmbed has no GPU kernel");

@@ -178,7 +178,7 @@ class CcaQk : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     QkOut o{out[0].data<float>(), out[1].data<float>(), out[2].data<float>(), out[3].data<float>()};
-    enc.dispatch([in, o, d = d_, tab = tab_]() { run_cca_qk(in, o, d, tab); });
+    enc.dispatch(traced(name(), [in, o, d = d_, tab = tab_]() { run_cca_qk(in, o, d, tab); }));
   }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error("CcaQk has no GPU kernel");
@@ -323,7 +323,7 @@ class CcaAttention : public mx::UnaryPrimitive {
   CcaAttention(mx::Stream s, AttnDims d, const kern::Table* tab) : mx::UnaryPrimitive(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch([in, y = out.data<float>(), d = d_, tab = tab_]() { run_attention(in, y, d, tab); });
+    enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_, tab = tab_]() { run_attention(in, y, d, tab); }));
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("CcaAttention has no GPU kernel");

@@ -94,7 +94,7 @@ void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
   // Inputs (u, conv_state, w0, b0, w1, b1) may be strided views: they are packed inside the task when
   // needed. Outputs: z and the new conv_state.
   auto& enc = cpu_encoder(stream(), in, out);
-  enc.dispatch([in, z_p = out[0].data<float>(), ns_p = out[1].data<float>(), d = d_]() {
+  enc.dispatch(traced(name(), [in, z_p = out[0].data<float>(), ns_p = out[1].data<float>(), d = d_]() {
     std::vector<char> sc[6];
     const float* u_p = static_cast<const float*>(row_major(in[0], sc[0]));
     const float* st_p = static_cast<const float*>(row_major(in[1], sc[1]));
@@ -146,7 +146,7 @@ void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
       for (int64_t i = 0; i < S; ++i)
         for (int64_t c = 0; c < C; ++c) nb[c * S + i] = P[(T + i) * C + c];
     }
-  });
+  }));
 }
 
 }  // namespace

@@ -16,6 +16,27 @@ thread_local std::string g_last_error;
 
 void set_last_error(const std::string& msg) { g_last_error = msg; }
 
+std::atomic<bool> g_trace_on{false};
+
+namespace {
+struct TraceEvent {
+  const char* name;
+  int64_t t0, t1;
+};
+std::mutex g_trace_m;
+std::vector<TraceEvent> g_trace;
+}  // namespace
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void trace_record(const char* name, int64_t t0, int64_t t1) {
+  std::lock_guard<std::mutex> lk(g_trace_m);
+  if (g_trace.size() < (1u << 22)) g_trace.push_back({name, t0, t1});
+}
+
 std::string shape_str(const mx::Shape& s) {
   std::ostringstream os;
   os << "[";
@@ -235,7 +256,8 @@ Pool& pool() {
 
 }  // namespace
 
-void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f) {
+void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t, int64_t)>& f,
+                  int chunks_per_thread) {
   if (n <= 0) return;
   min_chunk = std::max<int64_t>(min_chunk, 1);
   int64_t nt = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / min_chunk);
@@ -243,10 +265,8 @@ void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t
     f(0, n);
     return;
   }
-  // Dynamic chunks (up to kChunksPerThread per thread, each ≥ min_chunk, aligned to min_chunk): a
-  // thread that starts late or is descheduled (a busy 2-core machine) leaves its share to the others.
-  constexpr int64_t kChunksPerThread = 4;
-  const int64_t chunks = std::min<int64_t>(nt * kChunksPerThread, (n + min_chunk - 1) / min_chunk);
+  // Dynamic chunks (up to chunks_per_thread per thread, each ≥ min_chunk, aligned to min_chunk).
+  const int64_t chunks = std::min<int64_t>(nt * std::max(chunks_per_thread, 1), (n + min_chunk - 1) / min_chunk);
   const int64_t step = ((n + chunks - 1) / chunks + min_chunk - 1) / min_chunk * min_chunk;
   // The job captures one pointer so that its std::function stores it inline (no allocation per call).
   struct Shared {
@@ -271,3 +291,17 @@ void parallel_for(int64_t n, int64_t min_chunk, const std::function<void(int64_t
 
 extern "C" const char* zaya_ext_last_error(void) { return zaya::g_last_error.c_str(); }
 extern "C" const char* zaya_ext_version(void) { return "zaya-mlx-ext 0.1"; }
+
+extern "C" void zaya_ext_trace_enable(int on) { zaya::g_trace_on.store(on != 0); }
+extern "C" int64_t zaya_ext_now_ns(void) { return zaya::now_ns(); }
+extern "C" size_t zaya_ext_trace_take(const char** names, int64_t* t0, int64_t* t1, size_t cap) {
+  std::lock_guard<std::mutex> lk(zaya::g_trace_m);
+  const size_t n = std::min(cap, zaya::g_trace.size());
+  for (size_t i = 0; i < n; ++i) {
+    names[i] = zaya::g_trace[i].name;
+    t0[i] = zaya::g_trace[i].t0;
+    t1[i] = zaya::g_trace[i].t1;
+  }
+  zaya::g_trace.erase(zaya::g_trace.begin(), zaya::g_trace.begin() + n);
+  return n;
+}

@@ -72,7 +72,7 @@ class ResNorm : public mx::Primitive {
 void ResNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
   // inputs: h, [r], hb, hs, [rb, rs], w
-  enc.dispatch([in, ro = out[0].data<float>(), xo = out[1].data<float>(), d = d_]() {
+  enc.dispatch(traced(name(), [in, ro = out[0].data<float>(), xo = out[1].data<float>(), d = d_]() {
     std::vector<char> sh, sr;
     const float* h = static_cast<const float*>(row_major(in[0], sh));
     size_t k = 1;
@@ -98,7 +98,7 @@ void ResNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
         rms_norm_row(o, w, H, d.eps, xo + row * H);
       }
     });
-  });
+  }));
 }
 
 // ---- router ----------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ inline float gelu(float x) {
 void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
   // inputs: x, down_w, down_b, norm_w, w0, b0, w2, b2, w4, balancing, [prev, states_scale]
-  enc.dispatch([in, choice = out[0].data<int32_t>(), score = out[1].data<float>(), state = out[2].data<float>(),
+  enc.dispatch(traced(name(), [in, choice = out[0].data<int32_t>(), score = out[1].data<float>(), state = out[2].data<float>(),
                 probs = out[3].data<float>(), skipped = out[4].data<int32_t>(), d = d_, tab = tab_]() {
     std::vector<char> sx, sp;
     const float* x = static_cast<const float*>(row_major(in[0], sx));
@@ -172,7 +172,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
         tab->dense_rows(down, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
         for (int64_t n = 0; n < N; ++n)
           for (int64_t r = r0; r < r1; ++r) ys[n][r] += db[r];
-      });
+      }, kStreamChunks);
     }
     // the rest per token
     parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
@@ -227,7 +227,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
     int32_t sk = 0;
     for (int64_t n = 0; n < N; ++n) sk += choice[n] >= d.E ? 1 : 0;
     *skipped = sk;
-  });
+  }));
 }
 
 std::vector<mx::array> router_portable(const mx::array& x, const mx::array* prev, const mx::array* ss,
@@ -284,7 +284,7 @@ class MoeCombine : public mx::UnaryPrimitive {
 
 void MoeCombine::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   auto& enc = cpu_encoder(stream(), in, out);
-  enc.dispatch([in, y = out.data<float>(), d = d_]() {
+  enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
     std::vector<char> s0, s1, s2, s3;
     const float* ey = static_cast<const float*>(row_major(in[0], s0));
     const float* x = static_cast<const float*>(row_major(in[1], s1));
@@ -304,7 +304,7 @@ void MoeCombine::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
         for (int i = 0; i < H; ++i) o[i] = xr[i] * sc;
       }
     }
-  });
+  }));
 }
 
 }  // namespace

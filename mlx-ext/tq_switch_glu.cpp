@@ -302,7 +302,7 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
         a[r] = g / (1.0f + std::exp(-g)) * u[r];
       }
     }
-  });
+  }, kStreamChunks);
 
   // Rotated activations in kernel layout, then down.
   std::vector<float> aq((size_t)nv * pad_d);
@@ -329,7 +329,7 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
       const kern::TqMat md{p.dp + base * d.cols_d, nd.data(), p.cbd, d.bits_d, d.cols_d, next.first, next.second};
       tab->tq_rows(md, (int)r0, (int)r1, xs2.data() + start[e], yo.data() + start[e], (int)cnt[e]);
     }
-  });
+  }, kStreamChunks);
 }
 
 class TqSwitchGlu : public mx::UnaryPrimitive {
@@ -376,12 +376,12 @@ void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   p.cbd = in[10].data<float>();
   p.sd = in[11].data<float>();
   p.y = out.data<float>();
-  enc.dispatch([p, x = in[0], idx = in[1], d = d_, tab = tab_]() mutable {
+  enc.dispatch(traced(name(), [p, x = in[0], idx = in[1], d = d_, tab = tab_]() mutable {
     std::vector<char> sx, si;
     p.x = static_cast<const float*>(row_major(x, sx));
     p.idx = static_cast<const uint32_t*>(row_major(idx, si));
     run_tq(p, d, tab);
-  });
+  }));
 }
 
 }  // namespace

@@ -42,6 +42,15 @@ int zaya_graph_nodes(const mlx_array* outs, size_t n, int64_t* nodes, int64_t* c
 // The same nodes by primitive name: "Name count\n" lines, most frequent first (NULL on error).
 const char* zaya_graph_histogram(const mlx_array* outs, size_t n);
 
+// ---- Kernel trace (profiling support) -------------------------------------------------------------
+// While enabled, every custom primitive's CPU task records its name (a static string) and its start and
+// end time (ns on the steady clock, the clock zaya_ext_now_ns reads) when it runs. Off by default; the
+// check costs one relaxed atomic load per task.
+void zaya_ext_trace_enable(int on);
+int64_t zaya_ext_now_ns(void);
+// Moves up to `cap` records, oldest first, into the three arrays; returns how many were written.
+size_t zaya_ext_trace_take(const char** names, int64_t* t0, int64_t* t1, size_t cap);
+
 // ---- Kernel instruction set (TurboQuant and affine primitives) ---------------------------------------
 // Levels: 0 = portable scalar C++, 1 = AVX2+FMA+F16C, 2 = AVX-512 (F/BW/DQ/VL). The kernels use the best
 // level the CPU supports, capped by ZAYA_EXT_ISA=scalar|avx2|avx512 or zaya_ext_set_max_isa. The level

@@ -39,6 +39,9 @@ extern "C" {
     ) -> c_int;
     fn zaya_graph_nodes(outs: *const mlx_array, n: usize, nodes: *mut i64, casts: *mut i64) -> c_int;
     fn zaya_graph_histogram(outs: *const mlx_array, n: usize) -> *const std::os::raw::c_char;
+    fn zaya_ext_trace_enable(on: c_int);
+    fn zaya_ext_now_ns() -> i64;
+    fn zaya_ext_trace_take(names: *mut *const std::os::raw::c_char, t0: *mut i64, t1: *mut i64, cap: usize) -> usize;
     fn zaya_ext_detected_isa() -> c_int;
     fn zaya_ext_kernel_isa() -> c_int;
     fn zaya_ext_set_max_isa(level: c_int) -> c_int;
@@ -348,6 +351,53 @@ pub fn graph_histogram(outputs: &[&Array]) -> Result<Vec<(String, i64)>> {
             Some((name.to_string(), n.parse().ok()?))
         })
         .collect())
+}
+
+/// One run of a custom primitive's CPU task, recorded while [`trace_enable`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// The primitive's name (e.g. `ZayaAffineMatmul`).
+    pub name: &'static str,
+    /// Start and end on the clock [`now_ns`] reads (nanoseconds).
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+/// Turns the kernel trace on or off (profiling support; off by default). While on, every custom
+/// primitive's CPU task records a [`TraceEvent`] when it runs; [`trace_take`] drains them.
+pub fn trace_enable(on: bool) {
+    // SAFETY: sets an atomic flag.
+    unsafe { zaya_ext_trace_enable(on as c_int) }
+}
+
+/// Nanoseconds on the steady clock the kernel trace uses.
+pub fn now_ns() -> i64 {
+    // SAFETY: reads a clock.
+    unsafe { zaya_ext_now_ns() }
+}
+
+/// Drains the recorded [`TraceEvent`]s, oldest first.
+pub fn trace_take() -> Vec<TraceEvent> {
+    const CAP: usize = 4096;
+    let mut out = Vec::new();
+    loop {
+        let mut names = vec![std::ptr::null(); CAP];
+        let (mut t0, mut t1) = (vec![0i64; CAP], vec![0i64; CAP]);
+        // SAFETY: the three buffers hold CAP entries each.
+        let n = unsafe { zaya_ext_trace_take(names.as_mut_ptr(), t0.as_mut_ptr(), t1.as_mut_ptr(), CAP) };
+        for i in 0..n {
+            // SAFETY: the names are the primitives' static C string literals.
+            let name = unsafe { CStr::from_ptr(names[i]) }.to_str().unwrap_or("?");
+            out.push(TraceEvent {
+                name,
+                start_ns: t0[i],
+                end_ns: t1[i],
+            });
+        }
+        if n < CAP {
+            return out;
+        }
+    }
 }
 
 /// Instruction set of the TurboQuant / affine CPU kernels.

@@ -411,3 +411,30 @@ fn dense_matmul_bad_arguments() {
     let e = err(dense_matmul(&x, &w3, None, ExtMode::Auto));
     assert!(e.contains("w must have 2 dimensions"), "{e}");
 }
+
+/// The kernel trace records a primitive's task (name, start ≤ end, inside the eval) while it is on,
+/// and nothing once it is off.
+#[test]
+fn kernel_trace_records_tasks_while_on() {
+    use zaya_mlx::ext::{now_ns, trace_enable, trace_take};
+    let w = weight(7, 64, 256, 8, 32, SType::F16);
+    let x = Array::from_slice(&[0.5f32; 256], &[1, 256]);
+    trace_enable(true);
+    let t0 = now_ns();
+    w.run(&x, ExtMode::Primitive).unwrap().eval().unwrap();
+    let t1 = now_ns();
+    trace_enable(false);
+    let ev = trace_take();
+    let mine: Vec<_> = ev
+        .iter()
+        .filter(|e| e.name == "ZayaAffineMatmul" && e.start_ns >= t0 && e.end_ns <= t1)
+        .collect();
+    assert!(!mine.is_empty(), "no ZayaAffineMatmul task traced in {ev:?}");
+    assert!(mine.iter().all(|e| e.start_ns <= e.end_ns));
+
+    trace_take();
+    let t2 = now_ns();
+    w.run(&x, ExtMode::Primitive).unwrap().eval().unwrap();
+    let late: Vec<_> = trace_take().into_iter().filter(|e| e.start_ns >= t2).collect();
+    assert!(late.is_empty(), "traced while off: {late:?}");
+}

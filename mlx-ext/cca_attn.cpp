@@ -115,7 +115,7 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
         for (int64_t t = 0; t < T; ++t)
           for (int64_t c = c0; c < c0 + Cg; ++c) Z[t * C + c] += b1f[c];
       }
-    });
+    }, kStreamChunks);
     // mean paths, L2 normalisation, temperature, RoPE, output layouts
     parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
       std::vector<float> qm(Hq * D), row(D);

@@ -139,6 +139,30 @@ inline float gelu(float x) {
   return (x * (1.0f + std::erf(x * 0.70710678118654752440f))) * 0.5f;
 }
 
+// One token's route from its router logits l[0, L): softmax probabilities p, the choice argmax(p + bal)
+// (first on ties) and its probability.
+void route(const float* l, const float* bal, int L, float* p, int32_t* choice, float* score) {
+  float mx_ = l[0];
+  for (int k = 1; k < L; ++k) mx_ = std::max(mx_, l[k]);
+  float sum = 0.f;
+  for (int k = 0; k < L; ++k) {
+    p[k] = std::exp(l[k] - mx_);
+    sum += p[k];
+  }
+  for (int k = 0; k < L; ++k) p[k] = p[k] / sum;
+  int best = 0;
+  float bv = p[0] + bal[0];
+  for (int k = 1; k < L; ++k) {
+    const float v = p[k] + bal[k];
+    if (v > bv) {
+      bv = v;
+      best = k;
+    }
+  }
+  *choice = best;
+  *score = p[best];
+}
+
 void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
   // inputs: x, down_w, down_b, norm_w, w0, b0, w2, b2, w4, balancing, [prev, states_scale]
@@ -172,7 +196,37 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
         tab->dense_rows(down, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
         for (int64_t n = 0; n < N; ++n)
           for (int64_t r = r0; r < r1; ++r) ys[n][r] += db[r];
+        // the same share of the MLP's rows into this core's cache: the split below is the same
+        for (const kern::DenseMat* m : {&m0, &m2}) {
+          const size_t row = (size_t)R * (m->type == kern::kF32 ? 4 : 2);
+          const char* b = static_cast<const char*>(m->w);
+          for (size_t o = (size_t)r0 * row; o < (size_t)r1 * row; o += 64) __builtin_prefetch(b + o, 0, 2);
+        }
       }, kStreamChunks);
+    }
+    if (N == 1) {
+      // one token (decode): the threads split the rows of each MLP layer instead
+      std::vector<float> nb(R), a1(R), a2(R), lg(L);
+      float* r = state;
+      if (prev)
+        for (int k = 0; k < R; ++k) r[k] = r[k] + prev[k] * ss[k];
+      rms_norm_row(r, nw, R, d.eps, nb.data());
+      auto layer = [&](const kern::DenseMat& m, const float* src, float* dst, const float* bias) {
+        parallel_for(R, 32, [&](int64_t r0, int64_t r1) {
+          const float* xs[1] = {src};
+          float* ys[1] = {dst};
+          tab->dense_rows(m, (int)r0, (int)r1, xs, ys, 1);
+          for (int64_t i = r0; i < r1; ++i) dst[i] = gelu(dst[i] + bias[i]);
+        }, kStreamChunks);
+      };
+      layer(m0, nb.data(), a1.data(), b0);
+      layer(m2, a1.data(), a2.data(), b2);
+      const float* xs[1] = {a2.data()};
+      float* ys[1] = {lg.data()};
+      tab->dense_rows(m4, 0, L, xs, ys, 1);
+      route(lg.data(), bal, L, probs, choice, score);
+      *skipped = choice[0] >= d.E ? 1 : 0;
+      return;
     }
     // the rest per token
     parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
@@ -200,29 +254,8 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
       layer(m2, R, a1.data(), a2.data(), R);
       for (int64_t i = 0; i < nt * R; ++i) a2[i] = gelu(a2[i] + b2[i % R]);
       layer(m4, L, a2.data(), lg.data(), R);
-      for (int64_t i = 0; i < nt; ++i) {
-        const float* l = lg.data() + i * L;
-        float* p = probs + (n0 + i) * L;
-        float mx_ = l[0];
-        for (int k = 1; k < L; ++k) mx_ = std::max(mx_, l[k]);
-        float sum = 0.f;
-        for (int k = 0; k < L; ++k) {
-          p[k] = std::exp(l[k] - mx_);
-          sum += p[k];
-        }
-        for (int k = 0; k < L; ++k) p[k] = p[k] / sum;
-        int best = 0;
-        float bv = p[0] + bal[0];
-        for (int k = 1; k < L; ++k) {
-          const float v = p[k] + bal[k];
-          if (v > bv) {
-            bv = v;
-            best = k;
-          }
-        }
-        choice[n0 + i] = best;
-        score[n0 + i] = p[best];
-      }
+      for (int64_t i = 0; i < nt; ++i)
+        route(lg.data() + i * L, bal, L, probs + (n0 + i) * L, choice + n0 + i, score + n0 + i);
     });
     int32_t sk = 0;
     for (int64_t n = 0; n < N; ++n) sk += choice[n] >= d.E ? 1 : 0;

@@ -150,8 +150,16 @@ fn dense64(x: &[f64], w: &[f32], b: Option<&[f32]>, out: usize, inp: usize) -> V
 
 #[test]
 fn router_matches_f64_loop_and_portable_graph() {
-    let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let (n, h, r, e) = (7usize, 64usize, 32usize, 6usize);
+    // several tokens (threads split the tokens), and one token (decode: threads split each layer's
+    // rows, R = 64 over two threads)
+    check_router(7, 32, 2);
+    check_router(1, 64, 3);
+    check_router(1, 32, 4);
+}
+
+fn check_router(n: usize, r: usize, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (h, e) = (64usize, 6usize);
     let l = e + 1;
     let x = rv(&mut rng, n * h, -1.0, 1.0);
     let prev = rv(&mut rng, n * r, -1.0, 1.0);

@@ -108,7 +108,10 @@ impl CcaAttention {
                     f32
                 }
             };
-            let (wd, bd) = (stored(src, &wn), stored(src, &bn));
+            // the grouped stage's weight stays as stored (the fused kernel streams it); the small
+            // depthwise weight and the biases are converted to f32 once here instead of per call
+            let wd = if in_g > 1 { stored(src, &wn) } else { f32 };
+            let bd = f32;
             Ok(ConvStage {
                 weight: Param::new(take_float(src, &wn, &[c, k as i32, in_g], wd)?),
                 bias: Param::new(take_float(src, &bn, &[c], bd)?),

@@ -125,6 +125,22 @@ fn json_report_is_complete_and_consistent() {
     assert_eq!(bytes, parts);
     let bw = b["copy_bandwidth_gbs"].as_f64().unwrap();
     assert!(bw > 0.0);
+    // the bandwidth is the median of its samples (one per trial where the peak RSS can be reset)
+    let mut samples: Vec<f64> = b["copy_bandwidth_samples_gbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(!samples.is_empty());
+    samples.sort_by(f64::total_cmp);
+    let mid = samples.len() / 2;
+    let want = if samples.len() % 2 == 1 {
+        samples[mid]
+    } else {
+        (samples[mid - 1] + samples[mid]) / 2.0
+    };
+    assert!((bw - want).abs() < 1e-9 * bw, "{bw} vs median {want} of {samples:?}");
     let tps = b["tok_per_s"].as_f64().unwrap();
     assert!((tps - bw * 1e9 / bytes as f64).abs() < 1e-9 * tps);
     let pct = b["decode_pct_of_bound"].as_f64().unwrap();

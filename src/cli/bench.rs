@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Buffer size of the bandwidth measurements, MiB (copy: two buffers of this size; read: one;
-    /// allocated after the trials).
+    /// allocated between or after the trials, never during one).
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     pub bandwidth_mib: usize,
     /// Read every weight once before the trials, as a long generation does once every expert has
@@ -150,11 +150,19 @@ pub fn run(args: Args) -> Result<i32> {
             eprintln!("{}", trial_line(&format!("Warm-up {}", w + 1), &t));
         }
     }
+    // The copy bandwidth is measured after every trial (the machine's bandwidth drifts over minutes
+    // on a shared host) where the peak RSS can be reset per trial, so that its buffers never count in
+    // a trial's peak; otherwise once, after all trials.
+    let per_trial_bw = bench::reset_peak_rss();
+    let mut bw_samples = Vec::new();
     let mut trials = Vec::with_capacity(args.trials);
     for i in 0..args.trials {
         let t = bench::run_trial(&model, &prompt, g, None)?;
         say(trial_line(&format!("Trial {}", i + 1), &t));
         trials.push(t);
+        if per_trial_bw {
+            bw_samples.push(bench::copy_bandwidth_gbs(args.bandwidth_mib << 20, 3));
+        }
     }
     if probe.is_none() {
         // no warm-up, or too few tokens to probe the second decode step: probe the first one
@@ -172,7 +180,10 @@ pub fn run(args: Args) -> Result<i32> {
     let probe = probe.expect("probed");
     let (avg, med) = bench::summarize(&trials);
 
-    let bw = bench::copy_bandwidth_gbs(args.bandwidth_mib << 20, 7);
+    if bw_samples.is_empty() {
+        bw_samples.push(bench::copy_bandwidth_gbs(args.bandwidth_mib << 20, 7));
+    }
+    let bw = bench::median(&bw_samples);
     let read_bw = bench::read_bandwidth_gbs(args.bandwidth_mib << 20, 7);
     let context = bench::mean_decode_context(p, g);
     let bound: Bound = bench::bound(weight_bytes, &cfg, context, bw);
@@ -227,6 +238,7 @@ pub fn run(args: Args) -> Result<i32> {
                 "bytes": bound.bytes,
                 "context": bound.context,
                 "copy_bandwidth_gbs": bound.bandwidth_gbs,
+                "copy_bandwidth_samples_gbs": bw_samples,
                 "tok_per_s": bound.tok_per_s,
                 "decode_pct_of_bound": pct,
                 "read_bandwidth_gbs": read_bw,
@@ -266,7 +278,7 @@ pub fn run(args: Args) -> Result<i32> {
     let b = bound.bytes;
     let mb = |x: u64| x as f64 / 1e6;
     println!(
-        "Bound: {:.1} MB per decode token at context {} (experts {:.1}, lm_head+embedding {:.1}, attention {:.1}, router {:.1}, norms {:.2}, state {:.1}) / copy bandwidth {:.2} GB/s = {:.2} tok/s",
+        "Bound: {:.1} MB per decode token at context {} (experts {:.1}, lm_head+embedding {:.1}, attention {:.1}, router {:.1}, norms {:.2}, state {:.1}) / copy bandwidth {:.2} GB/s ({}) = {:.2} tok/s",
         mb(bound.bytes_per_token),
         bound.context,
         mb(b.experts),
@@ -276,6 +288,15 @@ pub fn run(args: Args) -> Result<i32> {
         mb(b.norms),
         mb(b.state),
         bound.bandwidth_gbs,
+        if bw_samples.len() > 1 {
+            format!(
+                "median of {}, one after each trial: {}",
+                bw_samples.len(),
+                bw_samples.iter().map(|b| format!("{b:.1}")).collect::<Vec<_>>().join(" ")
+            )
+        } else {
+            "measured after the trials".to_string()
+        },
         bound.tok_per_s
     );
     println!(

@@ -288,7 +288,7 @@ pub fn run(args: Args) -> Result<i32> {
         mb(b.norms),
         mb(b.state),
         bound.bandwidth_gbs,
-        if bw_samples.len() > 1 {
+        if per_trial_bw {
             format!(
                 "median of {}, one after each trial: {}",
                 bw_samples.len(),

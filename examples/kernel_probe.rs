@@ -115,6 +115,37 @@ fn tq_weights(rng: &mut ChaCha8Rng, e: usize) -> TqSet {
     }
 }
 
+impl TqSet {
+    /// The 4-bit switch-GLU of `x` routed to `ids` (one codebook and signs for gate/up and down).
+    fn switch_glu(&self, x: &Array, ids: &Array, mode: ExtMode) -> Array {
+        let c = TqCodec {
+            codebook: &self.cb,
+            signs: &self.signs,
+            bits: 4,
+        };
+        ext::tq_switch_glu(
+            x,
+            ids,
+            TqWeights {
+                packed: &self.g,
+                norms: &self.gn,
+            },
+            TqWeights {
+                packed: &self.u,
+                norms: &self.un,
+            },
+            TqWeights {
+                packed: &self.d,
+                norms: &self.dn,
+            },
+            c,
+            c,
+            mode,
+        )
+        .unwrap()
+    }
+}
+
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let want = |n: &str| filter.is_empty() || n.contains(&filter);
@@ -272,23 +303,9 @@ fn main() {
 
     if want("tq") {
         let e = 16usize;
-        let TqSet {
-            g,
-            gn,
-            u,
-            un,
-            d,
-            dn,
-            cb,
-            signs,
-        } = tq_weights(&mut rng, e);
+        let set = tq_weights(&mut rng, e);
         let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
         let ids: Vec<Array> = (0..e as i32).map(|i| Array::from_slice(&[i], &[1])).collect();
-        let c = TqCodec {
-            codebook: &cb,
-            signs: &signs,
-            bits: 4,
-        };
         let bytes = 3.0 * (D * D / 2 + D * 2) as f64;
         for (name, mode) in [
             ("tq_switch_glu 1 expert N=1 fused", ExtMode::Primitive),
@@ -300,17 +317,7 @@ fn main() {
                 bytes,
                 time(if mode == ExtMode::Primitive { 64 } else { 8 }, || {
                     k += 1;
-                    let y = ext::tq_switch_glu(
-                        &x,
-                        &ids[k % e],
-                        TqWeights { packed: &g, norms: &gn },
-                        TqWeights { packed: &u, norms: &un },
-                        TqWeights { packed: &d, norms: &dn },
-                        c,
-                        c,
-                        mode,
-                    )
-                    .unwrap();
+                    let y = set.switch_glu(&x, &ids[k % e], mode);
                     ev(&y)
                 }),
             );
@@ -320,39 +327,13 @@ fn main() {
     if want("tqcached") {
         // one expert (6.3 MB, L3-resident) in 64 switch-GLUs evaluated together: the kernel's compute
         // rate with little DRAM traffic (ZAYA_THREADS=1 for one core)
-        let TqSet {
-            g,
-            gn,
-            u,
-            un,
-            d,
-            dn,
-            cb,
-            signs,
-        } = tq_weights(&mut rng, 1);
+        let set = tq_weights(&mut rng, 1);
         let x = Array::from_slice(&f32s(&mut rng, D, -1.0, 1.0), &[1, D as i32]);
         let id = Array::from_slice(&[0i32], &[1]);
-        let c = TqCodec {
-            codebook: &cb,
-            signs: &signs,
-            bits: 4,
-        };
         let count = 64;
         let r = time(5, || {
             let ys: Vec<Array> = (0..count)
-                .map(|_| {
-                    ext::tq_switch_glu(
-                        &x,
-                        &id,
-                        TqWeights { packed: &g, norms: &gn },
-                        TqWeights { packed: &u, norms: &un },
-                        TqWeights { packed: &d, norms: &dn },
-                        c,
-                        c,
-                        ExtMode::Primitive,
-                    )
-                    .unwrap()
-                })
+                .map(|_| set.switch_glu(&x, &id, ExtMode::Primitive))
                 .collect();
             mlx_rs::transforms::eval(ys.iter().collect::<Vec<_>>()).unwrap();
         });
@@ -365,37 +346,13 @@ fn main() {
 
     if want("tqprefill") {
         let e = 16usize;
-        let TqSet {
-            g,
-            gn,
-            u,
-            un,
-            d,
-            dn,
-            cb,
-            signs,
-        } = tq_weights(&mut rng, e);
+        let set = tq_weights(&mut rng, e);
         let n = 512usize;
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
         let ids = Array::from_slice(&ids, &[n as i32]);
-        let c = TqCodec {
-            codebook: &cb,
-            signs: &signs,
-            bits: 4,
-        };
         let r = time(3, || {
-            let y = ext::tq_switch_glu(
-                &x,
-                &ids,
-                TqWeights { packed: &g, norms: &gn },
-                TqWeights { packed: &u, norms: &un },
-                TqWeights { packed: &d, norms: &dn },
-                c,
-                c,
-                ExtMode::Primitive,
-            )
-            .unwrap();
+            let y = set.switch_glu(&x, &ids, ExtMode::Primitive);
             ev(&y)
         });
         let macs = n as f64 * 3.0 * (D * D) as f64;

@@ -120,6 +120,64 @@ pub struct BundleSummary {
     pub warnings: Vec<String>,
 }
 
+/// The running totals both summaries ([`BundleSummary::build`], [`BundleSummary::from_weights`]) add
+/// their tensors and modules to.
+#[derive(Default)]
+struct Tally {
+    kinds: BTreeMap<TensorKind, KindSummary>,
+    bytes_per_format: BTreeMap<String, u64>,
+    modules_per_format: BTreeMap<String, usize>,
+    tensor_bytes: u64,
+    affine_bits: BTreeSet<u32>,
+    group_sizes: BTreeSet<u32>,
+    turboquant_bits: BTreeSet<u32>,
+}
+
+impl Tally {
+    /// One canonical tensor of `n` bytes, of `kind`, stored in the format `label`.
+    fn tensor(&mut self, kind: TensorKind, label: String, n: u64) {
+        self.tensor_bytes += n;
+        *self.bytes_per_format.entry(label.clone()).or_default() += n;
+        let k = self.kinds.entry(kind).or_insert_with(|| KindSummary {
+            kind,
+            formats: vec![],
+            modules: 0,
+            tensors: 0,
+            bytes: 0,
+        });
+        k.tensors += 1;
+        k.bytes += n;
+        if !k.formats.contains(&label) {
+            k.formats.push(label);
+        }
+    }
+
+    /// One linear / expert module in format `f` whose weight is stored as `weight_dtype`; counted in
+    /// its kind when that kind has tensors.
+    fn module(&mut self, kind: Option<TensorKind>, f: &WeightFormat, weight_dtype: DType) {
+        *self
+            .modules_per_format
+            .entry(format_label(f, weight_dtype))
+            .or_default() += 1;
+        if let Some(k) = kind.and_then(|kind| self.kinds.get_mut(&kind)) {
+            k.modules += 1;
+        }
+        match f {
+            WeightFormat::Affine { bits, group_size } => {
+                self.affine_bits.insert(*bits);
+                self.group_sizes.insert(*group_size);
+            }
+            WeightFormat::Mxfp4 { group_size } => {
+                self.group_sizes.insert(*group_size);
+            }
+            WeightFormat::TurboQuant { bits, .. } => {
+                self.turboquant_bits.insert(*bits);
+            }
+            WeightFormat::Float => {}
+        }
+    }
+}
+
 impl BundleSummary {
     pub(crate) fn build(
         dir: &Path,
@@ -134,9 +192,7 @@ impl BundleSummary {
             let (stem, _) = name.rsplit_once('.')?;
             v.formats.get_key_value(stem).map(|(k, _)| k)
         };
-        let mut kinds: BTreeMap<TensorKind, KindSummary> = BTreeMap::new();
-        let mut bytes_per_format: BTreeMap<String, u64> = BTreeMap::new();
-        let mut tensor_bytes = 0u64;
+        let mut t = Tally::default();
         for (name, p) in &v.plan {
             let kind = v.kinds.get(name).copied().unwrap_or(TensorKind::Norms);
             let label = match module_of(name) {
@@ -148,49 +204,15 @@ impl BundleSummary {
                 }
                 None => format_label(&WeightFormat::Float, p.dtype),
             };
-            let n = p.nbytes() as u64;
-            tensor_bytes += n;
-            *bytes_per_format.entry(label.clone()).or_default() += n;
-            let k = kinds.entry(kind).or_insert_with(|| KindSummary {
-                kind,
-                formats: vec![],
-                modules: 0,
-                tensors: 0,
-                bytes: 0,
-            });
-            k.tensors += 1;
-            k.bytes += n;
-            if !k.formats.contains(&label) {
-                k.formats.push(label);
-            }
+            t.tensor(kind, label, p.nbytes() as u64);
         }
-        let mut modules_per_format: BTreeMap<String, usize> = BTreeMap::new();
-        let (mut ab, mut gs, mut tb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for (m, f) in &v.formats {
             let dt = v
                 .plan
                 .get(&format!("{m}.weight"))
                 .map(|w| w.dtype)
                 .unwrap_or(DType::F16);
-            *modules_per_format.entry(format_label(f, dt)).or_default() += 1;
-            if let Some(kind) = v.module_kinds.get(m) {
-                if let Some(k) = kinds.get_mut(kind) {
-                    k.modules += 1;
-                }
-            }
-            match f {
-                WeightFormat::Affine { bits, group_size } => {
-                    ab.insert(*bits);
-                    gs.insert(*group_size);
-                }
-                WeightFormat::Mxfp4 { group_size } => {
-                    gs.insert(*group_size);
-                }
-                WeightFormat::TurboQuant { bits, .. } => {
-                    tb.insert(*bits);
-                }
-                WeightFormat::Float => {}
-            }
+            t.module(v.module_kinds.get(m).copied(), f, dt);
         }
         let mut per_file: BTreeMap<&str, usize> = BTreeMap::new();
         for t in set.tensors.values() {
@@ -216,13 +238,13 @@ impl BundleSummary {
             stored_tensors: set.tensors.len(),
             canonical_tensors: v.plan.len(),
             file_bytes: set.total_bytes(),
-            tensor_bytes,
-            kinds: kinds.into_values().collect(),
-            bytes_per_format,
-            modules_per_format,
-            affine_bits: ab.into_iter().collect(),
-            group_sizes: gs.into_iter().collect(),
-            turboquant_bits: tb.into_iter().collect(),
+            tensor_bytes: t.tensor_bytes,
+            kinds: t.kinds.into_values().collect(),
+            bytes_per_format: t.bytes_per_format,
+            modules_per_format: t.modules_per_format,
+            affine_bits: t.affine_bits.into_iter().collect(),
+            group_sizes: t.group_sizes.into_iter().collect(),
+            turboquant_bits: t.turboquant_bits.into_iter().collect(),
             sidecar_entries: v
                 .sidecar
                 .as_ref()
@@ -250,10 +272,7 @@ impl BundleSummary {
             mlx_rs::Dtype::Uint8 => DType::U8,
             _ => DType::F64,
         };
-        let mut kinds: BTreeMap<TensorKind, KindSummary> = BTreeMap::new();
-        let mut bytes_per_format: BTreeMap<String, u64> = BTreeMap::new();
-        let mut modules_per_format: BTreeMap<String, usize> = BTreeMap::new();
-        let mut tensor_bytes = 0;
+        let mut t = Tally::default();
         let label_of = |name: &str, a: &mlx_rs::Array| -> String {
             let module = name
                 .rsplit_once('.')
@@ -271,48 +290,15 @@ impl BundleSummary {
             }
         };
         for (name, a) in &w.tensors {
-            let kind = kind_of_name(name);
-            let n = a.nbytes() as u64;
-            let label = label_of(name, a);
-            tensor_bytes += n;
-            *bytes_per_format.entry(label.clone()).or_default() += n;
-            let k = kinds.entry(kind).or_insert_with(|| KindSummary {
-                kind,
-                formats: vec![],
-                modules: 0,
-                tensors: 0,
-                bytes: 0,
-            });
-            k.tensors += 1;
-            k.bytes += n;
-            if !k.formats.contains(&label) {
-                k.formats.push(label);
-            }
+            t.tensor(kind_of_name(name), label_of(name, a), a.nbytes() as u64);
         }
-        let (mut ab, mut gs, mut tb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for (m, f) in &w.formats {
             let dt = w
                 .tensors
                 .get(&format!("{m}.weight"))
                 .map(dtype_of)
                 .unwrap_or(DType::F16);
-            *modules_per_format.entry(format_label(f, dt)).or_default() += 1;
-            if let Some(k) = kinds.get_mut(&kind_of_name(&format!("{m}.weight"))) {
-                k.modules += 1;
-            }
-            match f {
-                WeightFormat::Affine { bits, group_size } => {
-                    ab.insert(*bits);
-                    gs.insert(*group_size);
-                }
-                WeightFormat::Mxfp4 { group_size } => {
-                    gs.insert(*group_size);
-                }
-                WeightFormat::TurboQuant { bits, .. } => {
-                    tb.insert(*bits);
-                }
-                WeightFormat::Float => {}
-            }
+            t.module(Some(kind_of_name(&format!("{m}.weight"))), f, dt);
         }
         BundleSummary {
             dir: dir.to_path_buf(),
@@ -324,13 +310,13 @@ impl BundleSummary {
             stored_tensors: w.tensors.len(),
             canonical_tensors: w.tensors.len(),
             file_bytes: 0,
-            tensor_bytes,
-            kinds: kinds.into_values().collect(),
-            bytes_per_format,
-            modules_per_format,
-            affine_bits: ab.into_iter().collect(),
-            group_sizes: gs.into_iter().collect(),
-            turboquant_bits: tb.into_iter().collect(),
+            tensor_bytes: t.tensor_bytes,
+            kinds: t.kinds.into_values().collect(),
+            bytes_per_format: t.bytes_per_format,
+            modules_per_format: t.modules_per_format,
+            affine_bits: t.affine_bits.into_iter().collect(),
+            group_sizes: t.group_sizes.into_iter().collect(),
+            turboquant_bits: t.turboquant_bits.into_iter().collect(),
             sidecar_entries: w.tq_runtime.keys().cloned().collect(),
             params: Expected::from_config(cfg).param_counts(cfg.top_k),
             warnings: vec![],

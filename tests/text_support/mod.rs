@@ -151,13 +151,7 @@ pub fn byte_level_tokenizer_json() -> Value {
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tok.with_decoder(Some(ByteLevel::default()));
     train(&mut tok, 420, None, ByteLevel::alphabet().into_iter().collect());
-    let mut j: Value = serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
-    let trained: Vec<(String, u32)> = j["model"]["vocab"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32))
-        .collect();
+    let (mut j, trained) = trained_json(&tok);
     let (vocab, extra) = layout(&trained, &SPECIALS, &["<think>", "</think>"]);
     j["model"]["vocab"] = Value::Object(vocab);
     let mut added_tokens: Vec<Value> = SPECIALS.iter().map(|(id, t)| added(*id, t, true)).collect();
@@ -168,19 +162,25 @@ pub fn byte_level_tokenizer_json() -> Value {
     j
 }
 
+/// A trained tokenizer as tokenizer.json, and its model vocabulary as (token, id) pairs.
+fn trained_json(tok: &HfTokenizer) -> (Value, Vec<(String, u32)>) {
+    let j: Value = serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
+    let trained = j["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32))
+        .collect();
+    (j, trained)
+}
+
 /// A Gemma/SentencePiece-style BPE: spaces normalised to `▁`, `<0xNN>` byte fallback for
 /// characters outside the vocabulary, decoder Replace(▁→space) + ByteFallback + Fuse.
 pub fn byte_fallback_tokenizer_json() -> Value {
     let mut tok = HfTokenizer::new(ModelWrapper::BPE(BPE::default()));
     tok.with_normalizer(Some(NormalizerWrapper::Replace(Replace::new(" ", "▁").unwrap())));
     train(&mut tok, 400, Some(70), Vec::new());
-    let mut j: Value = serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
-    let trained: Vec<(String, u32)> = j["model"]["vocab"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as u32))
-        .collect();
+    let (mut j, trained) = trained_json(&tok);
     let mut first: Vec<(u32, &str)> = SPECIALS.to_vec();
     first.push((3, "<unk>"));
     let bytes: Vec<String> = (0..=255u32).map(|b| format!("<0x{b:02X}>")).collect();

@@ -204,58 +204,39 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
         }
       }, kStreamChunks);
     }
-    if (N == 1) {
-      // one token (decode): the threads split the rows of each MLP layer instead
-      std::vector<float> nb(R), a1(R), a2(R), lg(L);
-      float* r = state;
-      if (prev)
-        for (int k = 0; k < R; ++k) r[k] = r[k] + prev[k] * ss[k];
-      rms_norm_row(r, nw, R, d.eps, nb.data());
-      auto layer = [&](const kern::DenseMat& m, const float* src, float* dst, const float* bias) {
-        parallel_for(R, 32, [&](int64_t r0, int64_t r1) {
-          const float* xs[1] = {src};
-          float* ys[1] = {dst};
-          tab->dense_rows(m, (int)r0, (int)r1, xs, ys, 1);
-          for (int64_t i = r0; i < r1; ++i) dst[i] = gelu(dst[i] + bias[i]);
-        }, kStreamChunks);
-      };
-      layer(m0, nb.data(), a1.data(), b0);
-      layer(m2, a1.data(), a2.data(), b2);
-      const float* xs[1] = {a2.data()};
-      float* ys[1] = {lg.data()};
-      tab->dense_rows(m4, 0, L, xs, ys, 1);
-      route(lg.data(), bal, L, probs, choice, score);
-      *skipped = choice[0] >= d.E ? 1 : 0;
-      return;
-    }
-    // the rest per token
+    // the MLP over all tokens: the threads split each layer's rows (at decode, one token, this is the
+    // only split there is; the W_d pass above prefetched each thread's share of m0 and m2)
+    std::vector<float> nb(N * R), a1(N * R), a2(N * R), lg(N * L);
     parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
-      const int64_t nt = n1 - n0;
-      std::vector<float> nb(nt * R), a1(nt * R), a2(nt * R), lg(nt * L);
-      std::vector<const float*> xs(nt);
-      std::vector<float*> ys(nt);
-      auto layer = [&](const kern::DenseMat& m, int rows, const float* src, float* dst, int src_w) {
-        for (int64_t i = 0; i < nt; ++i) {
-          xs[i] = src + i * src_w;
-          ys[i] = dst + i * rows;
-        }
-        tab->dense_rows(m, 0, rows, xs.data(), ys.data(), (int)nt);
-      };
-      for (int64_t i = 0; i < nt; ++i) {
-        float* r = state + (n0 + i) * R;
+      for (int64_t n = n0; n < n1; ++n) {
+        float* r = state + n * R;
         if (prev) {
-          const float* p = prev + (n0 + i) * R;
+          const float* p = prev + n * R;
           for (int k = 0; k < R; ++k) r[k] = r[k] + p[k] * ss[k];
         }
-        rms_norm_row(r, nw, R, d.eps, nb.data() + i * R);
+        rms_norm_row(r, nw, R, d.eps, nb.data() + n * R);
       }
-      layer(m0, R, nb.data(), a1.data(), R);
-      for (int64_t i = 0; i < nt * R; ++i) a1[i] = gelu(a1[i] + b0[i % R]);
-      layer(m2, R, a1.data(), a2.data(), R);
-      for (int64_t i = 0; i < nt * R; ++i) a2[i] = gelu(a2[i] + b2[i % R]);
-      layer(m4, L, a2.data(), lg.data(), R);
-      for (int64_t i = 0; i < nt; ++i)
-        route(lg.data() + i * L, bal, L, probs + (n0 + i) * L, choice + n0 + i, score + n0 + i);
+    });
+    std::vector<const float*> xs(N);
+    std::vector<float*> ys(N);
+    // dst = gelu(m · src + bias), or m · src without a bias
+    auto layer = [&](const kern::DenseMat& m, int rows, const float* src, float* dst, const float* bias) {
+      for (int64_t n = 0; n < N; ++n) {
+        xs[n] = src + n * R;
+        ys[n] = dst + n * rows;
+      }
+      parallel_for(rows, 32, [&](int64_t r0, int64_t r1) {
+        tab->dense_rows(m, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
+        if (bias)
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t i = r0; i < r1; ++i) ys[n][i] = gelu(ys[n][i] + bias[i]);
+      }, kStreamChunks);
+    };
+    layer(m0, R, nb.data(), a1.data(), b0);
+    layer(m2, R, a1.data(), a2.data(), b2);
+    layer(m4, L, a2.data(), lg.data(), nullptr);
+    parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) route(lg.data() + n * L, bal, L, probs + n * L, choice + n, score + n);
     });
     int32_t sk = 0;
     for (int64_t n = 0; n < N; ++n) sk += choice[n] >= d.E ? 1 : 0;

@@ -449,6 +449,7 @@ fn run_attention(layer: &ZayaLayer, x: &Array, mut cache: AttnCache, ctx: usize,
             &mut cache,
             ctx,
             CcaOptions {
+                record: false,
                 conv_mode: v.conv,
                 kv_step: 256,
                 fused: v.fused,
@@ -496,6 +497,7 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
                 &mut cache,
                 offset,
                 CcaOptions {
+                    record: false,
                     conv_mode: v.conv,
                     kv_step: 256,
                     fused: v.fused,

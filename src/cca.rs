@@ -13,7 +13,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{broadcast_to, clip, concatenate, exp, maximum, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
-use crate::cache::AttnCache;
+use crate::cache::{AttnCache, StepTrace};
 use crate::config::ZayaConfig;
 use crate::error::Result;
 use crate::ext::{self, ExtMode};
@@ -87,6 +87,19 @@ pub struct CcaOptions {
     /// Run steps 2–7 as the fused ops ([`ext::cca_qk`], [`ext::cca_attention`]) and the projections
     /// as [`ext::affine_multi`] where they apply (f32 input).
     pub fused: bool,
+    /// Keep this forward's per-position state in the cache ([`crate::cache::ModelCache::keep_recorded`]).
+    pub record: bool,
+}
+
+/// Records the per-position state of a forward: `state` `[B, C, S]` before it, the new pre-conv
+/// frames `u` `[B, T, C]` and the layer input `x` `[B, T, H]`.
+fn record_trace(cache: &mut AttnCache, state: &Array, u: &Array, x: &Array) -> Result<()> {
+    cache.trace = Some(StepTrace {
+        len_before: cache.len(),
+        padded: concatenate(&[state.transpose_axes(&[0, 2, 1])?, u.clone()], 1)?,
+        x: x.clone(),
+    });
+    Ok(())
 }
 
 impl CcaAttention {
@@ -166,6 +179,9 @@ impl CcaAttention {
             Some(st) => st,
             None => zeros_dtype(&[b, c, s], f32)?,
         };
+        if opts.record {
+            record_trace(cache, &state, &u, x)?;
+        }
         let f = |a: &Array| -> Result<Array> { Ok(if a.dtype() == f32 { a.clone() } else { a.as_dtype(f32)? }) };
         let (z, new_state) = ext::cca_conv(
             &u,
@@ -337,6 +353,9 @@ impl CcaAttention {
             Some(st) => st,
             None => zeros_dtype(&[b, c, s], f32)?,
         };
+        if opts.record {
+            record_trace(cache, &state, &u.reshape(&[b, t, c])?, &x.reshape(&[b, t, hdim])?)?;
+        }
         let out = ext::cca_qk(
             &u,
             &state,

@@ -157,6 +157,8 @@ pub struct ChatTemplate {
     /// (name, name in the environment = what errors show)
     templates: Vec<(String, String)>,
     special: BTreeMap<String, String>,
+    /// SHA-256 of the template sources (names and text), hex.
+    source_hash: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -314,6 +316,13 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         let mut templates = Vec::new();
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        for (name, _, src) in &named {
+            for part in [name.as_bytes(), &[0], src.as_bytes(), &[0]] {
+                sha2::Digest::update(&mut hasher, part);
+            }
+        }
+        let source_hash = hex(&sha2::Digest::finalize(hasher));
         for (name, env_name, src) in named {
             env.add_template_owned(env_name.clone(), rewrite_generation_tags(&src))
                 .map_err(|e| template_error(&e))?;
@@ -323,7 +332,21 @@ impl ChatTemplate {
             env,
             templates,
             special: BTreeMap::new(),
+            source_hash,
         })
+    }
+
+    /// A fingerprint of the template: SHA-256 (hex) of its sources and the special tokens it sees.
+    /// Prompt-cache files record it so that a conversation is not resumed under another template.
+    pub fn fingerprint(&self) -> String {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, self.source_hash.as_bytes());
+        for (k, v) in &self.special {
+            for part in [k.as_bytes(), &[0], v.as_bytes(), &[0]] {
+                sha2::Digest::update(&mut h, part);
+            }
+        }
+        hex(&sha2::Digest::finalize(h))
     }
 
     fn pick(&self, opts: &ChatOptions) -> Result<&str> {
@@ -961,4 +984,9 @@ fn tojson_filter(v: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result:
     let mut out = String::new();
     json_dump(v, &o, 0, &mut out)?;
     Ok(JValue::from_safe_string(out))
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

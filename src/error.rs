@@ -87,6 +87,11 @@ pub enum ZayaError {
     #[error("chat template error: {0}")]
     Template(String),
 
+    /// A prompt-cache file is unusable: corrupt, truncated, or made for another model, dtype, chat
+    /// template or format version (the message names which).
+    #[error("prompt cache {}: {msg}", file.display())]
+    PromptCache { file: PathBuf, msg: String },
+
     /// Parity check failed (values beyond tolerance).
     #[error("parity failure: {0}")]
     Parity(String),
@@ -128,7 +133,7 @@ impl ZayaError {
     /// Exit code the CLI uses for this error: 2 for bad user input, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ZayaError::InvalidArgument(_) | ZayaError::ContextOverflow { .. } => 2,
+            ZayaError::InvalidArgument(_) | ZayaError::ContextOverflow { .. } | ZayaError::PromptCache { .. } => 2,
             _ => 1,
         }
     }

@@ -73,6 +73,7 @@
 //! [`FinishReason::ContextLimit`]; a prompt that does not fit is a [`ZayaError::ContextOverflow`]
 //! before anything runs), or cancellation ([`GenParams::cancel`]). Token ids the tokenizer cannot
 //! decode (the padding rows of a vocabulary larger than the tokenizer's) are never sampled.
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -85,7 +86,9 @@ use crate::cache::ModelCache;
 use crate::chat::{ChatOptions, ChatTemplate, Message};
 use crate::error::{Result, ZayaError};
 use crate::model::{ForwardOptions, LogitsMode, ModelOptions, ZayaModel};
+use crate::prompt_cache::{self, PromptCacheRef};
 use crate::sampling::{Sampler, SamplingParams};
+use crate::speculative::{ngram_draft, DraftParams, DraftStats};
 use crate::tokenizer::{StopMatcher, StopReason, TextStream, Tokenizer};
 
 /// A model loaded once for generation: the network, its tokenizer and chat template when the
@@ -236,6 +239,9 @@ pub struct GenParams {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Applied in order to the logits before sampling.
     pub logits_processors: Vec<LogitsProcessor>,
+    /// Speculative decoding with n-gram (prompt lookup) drafts; `None` = plain decoding. Greedy
+    /// output is the same either way; sampled output has the same distribution.
+    pub draft: Option<DraftParams>,
 }
 
 impl Default for GenParams {
@@ -250,6 +256,7 @@ impl Default for GenParams {
             skip_special_tokens: false,
             cancel: None,
             logits_processors: Vec::new(),
+            draft: None,
         }
     }
 }
@@ -266,6 +273,7 @@ impl std::fmt::Debug for GenParams {
             .field("skip_special_tokens", &self.skip_special_tokens)
             .field("cancel", &self.cancel.is_some())
             .field("logits_processors", &self.logits_processors.len())
+            .field("draft", &self.draft)
             .finish()
     }
 }
@@ -285,6 +293,9 @@ impl GenParams {
             return Err(ZayaError::InvalidArgument(
                 "--stop: a stop string must not be empty".into(),
             ));
+        }
+        if let Some(d) = &self.draft {
+            d.validate()?;
         }
         self.sampling.validate()
     }
@@ -362,6 +373,8 @@ pub struct GenStats {
     pub peak_memory: u64,
     /// Peak resident set size of the process, bytes (Linux; `None` elsewhere).
     pub peak_rss: Option<u64>,
+    /// Speculative decoding: verify steps, drafted and accepted tokens (zeros without drafting).
+    pub draft: DraftStats,
 }
 
 impl GenStats {
@@ -672,6 +685,119 @@ impl<'m> Session<'m> {
         Generation::new(self, params, pre, Mode::Raw, start)
     }
 
+    /// Renders the conversation so far without the generation prompt and feeds what the cache
+    /// lacks (e.g. a long document as a user message, to save with
+    /// [`save_prompt_cache`](Self::save_prompt_cache) and ask about later). Returns the number of
+    /// tokens fed.
+    pub fn prefill_history(&mut self, chunk: Option<usize>) -> Result<usize> {
+        let zaya = self.zaya;
+        let tpl = zaya
+            .template
+            .as_ref()
+            .ok_or_else(|| ZayaError::Template("the model has no chat template".into()))?;
+        let tok = zaya.tokenizer_or_err("chat")?;
+        let mut opts = self.chat_options.clone();
+        opts.continue_final_message = false;
+        opts.add_generation_prompt = false;
+        let hist = tpl.render_messages(&self.messages, &opts)?;
+        self.pending = None;
+        let from = self.reusable_text_len(&hist);
+        let ids = tok.encode(&hist[from..], false)?;
+        self.check_context(ids.len())?;
+        self.feed(&ids, Some(&hist[from..]), false, chunk)?;
+        Ok(ids.len())
+    }
+
+    /// Feeds raw text (no chat template; `<bos>` on an empty cache as [`generate`](Self::generate)
+    /// adds it) without generating. Returns the number of tokens fed.
+    pub fn prefill_text(&mut self, text: &str, chunk: Option<usize>) -> Result<usize> {
+        let tok = self.zaya.tokenizer_or_err("text prefill")?;
+        let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
+        let add_special =
+            self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| text.starts_with(b));
+        let mut ids: Vec<u32> = self.pending.take().into_iter().collect();
+        ids.extend(tok.encode(text, add_special)?);
+        if ids.is_empty() {
+            return Err(ZayaError::InvalidArgument("empty prompt: nothing to feed".into()));
+        }
+        self.check_context(ids.len())?;
+        self.text = None;
+        self.snapshot = None;
+        self.feed(&ids, None, false, chunk)?;
+        Ok(ids.len())
+    }
+
+    /// Saves the session to a prompt-cache file (see [`crate::prompt_cache`]): the model state, its
+    /// token ids and the conversation, atomically. Refuses a path inside the model's bundle.
+    pub fn save_prompt_cache(&self, path: impl AsRef<Path>) -> Result<()> {
+        let state = serde_json::json!({
+            "text": self.text,
+            "pending": self.pending,
+            "messages": self.messages,
+        });
+        let fp = match (&self.text, &self.zaya.template) {
+            (Some(_), Some(t)) => Some(t.fingerprint()),
+            _ => None,
+        };
+        prompt_cache::save(
+            path.as_ref(),
+            &self.zaya.model,
+            PromptCacheRef {
+                cache: &self.cache,
+                tokens: &self.tokens,
+                chat_template: fp.as_deref(),
+                session: Some(&state),
+            },
+            self.zaya.dir.as_deref(),
+        )
+    }
+
+    /// Replaces the session's state with a prompt-cache file's: the cache, its tokens and, when the
+    /// file was saved by a session, the conversation. A file saved from a chat session whose chat
+    /// template differs from this model's is refused.
+    pub fn load_prompt_cache(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let pc = prompt_cache::load(path, &self.zaya.model)?;
+        let bad = |m: String| ZayaError::PromptCache {
+            file: path.to_path_buf(),
+            msg: m,
+        };
+        let state = pc.session.unwrap_or(serde_json::Value::Null);
+        let text: Option<String> = match state.get("text") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad(format!("session text: {e}")))?,
+            None => None,
+        };
+        if text.is_some() {
+            let ours = self.zaya.template.as_ref().map(ChatTemplate::fingerprint);
+            if let (Some(theirs), Some(ours)) = (&pc.chat_template, &ours) {
+                if theirs != ours {
+                    return Err(bad(
+                        "the cached conversation was rendered by another chat template".into()
+                    ));
+                }
+            }
+        }
+        let messages: Vec<Message> = match state.get("messages") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad(format!("session messages: {e}")))?,
+            None => Vec::new(),
+        };
+        let pending: Option<u32> = match state.get("pending") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| bad(format!("session pending token: {e}")))?,
+            None => None,
+        };
+        let vocab = self.zaya.model.config().vocab_size;
+        if pending.is_some_and(|p| p as usize >= vocab) {
+            return Err(bad("pending token outside the vocabulary".into()));
+        }
+        self.cache = pc.cache;
+        self.tokens = pc.tokens;
+        self.text = text;
+        self.pending = pending;
+        self.messages = messages;
+        self.snapshot = None;
+        Ok(())
+    }
+
     fn check_context(&self, new_tokens: usize) -> Result<()> {
         let limit = self.zaya.max_context();
         let total = self.tokens.len() + new_tokens;
@@ -811,6 +937,10 @@ pub struct Generation<'s, 'm> {
     last_token_at: Option<Instant>,
     prompt_tokens: usize,
     reused_tokens: usize,
+    draft: Option<DraftParams>,
+    draft_stats: DraftStats,
+    /// Tokens of a speculative step waiting to be yielded.
+    queued: VecDeque<GenToken>,
 }
 
 impl<'s, 'm> Generation<'s, 'm> {
@@ -858,6 +988,9 @@ impl<'s, 'm> Generation<'s, 'm> {
             last_token_at: None,
             prompt_tokens: pre.prompt_tokens,
             reused_tokens: pre.reused_tokens,
+            draft: params.draft,
+            draft_stats: DraftStats::default(),
+            queued: VecDeque::new(),
         })
     }
 
@@ -908,6 +1041,7 @@ impl<'s, 'm> Generation<'s, 'm> {
             generation_time: gen_time,
             peak_memory: crate::bench::mlx_memory().1,
             peak_rss: rss,
+            draft: self.draft_stats,
         }
     }
 
@@ -921,6 +1055,14 @@ impl<'s, 'm> Generation<'s, 'm> {
     }
 
     fn step(&mut self) -> Result<GenToken> {
+        if let Some(t) = self.queued.pop_front() {
+            return Ok(t);
+        }
+        if let (Some(dp), Some(t0)) = (self.draft, self.to_feed) {
+            if let Some(tok) = self.speculative_step(dp, t0)? {
+                return Ok(tok);
+            }
+        }
         let model = &self.session.zaya.model;
         if let Some(t) = self.to_feed.take() {
             let logits = match model.decode_step(t, &mut self.session.cache) {
@@ -937,6 +1079,17 @@ impl<'s, 'm> Generation<'s, 'm> {
             self.logits = Some(logits);
         }
         let raw = self.logits.take().expect("logits for the next position");
+        let x = self.processed(&raw)?;
+        let id = self.sampler.sample(&x, &self.session.tokens)?;
+        let tok = self.emit(id, raw)?;
+        if tok.finish.is_some() {
+            self.record();
+        }
+        Ok(tok)
+    }
+
+    /// Raw logits `[1, V]` → the vocabulary-limited, processed row the sampler reads.
+    fn processed(&self, raw: &Array) -> Result<Array> {
         let history = &self.session.tokens;
         let mut x = match self.vocab_limit {
             Some(n) => raw.index((.., 0..n as i32)),
@@ -945,11 +1098,16 @@ impl<'s, 'm> Generation<'s, 'm> {
         for p in &self.processors {
             x = p(history, &x)?;
         }
-        let id = self.sampler.sample(&x, history)?;
+        Ok(x)
+    }
+
+    /// Books a sampled token: statistics, text, stop conditions. Sets `finish` (the caller records
+    /// the turn) or makes the token the next one to feed.
+    fn emit(&mut self, id: u32, raw: Array) -> Result<GenToken> {
         let now = Instant::now();
         self.first_token_at.get_or_insert(now);
         self.last_token_at = Some(now);
-        self.last_logits = Some((history.len().saturating_sub(1), raw));
+        self.last_logits = Some((self.session.tokens.len().saturating_sub(1), raw));
         self.generated.push(id);
 
         let (mut text, stop) = match self.stream.as_mut() {
@@ -979,11 +1137,93 @@ impl<'s, 'm> Generation<'s, 'm> {
         }
         if finish.is_some() {
             self.finish = finish.clone();
-            self.record();
         } else {
             self.to_feed = Some(id);
         }
         Ok(GenToken { id, text, finish })
+    }
+
+    /// One speculative step after sampling `t0` (not yet fed): drafts up to K tokens by n-gram
+    /// lookup, feeds `[t0, drafts]` as one recorded chunk, samples each position in order
+    /// (accepting drafts by the acceptance rule) until a draft is rejected, all are accepted or the
+    /// generation finishes, then keeps exactly the fed tokens in the cache. Returns the first
+    /// token and queues the rest; `None` when there is nothing to draft (plain step then).
+    fn speculative_step(&mut self, dp: DraftParams, t0: u32) -> Result<Option<GenToken>> {
+        let zaya = self.session.zaya;
+        let mut ctx = self.session.tokens.clone();
+        ctx.push(t0);
+        // room: t0 and the drafts must fit the context
+        let room = zaya.max_context().saturating_sub(self.session.tokens.len() + 1);
+        let left = self
+            .max_tokens
+            .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len()));
+        let k = dp.num_draft_tokens.min(room).min(left.saturating_sub(1));
+        let drafts = ngram_draft(&ctx, k, dp.max_ngram, dp.min_ngram);
+        if drafts.is_empty() {
+            return Ok(None);
+        }
+        let limit = self.vocab_limit.unwrap_or(usize::MAX);
+        let drafts: Vec<u32> = drafts.into_iter().take_while(|&d| (d as usize) < limit).collect();
+        if drafts.is_empty() {
+            return Ok(None);
+        }
+        self.to_feed = None;
+        let seq = ctx[ctx.len() - 1..]
+            .iter()
+            .chain(&drafts)
+            .copied()
+            .collect::<Vec<u32>>();
+        let logits = match zaya.model.forward_recorded(&seq, &mut self.session.cache) {
+            Ok(l) => l,
+            Err(e) => {
+                self.session.clear_cache();
+                self.fed = 0;
+                return Err(e);
+            }
+        };
+        self.draft_stats.steps += 1;
+        self.draft_stats.drafted += drafts.len();
+        // t0 is in the cache now; each accepted draft joins it as the loop goes on
+        self.session.tokens.push(t0);
+        let mut kept = 1;
+        let mut out = Vec::new();
+        let result = (|| -> Result<()> {
+            for (i, row) in (0..=drafts.len()).map(|i| (i, logits.index(i as i32..i as i32 + 1))) {
+                let x = self.processed(&row)?;
+                let (id, accepted) = match drafts.get(i) {
+                    Some(&d) => self.sampler.sample_draft(&x, &self.session.tokens, d)?,
+                    None => (self.sampler.sample(&x, &self.session.tokens)?, false),
+                };
+                let tok = self.emit(id, row)?;
+                let done = tok.finish.is_some();
+                out.push(tok);
+                if accepted {
+                    self.draft_stats.accepted += 1;
+                }
+                if done || !accepted {
+                    break;
+                }
+                // an accepted draft is already in the cache
+                self.to_feed = None;
+                self.session.tokens.push(id);
+                kept += 1;
+            }
+            Ok(())
+        })();
+        let rolled = result.and_then(|()| self.session.cache.keep_recorded(kept));
+        if let Err(e) = rolled {
+            self.session.clear_cache();
+            self.fed = 0;
+            return Err(e);
+        }
+        self.fed += kept;
+        if self.finish.is_some() {
+            self.record();
+        }
+        let mut it = out.into_iter();
+        let first = it.next();
+        self.queued.extend(it);
+        Ok(first)
     }
 
     /// Records the turn in the session (once): the pending token and, in chat mode, the
@@ -1033,7 +1273,7 @@ impl Iterator for Generation<'_, '_> {
     type Item = Result<GenToken>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.finish.is_some() || self.failed {
+        if self.queued.is_empty() && (self.finish.is_some() || self.failed) {
             return None;
         }
         match self.step() {

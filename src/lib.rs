@@ -8,6 +8,8 @@
 //! - [`ext`]: safe wrappers over our C++ MLX primitives (`mlx-ext/`)
 //! - [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state
 //! - [`tokenizer`], [`chat`], [`sampling`], [`generate`]: text in, text out
+//! - [`prompt_cache`]: the whole model state in a file; [`speculative`]: n-gram drafts verified
+//!   exactly; [`files`]: atomic writes
 //! - [`synth`]: exact-format synthetic bundles; [`parity`]: comparison with reference outputs
 //! - [`bench`]: end-to-end benchmark and the memory-bandwidth bound
 pub mod bench;
@@ -18,12 +20,15 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod ext;
+pub mod files;
 pub mod generate;
 pub mod model;
 pub mod moe;
 pub mod parity;
+pub mod prompt_cache;
 pub mod quant;
 pub mod sampling;
+pub mod speculative;
 pub mod synth;
 pub mod tokenizer;
 

@@ -17,6 +17,8 @@ enum Command {
     Generate(cli::generate::Args),
     /// Interactive multi-turn chat that keeps the cache across turns.
     Chat(cli::chat::Args),
+    /// Prefill a prompt once and save the model state to a prompt-cache file.
+    CachePrompt(cli::cache_prompt::Args),
     /// The bundle card's smoke tests (greedy), PASS/FAIL each.
     Smoke(cli::smoke::Args),
     /// Write a random bundle in the exact JANGTQ4 format.
@@ -36,6 +38,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Chat(a) => cli::chat::run(a),
+        Command::CachePrompt(a) => cli::cache_prompt::run(a),
         Command::Smoke(a) => cli::smoke::run(a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Info(a) => cli::info::run(a),

@@ -328,6 +328,8 @@ pub struct ZayaModel {
     pub lm_head: Option<QLinear>,
     config: ZayaConfig,
     options: ModelOptions,
+    /// [`ZayaModel::fingerprint`], computed on first use.
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 fn check_options(o: &ModelOptions) -> Result<()> {
@@ -415,6 +417,7 @@ impl ZayaModel {
             lm_head,
             config,
             options,
+            fingerprint: std::sync::OnceLock::new(),
         };
         // materialize the dtype conversions now (load time), not in the first forward
         {
@@ -434,6 +437,41 @@ impl ZayaModel {
     /// The model configuration.
     pub fn config(&self) -> &ZayaConfig {
         &self.config
+    }
+
+    /// The model's identity, SHA-256 (hex) over config.json as parsed and, for every parameter in
+    /// name order, its name, shape, dtype and first 16 values: bundles that share a config and a
+    /// layout but hold other weights differ. Prompt-cache files record it. Computed once.
+    pub fn fingerprint(&self) -> Result<String> {
+        use mlx_rs::module::ModuleParameters;
+        use sha2::Digest;
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(f.clone());
+        }
+        let params = self.parameters().flatten();
+        let mut names: Vec<_> = params.keys().cloned().collect();
+        names.sort();
+        let mut heads = Vec::with_capacity(names.len());
+        for n in &names {
+            let a = params[n];
+            let k = a.size().min(16) as i32;
+            heads.push(a.reshape(&[-1])?.index(0..k).as_dtype(Dtype::Float32)?);
+        }
+        mlx_rs::transforms::eval(heads.iter())?;
+        let mut h = sha2::Sha256::new();
+        h.update(serde_json::to_string(&self.config.raw).unwrap_or_default().as_bytes());
+        for (n, head) in names.iter().zip(&heads) {
+            let a = params[n];
+            h.update(format!("\0{n}\0{:?}\0{:?}\0", a.shape(), a.dtype()).as_bytes());
+            let vals = head
+                .try_as_slice::<f32>()
+                .map_err(|e| ZayaError::Ext(format!("fingerprint of `{n}`: {e}")))?;
+            for v in vals {
+                h.update(v.to_le_bytes());
+            }
+        }
+        let f = crate::chat::hex(&h.finalize());
+        Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 
     /// The options the model was built with.
@@ -666,6 +704,27 @@ impl ZayaModel {
         Ok(l.reshape(&[1, self.config.vocab_size as i32])?)
     }
 
+    /// Feeds `tokens` (one sequence) as one chunk with per-position recording and returns the logits
+    /// of every position, f32 `[T, V]`, evaluated. Afterwards [`ModelCache::keep_recorded`] keeps
+    /// any prefix of the tokens exactly: how speculative decoding verifies its drafts.
+    pub fn forward_recorded(&self, tokens: &[u32], cache: &mut ModelCache) -> Result<Array> {
+        if tokens.is_empty() {
+            return Err(ZayaError::InvalidArgument("forward_recorded: no tokens".into()));
+        }
+        let ids = Array::from_slice(tokens, &[1, tokens.len() as i32]);
+        let was = cache.is_recording();
+        cache.set_recording(true);
+        let opts = ForwardOptions {
+            logits: LogitsMode::All,
+            capture: false,
+            chunk: Some(tokens.len()),
+        };
+        let out = self.forward_with(&ids, cache, opts);
+        cache.set_recording(was);
+        let l = out?.logits.expect("LogitsMode::All");
+        Ok(l.reshape(&[tokens.len() as i32, self.config.vocab_size as i32])?)
+    }
+
     /// One decode step for one sequence: logits f32 `[1, V]` of the position after `token`, evaluated.
     pub fn decode_step(&self, token: u32, cache: &mut ModelCache) -> Result<Array> {
         self.prefill(&[token], cache, Some(1))
@@ -759,6 +818,7 @@ impl ZayaModel {
         };
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let hdim = self.config.hidden_size as i32;
+        cache.begin_forward(t as usize);
         let offset = cache.offset();
         let dt = self.options.dtype;
         let fused = self.fused_layers();
@@ -766,6 +826,7 @@ impl ZayaModel {
             conv_mode: self.options.conv_mode,
             kv_step: cache.kv_step(),
             fused,
+            record: cache.is_recording(),
         };
         let moe_opts = MoeOptions {
             mod_skip: self.options.mod_skip,

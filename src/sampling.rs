@@ -260,6 +260,32 @@ impl Sampler {
         self.sample_processed(&x)
     }
 
+    /// Samples the next id from one row of logits when the speculative decoder proposed `draft`:
+    /// greedy → `(argmax, argmax == draft)`; otherwise the speculative acceptance rule
+    /// ([`crate::speculative::accept_draft`]) on the final distribution, with this sampler's RNG.
+    /// Returns `(token, accepted)`; the token's distribution is that of [`Sampler::sample`].
+    pub fn sample_draft(&mut self, logits: &Array, history: &[u32], draft: u32) -> Result<(u32, bool)> {
+        let x = host(&self.process_logits(logits, history)?)?;
+        let xs = x
+            .try_as_slice::<f32>()
+            .map_err(|e| ZayaError::Ext(format!("sampling: {e}")))?;
+        if self.params.is_greedy() {
+            let id = argmax(xs)?;
+            return Ok((id, id == draft));
+        }
+        let mut weights = std::mem::take(&mut self.weights);
+        let p = distribution(&self.params, xs, &mut weights).map(|d| {
+            d.weights
+                .iter()
+                .map(|&w| (w as f64 / d.total) as f32)
+                .collect::<Vec<f32>>()
+        });
+        self.weights = weights;
+        let p = p?;
+        let (u1, u2) = (self.rng.gen::<f64>(), self.rng.gen::<f64>());
+        Ok(crate::speculative::accept_draft(&p, draft, u1, u2))
+    }
+
     /// Samples one id per row of `[B, V]` logits; `histories[b]` is row b's history.
     pub fn sample_batch(&mut self, logits: &Array, histories: &[&[u32]]) -> Result<Vec<u32>> {
         let shape = logits.shape();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use zaya_mlx::generate::{FinishReason, GenParams};
 use zaya_mlx::{Result, ZayaError};
 
-use super::common::{self, ModelArgs, SamplingArgs, TemplateArgs};
+use super::common::{self, DraftArgs, ModelArgs, SamplingArgs, TemplateArgs};
 use super::generate::max_tokens;
 
 const HELP: &str = "commands: /reset clears the conversation and the cache, /exit quits (also end of input); \
@@ -40,6 +40,13 @@ pub struct Args {
     /// Do not stop at EOS / end-of-turn tokens (like llama.cpp's --ignore-eos; for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Resume the conversation saved in this prompt-cache file (when it exists) and save it there
+    /// after every answer (atomically), so a later `zaya chat` continues where this one stopped
+    /// without prefilling it again.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_cache_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub draft: DraftArgs,
     /// Print statistics after each answer (on standard error).
     #[arg(long, default_value = "false", value_name = "BOOL", value_parser = common::parse_bool,
           num_args = 0..=1, default_missing_value = "true")]
@@ -93,6 +100,7 @@ pub fn run(args: Args) -> Result<i32> {
         stop: args.stop.iter().map(|s| common::expand_escapes(s)).collect(),
         prefill_chunk: args.model.prefill_chunk,
         ignore_eos: args.ignore_eos,
+        draft: args.draft.params()?,
         ..GenParams::default()
     };
     params.validate()?;
@@ -109,7 +117,26 @@ pub fn run(args: Args) -> Result<i32> {
     params.cancel = Some(irq.cancel.clone());
     let mut session = zaya.session();
     session.set_chat_options(chat_options);
-    session.set_system_prompt(args.template.system_prompt.as_deref());
+    let resumed = match &args.prompt_cache_file {
+        Some(f) if f.exists() => {
+            session.load_prompt_cache(f)?;
+            true
+        }
+        _ => false,
+    };
+    if !resumed || args.template.system_prompt.is_some() {
+        session.set_system_prompt(args.template.system_prompt.as_deref());
+    }
+    if resumed {
+        eprintln!(
+            "[resumed {} messages, {} cached tokens from {}]",
+            session.messages().len(),
+            session.offset(),
+            args.prompt_cache_file
+                .as_ref()
+                .map_or(String::new(), |f| f.display().to_string())
+        );
+    }
     if interactive {
         eprintln!(
             "zaya chat: {} ({HELP})",
@@ -185,6 +212,11 @@ pub fn run(args: Args) -> Result<i32> {
         if let Some(e) = failed {
             eprintln!("error: {e}");
             continue;
+        }
+        if let Some(f) = &args.prompt_cache_file {
+            if let Err(e) = session.save_prompt_cache(f) {
+                eprintln!("error: saving the conversation: {e}");
+            }
         }
         match finish {
             Some(FinishReason::Cancelled) => eprintln!("[interrupted]"),

@@ -159,6 +159,39 @@ impl TemplateArgs {
     }
 }
 
+/// Speculative decoding flags (`generate`, `chat`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DraftArgs {
+    /// Speculative decoding: `ngram` drafts tokens by prompt lookup (the last n tokens matched
+    /// earlier in the prompt and the answer) and verifies them in one forward chunk; greedy output
+    /// is unchanged, sampled output keeps its distribution. `none` = plain decoding.
+    #[arg(long, value_name = "ngram|none", default_value = "none")]
+    pub draft: String,
+    /// Most draft tokens verified per step (with --draft ngram).
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    pub num_draft_tokens: usize,
+}
+
+impl DraftArgs {
+    /// The drafting settings these flags select (`None` = plain decoding).
+    pub fn params(&self) -> Result<Option<zaya_mlx::speculative::DraftParams>> {
+        match self.draft.as_str() {
+            "none" => Ok(None),
+            "ngram" => {
+                let p = zaya_mlx::speculative::DraftParams {
+                    num_draft_tokens: self.num_draft_tokens,
+                    ..Default::default()
+                };
+                p.validate()?;
+                Ok(Some(p))
+            }
+            other => Err(ZayaError::InvalidArgument(format!(
+                "--draft `{other}`: expected ngram or none"
+            ))),
+        }
+    }
+}
+
 /// Parses an mlx_lm-style boolean flag value (true/t/false/f, yes/no, 1/0; any case).
 pub fn parse_bool(s: &str) -> std::result::Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {

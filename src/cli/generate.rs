@@ -6,7 +6,7 @@ use std::io::Write;
 use zaya_mlx::generate::{FinishReason, GenParams};
 use zaya_mlx::{Result, ZayaError};
 
-use super::common::{self, ModelArgs, SamplingArgs, TemplateArgs};
+use super::common::{self, DraftArgs, ModelArgs, SamplingArgs, TemplateArgs};
 
 const AFTER_HELP: &str = "\
 Peak memory is the larger of MLX's allocator peak and the process's peak resident set (the weights are
@@ -15,7 +15,10 @@ memory-mapped on the CPU backend, which MLX's counter does not see); GB = 10^9 b
 Examples:
   zaya generate -p 'Hello'                                  (tiny demo bundle, random weights)
   zaya generate --model OsaurusAI/ZAYA1-8B-JANGTQ4 -p 'What is 2+2?' --no-thinking
-  echo 'Write a haiku' | zaya generate --model ./ZAYA1-8B-JANGTQ4 -p - --temp 0.7 --seed 1";
+  echo 'Write a haiku' | zaya generate --model ./ZAYA1-8B-JANGTQ4 -p - --temp 0.7 --seed 1
+  zaya cache-prompt --model DIR -p \"$(cat report.txt)\" --prompt-cache-file report.safetensors
+  zaya generate --model DIR --prompt-cache-file report.safetensors -p 'Summarize the report.'
+  zaya generate --model DIR -p 'Repeat this list: ...' --draft ngram --num-draft-tokens 4";
 
 /// `zaya generate` arguments.
 #[derive(clap::Args, Debug)]
@@ -51,6 +54,14 @@ pub struct Args {
     /// Extra end-of-sequence tokens (token text or id; repeatable).
     #[arg(long, value_name = "TOKEN", num_args = 1..)]
     pub extra_eos_token: Vec<String>,
+    /// Start from a prompt cache made by `zaya cache-prompt` (or saved by `zaya chat`): the prompt is
+    /// the next user message after the cached conversation (or, for a cache made with
+    /// --ignore-chat-template, text that continues it); only what follows the cached prefix is
+    /// prefilled. The file is not changed.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_cache_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub draft: DraftArgs,
     /// Print the separators and statistics (true) or only the generated text (false).
     #[arg(long, default_value = "true", value_name = "BOOL", value_parser = common::parse_bool,
           num_args = 0..=1, default_missing_value = "true")]
@@ -79,6 +90,7 @@ pub fn run(args: Args) -> Result<i32> {
         stop: args.stop.iter().map(|s| common::expand_escapes(s)).collect(),
         prefill_chunk: args.model.prefill_chunk,
         ignore_eos: args.ignore_eos,
+        draft: args.draft.params()?,
         ..GenParams::default()
     };
     params.validate()?;
@@ -97,9 +109,16 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut session = zaya.session();
     let use_template = !args.ignore_chat_template && zaya.chat_template().is_some();
+    if let Some(f) = &args.prompt_cache_file {
+        session.load_prompt_cache(f)?;
+    }
+    let cached = session.offset();
     let mut gen = if use_template {
         session.set_chat_options(chat_options);
-        session.set_system_prompt(args.template.system_prompt.as_deref());
+        // a cached conversation keeps its own system message unless one is given
+        if args.prompt_cache_file.is_none() || args.template.system_prompt.is_some() {
+            session.set_system_prompt(args.template.system_prompt.as_deref());
+        }
         session.chat(prompt.as_str(), &params)?
     } else {
         session.generate(&prompt, &params)?
@@ -146,12 +165,38 @@ pub fn run(args: Args) -> Result<i32> {
                 stats.generation_tokens, stats.generation_tps
             )
             .map_err(io)?;
+            if stats.draft.steps > 0 {
+                writeln!(
+                    out,
+                    "Draft: {} of {} drafted tokens accepted ({:.1}%) in {} verify steps",
+                    stats.draft.accepted,
+                    stats.draft.drafted,
+                    100.0 * stats.draft.acceptance_rate(),
+                    stats.draft.steps
+                )
+                .map_err(io)?;
+            }
+            if args.prompt_cache_file.is_some() {
+                writeln!(
+                    out,
+                    "Prompt cache: {} of {cached} cached tokens reused",
+                    stats.reused_tokens
+                )
+                .map_err(io)?;
+            }
             writeln!(out, "Peak memory: {:.3} GB", stats.peak_bytes() as f64 / 1e9).map_err(io)?;
         }
     } else {
         writeln!(out, "{text}").map_err(io)?;
     }
     out.flush().map_err(io)?;
+    if args.prompt_cache_file.is_some() && stats.reused_tokens < cached {
+        eprintln!(
+            "note: the prompt did not continue the cached prefix ({cached} tokens; {} reused), so it was prefilled \
+             from there; make the cache and the prompt with the same template flags",
+            stats.reused_tokens
+        );
+    }
     if finish == Some(FinishReason::ContextLimit) {
         eprintln!(
             "note: generation stopped at the context limit of {} tokens",

@@ -134,6 +134,7 @@ pub fn save(path: &Path, model: &ZayaModel, pc: PromptCacheRef<'_>, protect: Opt
     meta.insert("format_version".into(), FORMAT_VERSION.to_string());
     meta.insert("model_fingerprint".into(), model.fingerprint()?);
     meta.insert("dtype".into(), dtype_name(model.options().dtype).into());
+    meta.insert("mod_skip".into(), format!("{:?}", model.options().mod_skip));
     meta.insert("offset".into(), offset.to_string());
     meta.insert("num_hidden_layers".into(), cfg.num_hidden_layers.to_string());
     meta.insert(
@@ -222,6 +223,17 @@ pub fn load(path: &Path, model: &ZayaModel) -> Result<PromptCache> {
             ))
         }
         None => return Err(err(path, "missing `dtype`")),
+    }
+    let want_skip = format!("{:?}", model.options().mod_skip);
+    match get("mod_skip") {
+        Some(m) if m == want_skip => {}
+        Some(m) => {
+            return Err(err(
+                path,
+                format!("made with MOD skip semantics {m}, but the model runs {want_skip} (use the same --mod-skip)"),
+            ))
+        }
+        None => return Err(err(path, "missing `mod_skip`")),
     }
     let fp = model.fingerprint()?;
     match get("model_fingerprint") {

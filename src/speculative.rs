@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(accept_draft(&p, 0, 0.5, 0.1), (1, false));
         assert_eq!(accept_draft(&p, 0, 0.9, 0.6), (2, false));
         // a draft of probability 0 is never accepted and never returned
-        assert_eq!(accept_draft(&p, 3, 0.0, 0.99).1, false);
+        assert!(!accept_draft(&p, 3, 0.0, 0.99).1);
         assert_ne!(accept_draft(&p, 3, 0.0, 0.99).0, 3);
     }
 

@@ -41,6 +41,17 @@ pub struct Args {
     /// pages that these trials touch.
     #[arg(long)]
     pub touch_all: bool,
+    /// Instead of the decode trials: prefill -p tokens, save the state to a prompt-cache file, load
+    /// it back from disk, and compare the times (checks that the loaded state continues exactly).
+    #[arg(long)]
+    pub prompt_cache: bool,
+    /// Instead of the decode trials: decode -g tokens plainly and with speculative n-gram drafts on
+    /// a prompt whose greedy continuation repeats (random ids + the model's own continuation).
+    #[arg(long, value_name = "ngram")]
+    pub draft: Option<String>,
+    /// Draft tokens per verify step (with --draft).
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    pub num_draft_tokens: usize,
     /// Print one JSON object (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -105,6 +116,32 @@ pub fn run(args: Args) -> Result<i32> {
     let summary = bundle.summary.clone();
     let model = ZayaModel::from_bundle(bundle, options)?;
     let load_s = t0.elapsed().as_secs_f64();
+    if args.prompt_cache || args.draft.is_some() {
+        let prompt = bench::random_prompt(cfg.vocab_size, p, args.seed);
+        let result = if let Some(d) = &args.draft {
+            if d != "ngram" {
+                return Err(ZayaError::InvalidArgument(format!("--draft `{d}`: expected ngram")));
+            }
+            let dp = zaya_mlx::speculative::DraftParams {
+                num_draft_tokens: args.num_draft_tokens,
+                ..Default::default()
+            };
+            dp.validate()?;
+            bench::check_lengths(&cfg, p + g, g)?;
+            super::bench_state::draft(model, &prompt, g, args.trials, dp, args.json)?
+        } else {
+            super::bench_state::prompt_cache(&model, &prompt, args.trials, args.json)?
+        };
+        if args.json {
+            let mut v = result;
+            v["load_average"] = serde_json::json!(bench::load_average());
+            v["model"] = serde_json::json!(args.run.model.display().to_string());
+            println!("{v}");
+        } else {
+            println!("load_avg={}", fmt_load(bench::load_average()));
+        }
+        return Ok(0);
+    }
     let machine: MachineInfo = bench::machine_info();
     let touch_s = if args.touch_all {
         let t = Instant::now();

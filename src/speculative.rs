@@ -152,9 +152,9 @@ mod tests {
         let h = [1, 2, 3, 9, 5, 1, 2, 3, 7, 8, 6, 1, 2, 3];
         assert_eq!(ngram_draft(&h, 2, 3, 1), vec![7, 8]);
         assert_eq!(ngram_draft(&h, 5, 3, 1), vec![7, 8, 6, 1, 2]);
-        // no trigram match → falls back to a shorter n-gram
+        // no trigram or bigram match → the unigram 5 at index 4, followed by 0 5
         let h = [4, 5, 6, 4, 5, 0, 5];
-        assert_eq!(ngram_draft(&h, 2, 3, 1), vec![6, 4]);
+        assert_eq!(ngram_draft(&h, 2, 3, 1), vec![0, 5]);
         assert_eq!(ngram_draft(&h, 2, 3, 2), Vec::<u32>::new());
         assert!(ngram_draft(&[1], 4, 3, 1).is_empty());
         // periodic text: the overlapping match continues with the period

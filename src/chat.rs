@@ -150,6 +150,9 @@ impl ChatOptions {
     }
 }
 
+/// Instructions one render may execute (a long conversation with tools takes well under 1%).
+pub const TEMPLATE_FUEL: u64 = 50_000_000;
+
 /// A loaded chat template (one or several named ones) with the tokenizer's special tokens.
 #[derive(Clone)]
 pub struct ChatTemplate {
@@ -194,6 +197,11 @@ fn template_error(e: &JError) -> ZayaError {
         (Some(n), None) => format!("{n}: "),
         _ => String::new(),
     };
+    if e.kind() == ErrorKind::OutOfFuel {
+        return ZayaError::Template(format!(
+            "{place}rendering took more than {TEMPLATE_FUEL} steps and was stopped (a loop that does not end?)"
+        ));
+    }
     match raised {
         Some(msg) => ZayaError::Template(format!("{place}template raised an exception: {msg}")),
         None => {
@@ -211,7 +219,7 @@ impl ChatTemplate {
             if !p.exists() {
                 return Ok(None);
             }
-            std::fs::read_to_string(&p).map(Some).map_err(|e| ZayaError::io(&p, e))
+            crate::files::read_text_limited(&p, crate::files::MAX_CONFIG_BYTES).map(Some)
         };
         let tok_cfg: Option<Value> = match read("tokenizer_config.json")? {
             Some(t) => Some(
@@ -233,7 +241,7 @@ impl ChatTemplate {
                 files.sort();
                 for p in files {
                     let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-                    let src = std::fs::read_to_string(&p).map_err(|e| ZayaError::io(&p, e))?;
+                    let src = crate::files::read_text_limited(&p, crate::files::MAX_CONFIG_BYTES)?;
                     named.push((name.clone(), format!("additional_chat_templates/{name}.jinja"), src));
                 }
             }
@@ -304,6 +312,9 @@ impl ChatTemplate {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(py_formatter);
+        // a bound on the work of one render: a template whose loops do not end (or nest ranges into
+        // billions of steps) fails with an error instead of hanging the command
+        env.set_fuel(Some(TEMPLATE_FUEL));
         // jinja2 builtins that minijinja keeps in minijinja-contrib
         env.add_filter("truncate", truncate_filter);
         env.add_filter("striptags", minijinja_contrib::filters::striptags);

@@ -130,11 +130,33 @@ impl ZayaConfig {
     /// Reads `dir/config.json`, merging EOS ids from `dir/generation_config.json` when present.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| ZayaError::io(&path, e))?;
+        if !dir.is_dir() {
+            return Err(ZayaError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such bundle directory"),
+            ));
+        }
+        if !path.exists() {
+            return Err(ZayaError::io(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "missing: this directory is not a model bundle (no config.json)",
+                ),
+            ));
+        }
+        let text = crate::files::read_text_limited(&path, crate::files::MAX_CONFIG_BYTES)?;
         let mut cfg = Self::from_json_str(&text, "config.json")?;
         let gen_path = dir.join("generation_config.json");
         if gen_path.exists() {
             let g = GenerationConfig::from_file(&gen_path)?;
+            if let Some(e) = g.eos_token_ids.iter().find(|&&e| e as usize >= cfg.vocab_size) {
+                return Err(ZayaError::config(
+                    "generation_config.json",
+                    "eos_token_id",
+                    format!("{e} ≥ vocab_size {}", cfg.vocab_size),
+                ));
+            }
             cfg.merge_eos(&g.eos_token_ids);
         }
         Ok(cfg)
@@ -330,9 +352,42 @@ impl ZayaConfig {
         if self.num_hidden_layers == 0 {
             return err("num_hidden_layers", "must be positive".into());
         }
+        // Upper bounds, checked before anything is sized from them (ZAYA1-8B: hidden 2048, 80
+        // half-layers, 8/2 heads of 128, 16 experts, vocab 262,272, context 131,072): far above any
+        // real model, small enough that no size computed from them overflows or allocates wildly.
+        let q_field = if self.raw.get("cca_num_q_heads").is_some() {
+            "cca_num_q_heads"
+        } else {
+            "num_attention_heads"
+        };
+        for (field, v, max) in [
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            (q_field, self.num_q_heads, 1 << 10),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("num_experts", self.num_experts, 1 << 10),
+            ("ffn_hidden_size", self.expert_intermediate_size, 1 << 18),
+            ("zaya_mlp_expansion", self.router_hidden_size, 1 << 16),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+            ("cca_time0", self.cca_time0, 64),
+            ("cca_time1", self.cca_time1, 64),
+        ] {
+            if v > max {
+                return err(field, format!("{v} is larger than any supported model (at most {max})"));
+            }
+        }
+        if self.max_position_embeddings == 0 {
+            return err("max_position_embeddings", "must be positive".into());
+        }
         if self.num_q_heads == 0 || self.num_kv_heads == 0 || !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return err(
-                "num_attention_heads",
+                if self.num_q_heads == 0 {
+                    q_field
+                } else {
+                    "num_key_value_heads"
+                },
                 format!(
                     "{} query heads must be a positive multiple of {} KV heads",
                     self.num_q_heads, self.num_kv_heads
@@ -381,6 +436,40 @@ impl ZayaConfig {
         if let Some(b) = self.bos_token_id {
             if b as usize >= self.vocab_size {
                 return err("bos_token_id", format!("{b} ≥ vocab_size {}", self.vocab_size));
+            }
+        }
+        if let Some(e) = self.eos_token_ids.iter().find(|&&e| e as usize >= self.vocab_size) {
+            return err("eos_token_id", format!("{e} ≥ vocab_size {}", self.vocab_size));
+        }
+        if let Some(p) = self.pad_token_id.filter(|&p| p as usize >= self.vocab_size) {
+            return err("pad_token_id", format!("{p} ≥ vocab_size {}", self.vocab_size));
+        }
+        if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
+            return err(
+                "partial_rotary_factor",
+                format!("{} is outside [0, 1]", self.partial_rotary_factor),
+            );
+        }
+        const KNOWN_FORMATS: [&str; 9] = [
+            "mxtq",
+            "affine",
+            "jang_affine",
+            "mxfp4",
+            "mxfp8",
+            "float16",
+            "bfloat16",
+            "float32",
+            "float",
+        ];
+        if let Some(w) = &self.weight_format {
+            if !KNOWN_FORMATS.contains(&w.as_str()) {
+                return err(
+                    "weight_format",
+                    format!(
+                        "`{w}` is not a weight format zaya-mlx knows ({})",
+                        KNOWN_FORMATS.join(", ")
+                    ),
+                );
             }
         }
         Ok(())
@@ -469,7 +558,7 @@ impl JangConfig {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| ZayaError::io(&path, e))?;
+        let text = crate::files::read_text_limited(&path, crate::files::MAX_CONFIG_BYTES)?;
         Self::from_json_str(&text, "jang_config.json").map(Some)
     }
 
@@ -547,7 +636,7 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ZayaError::io(path, e))?;
+        let text = crate::files::read_text_limited(path, crate::files::MAX_CONFIG_BYTES)?;
         Self::from_json_str(&text, "generation_config.json")
     }
 

@@ -92,6 +92,16 @@ pub enum ZayaError {
     #[error("prompt cache {}: {msg}", file.display())]
     PromptCache { file: PathBuf, msg: String },
 
+    /// The model produced non-finite values (NaN or infinity) where numbers were expected: the
+    /// bundle's weights are likely corrupt.
+    #[error("numerical failure: {0}")]
+    NonFinite(String),
+
+    /// The environment failed: memory could not be allocated, a mapped file changed, a download
+    /// stalled, the run was interrupted.
+    #[error("{0}")]
+    Runtime(String),
+
     /// Parity check failed (values beyond tolerance).
     #[error("parity failure: {0}")]
     Parity(String),
@@ -130,11 +140,28 @@ impl ZayaError {
         }
     }
 
-    /// Exit code the CLI uses for this error: 2 for bad user input, 1 otherwise.
+    /// Exit code the CLI uses for this error (the contract in the README): 1 a check that ran and
+    /// failed (parity beyond tolerance), 2 bad arguments or bad input files (a missing or malformed
+    /// file, a corrupt bundle, a config, tokenizer, template or prompt cache that cannot be used, a
+    /// prompt over the context), 3 a runtime or environment failure (I/O while running, MLX, memory,
+    /// a stalled download, non-finite model output).
     pub fn exit_code(&self) -> i32 {
+        use std::io::ErrorKind as K;
         match self {
-            ZayaError::InvalidArgument(_) | ZayaError::ContextOverflow { .. } | ZayaError::PromptCache { .. } => 2,
-            _ => 1,
+            ZayaError::Parity(_) => 1,
+            ZayaError::Io { source, .. } => match source.kind() {
+                K::NotFound
+                | K::PermissionDenied
+                | K::IsADirectory
+                | K::NotADirectory
+                | K::InvalidInput
+                | K::InvalidData
+                | K::AlreadyExists
+                | K::UnexpectedEof => 2,
+                _ => 3,
+            },
+            ZayaError::Mlx(_) | ZayaError::Ext(_) | ZayaError::NonFinite(_) | ZayaError::Runtime(_) => 3,
+            _ => 2,
         }
     }
 }

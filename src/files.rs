@@ -72,3 +72,45 @@ pub fn refuse_inside(path: &Path, dir: &Path, what: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Reads a text input file of at most `max` bytes: refuses non-regular files (a FIFO would block,
+/// a device could be endless) and larger files before reading, so a hostile path cannot make a
+/// tool read without bound.
+pub fn read_text_limited(path: &Path, max: u64) -> Result<String> {
+    if let Some(why) = crate::bundle::shards::not_a_file(path) {
+        return Err(ZayaError::io(
+            path,
+            std::io::Error::new(
+                if why == "does not exist" {
+                    std::io::ErrorKind::NotFound
+                } else {
+                    std::io::ErrorKind::InvalidInput
+                },
+                why,
+            ),
+        ));
+    }
+    let len = std::fs::metadata(path).map_err(|e| ZayaError::io(path, e))?.len();
+    if len > max {
+        return Err(ZayaError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{len} bytes is larger than the {max}-byte limit for this file"),
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| ZayaError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        ZayaError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text ({e})")),
+        )
+    })
+}
+
+/// Size limit of a JSON config file (config.json, jang_config.json, generation_config.json,
+/// tokenizer_config.json) and of a chat template.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Size limit of tokenizer.json.
+pub const MAX_TOKENIZER_BYTES: u64 = 512 << 20;

@@ -140,18 +140,59 @@ fn argmax_rows(v: &[f32], cols: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Token ids of a reference file (`token_ids`, any integer dtype, shape `[T]`).
+/// Token ids of a reference file (`token_ids`: an integer dtype, shape `[T]` or `[1, T]`, T ≥ 1,
+/// each id in 0..2³²).
 pub fn reference_tokens(reference: &HashMap<String, Array>) -> Result<Vec<u32>> {
+    let bad = |m: String| ZayaError::InvalidArgument(format!("reference `token_ids`: {m}"));
     let t = reference
         .get("token_ids")
         .ok_or_else(|| ZayaError::InvalidArgument("the reference file has no `token_ids` (pass --token-ids)".into()))?;
+    let integer = matches!(
+        t.dtype(),
+        Dtype::Int8
+            | Dtype::Int16
+            | Dtype::Int32
+            | Dtype::Int64
+            | Dtype::Uint8
+            | Dtype::Uint16
+            | Dtype::Uint32
+            | Dtype::Uint64
+    );
+    if !integer {
+        return Err(bad(format!("dtype {:?}; expected an integer type (I32)", t.dtype())));
+    }
+    let shape = t.shape();
+    if !(shape.len() == 1 || (shape.len() == 2 && shape[0] == 1)) {
+        return Err(bad(format!("shape {shape:?}; expected [T]")));
+    }
+    if t.size() == 0 {
+        return Err(bad("it is empty; expected at least one token".into()));
+    }
+    if t.dtype() == Dtype::Uint64 {
+        let a = t.contiguous()?;
+        a.eval()?;
+        return a
+            .as_slice::<u64>()
+            .iter()
+            .map(|&v| u32::try_from(v).map_err(|_| bad(format!("id {v} does not fit 32 bits"))))
+            .collect();
+    }
     host_i64(t)?
         .into_iter()
         .map(|v| {
-            u32::try_from(v).map_err(|_| ZayaError::InvalidArgument(format!("reference token id {v} is negative")))
+            u32::try_from(v).map_err(|_| {
+                if v < 0 {
+                    bad(format!("id {v} is negative"))
+                } else {
+                    bad(format!("id {v} does not fit 32 bits"))
+                }
+            })
         })
         .collect()
 }
+
+/// Reference tensors outside the naming contract that are still known (not compared).
+const KNOWN_UNCOMPARED: [&str; 2] = ["token_ids", "greedy_ids"];
 
 /// Runs `model` on one sequence `ids` from an empty cache and returns the tensors of the reference
 /// naming contract: `token_ids`, `logits` f32 `[T, V]`, and with `hidden_states` also `hidden.{n}`,
@@ -229,9 +270,21 @@ pub fn compare_outputs(
 ) -> Result<ParityReport> {
     let mut names: Vec<&String> = reference.keys().filter(|k| is_compared(k)).collect();
     names.sort_by_key(|n| layer_order(n));
+    let mut unknown: Vec<String> = reference
+        .keys()
+        .filter(|k| !is_compared(k) && !KNOWN_UNCOMPARED.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(ZayaError::InvalidArgument(format!(
+            "reference tensors outside the naming contract: {} (expected token_ids, logits, hidden.N, residual.N, route.N, greedy_ids)",
+            unknown.join(", ")
+        )));
+    }
     let mut ignored: Vec<String> = reference
         .keys()
-        .filter(|k| !is_compared(k) && k.as_str() != "token_ids")
+        .filter(|k| k.as_str() == "greedy_ids")
         .cloned()
         .collect();
     ignored.sort();
@@ -240,12 +293,14 @@ pub fn compare_outputs(
     for name in names {
         let r = &reference[name];
         let o = ours.get(name).ok_or_else(|| {
-            ZayaError::Parity(format!("the reference has `{name}` but the run produced no such tensor (per-layer tensors need hidden-state capture)"))
+            ZayaError::InvalidArgument(format!(
+                "the reference has `{name}` but the model has no such tensor (is the reference for this model?)"
+            ))
         })?;
         let rshape: Vec<i32> = r.shape().iter().copied().filter(|&d| d != 1).collect();
         let oshape: Vec<i32> = o.shape().iter().copied().filter(|&d| d != 1).collect();
         if rshape != oshape {
-            return Err(ZayaError::Parity(format!(
+            return Err(ZayaError::InvalidArgument(format!(
                 "`{name}`: reference shape {:?}, ours {:?}",
                 r.shape(),
                 o.shape()
@@ -294,7 +349,7 @@ pub fn compare_outputs(
         tensors.push(entry);
     }
     if tensors.is_empty() {
-        return Err(ZayaError::Parity(
+        return Err(ZayaError::InvalidArgument(
             "the reference file has no `logits`, `hidden.{n}`, `residual.{n}` or `route.{n}` tensors".into(),
         ));
     }

@@ -397,7 +397,9 @@ fn argmax(xs: &[f32]) -> Result<u32> {
 
 fn check_row(nan: bool, max: f32) -> Result<()> {
     if nan {
-        return Err(invalid("sampling: logits contain NaN".into()));
+        return Err(ZayaError::NonFinite(
+            "the model produced NaN logits; the bundle's weights may be corrupt (check it with `zaya info`)".into(),
+        ));
     }
     if max == f32::NEG_INFINITY {
         return Err(invalid(
@@ -405,7 +407,10 @@ fn check_row(nan: bool, max: f32) -> Result<()> {
         ));
     }
     if max == f32::INFINITY {
-        return Err(invalid("sampling: logits contain +inf".into()));
+        return Err(ZayaError::NonFinite(
+            "the model produced infinite logits; the bundle's weights may be corrupt (check it with `zaya info`)"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -125,6 +125,14 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// The reason of an I/O error without the path (the caller names the file).
+fn io_reason(e: &ZayaError) -> String {
+    match e {
+        ZayaError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
 impl Tokenizer {
     /// Loads `tokenizer.json` (required) and `tokenizer_config.json` (optional) from a bundle
     /// directory.
@@ -136,11 +144,14 @@ impl Tokenizer {
     /// Loads a tokenizer.json and, when given, its tokenizer_config.json.
     pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
         let name = tokenizer_json.display().to_string();
-        let bytes = std::fs::read(tokenizer_json).map_err(|e| tok_err(&name, format!("cannot read: {e}")))?;
+        let bytes = crate::files::read_text_limited(tokenizer_json, crate::files::MAX_TOKENIZER_BYTES)
+            .map_err(|e| tok_err(&name, format!("cannot read: {}", io_reason(&e))))?
+            .into_bytes();
         let config = match tokenizer_config {
             Some(p) => {
                 let cname = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|e| tok_err(&cname, format!("cannot read: {e}")))?;
+                let text = crate::files::read_text_limited(p, crate::files::MAX_CONFIG_BYTES)
+                    .map_err(|e| tok_err(&cname, format!("cannot read: {}", io_reason(&e))))?;
                 let v: Value =
                     serde_json::from_str(&text).map_err(|e| tok_err(&cname, format!("not valid JSON: {e}")))?;
                 Some((v, cname))

@@ -215,7 +215,32 @@ fn st_err(path: &Path, msg: impl Into<String>) -> ZayaError {
 }
 
 /// Memory-maps and parses one safetensors file; `name` is how the bundle refers to it.
+/// Why `path` is not a regular file (`None` when it is one): a directory, a FIFO, a symbolic-link
+/// loop, a dangling link, or absent. Checked before opening, since opening a FIFO would block.
+pub fn not_a_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_dir() => Some("is a directory, not a file".into()),
+        Ok(m) if m.file_type().is_fifo() => Some("is a FIFO (named pipe), not a file".into()),
+        Ok(m) if m.file_type().is_socket() => Some("is a socket, not a file".into()),
+        Ok(_) => Some("is a device or other special file, not a regular file".into()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Some("is a symbolic-link loop".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                Some("is a dangling symbolic link".into())
+            } else {
+                Some("does not exist".into())
+            }
+        }
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
 pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
+    if let Some(why) = not_a_file(path) {
+        return Err(st_err(path, why));
+    }
     let file = File::open(path).map_err(|e| ZayaError::io(path, e))?;
     let len = file.metadata().map_err(|e| ZayaError::io(path, e))?.len();
     if len < 8 {
@@ -340,6 +365,19 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
         });
     }
     tensors.sort_by_key(|t| t.offset);
+    // every byte belongs to at most one tensor
+    let mut prev: Option<&TensorMeta> = None;
+    for t in tensors.iter().filter(|t| t.nbytes > 0) {
+        if let Some(p) = prev {
+            if t.offset < p.offset + p.nbytes {
+                return Err(st_err(
+                    path,
+                    format!("corrupt header: the data of `{}` and `{}` overlap", p.name, t.name),
+                ));
+            }
+        }
+        prev = Some(t);
+    }
     Ok(ParsedShard {
         map: shard,
         tensors,
@@ -371,7 +409,7 @@ impl ShardSet {
     }
 
     fn open_indexed(dir: &Path, index: &Path) -> Result<ShardSet> {
-        let text = std::fs::read_to_string(index).map_err(|e| ZayaError::io(index, e))?;
+        let text = crate::files::read_text_limited(index, crate::files::MAX_CONFIG_BYTES)?;
         let v: Value =
             serde_json::from_str(&text).map_err(|e| st_err(index, format!("index is not valid JSON ({e})")))?;
         let wm = v
@@ -406,11 +444,11 @@ impl ShardSet {
         };
         for (f, names) in &by_file {
             let path = dir.join(f);
-            if !path.is_file() {
+            if let Some(why) = not_a_file(&path) {
                 return Err(st_err(
                     &path,
                     format!(
-                        "missing shard: {INDEX_FILE} assigns {} tensor(s) to it (e.g. `{}`) but the file does not exist",
+                        "missing shard: {INDEX_FILE} assigns {} tensor(s) to it (e.g. `{}`) but it {why}",
                         names.len(),
                         names[0]
                     ),

@@ -808,9 +808,9 @@ fn load_sidecar(
     modules: &[(String, u32, usize, u64)],
 ) -> Result<(Arc<ShardMap>, BTreeMap<String, TensorMeta>)> {
     let path = dir.join(SIDECAR_FILE);
-    if !path.is_file() {
+    if let Some(why) = super::shards::not_a_file(&path) {
         return Err(ZayaError::MissingSidecar(format!(
-            "{} is missing but {} TurboQuant module(s) need it (e.g. `{}`)",
+            "{} {why}, but {} TurboQuant module(s) need it (e.g. `{}`)",
             path.display(),
             modules.len(),
             modules[0].0

@@ -378,6 +378,14 @@ pub fn run_trial(
     })
 }
 
+/// `MemAvailable` of /proc/meminfo in bytes (Linux; `None` elsewhere).
+pub fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
 /// Checks a benchmark's prompt and generation lengths against the model's context limit.
 pub fn check_lengths(cfg: &ZayaConfig, prompt_tokens: usize, gen_tokens: usize) -> Result<()> {
     if prompt_tokens == 0 {
@@ -392,7 +400,7 @@ pub fn check_lengths(cfg: &ZayaConfig, prompt_tokens: usize, gen_tokens: usize) 
         ));
     }
     // the last generated token is never fed back
-    let total = prompt_tokens + gen_tokens - 1;
+    let total = prompt_tokens.saturating_add(gen_tokens - 1);
     if total > cfg.max_position_embeddings {
         return Err(ZayaError::ContextOverflow {
             tokens: total,

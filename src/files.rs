@@ -25,11 +25,13 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // the temporary name ends with the target's name, so its extension is kept (MLX's writers add
+    // `.safetensors` to a name without it)
     let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
+        ".tmp-{}-{}.{}",
         std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        name.to_string_lossy()
     ));
     let result = write(&tmp).and_then(|()| {
         std::fs::File::open(&tmp)

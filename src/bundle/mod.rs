@@ -166,7 +166,13 @@ pub(crate) fn check(dir: &Path, opts: &BundleOptions) -> Result<Checked> {
 
 /// Validates a bundle without creating any array and describes it (`zaya info`).
 pub fn inspect(dir: &Path, opts: &BundleOptions) -> Result<BundleSummary> {
-    check(dir, opts).map(|c| c.summary)
+    let summary = check(dir, opts)?.summary;
+    // the text side: what `Zaya::load` reads besides the weights must parse too
+    if dir.join("tokenizer.json").exists() {
+        crate::tokenizer::Tokenizer::from_dir(dir)?;
+    }
+    crate::chat::ChatTemplate::from_dir(dir)?;
+    Ok(summary)
 }
 
 impl Bundle {

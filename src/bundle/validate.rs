@@ -802,6 +802,25 @@ fn read_bits(name: &str, p: &Planned) -> Result<u32> {
     Ok(m.bytes()[0] as u32)
 }
 
+/// Codebooks must be finite and sign vectors ±1 (both are tiny: the check reads them whole).
+fn check_sidecar_values(name: &str, t: &TensorMeta) -> Result<()> {
+    let vals = t
+        .bytes()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let bad = |msg: String| quant_err(name, SIDECAR_FILE, msg);
+    if name.starts_with("codebook.") {
+        if let Some((i, v)) = vals.enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(bad(format!("codebook entry {i} is {v}; a codebook must be finite")));
+        }
+    } else if name.starts_with("signs.") {
+        if let Some((i, v)) = vals.enumerate().find(|(_, v)| *v != 1.0 && *v != -1.0) {
+            return Err(bad(format!("sign {i} is {v}; a sign vector holds only +1 and -1")));
+        }
+    }
+    Ok(())
+}
+
 /// Opens the sidecar and checks it has what every TurboQuant module needs.
 fn load_sidecar(
     dir: &Path,
@@ -848,6 +867,7 @@ fn load_sidecar(
                 found: shape_str(&t.shape),
             });
         }
+        check_sidecar_values(name, t)?;
         keep.insert(name.clone(), t.clone());
     }
     // other codebooks / sign vectors are kept too (they are tiny)

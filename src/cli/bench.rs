@@ -18,23 +18,27 @@ pub struct Args {
     #[command(flatten)]
     pub run: RunOpts,
     /// Prompt tokens (random ids).
-    #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+    #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512, allow_negative_numbers = true,
+          value_parser = super::common::parse_count)]
     pub prompt_tokens: usize,
     /// Tokens generated per trial (greedy; the first comes from the prefill).
-    #[arg(short = 'g', long = "generation-tokens", default_value_t = 128)]
+    #[arg(short = 'g', long = "generation-tokens", default_value_t = 128, allow_negative_numbers = true,
+          value_parser = super::common::parse_count)]
     pub generation_tokens: usize,
-    /// Timed trials.
-    #[arg(short = 'n', long = "num-trials", default_value_t = 5)]
+    /// Timed trials (at most 1000).
+    #[arg(short = 'n', long = "num-trials", default_value_t = 5, allow_negative_numbers = true,
+          value_parser = super::common::parse_count)]
     pub trials: usize,
-    /// Untimed warm-up trials before the timed ones.
-    #[arg(long, default_value_t = 1)]
+    /// Untimed warm-up trials before the timed ones (at most 100).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = super::common::parse_count)]
     pub warmup: usize,
     /// Seed of the random prompt ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Buffer size of the bandwidth measurements, MiB (copy: two buffers of this size; read: one;
     /// allocated between or after the trials, never during one).
-    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    #[arg(long, default_value_t = 512, value_name = "MIB", allow_negative_numbers = true,
+          value_parser = super::common::parse_count)]
     pub bandwidth_mib: usize,
     /// Read every weight once before the trials, as a long generation does once every expert has
     /// been used: the peak RSS then shows the worst case (the whole bundle resident), not only the
@@ -95,8 +99,35 @@ pub fn run(args: Args) -> Result<i32> {
     if args.trials == 0 {
         return Err(ZayaError::InvalidArgument("-n/--num-trials must be at least 1".into()));
     }
-    if args.bandwidth_mib == 0 {
-        return Err(ZayaError::InvalidArgument("--bandwidth-mib must be positive".into()));
+    if args.trials > 1000 {
+        return Err(ZayaError::InvalidArgument(format!(
+            "-n/--num-trials {} is more than 1000",
+            args.trials
+        )));
+    }
+    if args.warmup > 100 {
+        return Err(ZayaError::InvalidArgument(format!(
+            "--warmup {} is more than 100",
+            args.warmup
+        )));
+    }
+    if args.bandwidth_mib == 0 || args.bandwidth_mib > 16 << 10 {
+        return Err(ZayaError::InvalidArgument(format!(
+            "--bandwidth-mib {} must be in 1..=16384",
+            args.bandwidth_mib
+        )));
+    }
+    // the copy measurement holds two buffers of this size: refuse what the machine cannot hold
+    if let Some(avail) = bench::mem_available_bytes() {
+        let need = 2 * ((args.bandwidth_mib as u64) << 20);
+        if need > avail / 2 {
+            return Err(ZayaError::InvalidArgument(format!(
+                "--bandwidth-mib {}: the copy measurement needs {:.1} GB, more than half of the {:.1} GB of memory available",
+                args.bandwidth_mib,
+                need as f64 / 1e9,
+                avail as f64 / 1e9
+            )));
+        }
     }
     let options = args.run.model_options()?;
     let (p, g) = (args.prompt_tokens, args.generation_tokens);
@@ -127,7 +158,7 @@ pub fn run(args: Args) -> Result<i32> {
                 ..Default::default()
             };
             dp.validate()?;
-            bench::check_lengths(&cfg, p + g, g)?;
+            bench::check_lengths(&cfg, p.saturating_add(g), g)?;
             super::bench_state::draft(model, &prompt, g, args.trials, dp, args.json)?
         } else {
             super::bench_state::prompt_cache(&model, &prompt, args.trials, args.json)?

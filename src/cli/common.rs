@@ -98,7 +98,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub penalty_context_size: usize,
     /// Random seed (default: from the OS).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: Option<u64>,
 }
 
@@ -133,10 +133,10 @@ pub struct TemplateArgs {
     #[arg(long, value_name = "JSON")]
     pub chat_template_config: Option<String>,
     /// Turn the model's reasoning on (enable_thinking=true; overrides --chat-template-config).
-    #[arg(long, overrides_with = "no_thinking")]
+    #[arg(long, conflicts_with = "no_thinking")]
     pub thinking: bool,
     /// Turn the model's reasoning off (enable_thinking=false).
-    #[arg(long, overrides_with = "thinking")]
+    #[arg(long)]
     pub no_thinking: bool,
 }
 
@@ -189,6 +189,25 @@ impl DraftArgs {
                 "--draft `{other}`: expected ngram or none"
             ))),
         }
+    }
+}
+
+/// Parses a count flag (a non-negative integer); negative or malformed values get a message
+/// naming what is expected (clap reports it with the flag, exit code 2).
+pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if v < 0 => Err(format!("{v} is negative; expected a count (0, 1, 2, ...)")),
+        Ok(v) => usize::try_from(v).map_err(|_| format!("{v} is too large")),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// Parses a seed (an integer in 0..2⁶⁴).
+pub fn parse_seed(s: &str) -> std::result::Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if v < 0 => Err(format!("{v} is negative; a seed is an integer in 0..2^64")),
+        Ok(v) => u64::try_from(v).map_err(|_| format!("{v} is too large; a seed is an integer in 0..2^64")),
+        Err(_) => Err(format!("`{s}` is not an integer")),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `zaya info`: describes and validates a bundle from its headers alone (no weights are read):
 //! layout, formats per kind of tensor, bits and group sizes, tensor counts, bytes per format,
 //! parameter counts, and the validation result. Exit code 0 when the bundle is valid, 1 (with the
-//! error) otherwise.
+//! error) when the validation ran and failed, 2 when there is no bundle to validate (no such
+//! directory, no config.json).
 use std::path::PathBuf;
 
 use zaya_mlx::bundle::{inspect, BundleOptions};
@@ -21,6 +22,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    // no bundle to validate at all: a bad argument (exit 2), not a failed validation (exit 1)
+    if let Err(e @ zaya_mlx::ZayaError::Io { .. }) = zaya_mlx::config::ZayaConfig::from_dir(&args.model) {
+        return Err(e);
+    }
     let opts = BundleOptions {
         allow_unexpected: args.allow_unexpected,
     };

@@ -153,11 +153,14 @@ pub fn run_with_model(args: &Args, model: &ZayaModel, ids: &[u32]) -> Result<i32
             args.out.display()
         )));
     }
+    zaya_mlx::files::refuse_inside(&args.out, &args.run.model, "--out")?;
     let outputs = parity::run_outputs(model, ids, args.hidden_states, args.run.prefill_chunk)?;
     let arrays: Vec<(&String, &Array)> = outputs.iter().collect();
-    Array::save_safetensors(arrays, None, &args.out).map_err(|e| ZayaError::Io {
-        path: args.out.clone(),
-        source: std::io::Error::other(e.to_string()),
+    zaya_mlx::files::write_atomic(&args.out, |tmp| {
+        Array::save_safetensors(arrays, None, tmp).map_err(|e| ZayaError::Io {
+            path: args.out.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
     })?;
     eprintln!(
         "wrote {} tensors for {} tokens to {}",

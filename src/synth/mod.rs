@@ -91,10 +91,10 @@ fn shard_name(i: usize, n: usize) -> String {
 pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
     spec.validate()?;
     let t0 = Instant::now();
-    prepare_out_dir(out, opts.force)?;
     let sources = plan::source_tensors(spec);
     let tensors = plan::bundle_tensors(spec, &sources);
     let (files, locs) = plan::plan_files(&tensors, spec.max_shard_bytes, shard_name)?;
+    let ours = prepare_out_dir(out, opts.force, files.iter().map(|f| f.size).sum())?;
     let sink = Sink::create(out, &files, &locs)?;
 
     // Encoders per distinct expert in_features (shared by all threads).
@@ -188,6 +188,7 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
     files::write_json(&out.join("config.json"), &files::bundle_config(spec))?;
     files::write_json(&out.join("jang_config.json"), &files::jang_config(spec))?;
     write_text_side_files(spec, out, true)?;
+    write_manifest(out, &ours)?;
     Ok(SynthReport {
         dir: out.to_path_buf(),
         shards: files.iter().map(|f| f.name.clone()).collect(),
@@ -206,10 +207,10 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
 pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result<SynthReport> {
     spec.validate()?;
     let t0 = Instant::now();
-    prepare_out_dir(out, opts.force)?;
     let sources = plan::source_tensors(spec);
     let tensors = plan::source_out_tensors(spec, &sources);
     let (files, locs) = plan::plan_files(&tensors, spec.max_shard_bytes, shard_name)?;
+    let ours = prepare_out_dir(out, opts.force, files.iter().map(|f| f.size).sum())?;
     let sink = Sink::create(out, &files, &locs)?;
     let jobs: Vec<Job> = tensors
         .iter()
@@ -239,6 +240,7 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
     write_index(out, None, data_size, &tensors, &locs, &files)?;
     files::write_json(&out.join("config.json"), &files::source_config(spec))?;
     write_text_side_files(spec, out, false)?;
+    write_manifest(out, &ours)?;
     Ok(SynthReport {
         dir: out.to_path_buf(),
         shards: files.iter().map(|f| f.name.clone()).collect(),
@@ -301,8 +303,49 @@ fn write_text_side_files(spec: &SynthSpec, out: &Path, template_in_config: bool)
     files::write_json(&out.join("special_tokens_map.json"), &tokenizer::special_tokens_map())
 }
 
-/// Creates `out`, or checks it is empty (with `force`: removes stale `model-*.safetensors`).
-fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
+/// The record of what `zaya synth` wrote into a directory (so that `--force` replaces only that).
+pub const MANIFEST_FILE: &str = ".zaya-synth.json";
+
+/// Names a synthetic bundle or float source may write.
+fn is_bundle_name(name: &str) -> bool {
+    const SIDE: [&str; 9] = [
+        "config.json",
+        "jang_config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "model.safetensors.index.json",
+        SIDECAR_FILE,
+    ];
+    SIDE.contains(&name) || (name.starts_with("model-") && name.ends_with(".safetensors")) || name == MANIFEST_FILE
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `path` (or its nearest
+/// existing ancestor); `None` where unknown.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct it is given; `c` is a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Prepares `out` for `planned` bytes of shards: creates it, or checks it is empty. With `force`, a
+/// non-empty directory is accepted only when every file of it that a bundle could be written over
+/// was written by an earlier `zaya synth` (listed in its [`MANIFEST_FILE`]); those are removed (and
+/// named on stderr), every other file is left alone. Refuses a write the file system has no room
+/// for. Returns the names of the files that are not ours (kept out of the new manifest).
+fn prepare_out_dir(out: &Path, force: bool, planned: u64) -> Result<Vec<String>> {
+    let mut foreign = Vec::new();
+    let mut replace: Vec<PathBuf> = Vec::new();
     if out.exists() {
         if !out.is_dir() {
             return Err(ZayaError::InvalidArgument(format!(
@@ -317,21 +360,82 @@ fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
         if !entries.is_empty() {
             if !force {
                 return Err(ZayaError::InvalidArgument(format!(
-                    "--out {} is not empty (pass --force to write into it)",
+                    "--out {} is not empty (pass --force to replace a bundle an earlier `zaya synth` wrote there)",
                     out.display()
                 )));
             }
+            let manifest: Vec<String> = std::fs::read_to_string(out.join(MANIFEST_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| serde_json::from_value(v["files"].clone()).ok())
+                .unwrap_or_default();
             for p in entries {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if name.starts_with("model-") && name.ends_with(".safetensors") {
-                    std::fs::remove_file(&p).map_err(|e| ZayaError::io(&p, e))?;
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if manifest.contains(&name) || name == MANIFEST_FILE {
+                    replace.push(p);
+                } else if is_bundle_name(&name) {
+                    return Err(ZayaError::InvalidArgument(format!(
+                        "--force: {} was not written by zaya synth (no record of it in {MANIFEST_FILE}); \
+                         refusing to replace it: move it away or choose another --out",
+                        p.display()
+                    )));
+                } else {
+                    foreign.push(name);
                 }
             }
         }
-    } else {
-        std::fs::create_dir_all(out).map_err(|e| ZayaError::io(out, e))?;
     }
-    Ok(())
+    let freed: u64 = replace
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    if let Some(free) = free_bytes(out) {
+        let need = planned + (16 << 20);
+        if need > free + freed {
+            return Err(ZayaError::Runtime(format!(
+                "--out {}: the bundle needs about {:.2} GiB but only {:.2} GiB are free there",
+                out.display(),
+                need as f64 / (1u64 << 30) as f64,
+                (free + freed) as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    if !replace.is_empty() {
+        let mut names: Vec<String> = replace
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        eprintln!(
+            "synth: --force replaces {} file(s) an earlier zaya synth wrote in {}: {}",
+            names.len(),
+            out.display(),
+            names.join(", ")
+        );
+        for p in &replace {
+            std::fs::remove_file(p).map_err(|e| ZayaError::io(p, e))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| ZayaError::io(out, e))?;
+    Ok(foreign)
+}
+
+/// Records the files this run wrote (every entry of `out` but the `foreign` ones that were there).
+fn write_manifest(out: &Path, foreign: &[String]) -> Result<()> {
+    let mut files: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| ZayaError::io(out, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| !foreign.contains(n) && n != MANIFEST_FILE)
+        .collect();
+    files.sort();
+    files::write_json(
+        &out.join(MANIFEST_FILE),
+        &serde_json::json!({"written_by": format!("zaya-mlx {}", env!("CARGO_PKG_VERSION")), "files": files}),
+    )
 }
 
 /// Writes a small F32 safetensors file with the library's serializer.

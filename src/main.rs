@@ -33,7 +33,29 @@ enum Command {
     Bench(cli::bench::Args),
 }
 
+/// A closed standard output (`zaya info | head -1`) ends the command quietly with exit code 0, as
+/// it does for the usual Unix tools: Rust's `println!` panics on EPIPE with "failed printing to
+/// stdout", which this hook turns into a silent exit; explicit writes report `<stdout>` errors,
+/// which `main` treats the same way.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    quiet_broken_pipe();
+    zaya_mlx::bundle::sigbus::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => cli::generate::run(a),
@@ -48,6 +70,11 @@ fn main() {
     };
     match result {
         Ok(code) => std::process::exit(code),
+        Err(zaya_mlx::ZayaError::Io { path, source })
+            if source.kind() == std::io::ErrorKind::BrokenPipe && path.as_os_str() == "<stdout>" =>
+        {
+            std::process::exit(0)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(e.exit_code());

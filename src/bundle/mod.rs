@@ -23,6 +23,7 @@ use crate::quant::WeightFormat;
 mod layout;
 pub mod mmap;
 pub mod shards;
+pub mod sigbus;
 pub mod summary;
 mod validate;
 

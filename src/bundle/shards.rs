@@ -132,6 +132,16 @@ pub struct ShardMap {
     map: MmapMut,
     base: usize,
     len: usize,
+    /// Slot in the SIGBUS table ([`super::sigbus`]).
+    sigbus_slot: Option<usize>,
+}
+
+impl Drop for ShardMap {
+    fn drop(&mut self) {
+        if let Some(s) = self.sigbus_slot {
+            super::sigbus::unregister(s);
+        }
+    }
 }
 
 impl ShardMap {
@@ -290,6 +300,7 @@ pub fn open_shard(path: &Path, name: &str) -> Result<ParsedShard> {
         map,
         base,
         len,
+        sigbus_slot: super::sigbus::register(base, len, path),
     });
 
     let mut metadata = BTreeMap::new();

@@ -149,6 +149,9 @@ pub fn run(args: Args) -> Result<i32> {
     let stdout = std::io::stdout();
     let io = |e: std::io::Error| ZayaError::io("<stdout>", e);
     let mut line = String::new();
+    // turns that failed and turns answered: a session where every turn failed exits non-zero
+    let (mut failed_turns, mut answered) = (0usize, 0usize);
+    let mut last_error: Option<ZayaError> = None;
     loop {
         irq.mode.store(AT_PROMPT, Ordering::SeqCst);
         if interactive {
@@ -157,9 +160,23 @@ pub fn run(args: Args) -> Result<i32> {
             out.flush().map_err(io)?;
         }
         line.clear();
-        let n = lines.read_line(&mut line).map_err(|e| ZayaError::io("<stdin>", e))?;
+        let mut raw = Vec::new();
+        let n = lines
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| ZayaError::io("<stdin>", e))?;
         if n == 0 {
+            if interactive {
+                println!(); // leave the terminal on a fresh line after Ctrl-D
+            }
             break; // end of input
+        }
+        match String::from_utf8(raw) {
+            Ok(s) => line = s,
+            Err(_) => {
+                eprintln!("error: that line is not valid UTF-8 text; it was not sent");
+                failed_turns += 1;
+                continue;
+            }
         }
         irq.presses_at_prompt.store(0, Ordering::SeqCst);
         let input = line.trim_end_matches(['\n', '\r']);
@@ -187,6 +204,8 @@ pub fn run(args: Args) -> Result<i32> {
                 if matches!(e, ZayaError::ContextOverflow { .. }) {
                     eprintln!("(the conversation no longer fits the context: /reset to start over)");
                 }
+                failed_turns += 1;
+                last_error = Some(e);
                 continue;
             }
         };
@@ -211,8 +230,11 @@ pub fn run(args: Args) -> Result<i32> {
         drop(gen);
         if let Some(e) = failed {
             eprintln!("error: {e}");
+            failed_turns += 1;
+            last_error = Some(e);
             continue;
         }
+        answered += 1;
         if let Some(f) = &args.prompt_cache_file {
             if let Err(e) = session.save_prompt_cache(f) {
                 eprintln!("error: saving the conversation: {e}");
@@ -241,6 +263,10 @@ pub fn run(args: Args) -> Result<i32> {
                 stats.peak_bytes() as f64 / 1e9
             );
         }
+    }
+    if answered == 0 && failed_turns > 0 {
+        // nothing worked: the exit code of the last failure (2 when every line was unusable input)
+        return Ok(last_error.map_or(2, |e| e.exit_code()));
     }
     Ok(0)
 }

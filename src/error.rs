@@ -10,7 +10,7 @@ pub type Result<T, E = ZayaError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum ZayaError {
     /// An exception raised by MLX while building or evaluating a graph.
-    #[error("MLX error: {0}")]
+    #[error("MLX error: {}", .0.what())]
     Mlx(#[from] mlx_rs::error::Exception),
 
     /// An error returned by one of our mlx-ext primitives (argument checks or C++ exceptions).

@@ -191,6 +191,83 @@ pub fn reference_tokens(reference: &HashMap<String, Array>) -> Result<Vec<u32>> 
         .collect()
 }
 
+/// Reads a reference file with our own safetensors parser (structure, offsets and sizes checked
+/// before any array exists): float tensors become f32 arrays, integer and boolean tensors keep
+/// their type. A truncated or corrupt file is a [`ZayaError::Safetensors`].
+pub fn read_reference(path: &std::path::Path) -> Result<HashMap<String, Array>> {
+    use safetensors::Dtype as D;
+    if let Some(why) = crate::bundle::shards::not_a_file(path) {
+        let kind = if why == "does not exist" {
+            std::io::ErrorKind::NotFound
+        } else {
+            std::io::ErrorKind::InvalidInput
+        };
+        return Err(ZayaError::io(path, std::io::Error::new(kind, why)));
+    }
+    let bytes = std::fs::read(path).map_err(|e| ZayaError::io(path, e))?;
+    let corrupt = |m: String| ZayaError::Safetensors {
+        file: path.to_path_buf(),
+        msg: m,
+    };
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("corrupt or truncated: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, v) in st.tensors() {
+        let shape: Vec<i32> = v
+            .shape()
+            .iter()
+            .map(|&d| i32::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| corrupt(format!("tensor `{name}`: shape {:?} is too large", v.shape())))?;
+        let b = v.data();
+        macro_rules! ints {
+            ($t:ty, $n:expr) => {{
+                let vals: Vec<$t> = b
+                    .chunks_exact($n)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                Array::from_slice(&vals, &shape)
+            }};
+        }
+        let a = match v.dtype() {
+            D::F32 => ints!(f32, 4),
+            D::F64 => {
+                let vals: Vec<f32> = b
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect();
+                Array::from_slice(&vals, &shape)
+            }
+            D::F16 => {
+                let vals: Vec<f32> = b
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect();
+                Array::from_slice(&vals, &shape)
+            }
+            D::BF16 => {
+                let vals: Vec<f32> = b
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect();
+                Array::from_slice(&vals, &shape)
+            }
+            D::I8 => Array::from_slice(&b.iter().map(|&x| x as i8).collect::<Vec<i8>>(), &shape),
+            D::U8 => Array::from_slice(b, &shape),
+            D::I16 => ints!(i16, 2),
+            D::U16 => ints!(u16, 2),
+            D::I32 => ints!(i32, 4),
+            D::U32 => ints!(u32, 4),
+            D::I64 => ints!(i64, 8),
+            D::U64 => ints!(u64, 8),
+            D::BOOL => Array::from_slice(&b.iter().map(|&x| x != 0).collect::<Vec<bool>>(), &shape),
+            other => return Err(corrupt(format!("tensor `{name}`: unsupported dtype {other:?}"))),
+        };
+        out.insert(name, a);
+    }
+    Ok(out)
+}
+
 /// Reference tensors outside the naming contract that are still known (not compared).
 const KNOWN_UNCOMPARED: [&str; 2] = ["token_ids", "greedy_ids"];
 

@@ -4,6 +4,8 @@
 //! mlx_lm conventions for prompts (`\n` / `\t` escapes, `-` = stdin) and booleans.
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use zaya_mlx::chat::ChatOptions;
 use zaya_mlx::generate::Zaya;
@@ -357,19 +359,128 @@ fn resolve_repo(repo: &str) -> Result<PathBuf> {
              (e.g. `huggingface-cli download {repo}`) or pass the bundle directory"
         )));
     }
-    let fail = |e: &dyn std::fmt::Display| {
-        ZayaError::InvalidArgument(format!(
-            "{not_here}, and downloading it failed: {e}. Check the repo id and the network (offline? set \
-             HF_HUB_OFFLINE=1), or download it yourself and pass the bundle directory"
-        ))
-    };
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone())).with_progress(true);
+    let timeout = hf_timeout()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let activity = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let (repo_s, cache_s, act) = (repo.to_string(), cache.clone(), activity.clone());
+    // the hub client has no connect or read timeouts: it runs on a thread that reports progress,
+    // and this thread gives up when nothing arrives for `timeout` (the process then exits)
+    std::thread::spawn(move || {
+        let _ = tx.send(download_repo(&repo_s, &cache_s, act, started));
+    });
+    let mut last_seen = 0u64;
+    let mut last_change = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(r) => {
+                return r.map_err(|e| match e {
+                    DownloadError::NoConfig => {
+                        ZayaError::InvalidArgument(format!("--model {repo}: the repository has no config.json"))
+                    }
+                    DownloadError::Failed(msg) => ZayaError::Runtime(format!(
+                        "{not_here}, and downloading it failed: {msg}. Check the repo id and the network (offline? set \
+                         HF_HUB_OFFLINE=1), or download it yourself and pass the bundle directory"
+                    )),
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let now = activity.load(Ordering::Relaxed);
+                if now != last_seen {
+                    last_seen = now;
+                    last_change = std::time::Instant::now();
+                } else if last_change.elapsed() >= timeout {
+                    return Err(ZayaError::Runtime(format!(
+                        "{not_here}, and the download of {repo} stalled: no data from the server for {} s \
+                         (ZAYA_HF_TIMEOUT sets the limit). Check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1",
+                        timeout.as_secs()
+                    )));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(ZayaError::Runtime(format!(
+                    "--model {repo}: the download thread ended unexpectedly"
+                )))
+            }
+        }
+    }
+}
+
+/// Seconds without any data from the hub before a download is abandoned: `ZAYA_HF_TIMEOUT`
+/// (default 60).
+fn hf_timeout() -> Result<std::time::Duration> {
+    match std::env::var("ZAYA_HF_TIMEOUT") {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 && s <= 86_400 => Ok(std::time::Duration::from_secs(s)),
+            _ => Err(ZayaError::InvalidArgument(format!(
+                "ZAYA_HF_TIMEOUT={v}: expected a number of seconds in 1..=86400"
+            ))),
+        },
+        _ => Ok(std::time::Duration::from_secs(60)),
+    }
+}
+
+enum DownloadError {
+    NoConfig,
+    Failed(String),
+}
+
+/// Progress of the hub client: a bar on stderr, and `activity` bumped whenever bytes arrive.
+struct Watch {
+    activity: Arc<AtomicU64>,
+    started: std::time::Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Watch {
+    fn touch(&self) {
+        self.activity
+            .store(self.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+    }
+}
+
+impl hf_hub::api::Progress for Watch {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.touch();
+        let bar = indicatif::ProgressBar::new(size as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:30} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(filename.to_string());
+        self.bar = Some(bar);
+    }
+    fn update(&mut self, size: usize) {
+        self.touch();
+        if let Some(b) = &self.bar {
+            b.inc(size as u64);
+        }
+    }
+    fn finish(&mut self) {
+        self.touch();
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}
+
+/// The download itself (on its own thread): the repo's file list, then every wanted file.
+fn download_repo(
+    repo: &str,
+    cache: &Path,
+    activity: Arc<AtomicU64>,
+    started: std::time::Instant,
+) -> std::result::Result<PathBuf, DownloadError> {
+    let fail = |e: &dyn std::fmt::Display| DownloadError::Failed(e.to_string());
+    let mut builder =
+        hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf())).with_progress(false);
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint);
     }
     let api = builder.build().map_err(|e| fail(&e))?;
     let api_repo = api.model(repo.to_string());
     let info = api_repo.info().map_err(|e| fail(&e))?;
+    activity.store(started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
     let files: Vec<String> = info
         .siblings
         .into_iter()
@@ -377,19 +488,24 @@ fn resolve_repo(repo: &str) -> Result<PathBuf> {
         .filter(|f| wanted(f))
         .collect();
     if !files.iter().any(|f| f == "config.json") {
-        return Err(ZayaError::InvalidArgument(format!(
-            "--model {repo}: the repository has no config.json"
-        )));
+        return Err(DownloadError::NoConfig);
     }
     eprintln!("downloading {} files of {repo} into {}", files.len(), cache.display());
     let mut dir = None;
     for f in &files {
-        let p = api_repo.download(f).map_err(|e| fail(&format!("{f}: {e}")))?;
+        let watch = Watch {
+            activity: activity.clone(),
+            started,
+            bar: None,
+        };
+        let p = api_repo
+            .download_with_progress(f, watch)
+            .map_err(|e| fail(&format!("{f}: {e}")))?;
         if f == "config.json" {
             dir = p.parent().map(Path::to_path_buf);
         }
     }
-    dir.ok_or_else(|| ZayaError::InvalidArgument(format!("--model {repo}: download finished without config.json")))
+    dir.ok_or(DownloadError::NoConfig)
 }
 
 /// `$ZAYA_MLX_HOME/demo-tiny`, the cache root the set-up script uses too (default

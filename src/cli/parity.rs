@@ -48,18 +48,9 @@ pub fn run(args: Args) -> Result<i32> {
     run_with_model(&args, &model, &reference)
 }
 
-/// Reads a reference file.
+/// Reads a reference file (see [`zaya_mlx::parity::read_reference`]).
 pub fn read_reference(path: &std::path::Path) -> Result<std::collections::HashMap<String, Array>> {
-    if !path.exists() {
-        return Err(ZayaError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ));
-    }
-    Array::load_safetensors(path).map_err(|e| ZayaError::Safetensors {
-        file: path.to_path_buf(),
-        msg: e.to_string(),
-    })
+    zaya_mlx::parity::read_reference(path)
 }
 
 /// The command body once the model and the reference are loaded.

@@ -150,6 +150,26 @@ impl ChatOptions {
     }
 }
 
+/// Largest rendered prompt (bytes): a template that builds huge strings stops here.
+pub const MAX_RENDER_BYTES: usize = 16 << 20;
+
+/// A render target that refuses to grow past [`MAX_RENDER_BYTES`].
+struct LimitedBuf(Vec<u8>);
+
+impl std::io::Write for LimitedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + b.len() > MAX_RENDER_BYTES {
+            self.0.resize(MAX_RENDER_BYTES, 0);
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Instructions one render may execute (a long conversation with tools takes well under 1%).
 pub const TEMPLATE_FUEL: u64 = 50_000_000;
 
@@ -467,7 +487,18 @@ impl ChatTemplate {
             opts.documents.as_ref().map_or(JValue::from(()), JValue::from_serialize),
         );
         ctx.insert("add_generation_prompt".into(), JValue::from(opts.add_generation_prompt));
-        let out = tpl.render(ctx).map_err(|e| template_error(&e))?;
+        let mut buf = LimitedBuf(Vec::new());
+        tpl.render_captured_to(ctx, &mut buf).map(drop).map_err(|e| {
+            if buf.0.len() >= MAX_RENDER_BYTES {
+                ZayaError::Template(format!(
+                    "the rendered prompt exceeds {MAX_RENDER_BYTES} bytes and was stopped"
+                ))
+            } else {
+                template_error(&e)
+            }
+        })?;
+        let out =
+            String::from_utf8(buf.0).map_err(|_| ZayaError::Template("the template rendered invalid UTF-8".into()))?;
         match final_text {
             None => Ok(out),
             Some(text) => {

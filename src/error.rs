@@ -165,3 +165,27 @@ impl ZayaError {
         }
     }
 }
+
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread runs a third-party parser through [`guarded`]: a panic hook may stay
+/// silent then, since the panic becomes a typed error.
+pub fn in_guarded_call() -> bool {
+    GUARDED.with(|g| g.get())
+}
+
+/// Runs `f` (a third-party call that may panic on malformed input, e.g. tokenizers' JSON
+/// deserializers) and turns a panic into `Err(message)`.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let was = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the parser panicked".into())
+    })
+}

@@ -584,6 +584,7 @@ impl<'m> Session<'m> {
         opts.continue_final_message = false;
         opts.add_generation_prompt = true;
         let full = tpl.render_messages(&self.messages, &opts)?;
+        self.check_text(&full)?;
         opts.add_generation_prompt = false;
         let hist = tpl.render_messages(&self.messages, &opts)?;
         let split = if full.starts_with(&hist) { hist.len() } else { 0 };
@@ -648,6 +649,7 @@ impl<'m> Session<'m> {
         let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
         let add_special =
             self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| prompt.starts_with(b));
+        self.check_text(prompt)?;
         let ids = tok.encode(prompt, add_special)?;
         self.generate_from_tokens(&ids, params)
     }
@@ -700,6 +702,7 @@ impl<'m> Session<'m> {
         opts.continue_final_message = false;
         opts.add_generation_prompt = false;
         let hist = tpl.render_messages(&self.messages, &opts)?;
+        self.check_text(&hist)?;
         self.pending = None;
         let from = self.reusable_text_len(&hist);
         let ids = tok.encode(&hist[from..], false)?;
@@ -715,6 +718,7 @@ impl<'m> Session<'m> {
         let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
         let add_special =
             self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| text.starts_with(b));
+        self.check_text(text)?;
         let mut ids: Vec<u32> = self.pending.take().into_iter().collect();
         ids.extend(tok.encode(text, add_special)?);
         if ids.is_empty() {
@@ -795,6 +799,20 @@ impl<'m> Session<'m> {
         self.pending = pending;
         self.messages = messages;
         self.snapshot = None;
+        Ok(())
+    }
+
+    /// Refuses text too long to fit the context whatever its tokenization (more than 64 bytes per
+    /// position of the context, at least 1 MiB), before the tokenizer spends time and memory on it.
+    fn check_text(&self, text: &str) -> Result<()> {
+        let limit = self.zaya.max_context().saturating_mul(64).max(1 << 20);
+        if text.len() > limit {
+            return Err(ZayaError::InvalidArgument(format!(
+                "the prompt is {} bytes, more than any prompt that fits the context of {} tokens",
+                text.len(),
+                self.zaya.max_context()
+            )));
+        }
         Ok(())
     }
 

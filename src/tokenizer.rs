@@ -164,7 +164,9 @@ impl Tokenizer {
     /// Builds a tokenizer from tokenizer.json bytes (`name` is used in errors) and an optional parsed
     /// tokenizer_config.json with its name.
     pub fn from_bytes(tokenizer_json: &[u8], name: &str, config: Option<(&Value, &str)>) -> Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        // the tokenizers crate panics on some malformed files (an `expect` in its decoder parser)
+        let mut inner = crate::error::guarded(|| tokenizers::Tokenizer::from_bytes(tokenizer_json))
+            .map_err(|p| tok_err(name, format!("not a valid tokenizer.json: {p}")))?
             .map_err(|e| tok_err(name, format!("not a valid tokenizer.json: {e}")))?;
         let mut split_special = false;
         let mut named: HashMap<&'static str, String> = HashMap::new();

@@ -45,6 +45,9 @@ pub fn run(args: Args) -> Result<i32> {
         match &res {
             Ok(s) => {
                 print!("{}", s.to_text());
+                if !args.model.join("tokenizer.json").exists() {
+                    println!("note        no tokenizer.json: text generation and chat need one (token ids work)");
+                }
                 println!("\nvalidation  OK");
             }
             Err(e) => {

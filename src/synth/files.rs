@@ -163,10 +163,10 @@ pub fn index_json(format: Option<&str>, total_size: u64, weight_map: &BTreeMap<S
 pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| ZayaError::InvalidArgument(format!("{}: {e}", path.display())))?;
-    std::fs::write(path, text).map_err(|e| ZayaError::io(path, e))
+    write_text(path, &text)
 }
 
-/// Writes a text file.
+/// Writes a text file (atomically: a temporary file renamed into place).
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| ZayaError::io(path, e))
+    crate::files::write_atomic(path, |tmp| std::fs::write(tmp, text).map_err(|e| ZayaError::io(tmp, e)))
 }

@@ -168,6 +168,8 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
         sink: Some(&sink),
     };
     let threads = run_jobs(&jobs, opts, "synth", |job| ctx.bundle_job(job, &encoders))?;
+    drop(ctx);
+    sink.finish()?;
 
     // Sidecar, index and side files.
     let mut sidecar: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
@@ -236,6 +238,8 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
         sink: Some(&sink),
     };
     let threads = run_jobs(&jobs, opts, "source", |job| ctx.source_job(job, &tensors))?;
+    drop(ctx);
+    sink.finish()?;
     let data_size: u64 = tensors.iter().map(|t| t.nbytes() as u64).sum();
     write_index(out, None, data_size, &tensors, &locs, &files)?;
     files::write_json(&out.join("config.json"), &files::source_config(spec))?;
@@ -394,6 +398,14 @@ fn prepare_out_dir(out: &Path, force: bool, planned: u64) -> Result<Vec<String>>
         .map(|m| m.len())
         .sum();
     if let Some(free) = free_bytes(out) {
+        if planned >= 1 << 30 {
+            eprintln!(
+                "synth: about {:.2} GiB to write into {} ({:.2} GiB free)",
+                planned as f64 / (1u64 << 30) as f64,
+                out.display(),
+                (free + freed) as f64 / (1u64 << 30) as f64
+            );
+        }
         let need = planned + (16 << 20);
         if need > free + freed {
             return Err(ZayaError::Runtime(format!(
@@ -466,35 +478,61 @@ fn write_f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Ve
 
 /// Pre-sized output files with their headers; tensor bytes are written at planned offsets.
 struct Sink {
-    files: Vec<(PathBuf, File)>,
+    /// (final path, temporary path, file): shards are written under a temporary name beside the
+    /// final one and renamed by [`Sink::finish`]; an unfinished sink removes them.
+    files: Vec<(PathBuf, PathBuf, File)>,
     locs: Vec<Loc>,
     sizes: Vec<u64>,
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl Sink {
     fn create(dir: &Path, plans: &[FilePlan], locs: &[Loc]) -> Result<Self> {
-        let mut files = Vec::with_capacity(plans.len());
-        for p in plans {
-            let path = dir.join(&p.name);
-            let f = File::create(&path).map_err(|e| ZayaError::io(&path, e))?;
-            f.set_len(p.size).map_err(|e| ZayaError::io(&path, e))?;
-            f.write_all_at(&p.header, 0).map_err(|e| ZayaError::io(&path, e))?;
-            files.push((path, f));
-        }
-        Ok(Sink {
-            files,
+        let mut sink = Sink {
+            files: Vec::with_capacity(plans.len()),
             locs: locs.to_vec(),
             sizes: plans.iter().map(|p| p.size).collect(),
-        })
+            finished: std::sync::atomic::AtomicBool::new(false),
+        };
+        for p in plans {
+            let path = dir.join(&p.name);
+            let tmp = dir.join(format!(".tmp-{}.{}", std::process::id(), p.name));
+            let f = File::create(&tmp).map_err(|e| ZayaError::io(&tmp, e))?;
+            sink.files.push((path, tmp.clone(), f));
+            let f = &sink.files.last().expect("pushed").2;
+            f.set_len(p.size).map_err(|e| ZayaError::io(&tmp, e))?;
+            f.write_all_at(&p.header, 0).map_err(|e| ZayaError::io(&tmp, e))?;
+        }
+        Ok(sink)
+    }
+
+    /// Syncs every shard and renames it to its final name.
+    fn finish(&self) -> Result<()> {
+        for (path, tmp, f) in &self.files {
+            f.sync_all().map_err(|e| ZayaError::io(tmp, e))?;
+            std::fs::rename(tmp, path).map_err(|e| ZayaError::io(path, e))?;
+        }
+        self.finished.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Writes `bytes` at byte `offset` inside tensor `tensor`.
     fn write(&self, tensor: usize, offset: u64, bytes: &[u8]) -> Result<()> {
         let loc = self.locs[tensor];
-        let (path, f) = &self.files[loc.file];
+        let (_, path, f) = &self.files[loc.file];
         let at = loc.offset + offset;
         debug_assert!(at + bytes.len() as u64 <= self.sizes[loc.file]);
         f.write_all_at(bytes, at).map_err(|e| ZayaError::io(path, e))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if !self.finished.load(std::sync::atomic::Ordering::Acquire) {
+            for (_, tmp, _) in &self.files {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
     }
 }
 

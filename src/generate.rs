@@ -113,11 +113,18 @@ impl std::fmt::Debug for Zaya {
 }
 
 impl Zaya {
-    /// Loads the bundle in `dir`: the model (see [`ZayaModel::load`]), `tokenizer.json` /
+    /// Loads the bundle in `dir` (a directory, or a Hugging Face repo id: see [`crate::hub`]): the
+    /// model (see [`ZayaModel::load`]), `tokenizer.json` /
     /// `tokenizer_config.json` and the chat template when present. A bundle without
     /// `tokenizer.json` still generates from token ids ([`Session::generate_from_tokens`]).
     pub fn load(dir: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
-        let dir = dir.as_ref();
+        let given = dir.as_ref();
+        // a Hugging Face repo id (`owner/name`) that is not a local path: the hub cache or a download
+        let resolved = match given.to_str() {
+            Some(s) if !given.exists() && crate::hub::looks_like_repo_id(s) => crate::hub::resolve(s)?,
+            _ => given.to_path_buf(),
+        };
+        let dir = resolved.as_path();
         let model = ZayaModel::load(dir, options)?;
         let tokenizer = if dir.join("tokenizer.json").exists() {
             Some(Tokenizer::from_dir(dir)?)

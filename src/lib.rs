@@ -22,6 +22,7 @@ pub mod error;
 pub mod ext;
 pub mod files;
 pub mod generate;
+pub mod hub;
 pub mod model;
 pub mod moe;
 pub mod parity;

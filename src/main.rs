@@ -31,6 +31,11 @@ enum Command {
     Parity(cli::parity::Args),
     /// Benchmark prefill and decode against the memory-bandwidth bound.
     Bench(cli::bench::Args),
+    /// Print a shell completion script: `zaya completions bash > ~/.local/share/bash-completion/completions/zaya`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A closed standard output (`zaya info | head -1`) ends the command quietly with exit code 0, as
@@ -70,6 +75,11 @@ fn main() {
         Command::Logits(a) => cli::logits::run(a),
         Command::Parity(a) => cli::parity::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "zaya", &mut std::io::stdout());
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -202,6 +202,7 @@ fn bad_arguments_are_reported() {
         .args(["bench", "--model", "/nonexistent/zaya-bundle"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    // a missing bundle is a bad argument (exit 2 in the error contract)
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/zaya-bundle"));
 }

@@ -73,7 +73,7 @@ fn fmt_load(l: Option<[f64; 3]>) -> String {
 
 fn trial_line(label: &str, t: &Trial) -> String {
     format!(
-        "{label}:  prompt_tps={:.3}, generation_tps={:.3}, ttft={:.3}s, peak_memory={} (RSS), mlx_peak={}, total_time={:.3}s, load={}",
+        "{label}:  prompt_tps={:.3}, generation_tps={:.3}, ttft={:.3}s, peak_memory={} (RSS), mlx_peak={}, total_time={:.3}s, load_avg={}",
         t.prompt_tps,
         t.generation_tps,
         t.ttft_s,
@@ -140,7 +140,8 @@ pub fn run(args: Args) -> Result<i32> {
     };
 
     let t0 = Instant::now();
-    let bundle = Bundle::open(&args.run.model)?;
+    let dir = args.run.dir()?;
+    let bundle = Bundle::open(&dir)?;
     let cfg = bundle.config.clone();
     bench::check_lengths(&cfg, p, g)?;
     let weight_bytes = bench::decode_bytes(&bundle.weights, &cfg, 0, bench::KV_BYTES_PER_ELEM);
@@ -166,7 +167,7 @@ pub fn run(args: Args) -> Result<i32> {
         if args.json {
             let mut v = result;
             v["load_average"] = serde_json::json!(bench::load_average());
-            v["model"] = serde_json::json!(args.run.model.display().to_string());
+            v["model"] = serde_json::json!(dir.display().to_string());
             println!("{v}");
         } else {
             println!("load_avg={}", fmt_load(bench::load_average()));
@@ -184,7 +185,7 @@ pub fn run(args: Args) -> Result<i32> {
 
     say(format!(
         "Model: {} ({}, {} on disk, {} half-layers, vocab {}); kernels={}, dtype={}, load {:.2}s",
-        args.run.model.display(),
+        dir.display(),
         summary.profile.clone().unwrap_or_else(|| summary.layout.to_string()),
         human_bytes(summary.file_bytes),
         cfg.num_hidden_layers,
@@ -260,7 +261,7 @@ pub fn run(args: Args) -> Result<i32> {
 
     if args.json {
         let v = serde_json::json!({
-            "model": args.run.model,
+            "model": dir,
             "profile": summary.profile,
             "bundle_bytes": summary.file_bytes,
             "half_layers": cfg.num_hidden_layers,

@@ -3,16 +3,15 @@
 //! parameter counts, and the validation result. Exit code 0 when the bundle is valid, 1 (with the
 //! error) when the validation ran and failed, 2 when there is no bundle to validate (no such
 //! directory, no config.json).
-use std::path::PathBuf;
 
 use zaya_mlx::bundle::{inspect, BundleOptions};
 use zaya_mlx::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Bundle directory (config.json, safetensors shards, ...).
-    #[arg(long, short = 'm')]
-    pub model: PathBuf,
+    /// Bundle directory, or a Hugging Face repo id (local HF cache first, downloaded when missing).
+    #[arg(long, value_name = "DIR|REPO")]
+    pub model: String,
     /// Print a JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -23,19 +22,20 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     // no bundle to validate at all: a bad argument (exit 2), not a failed validation (exit 1)
-    if let Err(e @ zaya_mlx::ZayaError::Io { .. }) = zaya_mlx::config::ZayaConfig::from_dir(&args.model) {
+    let dir = zaya_mlx::hub::resolve(&args.model)?;
+    if let Err(e @ zaya_mlx::ZayaError::Io { .. }) = zaya_mlx::config::ZayaConfig::from_dir(&dir) {
         return Err(e);
     }
     let opts = BundleOptions {
         allow_unexpected: args.allow_unexpected,
     };
-    let res = inspect(&args.model, &opts);
+    let res = inspect(&dir, &opts);
     if args.json {
         let v = match &res {
             Ok(s) => serde_json::json!({ "valid": true, "summary": s }),
             Err(e) => serde_json::json!({
                 "valid": false,
-                "dir": args.model,
+                "dir": dir,
                 "error": e.to_string(),
                 "error_kind": error_kind(e),
             }),
@@ -45,13 +45,13 @@ pub fn run(args: Args) -> Result<i32> {
         match &res {
             Ok(s) => {
                 print!("{}", s.to_text());
-                if !args.model.join("tokenizer.json").exists() {
+                if !dir.join("tokenizer.json").exists() {
                     println!("note        no tokenizer.json: text generation and chat need one (token ids work)");
                 }
                 println!("\nvalidation  OK");
             }
             Err(e) => {
-                println!("bundle      {}", args.model.display());
+                println!("bundle      {}", dir.display());
                 println!("validation  FAILED: {e}");
             }
         }

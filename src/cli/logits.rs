@@ -12,9 +12,9 @@ use zaya_mlx::{parity, Result, ZayaError};
 /// Options shared by `zaya logits` and `zaya parity`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOpts {
-    /// Bundle directory (config.json, safetensors shards, jangtq_runtime.safetensors).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// Bundle directory, or a Hugging Face repo id (local HF cache first, downloaded when missing).
+    #[arg(long, value_name = "DIR|REPO")]
+    pub model: String,
     /// Activation dtype of projections and experts (the residual stream, norms, router, q/k
     /// normalisation, attention and logits are always f32).
     #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
@@ -22,8 +22,9 @@ pub struct RunOpts {
     /// MOD skip route: `px` = p_skip·x (legacy reference semantics), `zero` = no contribution.
     #[arg(long, default_value = "px", value_name = "px|zero")]
     pub mod_skip: String,
-    /// Positions per forward chunk (the CCA conv / KV state is carried across chunks).
-    #[arg(long, value_name = "N")]
+    /// Positions per forward chunk (the CCA conv / KV state is carried across chunks; alias
+    /// --prefill-step-size, mlx_lm's name).
+    #[arg(long, value_name = "N", alias = "prefill-step-size")]
     pub prefill_chunk: Option<usize>,
     /// `fused`: the mlx-ext CPU kernels where they apply (TurboQuant experts, affine and float
     /// linears); `plain`: stock MLX ops only (the slow reference path, for cross-checks).
@@ -80,7 +81,12 @@ impl RunOpts {
 
     /// Loads the bundle with these options.
     pub fn open_model(&self) -> Result<ZayaModel> {
-        open_model(&self.model, self.model_options()?)
+        open_model(&self.dir()?, self.model_options()?)
+    }
+
+    /// The bundle directory `--model` names (a repo id is looked up / downloaded).
+    pub fn dir(&self) -> Result<PathBuf> {
+        zaya_mlx::hub::resolve(&self.model)
     }
 }
 
@@ -153,7 +159,7 @@ pub fn run_with_model(args: &Args, model: &ZayaModel, ids: &[u32]) -> Result<i32
             args.out.display()
         )));
     }
-    zaya_mlx::files::refuse_inside(&args.out, &args.run.model, "--out")?;
+    zaya_mlx::files::refuse_inside(&args.out, &args.run.dir()?, "--out")?;
     let outputs = parity::run_outputs(model, ids, args.hidden_states, args.run.prefill_chunk)?;
     let arrays: Vec<(&String, &Array)> = outputs.iter().collect();
     zaya_mlx::files::write_atomic(&args.out, |tmp| {

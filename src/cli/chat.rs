@@ -13,8 +13,20 @@ use zaya_mlx::{Result, ZayaError};
 use super::common::{self, DraftArgs, ModelArgs, SamplingArgs, TemplateArgs};
 use super::generate::max_tokens;
 
-const HELP: &str = "commands: /reset clears the conversation and the cache, /exit quits (also end of input); \
-Ctrl-C stops an answer, twice at the prompt quits";
+const HELP: &str = "commands: /reset clears the conversation and the cache; /think on|off turns the model's reasoning \
+on or off; /save FILE writes the transcript; /exit quits (also Ctrl-D or end of input); /help. Ctrl-C stops an answer, \
+twice at the prompt quits. Arrow keys and Ctrl-R browse the history on a terminal";
+
+/// Writes the conversation as plain text (`role: content` blocks), atomically.
+fn save_transcript(messages: &[zaya_mlx::chat::Message], path: &std::path::Path) -> Result<()> {
+    let mut text = String::new();
+    for m in messages {
+        text.push_str(&format!("{}: {}\n\n", m.role, m.content.as_deref().unwrap_or("")));
+    }
+    zaya_mlx::files::write_atomic(path, |tmp| {
+        std::fs::write(tmp, &text).map_err(|e| ZayaError::io(tmp, e))
+    })
+}
 
 /// `zaya chat` arguments.
 #[derive(clap::Args, Debug)]
@@ -146,6 +158,24 @@ pub fn run(args: Args) -> Result<i32> {
 
     let stdin = std::io::stdin();
     let mut lines = stdin.lock();
+    let history = zaya_mlx::hub::home_dir()
+        .join(".cache")
+        .join("zaya-mlx")
+        .join("chat_history");
+    let mut editor = if interactive {
+        match rustyline::DefaultEditor::new() {
+            Ok(mut ed) => {
+                let _ = ed.load_history(&history);
+                Some(ed)
+            }
+            Err(e) => {
+                eprintln!("warning: no line editing ({e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let stdout = std::io::stdout();
     let io = |e: std::io::Error| ZayaError::io("<stdout>", e);
     let mut line = String::new();
@@ -154,46 +184,83 @@ pub fn run(args: Args) -> Result<i32> {
     let mut last_error: Option<ZayaError> = None;
     loop {
         irq.mode.store(AT_PROMPT, Ordering::SeqCst);
-        if interactive {
-            let mut out = stdout.lock();
-            write!(out, ">> ").map_err(io)?;
-            out.flush().map_err(io)?;
-        }
         line.clear();
-        let mut raw = Vec::new();
-        let n = lines
-            .read_until(b'\n', &mut raw)
-            .map_err(|e| ZayaError::io("<stdin>", e))?;
-        if n == 0 {
-            if interactive {
-                println!(); // leave the terminal on a fresh line after Ctrl-D
-            }
-            break; // end of input
-        }
-        match String::from_utf8(raw) {
-            Ok(s) => line = s,
-            Err(_) => {
-                eprintln!("error: that line is not valid UTF-8 text; it was not sent");
-                failed_turns += 1;
-                continue;
+        match editor.as_mut() {
+            // a terminal: line editing, history (arrows, Ctrl-R), Ctrl-C / Ctrl-D handled here
+            Some(ed) => match ed.readline(">> ") {
+                Ok(l) => {
+                    if !l.trim().is_empty() {
+                        let _ = ed.add_history_entry(l.as_str());
+                    }
+                    line = l;
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => {
+                    if irq.presses_at_prompt.fetch_add(1, Ordering::SeqCst) >= 1 {
+                        break;
+                    }
+                    eprintln!("(Ctrl-C again to exit, or type /exit)");
+                    continue;
+                }
+                Err(rustyline::error::ReadlineError::Eof) => {
+                    println!(); // leave the terminal on a fresh line after Ctrl-D
+                    break;
+                }
+                Err(e) => return Err(ZayaError::Runtime(format!("reading the terminal: {e}"))),
+            },
+            None => {
+                let mut raw = Vec::new();
+                let n = lines
+                    .read_until(b'\n', &mut raw)
+                    .map_err(|e| ZayaError::io("<stdin>", e))?;
+                if n == 0 {
+                    break; // end of input
+                }
+                match String::from_utf8(raw) {
+                    Ok(s) => line = s,
+                    Err(_) => {
+                        eprintln!("error: that line is not valid UTF-8 text; it was not sent");
+                        failed_turns += 1;
+                        continue;
+                    }
+                }
             }
         }
         irq.presses_at_prompt.store(0, Ordering::SeqCst);
         let input = line.trim_end_matches(['\n', '\r']);
-        match input.trim() {
-            "" => continue,
-            "/exit" | "/quit" => break,
-            "/reset" => {
-                session.reset();
-                session.set_system_prompt(args.template.system_prompt.as_deref());
-                println!("[conversation reset]");
-                continue;
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = trimmed.strip_prefix('/') {
+            let (name, arg) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
+            let arg = arg.trim();
+            match name {
+                "exit" | "quit" => break,
+                "reset" => {
+                    session.reset();
+                    session.set_system_prompt(args.template.system_prompt.as_deref());
+                    println!("[conversation reset]");
+                }
+                "help" => println!("{HELP}"),
+                "think" => match arg {
+                    "on" | "off" => {
+                        let mut o = session.chat_options().clone();
+                        o.enable_thinking = Some(arg == "on");
+                        session.set_chat_options(o);
+                        println!("[thinking {arg}]");
+                    }
+                    _ => eprintln!("usage: /think on|off"),
+                },
+                "save" if !arg.is_empty() => match save_transcript(session.messages(), std::path::Path::new(arg)) {
+                    Ok(()) => println!("[transcript saved to {arg}]"),
+                    Err(e) => eprintln!("error: {e}"),
+                },
+                "save" => eprintln!("usage: /save FILE"),
+                other => {
+                    eprintln!("unknown command /{other} (try /help); a message starting with / can be sent as ' /...'")
+                }
             }
-            "/help" => {
-                println!("{HELP}");
-                continue;
-            }
-            _ => {}
+            continue;
         }
         irq.cancel.store(false, Ordering::SeqCst);
         irq.mode.store(ANSWERING, Ordering::SeqCst);
@@ -263,6 +330,12 @@ pub fn run(args: Args) -> Result<i32> {
                 stats.peak_bytes() as f64 / 1e9
             );
         }
+    }
+    if let Some(ed) = editor.as_mut() {
+        if let Some(dir) = history.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = ed.save_history(&history);
     }
     if answered == 0 && failed_turns > 0 {
         // nothing worked: the exit code of the last failure (2 when every line was unusable input)

@@ -282,27 +282,4 @@ mod tests {
             assert!(!wanted(f), "{f}");
         }
     }
-
-    #[test]
-    fn thinking_flags_override_the_json() {
-        let a = TemplateArgs {
-            system_prompt: None,
-            chat_template_config: Some(r#"{"enable_thinking": true, "x": 1}"#.into()),
-            thinking: false,
-            no_thinking: true,
-        };
-        let o = a.chat_options().unwrap();
-        assert_eq!(o.enable_thinking, Some(false));
-        assert_eq!(o.extra.get("x"), Some(&serde_json::json!(1)));
-        let a = TemplateArgs {
-            no_thinking: false,
-            ..a
-        };
-        assert_eq!(a.chat_options().unwrap().enable_thinking, Some(true));
-        let a = TemplateArgs {
-            chat_template_config: Some("[1]".into()),
-            ..a
-        };
-        assert!(matches!(a.chat_options(), Err(ZayaError::InvalidArgument(_))));
-    }
 }

@@ -32,6 +32,7 @@ pub mod sampling;
 pub mod speculative;
 pub mod synth;
 pub mod tokenizer;
+pub mod tools;
 
 /// The README's Rust example, compiled by `cargo test --doc` so it cannot drift from the API.
 #[cfg(doctest)]

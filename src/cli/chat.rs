@@ -302,6 +302,16 @@ pub fn run(args: Args) -> Result<i32> {
             continue;
         }
         answered += 1;
+        if args.template.tools.is_some() {
+            let reply = session
+                .messages()
+                .last()
+                .and_then(|m| m.content.clone())
+                .unwrap_or_default();
+            for (i, c) in zaya_mlx::tools::parse_tool_calls(&reply).1.iter().enumerate() {
+                println!("[tool call] {}", c.to_openai(&format!("call_{i}")));
+            }
+        }
         if let Some(f) = &args.prompt_cache_file {
             if let Err(e) = session.save_prompt_cache(f) {
                 eprintln!("error: saving the conversation: {e}");

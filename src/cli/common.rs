@@ -138,6 +138,11 @@ pub struct TemplateArgs {
     /// Turn the model's reasoning off (enable_thinking=false).
     #[arg(long)]
     pub no_thinking: bool,
+    /// JSON file with the tools the model may call (a list of OpenAI-style schemas, `{"type":
+    /// "function", "function": {"name", "description", "parameters"}}`), rendered by the chat
+    /// template; calls in the answer are printed as JSON.
+    #[arg(long, value_name = "FILE.json")]
+    pub tools: Option<PathBuf>,
 }
 
 impl TemplateArgs {
@@ -148,8 +153,26 @@ impl TemplateArgs {
             (_, true) => Some(false),
             _ => None,
         };
+        let tools = match &self.tools {
+            None => None,
+            Some(p) => {
+                let text = zaya_mlx::files::read_text_limited(p, zaya_mlx::files::MAX_CONFIG_BYTES)?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| ZayaError::InvalidArgument(format!("--tools {}: not valid JSON: {e}", p.display())))?;
+                match v {
+                    serde_json::Value::Array(a) if a.iter().all(|t| t.is_object()) => Some(a),
+                    _ => {
+                        return Err(ZayaError::InvalidArgument(format!(
+                            "--tools {}: expected a JSON list of tool schemas (objects)",
+                            p.display()
+                        )))
+                    }
+                }
+            }
+        };
         let opts = ChatOptions {
             enable_thinking,
+            tools,
             ..ChatOptions::default()
         };
         match &self.chat_template_config {
@@ -337,5 +360,27 @@ mod tests {
             assert_eq!(parse_bool(f), Ok(false));
         }
         assert!(parse_bool("maybe").is_err());
+    }
+    #[test]
+    fn thinking_flags_override_the_json() {
+        let a = TemplateArgs {
+            system_prompt: None,
+            chat_template_config: Some(r#"{"enable_thinking": true, "x": 1}"#.into()),
+            thinking: false,
+            no_thinking: true,
+        };
+        let o = a.chat_options().unwrap();
+        assert_eq!(o.enable_thinking, Some(false));
+        assert_eq!(o.extra.get("x"), Some(&serde_json::json!(1)));
+        let a = TemplateArgs {
+            no_thinking: false,
+            ..a
+        };
+        assert_eq!(a.chat_options().unwrap().enable_thinking, Some(true));
+        let a = TemplateArgs {
+            chat_template_config: Some("[1]".into()),
+            ..a
+        };
+        assert!(matches!(a.chat_options(), Err(ZayaError::InvalidArgument(_))));
     }
 }

@@ -62,6 +62,14 @@ pub struct Args {
     pub prompt_cache_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub draft: DraftArgs,
+    /// For each generated token, also report its log-probability under the model and the N most
+    /// likely alternatives (log-softmax of the raw logits, before sampling settings).
+    #[arg(long, value_name = "N", value_parser = common::parse_count)]
+    pub logprobs: Option<usize>,
+    /// Print one JSON object (text, token ids, finish reason, statistics, and logprobs with
+    /// --logprobs) instead of the mlx_lm layout.
+    #[arg(long)]
+    pub json: bool,
     /// Print the separators and statistics (true) or only the generated text (false).
     #[arg(long, default_value = "true", value_name = "BOOL", value_parser = common::parse_bool,
           num_args = 0..=1, default_missing_value = "true")]
@@ -124,14 +132,24 @@ pub fn run(args: Args) -> Result<i32> {
         session.generate(&prompt, &params)?
     };
 
+    if args.logprobs.is_some_and(|n| n > 100) {
+        return Err(ZayaError::InvalidArgument(
+            "--logprobs N: at most 100 alternatives".into(),
+        ));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let io = |e: std::io::Error| ZayaError::io("<stdout>", e);
-    if args.verbose {
+    let stream = args.verbose && !args.json;
+    if stream {
         writeln!(out, "==========").map_err(io)?;
     }
     let mut text = String::new();
-    for step in gen.by_ref() {
+    let mut ids = Vec::new();
+    let mut logprobs = Vec::new();
+    let vocab = tok.vocab_size();
+    #[allow(clippy::while_let_on_iterator)] // `last_logits` is read between steps
+    while let Some(step) = gen.next() {
         let step = match step {
             Ok(s) => s,
             Err(e) => {
@@ -139,14 +157,67 @@ pub fn run(args: Args) -> Result<i32> {
                 return Err(e);
             }
         };
-        if args.verbose && !step.text.is_empty() {
+        if let (Some(n), Some((_, raw))) = (args.logprobs, gen.last_logits()) {
+            logprobs.push(token_logprobs(raw, step.id, n, vocab)?);
+        }
+        if stream && !step.text.is_empty() {
             out.write_all(step.text.as_bytes()).map_err(io)?;
             out.flush().map_err(io)?;
         }
+        ids.push(step.id);
         text.push_str(&step.text);
     }
     let stats = gen.stats();
     let finish = gen.finish_reason().cloned();
+    drop(gen);
+    let (content, calls) = if args.template.tools.is_some() {
+        zaya_mlx::tools::parse_tool_calls(&text)
+    } else {
+        (text.clone(), Vec::new())
+    };
+    let calls_json: Vec<serde_json::Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.to_openai(&format!("call_{i}")))
+        .collect();
+    if args.json {
+        let piece = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+        let lp: Vec<serde_json::Value> = logprobs
+            .iter()
+            .zip(&ids)
+            .map(|(l, &id)| {
+                serde_json::json!({
+                    "id": id, "token": piece(id), "logprob": l.0,
+                    "top_logprobs": l.1.iter().map(|&(t, p)| serde_json::json!({"id": t, "token": piece(t), "logprob": p})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let fed = session.tokens();
+        let prompt_ids = &fed[..stats.prompt_tokens.min(fed.len())];
+        let mut v = serde_json::json!({
+            "text": text,
+            "prompt_token_ids": prompt_ids,
+            "token_ids": ids,
+            "finish_reason": if calls.is_empty() { finish.as_ref().map(|f| f.as_str()) } else { Some("tool_calls") },
+            "usage": {
+                "prompt_tokens": stats.prompt_tokens,
+                "cached_tokens": stats.reused_tokens,
+                "completion_tokens": stats.generation_tokens,
+            },
+            "prompt_tps": stats.prompt_tps,
+            "generation_tps": stats.generation_tps,
+            "peak_memory_bytes": stats.peak_bytes(),
+        });
+        if args.logprobs.is_some() {
+            v["logprobs"] = serde_json::Value::Array(lp);
+        }
+        if args.template.tools.is_some() {
+            v["content"] = serde_json::json!(content);
+            v["tool_calls"] = serde_json::Value::Array(calls_json.clone());
+        }
+        writeln!(out, "{v}").map_err(io)?;
+        return Ok(0);
+    }
     if args.verbose {
         writeln!(out).map_err(io)?;
         writeln!(out, "==========").map_err(io)?;
@@ -185,6 +256,17 @@ pub fn run(args: Args) -> Result<i32> {
                 .map_err(io)?;
             }
             writeln!(out, "Peak memory: {:.3} GB", stats.peak_bytes() as f64 / 1e9).map_err(io)?;
+            for c in &calls_json {
+                writeln!(out, "Tool call: {c}").map_err(io)?;
+            }
+            if !logprobs.is_empty() {
+                writeln!(out, "Logprobs (token: log-probability | most likely alternatives):").map_err(io)?;
+                for (l, &id) in logprobs.iter().zip(&ids) {
+                    let piece = |t: u32| format!("{:?}", tok.decode(&[t], false).unwrap_or_default());
+                    let alts: Vec<String> = l.1.iter().map(|&(t, p)| format!("{} {p:.4}", piece(t))).collect();
+                    writeln!(out, "  {} ({id}): {:.4} | {}", piece(id), l.0, alts.join(", ")).map_err(io)?;
+                }
+            }
         }
     } else {
         writeln!(out, "{text}").map_err(io)?;
@@ -204,4 +286,31 @@ pub fn run(args: Args) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The log-probability of `id` under the raw logits `[1, V]` (log-softmax over the first `vocab`
+/// ids, in f64) and the `n` most likely ids with theirs.
+#[allow(clippy::type_complexity)]
+fn token_logprobs(raw: &mlx_rs::Array, id: u32, n: usize, vocab: usize) -> Result<(f64, Vec<(u32, f64)>)> {
+    raw.eval()?;
+    let xs = raw
+        .try_as_slice::<f32>()
+        .map_err(|e| ZayaError::Ext(format!("logprobs: {e}")))?;
+    let xs = &xs[..vocab.min(xs.len())];
+    let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let lse = max + xs.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |i: usize| xs[i] as f64 - lse;
+    let mut order: Vec<u32> = (0..xs.len() as u32).collect();
+    let n = n.min(xs.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| xs[b as usize].total_cmp(&xs[a as usize]));
+    }
+    let mut top: Vec<(u32, f64)> = order[..n].iter().map(|&i| (i, lp(i as usize))).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let own = if (id as usize) < xs.len() {
+        lp(id as usize)
+    } else {
+        f64::NEG_INFINITY
+    };
+    Ok((own, top))
 }

@@ -13,7 +13,18 @@ use zaya_mlx::{Result, ZayaError};
 
 use super::logits::RunOpts;
 
+const BENCH_HELP: &str = "\
+One warm-up trial, then -n trials of -p random prompt ids and -g greedy tokens (EOS never stops
+them); prints prefill and decode tok/s, time to first token, peak memory, the graph size of a decode
+step and the decode rate as a share of the memory-bandwidth bound measured in the same run, and the
+load average (run it on a quiet machine). --prompt-cache and --draft measure state snapshots.
+
+Examples:
+  zaya bench --model /work/zaya1-8b-synth -p 128 -g 32 -n 3
+  zaya bench --model /work/zaya1-8b-synth --prompt-cache -p 2000 -n 3 --json";
+
 #[derive(clap::Args)]
+#[command(after_help = BENCH_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub run: RunOpts,

@@ -29,7 +29,21 @@ fn save_transcript(messages: &[zaya_mlx::chat::Message], path: &std::path::Path)
 }
 
 /// `zaya chat` arguments.
+const CHAT_HELP: &str = "\
+Commands at the prompt: /help, /reset (clear the conversation and the cache), /think on|off,
+/save FILE (the transcript), /exit (or Ctrl-D). Ctrl-C stops an answer; twice at the prompt exits.
+On a terminal the prompt has line editing and history (arrow keys, Ctrl-R), kept in
+~/.cache/zaya-mlx/chat_history. From a pipe, each line is one message.
+
+Exit codes: 0, or 2/3 when no turn succeeded (the last error's code).
+
+Examples:
+  zaya chat --model OsaurusAI/ZAYA1-8B-JANGTQ4 --no-thinking --system-prompt 'Be brief.'
+  zaya chat --model ./ZAYA1-8B-JANGTQ4 --prompt-cache-file conv.safetensors   (resume and save)
+  printf 'Hello\\nTell me more\\n' | zaya chat --model ./ZAYA1-8B-JANGTQ4";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = CHAT_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -117,7 +131,10 @@ pub fn run(args: Args) -> Result<i32> {
     };
     params.validate()?;
 
-    let zaya = args.model.load()?;
+    let (zaya, load_time) = args.model.load_timed()?;
+    if args.verbose {
+        eprintln!("[loaded in {:.3} s]", load_time.as_secs_f64());
+    }
     if zaya.tokenizer().is_none() || zaya.chat_template().is_none() {
         return Err(ZayaError::Template(format!(
             "{} has no tokenizer or chat template; `zaya chat` needs both (try `zaya generate --ignore-chat-template`)",

@@ -61,9 +61,27 @@ impl ModelArgs {
 
     /// Resolves `--model` and loads it.
     pub fn load(&self) -> Result<Zaya> {
+        self.load_timed().map(|(z, _)| z)
+    }
+
+    /// [`load`](Self::load), with a spinner on a terminal's stderr while the bundle is mapped and
+    /// validated, and the time it took.
+    pub fn load_timed(&self) -> Result<(Zaya, std::time::Duration)> {
+        use std::io::IsTerminal;
         let options = self.model_options()?;
         let dir = resolve_model(self.model.as_deref())?;
-        Zaya::load(&dir, options)
+        let t = std::time::Instant::now();
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            let s = indicatif::ProgressBar::new_spinner();
+            s.set_message(format!("loading {}", dir.display()));
+            s.enable_steady_tick(std::time::Duration::from_millis(100));
+            s
+        });
+        let z = Zaya::load(&dir, options);
+        if let Some(s) = spinner {
+            s.finish_and_clear();
+        }
+        Ok((z?, t.elapsed()))
     }
 }
 

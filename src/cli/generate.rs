@@ -104,7 +104,10 @@ pub fn run(args: Args) -> Result<i32> {
     params.validate()?;
     let prompt = common::read_prompt(&args.prompt)?;
 
-    let zaya = args.model.load()?;
+    let (zaya, load_time) = args.model.load_timed()?;
+    if args.verbose && !args.json {
+        eprintln!("Load: {:.3} s", load_time.as_secs_f64());
+    }
     let tok = zaya.tokenizer().ok_or_else(|| {
         ZayaError::Tokenizer(format!(
             "{} has no tokenizer.json; `zaya generate` needs one (for token ids use `zaya logits --token-ids`)",

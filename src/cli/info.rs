@@ -7,7 +7,19 @@
 use zaya_mlx::bundle::{inspect, BundleOptions};
 use zaya_mlx::Result;
 
+const INFO_HELP: &str = "\
+Reads only headers and side files (no weights): layout, formats, bits, group size, tensor and
+parameter counts, bytes per format; validates every tensor, the configs, the sidecar's codebooks and
+sign vectors, the tokenizer and the chat template.
+
+Exit codes: 0 valid, 1 the validation failed (the reason is printed), 2 no bundle there.
+
+Examples:
+  zaya info --model OsaurusAI/ZAYA1-8B-JANGTQ4
+  zaya info --model ./bundle --json | jq .summary.layout";
+
 #[derive(clap::Args)]
+#[command(after_help = INFO_HELP)]
 pub struct Args {
     /// Bundle directory, or a Hugging Face repo id (local HF cache first, downloaded when missing).
     #[arg(long, value_name = "DIR|REPO")]

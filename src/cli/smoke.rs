@@ -9,7 +9,17 @@ use zaya_mlx::{Result, ZayaError};
 use super::common::{self, ModelArgs};
 
 /// `zaya smoke` arguments.
+const SMOKE_HELP: &str = "\
+Runs the bundle card's four greedy checks through the chat template (2+2, the capital of France,
+a system prompt with thinking off, a question with thinking on) and prints PASS or FAIL with the text.
+
+Exit codes: 0 all four pass, 1 a check failed, 2 bad input, 3 runtime failure.
+
+Example:
+  zaya smoke --model OsaurusAI/ZAYA1-8B-JANGTQ4";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = SMOKE_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,

@@ -5,7 +5,19 @@ use std::path::PathBuf;
 use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
 use zaya_mlx::{Result, ZayaError};
 
+const SYNTH_HELP: &str = "\
+Writes random weights in the exact JANGTQ4 format (4-bit TurboQuant experts, 8-bit affine
+attention and embeddings, the sidecar, tokenizer and chat template) for tests and benchmarks. The
+text such a bundle generates is gibberish. --force replaces only the files an earlier `zaya synth`
+recorded in the directory's .zaya-synth.json; a write the disk has no room for is refused.
+
+Examples:
+  zaya synth --preset tiny --seed 0 --out /tmp/tiny
+  zaya synth --preset zaya1-8b --out /work/zaya1-8b-synth        (4.65 GiB, about a minute)
+  echo '{\"num_hidden_layers\": 8}' > c.json && zaya synth --preset zaya1-8b --config c.json --out /tmp/8hl";
+
 #[derive(clap::Args)]
+#[command(after_help = SYNTH_HELP)]
 pub struct Args {
     /// Architecture preset: tiny (≈0.8 MB, tests and demos), small (real per-layer dims,
     /// 4 half-layers), zaya1-8b (the real dimensions, ≈4.65 GiB).

@@ -360,24 +360,23 @@ impl ZayaConfig {
         } else {
             "num_attention_heads"
         };
-        for (field, v, max) in [
-            ("hidden_size", self.hidden_size, 1 << 16),
-            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
-            (q_field, self.num_q_heads, 1 << 10),
-            ("num_key_value_heads", self.num_kv_heads, 1 << 10),
-            ("head_dim", self.head_dim, 1 << 12),
-            ("num_experts", self.num_experts, 1 << 10),
-            ("ffn_hidden_size", self.expert_intermediate_size, 1 << 18),
-            ("zaya_mlp_expansion", self.router_hidden_size, 1 << 16),
-            ("vocab_size", self.vocab_size, 1 << 24),
-            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
-            ("cca_time0", self.cca_time0, 64),
-            ("cca_time1", self.cca_time1, 64),
-        ] {
-            if v > max {
-                return err(field, format!("{v} is larger than any supported model (at most {max})"));
-            }
-        }
+        check_dims(
+            file,
+            &[
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                (q_field, self.num_q_heads),
+                ("num_key_value_heads", self.num_kv_heads),
+                ("head_dim", self.head_dim),
+                ("num_experts", self.num_experts),
+                ("ffn_hidden_size", self.expert_intermediate_size),
+                ("zaya_mlp_expansion", self.router_hidden_size),
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("cca_time0", self.cca_time0),
+                ("cca_time1", self.cca_time1),
+            ],
+        )?;
         if self.max_position_embeddings == 0 {
             return err("max_position_embeddings", "must be positive".into());
         }
@@ -474,6 +473,38 @@ impl ZayaConfig {
         }
         Ok(())
     }
+}
+
+/// The largest value each dimension may take (ZAYA1-8B: hidden 2048, 80 half-layers, 8/2 heads of
+/// 128, 16 experts, vocab 262,272, context 131,072): far above any real model, small enough that no
+/// size computed from them overflows or allocates wildly.
+pub fn max_dim(field: &str) -> usize {
+    match field {
+        "hidden_size" | "zaya_mlp_expansion" => 1 << 16,
+        "num_hidden_layers" | "num_attention_heads" | "cca_num_q_heads" | "num_key_value_heads" | "num_experts" => {
+            1 << 10
+        }
+        "head_dim" => 1 << 12,
+        "ffn_hidden_size" => 1 << 18,
+        "vocab_size" | "max_position_embeddings" => 1 << 24,
+        "cca_time0" | "cca_time1" => 64,
+        _ => usize::MAX,
+    }
+}
+
+/// Checks `(field, value)` pairs against [`max_dim`] (before anything is sized from them).
+pub fn check_dims(file: &str, dims: &[(&str, usize)]) -> Result<()> {
+    for &(field, v) in dims {
+        let max = max_dim(field);
+        if v > max {
+            return Err(ZayaError::config(
+                file,
+                field,
+                format!("{v} is larger than any supported model (at most {max})"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl QuantizationConfig {

@@ -229,29 +229,18 @@ pub fn read_reference(path: &std::path::Path) -> Result<HashMap<String, Array>> 
                 Array::from_slice(&vals, &shape)
             }};
         }
+        // other float widths, converted to f32
+        macro_rules! floats {
+            ($n:expr, $f:expr) => {{
+                let vals: Vec<f32> = b.chunks_exact($n).map($f).collect();
+                Array::from_slice(&vals, &shape)
+            }};
+        }
         let a = match v.dtype() {
             D::F32 => ints!(f32, 4),
-            D::F64 => {
-                let vals: Vec<f32> = b
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect();
-                Array::from_slice(&vals, &shape)
-            }
-            D::F16 => {
-                let vals: Vec<f32> = b
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect();
-                Array::from_slice(&vals, &shape)
-            }
-            D::BF16 => {
-                let vals: Vec<f32> = b
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect();
-                Array::from_slice(&vals, &shape)
-            }
+            D::F64 => floats!(8, |c: &[u8]| f64::from_le_bytes(c.try_into().unwrap()) as f32),
+            D::F16 => floats!(2, |c: &[u8]| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            D::BF16 => floats!(2, |c: &[u8]| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
             D::I8 => Array::from_slice(&b.iter().map(|&x| x as i8).collect::<Vec<i8>>(), &shape),
             D::U8 => Array::from_slice(b, &shape),
             D::I16 => ints!(i16, 2),

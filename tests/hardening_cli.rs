@@ -70,6 +70,22 @@ fn overwrite_tensor(path: &Path, name: &str, fill: &[u8]) {
     std::fs::write(path, d).unwrap();
 }
 
+/// `zaya logits --model M --token-ids IDS --out OUT`.
+fn logits(home: &Path, model: &str, ids: &str, out: &Path) -> Output {
+    run(
+        home,
+        &[
+            "logits",
+            "--model",
+            model,
+            "--token-ids",
+            ids,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
 fn sha(path: &Path) -> Vec<u8> {
     Sha256::digest(std::fs::read(path).unwrap()).to_vec()
 }
@@ -292,49 +308,16 @@ fn outputs_never_lose_data() {
     let shard = e.bundle.join("model-00001-of-00001.safetensors");
     let before = sha(&shard);
     // --out at the bundle's own shard: refused, shard untouched
-    let o = run(
-        &e.home,
-        &[
-            "logits",
-            "--model",
-            e.b(),
-            "--token-ids",
-            "1,2",
-            "--out",
-            shard.to_str().unwrap(),
-        ],
-    );
+    let o = logits(&e.home, e.b(), "1,2", &shard);
     expect(&o, 2, "logits into the bundle", &["inside the model bundle"]);
     assert_eq!(sha(&shard), before);
     // a failing run leaves an existing output as it was
     let out = e.root.join("out.safetensors");
     std::fs::write(&out, b"precious").unwrap();
-    let o = run(
-        &e.home,
-        &[
-            "logits",
-            "--model",
-            e.b(),
-            "--token-ids",
-            "1,99999999",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = logits(&e.home, e.b(), "1,99999999", &out);
     expect(&o, 2, "logits with a bad id", &["99999999"]);
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    let o = run(
-        &e.home,
-        &[
-            "logits",
-            "--model",
-            e.b(),
-            "--token-ids",
-            "1,2",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = logits(&e.home, e.b(), "1,2", &out);
     expect(&o, 0, "logits", &[]);
     assert_ne!(std::fs::read(&out).unwrap(), b"precious");
     let leftovers: Vec<_> = std::fs::read_dir(&e.root)
@@ -500,18 +483,7 @@ fn nan_weights_are_a_model_fault() {
 fn parity_references_are_checked() {
     let e = env();
     let r = e.root.join("ref.safetensors");
-    let o = run(
-        &e.home,
-        &[
-            "logits",
-            "--model",
-            e.b(),
-            "--token-ids",
-            "3,4,5",
-            "--out",
-            r.to_str().unwrap(),
-        ],
-    );
+    let o = logits(&e.home, e.b(), "3,4,5", &r);
     expect(&o, 0, "logits", &[]);
     let write = |edit: &dyn Fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)| -> PathBuf {
         let bytes = std::fs::read(&r).unwrap();
@@ -622,37 +594,20 @@ fn parity_references_are_checked() {
 #[test]
 fn chat_survives_bad_lines_and_reports_total_failure() {
     let e = env();
-    let chat = |input: &[u8], extra: &[&str]| {
-        let mut child = zaya(&e.home)
-            .args(["chat", "--model", e.b(), "-m", "2"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
+    let chat = |model: &Path, input: &[u8]| {
+        let mut c = zaya(&e.home);
+        c.args(["chat", "--model", model.to_str().unwrap(), "-m", "2"]);
+        cli_support::with_stdin(c, input)
     };
-    let o = chat(b"hello\n\xff\xfe\nagain\n", &[]);
+    let o = chat(&e.bundle, b"hello\n\xff\xfe\nagain\n");
     expect(&o, 0, "invalid UTF-8 line", &["not valid UTF-8"]);
     assert_eq!(stdout(&o).lines().count(), 2, "two answers: {}", stdout(&o));
     // every turn fails (each prompt is over a 4-token context): non-zero exit
     let ctx = synth(&e.root, Some(4));
-    let mut child = zaya(&e.home)
-        .args(["chat", "--model", ctx.to_str().unwrap(), "-m", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a long message that does not fit\nanother one that does not fit\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = chat(
+        &ctx,
+        b"a long message that does not fit\nanother one that does not fit\n",
+    );
     no_panic(&o, "all turns failed");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

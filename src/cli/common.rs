@@ -382,6 +382,7 @@ mod tests {
     #[test]
     fn thinking_flags_override_the_json() {
         let a = TemplateArgs {
+            tools: None,
             system_prompt: None,
             chat_template_config: Some(r#"{"enable_thinking": true, "x": 1}"#.into()),
             thinking: false,
@@ -391,11 +392,13 @@ mod tests {
         assert_eq!(o.enable_thinking, Some(false));
         assert_eq!(o.extra.get("x"), Some(&serde_json::json!(1)));
         let a = TemplateArgs {
+            tools: None,
             no_thinking: false,
             ..a
         };
         assert_eq!(a.chat_options().unwrap().enable_thinking, Some(true));
         let a = TemplateArgs {
+            tools: None,
             chat_template_config: Some("[1]".into()),
             ..a
         };

@@ -209,23 +209,22 @@ impl SynthSpec {
     /// Checks that the spec describes a bundle the format and the converter's rules allow.
     pub fn validate(&self) -> Result<()> {
         let err = |field: &str, msg: String| Err(ZayaError::config("synth spec", field, msg));
-        // the loader's bounds (config.rs), checked before anything is sized from them
-        for (field, v, max) in [
-            ("hidden_size", self.hidden_size, 1usize << 16),
-            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
-            ("num_attention_heads", self.num_q_heads, 1 << 10),
-            ("num_key_value_heads", self.num_kv_heads, 1 << 10),
-            ("head_dim", self.head_dim, 1 << 12),
-            ("num_experts", self.num_experts, 1 << 10),
-            ("ffn_hidden_size", self.expert_intermediate_size, 1 << 18),
-            ("zaya_mlp_expansion", self.router_hidden_size, 1 << 16),
-            ("vocab_size", self.vocab_size, 1 << 24),
-            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
-        ] {
-            if v > max {
-                return err(field, format!("{v} is larger than any supported model (at most {max})"));
-            }
-        }
+        // the loader's bounds, checked before anything is sized from them
+        crate::config::check_dims(
+            "synth spec",
+            &[
+                ("hidden_size", self.hidden_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_q_heads),
+                ("num_key_value_heads", self.num_kv_heads),
+                ("head_dim", self.head_dim),
+                ("num_experts", self.num_experts),
+                ("ffn_hidden_size", self.expert_intermediate_size),
+                ("zaya_mlp_expansion", self.router_hidden_size),
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+            ],
+        )?;
         let g = self.group_size;
         if ![32, 64, 128].contains(&g) {
             return err(

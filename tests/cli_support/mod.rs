@@ -59,3 +59,17 @@ pub fn assert_bad_input(o: &Output, what: &str, needles: &[&str]) {
         assert!(err.contains(n), "{what}: stderr should mention {n:?}:\n{err}");
     }
 }
+
+/// Runs `cmd` with `input` on its standard input (closed after it) and collects the output.
+pub fn with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}

@@ -1,0 +1,62 @@
+//! The fused primitives actually run: a decode step's lazy graph (counted by primitive name just
+//! before it is evaluated) holds the mlx-ext primitives the fused path promises, in the numbers the
+//! architecture implies (one merge + norm per half-layer and the final one, one CCA q/k chain and
+//! one attention per attention half-layer, one router, one expert call and one MoE output per MoE
+//! half-layer, the embedding and the lm_head). A silent fallback to plain MLX ops fails here, and
+//! the plain configuration holds none of them.
+mod common;
+
+use std::collections::BTreeMap;
+
+use zaya_mlx::model::{ModelOptions, ZayaModel};
+use zaya_mlx::quant::linear::LinearBackend;
+
+fn histogram(model: &ZayaModel) -> BTreeMap<String, i64> {
+    let mut cache = model.new_cache();
+    model.prefill(&[3, 5, 7], &mut cache, None).unwrap();
+    let (_, stats, names) = model.decode_step_counted(9, &mut cache).unwrap();
+    assert!(stats.nodes > 0);
+    names.into_iter().collect()
+}
+
+#[test]
+fn a_fused_decode_step_runs_the_fused_primitives() {
+    for name in ["tiny", "skip"] {
+        let fx = common::fixture(name);
+        let model = ZayaModel::load(&fx.bundle, ModelOptions::default()).unwrap();
+        let n = model.config().num_hidden_layers as i64;
+        let (attn, moe) = (model.config().num_attention_layers() as i64, model.config().num_moe_layers() as i64);
+        let h = histogram(&model);
+        let count = |k: &str| h.get(k).copied().unwrap_or(0);
+        assert_eq!(count("ZayaResNorm"), n + 1, "{name}: merge + norm per half-layer and the final one: {h:?}");
+        assert_eq!(count("ZayaCcaQk"), attn, "{name}: {h:?}");
+        assert_eq!(count("ZayaCcaAttention"), attn, "{name}: {h:?}");
+        assert_eq!(count("ZayaRouter"), moe, "{name}: {h:?}");
+        assert_eq!(count("ZayaTqSwitchGlu"), moe, "{name}: {h:?}");
+        assert_eq!(count("ZayaMoeCombine"), moe, "{name}: {h:?}");
+        assert_eq!(count("ZayaAffineEmbed"), 1, "{name}: {h:?}");
+        // q‖k and v1‖v2 projections, o_proj per attention layer, and the lm_head
+        assert!(count("ZayaAffineMatmul") >= 3 * attn + 1, "{name}: {h:?}");
+    }
+}
+
+#[test]
+fn the_plain_configuration_runs_none_of_them() {
+    let fx = common::fixture("tiny");
+    let model = ZayaModel::load(
+        &fx.bundle,
+        ModelOptions {
+            linear_backend: LinearBackend::Plain,
+            expert_backend: zaya_mlx::moe::ExpertBackend::Plain,
+            ..ModelOptions::default()
+        },
+    )
+    .unwrap();
+    let h = histogram(&model);
+    assert!(!h.is_empty());
+    let fused: Vec<_> = h
+        .keys()
+        .filter(|k| k.starts_with("Zaya") && k.as_str() != "ZayaCcaConv")
+        .collect();
+    assert!(fused.is_empty(), "plain path ran fused primitives: {fused:?}");
+}

@@ -147,7 +147,7 @@ fn bad_arguments_are_typed_errors() {
             vec!["generate", "--model", b, "--draft", "ngram", "--num-draft-tokens", "0"],
             "num-draft-tokens",
         ),
-        (vec!["info", "--model", "/nonexistent/zaya"], "no such bundle directory"),
+        (vec!["info", "--model", "/nonexistent/zaya"], "no such directory"),
         (
             vec![
                 "logits",

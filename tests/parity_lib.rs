@@ -75,9 +75,10 @@ fn parity_with_explicit_tokens_and_logits_only() {
     assert!(rep.ok());
     assert_eq!(rep.tensors.len(), 1);
     assert_eq!(rep.ignored, vec!["greedy_ids".to_string()]);
-    // other tokens than the reference's → shape or value failure, never a silent pass
+    // other tokens than the reference's → a shape error (the reference does not fit the run: bad
+    // input, exit 2) or a value failure, never a silent pass
     let rep = compare(&model, &only, Some(&ids[..12]), None, ParityOptions::default());
-    assert!(matches!(rep, Err(ZayaError::Parity(_))), "{rep:?}");
+    assert!(matches!(rep, Err(ZayaError::InvalidArgument(_))), "{rep:?}");
     let mut other = ids.clone();
     other[5] = (other[5] + 1) % 256;
     let rep = compare(&model, &only, Some(&other), None, ParityOptions::default()).unwrap();

@@ -479,7 +479,8 @@ fn greedy_shapes_dtypes_and_batches() {
     );
     assert!(matches!(s.sample(&x, &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("sample_batch")));
     assert!(matches!(s.sample_batch(&x, &[&[]]), Err(ZayaError::InvalidArgument(_))));
-    assert!(matches!(s.sample(&arr(&[1.0, f32::NAN]), &[]), Err(ZayaError::InvalidArgument(m)) if m.contains("NaN")));
+    // NaN logits come from the model, not the user: a model fault (exit 3)
+    assert!(matches!(s.sample(&arr(&[1.0, f32::NAN]), &[]), Err(ZayaError::NonFinite(m)) if m.contains("NaN")));
     let banned = SamplingParams {
         temperature: 1.0,
         logit_bias: BTreeMap::from([(0, f32::NEG_INFINITY), (1, f32::NEG_INFINITY)]),

@@ -283,7 +283,10 @@ fn compare_with_converter(spec: &SynthSpec) -> Value {
             &spec.max_shard_bytes.to_string(),
         ],
     );
-    assert_eq!(r["ref_files"], r["our_files"]);
+    // our bookkeeping file (what `synth --force` may replace) is the one extra
+    let mut ours_files = r["our_files"].as_array().unwrap().clone();
+    ours_files.retain(|f| f != ".zaya-synth.json");
+    assert_eq!(r["ref_files"], json!(ours_files));
     assert_eq!(r["ref_keys"], r["our_keys"]);
     assert_eq!(r["missing_keys"], json!([]));
     assert_eq!(r["extra_keys"], json!([]));
@@ -384,13 +387,25 @@ fn cli_writes_bundles_and_reports_bad_input() {
     let (code, err) = zaya(&["synth", "--preset", "tiny", "--out", o, "-q"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--force"), "{err}");
+    // --force replaces only what an earlier synth recorded: a stale shard it wrote goes (and is
+    // named), a bundle file someone else put there stops it
+    let manifest = out.join(".zaya-synth.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["files"].as_array_mut().unwrap().push(json!("model-00001-of-00009.safetensors"));
+    std::fs::write(&manifest, m.to_string()).unwrap();
     std::fs::write(out.join("model-00001-of-00009.safetensors"), b"stale").unwrap();
     let (code, err) = zaya(&["synth", "--preset", "tiny", "--out", o, "--force", "-q"]);
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("model-00001-of-00009.safetensors"), "names what it replaces: {err}");
     assert!(
         !out.join("model-00001-of-00009.safetensors").exists(),
         "stale shard removed"
     );
+    std::fs::write(out.join("model-00002-of-00009.safetensors"), b"not ours").unwrap();
+    let (code, err) = zaya(&["synth", "--preset", "tiny", "--out", o, "--force", "-q"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("was not written by zaya synth"), "{err}");
+    assert_eq!(std::fs::read(out.join("model-00002-of-00009.safetensors")).unwrap(), b"not ours");
     // unknown preset, bad override file, invalid spec: typed errors naming the culprit
     let (code, err) = zaya(&[
         "synth",

@@ -1,5 +1,5 @@
 // MLX affine quantized matmul y = x·Wᵀ (bits 4/8, scales/biases f16/bf16/f32, any group size that
-// covers whole words) and the embedding-row gather, as MLX primitives (jangtq-format.md §2). They serve
+// covers whole words) and the embedding-row gather, as MLX primitives (docs/bundle-format.md §2). They serve
 // the attention projections, the embedding and the tied lm_head.
 //
 // CPU kernel: threads split output rows; each thread walks its rows in cache-sized blocks and, inside a

@@ -1,4 +1,4 @@
-// The CCA attention half-layer after its projections (zaya-architecture.md §3.2 steps 2–7, §3.3) as two
+// The CCA attention half-layer after its projections (docs/model.md §3.2 steps 2–7, §3.3) as two
 // MLX primitives:
 //
 //   * cca_qk: the two-stage causal conv over [q̃ ‖ k̃] with the carried frames, the mean paths, the fp32

@@ -1,4 +1,4 @@
-// The CCA convolution step (zaya-architecture.md §3.2 step 2 and §3.3) as an MLX primitive.
+// The CCA convolution step (docs/model.md §3.2 step 2 and §3.3) as an MLX primitive.
 //
 // With S = (K0-1)+(K1-1) carried frames, the padded stream is P = [state_0..state_{S-1}, u_0..u_{T-1}]
 // (T+S frames). The depthwise conv (kernel K0, bias) gives a_i = b0 + sum_k w0[c,k] P_{i+k} for

@@ -1,4 +1,4 @@
-// Fused per-layer primitives of the ZAYA model (zaya-architecture.md §2.3–2.5, §4.2, §4.4), each one
+// Fused per-layer primitives of the ZAYA model (docs/model.md §2.3–2.5, §4.2, §4.4), each one
 // MLX node where the plain-ops graph needs tens of small nodes (MLX's fast:: ops have no CPU kernels and
 // decompose into their fallbacks on the CPU; every node costs ≈10 µs of scheduling on this backend):
 //

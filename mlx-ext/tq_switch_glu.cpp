@@ -1,4 +1,4 @@
-// TurboQuant (MXTQ) routed experts as one fused switch-GLU MLX primitive (jangtq-format.md §3, §4):
+// TurboQuant (MXTQ) routed experts as one fused switch-GLU MLX primitive (docs/bundle-format.md §3, §4):
 // y[d] = down_e(R_d(silu(gate_e x̂) ⊙ up_e x̂)), x̂ = R_gu(x), R(v) = H(s ⊙ v)/√dim, for each dispatch
 // d = (token, slot) with expert e = idx[d]; a TurboQuant projection is out[r] = n[e,r]·Σ_i C[code]·v̂_i.
 //

@@ -27,7 +27,7 @@ enum { ZAYA_EXT_AUTO = 0, ZAYA_EXT_PORTABLE = 1, ZAYA_EXT_PRIMITIVE = 2 };
 const char* zaya_ext_last_error(void);
 const char* zaya_ext_version(void);
 
-// CCA two-stage causal convolution over time (zaya-architecture.md §3.2 step 2, §3.3).
+// CCA two-stage causal convolution over time (docs/model.md §3.2 step 2, §3.3).
 //   u      [B, T, C] float32   pre-conv frames (q channels then k channels)
 //   state  [B, C, S] float32   the last S = (K0-1)+(K1-1) raw frames, oldest first (zeros at start)
 //   w0     [C, K0, 1]          depthwise conv weight (MLX layout), b0 [C]
@@ -107,7 +107,7 @@ int zaya_affine_embed(mlx_array* y, mlx_array ids, mlx_array w, mlx_array scales
 int zaya_dense_matmul(mlx_array* y, mlx_array x, mlx_array w, mlx_array bias, int mode, mlx_stream stream);
 
 // ---- Fused layer primitives (layers.cpp); optional arguments are empty handles (ctx == NULL) ----------
-// Residual scaling, merge and RMSNorm of one half-layer (zaya-architecture.md §2.3, §2.5):
+// Residual scaling, merge and RMSNorm of one half-layer (docs/model.md §2.3, §2.5):
 //   r_out = (h + h_bias) ⊙ h_scale + [(r + r_bias) ⊙ r_scale | r | nothing]
 //   x_out = r_out · rsqrt(mean(r_out²) + eps) ⊙ norm_w
 // h, r [..., H] float32 (r optional); h_bias, h_scale, r_bias, r_scale (optional, together), norm_w [H]
@@ -116,7 +116,7 @@ int zaya_res_norm(mlx_array* r_out, mlx_array* x_out, mlx_array h, mlx_array r, 
                   mlx_array h_scale, mlx_array r_bias, mlx_array r_scale, mlx_array norm_w, float eps, int mode,
                   mlx_stream stream);
 
-// The MoE router (zaya-architecture.md §4.2) for N tokens:
+// The MoE router (docs/model.md §4.2) for N tokens:
 //   r = x·W_dᵀ + b_d (+ prev ⊙ states_scale); n = RMSNorm(r; norm_w, eps);
 //   logits = W₄·GELU(W₂·GELU(W₀·n + b₀) + b₂) (exact-erf GELU); p = softmax(logits);
 //   choice = argmax(p + balancing) (first maximum), score = p[choice].
@@ -130,14 +130,14 @@ int zaya_router(mlx_array* choice, mlx_array* score, mlx_array* state, mlx_array
                 mlx_array norm_w, float eps, mlx_array w0, mlx_array b0, mlx_array w2, mlx_array b2, mlx_array w4,
                 mlx_array balancing, int num_experts, int mode, mlx_stream stream);
 
-// MoE output (zaya-architecture.md §4.4, §4.5): y[n] = score[n]·ey[n] when 0 ≤ choice[n] < E, else
+// MoE output (docs/model.md §4.4, §4.5): y[n] = score[n]·ey[n] when 0 ≤ choice[n] < E, else
 // score[n]·x[n] (zero_skip = 0, the p·x skip route) or 0 (zero_skip = 1).
 //   ey, x [N, H] float32; choice [N] int32; score [N] float32. Output y [N, H] float32.
 int zaya_moe_combine(mlx_array* y, mlx_array ey, mlx_array x, mlx_array choice, mlx_array score, int num_experts,
                      int zero_skip, int mode, mlx_stream stream);
 
 // ---- CCA attention after the projections (cca_attn.cpp) ----------------------------------------------
-// The CCA q/k chain (zaya-architecture.md §3.2 steps 2–6): the two-stage causal conv over u = [q̃ ‖ k̃]
+// The CCA q/k chain (docs/model.md §3.2 steps 2–6): the two-stage causal conv over u = [q̃ ‖ k̃]
 // with the carried state, the mean paths, L2 normalisation to √D (max(‖·‖, 1e-6)), the key temperature
 // (exp(clip(temp, 1e-7, 2)) when clamp_temp), partial NeoX RoPE (rotary_dim, rope_theta) at absolute
 // positions offset + t, and the values split per KV head.

@@ -1,4 +1,4 @@
-//! The CCA attention half-layer (zaya-architecture.md §3): q/k latent projections, the two-stage
+//! The CCA attention half-layer (docs/model.md §3): q/k latent projections, the two-stage
 //! causal conv over time (through [`ext::cca_conv`], carrying `conv_state`), the mean paths, fp32 L2
 //! q/k normalisation to √D with the key temperature, dual time-stream values (current token ‖ previous
 //! token via `prev_hs`), partial NeoX RoPE, GQA softmax attention over the KV cache, and `o_proj`.

@@ -672,7 +672,7 @@ impl GenerationConfig {
     }
 
     /// Parses the file. The end-of-turn id 106 is always included: some published bundles had
-    /// `eos_token_id = 1` only (zaya-architecture.md §7.2 item 4).
+    /// `eos_token_id = 1` only (docs/model.md §5.2).
     pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
         let raw: Value = serde_json::from_str(text)
             .map_err(|e| ZayaError::config(file, "<json>", format!("not valid JSON: {e}")))?;
@@ -780,7 +780,7 @@ mod tests {
     use super::*;
 
     fn legacy() -> Value {
-        // The published legacy config's key set (zaya-architecture.md §1.1).
+        // The published legacy config's key set (docs/model.md §1.1).
         serde_json::json!({
             "architectures": ["ZayaForCausalLM"], "model_type": "zaya", "hidden_size": 2048,
             "num_hidden_layers": 80, "num_attention_heads": 8, "num_key_value_heads": 2,

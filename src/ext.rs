@@ -281,7 +281,7 @@ pub(crate) fn call2(f: impl FnOnce(*mut mlx_array, *mut mlx_array, mlx_stream) -
     Ok((a.into_array(), b.into_array()))
 }
 
-/// The CCA two-stage causal convolution step (zaya-architecture.md §3.2 step 2, §3.3).
+/// The CCA two-stage causal convolution step (docs/model.md §3.2 step 2, §3.3).
 ///
 /// * `u`: `[B, T, C]` f32 pre-conv frames (q channels then k channels);
 /// * `conv_state`: `[B, C, S]` f32, the last `S = (K0-1)+(K1-1)` raw frames (zeros at start);
@@ -467,7 +467,7 @@ pub struct TqCodec<'a> {
     pub bits: u32,
 }
 
-/// The TurboQuant routed experts as one fused switch-GLU (jangtq-format.md §3–4):
+/// The TurboQuant routed experts as one fused switch-GLU (docs/bundle-format.md §3–4):
 /// `y[d] = down_e(R_d(silu(gate_e x̂) ⊙ up_e x̂))` with `x̂ = R_gu(x)`, `R(v) = H(s ⊙ v)/√dim`.
 ///
 /// * `x`: `[N, H]` float32, **unrotated** (the op applies `gate_up`'s rotation itself);
@@ -645,7 +645,7 @@ impl Drop for NoArray {
     }
 }
 
-/// The residual scaling of one half-layer merged with its RMSNorm (zaya-architecture.md §2.3, §2.5):
+/// The residual scaling of one half-layer merged with its RMSNorm (docs/model.md §2.3, §2.5):
 /// `r' = (h + h_bias)·h_scale + [(r + r_bias)·r_scale | r]` and `x = RMSNorm(r'; norm_w, eps)`.
 ///
 /// * `h`, `r`: `[..., H]` float32 (`r` absent in layer 0);
@@ -682,7 +682,7 @@ pub fn res_norm(
     })
 }
 
-/// Weights of the MoE router for [`router`] (zaya-architecture.md §4.1).
+/// Weights of the MoE router for [`router`] (docs/model.md §4.1).
 #[derive(Debug, Clone, Copy)]
 pub struct RouterWeights<'a> {
     /// `[R, H]` f16/bf16/f32 and its bias `[R]` f32.
@@ -821,7 +821,7 @@ pub struct CcaQkOut {
     pub conv_state: Array,
 }
 
-/// The CCA q/k chain after the projections (zaya-architecture.md §3.2 steps 2–6, §3.3) as one op:
+/// The CCA q/k chain after the projections (docs/model.md §3.2 steps 2–6, §3.3) as one op:
 /// the two-stage causal conv over `u = [q̃ ‖ k̃]` (`[B, T, (Hq+Hk)·D]` f32) continuing `conv_state`
 /// (`[B, C, S]` f32), the mean paths, L2 normalisation to √D, the key temperature, partial NeoX RoPE
 /// at `offset + t`, and `values` (`[B, T, Hk·D]` f32) split per KV head. Conv weights `[C, K, C/G]`

@@ -1,4 +1,4 @@
-//! The ZAYA1 model (zaya-architecture.md §2, §8): embedding, the 80 residual-scaled half-layers
+//! The ZAYA1 model (docs/model.md §2, §8): embedding, the 80 residual-scaled half-layers
 //! (even = CCA attention in [`crate::cca`], odd = MoE in [`crate::moe`]), the final residual scaling
 //! and RMSNorm, and the tied lm_head; loading from a [`Bundle`] / [`CanonicalWeights`] by canonical
 //! name; chunked prefill and one-token decode over a [`ModelCache`]; optional per-layer capture of

@@ -1,4 +1,4 @@
-//! The MoE half-layer (zaya-architecture.md §4): the router with its depth-carried EDA state, the
+//! The MoE half-layer (docs/model.md §4): the router with its depth-carried EDA state, the
 //! top-1 SwiGLU experts in every storage format (TurboQuant, MLX affine, MXFP4, float), and the MOD
 //! skip route.
 //!
@@ -12,7 +12,7 @@
 //!
 //! The plain expert path groups the tokens by chosen expert on the host (one sync per MoE layer) and
 //! runs each used expert once over its rows; TurboQuant rows are rotated once and shared by gate and
-//! up (jangtq-format.md §3.6, §4.4).
+//! up (docs/bundle-format.md §3.6, §4.4).
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 

@@ -1,6 +1,6 @@
 //! The bandwidth bound's byte count (`bench::decode_bytes`) against a hand count for the `tiny`
 //! synth preset: every category computed here from the preset's dimensions and the JANGTQ4 storage
-//! formats of jangtq-format.md §1.3 (8-bit affine with f16 scales/biases per group of 32 for the
+//! formats of docs/bundle-format.md §1.3 (8-bit affine with f16 scales/biases per group of 32 for the
 //! attention projections and the embedding; TurboQuant 4-bit codes + f16 row norms for the
 //! experts; f16 passthrough for norms, convs, temp and the whole router), never from the function
 //! under test.

@@ -146,7 +146,7 @@ fn summary_counts_and_parameters() {
         serde_json::to_value(&s).unwrap(),
         serde_json::to_value(&b.summary).unwrap()
     );
-    // jangtq-format.md §1.3 formula for 4 half-layers: 2×25−2 + 2×24−1 + 3 + 1 + 4 = 103
+    // docs/bundle-format.md §1.3 formula for 4 half-layers: 2×25−2 + 2×24−1 + 3 + 1 + 4 = 103
     assert_eq!(s.stored_tensors, 103);
     assert_eq!(s.canonical_tensors, 97);
     assert_eq!(s.file_bytes, std::fs::metadata(only_shard(dir)).unwrap().len());

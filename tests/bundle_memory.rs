@@ -1,5 +1,5 @@
 //! Peak memory of loading a full-size bundle: a random bundle with exactly the tensor inventory of
-//! OsaurusAI/ZAYA1-8B-JANGTQ4 (jangtq-format.md §1.3: 1965 keys, ≈4.6 GiB, shards ≤ 1e9 bytes) is
+//! OsaurusAI/ZAYA1-8B-JANGTQ4 (docs/bundle-format.md §1.3: 1965 keys, ≈4.6 GiB, shards ≤ 1e9 bytes) is
 //! written by a streaming writer, opened, and every tensor is read by MLX (a reduction over each);
 //! the process's peak RSS must stay ≤ 1.15 × the bundle size (the arrays alias the mapped files).
 //!
@@ -31,7 +31,7 @@ impl Spec {
     }
 }
 
-/// The JANGTQ4 inventory of jangtq-format.md §1.3 for ZAYA1-8B (group size 32).
+/// The JANGTQ4 inventory of docs/bundle-format.md §1.3 for ZAYA1-8B (group size 32).
 fn inventory() -> Vec<Spec> {
     let (h, v, g) = (2048usize, 262272usize, 32usize);
     let mut t = Vec::new();

@@ -1,5 +1,5 @@
 //! The CCA conv primitive against the portable plain-MLX-ops graph and a direct f64 loop written
-//! from zaya-architecture.md §3.2 step 2 / §3.3.
+//! from docs/model.md §3.2 step 2 / §3.3.
 use mlx_rs::Array;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,6 +1,6 @@
 //! The affine quantized matmul and embedding primitives (every kernel instruction set this CPU has),
 //! their portable graphs and MLX's own `quantized_matmul`, against an f64 loop written from
-//! jangtq-format.md §2: W[r, j] = scales[r, j/G]·q[r, j] + biases[r, j/G], q LSB-first in U32 words,
+//! docs/bundle-format.md §2: W[r, j] = scales[r, j/G]·q[r, j] + biases[r, j/G], q LSB-first in U32 words,
 //! y = x·Wᵀ.
 //!
 //! Error norm: max_i |y_i − ref_i| / max_i |ref_i| (∞-norm relative error), bound 1e-5.

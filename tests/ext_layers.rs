@@ -1,6 +1,6 @@
 //! The fused layer primitives of mlx-ext (residual merge + RMSNorm, router, MoE output, affine
 //! multi-matmul, CCA q/k chain, CCA attention, KV append) against direct f64 loops written from
-//! zaya-architecture.md (§2.3, §2.5, §3.2, §4.2, §4.4) and against their portable plain-MLX-ops graphs;
+//! docs/model.md (§2.3, §2.5, §3.2, §4.2, §4.4) and against their portable plain-MLX-ops graphs;
 //! strided (transposed / broadcast) inputs; typed errors for bad arguments.
 use half::f16;
 use mlx_rs::{Array, Dtype};
@@ -459,7 +459,7 @@ impl Cca {
     }
 }
 
-/// f64 reference of one sequence (zaya-architecture.md §3.2 steps 2–6): returns (q [Hq,T,D], k [Hk,T,D],
+/// f64 reference of one sequence (docs/model.md §3.2 steps 2–6): returns (q [Hq,T,D], k [Hk,T,D],
 /// new_state [C,2]).
 fn cca_ref(p: &Cca, u: &[f32], state: &[f32], t: usize, offset: usize, clamp: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (c, d, g) = (p.c(), p.d, p.hq / p.hk);

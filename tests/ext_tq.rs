@@ -1,5 +1,5 @@
 //! The TurboQuant switch-GLU primitive (every kernel instruction set this CPU has) and its portable
-//! plain-MLX-ops graph against an f64 loop written from jangtq-format.md §3.2–3.6 / §4.2:
+//! plain-MLX-ops graph against an f64 loop written from docs/bundle-format.md §3.2–3.6 / §4.2:
 //! x̂ = H(s⊙x)/√H (Sylvester order), g/u[r] = n[e,r]·Σ_i C[code(e,r,i)]·x̂_i, a = silu(g)·u,
 //! â = H(s_d⊙a)/√I, y[r] = n_d[e,r]·Σ_i C_d[code]·â_i.
 //!
@@ -287,7 +287,7 @@ fn check_case(ex: &Experts, a: &Arrays, n: usize, k: usize, mix: Mix, seed: u64,
 
 #[test]
 fn reference_butterfly_is_the_sylvester_hadamard_matrix() {
-    // H[i, j] = (−1)^popcount(i & j), the definition the format uses (jangtq-format.md §3.4).
+    // H[i, j] = (−1)^popcount(i & j), the definition the format uses (docs/bundle-format.md §3.4).
     let n = 64;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let v: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();

@@ -1,5 +1,5 @@
-//! Building blocks against f64 loops written from the formulas (jangtq-format.md §2, §3;
-//! zaya-architecture.md §3.2 step 6, §4.2): the randomized Hadamard rotation (power-of-two and
+//! Building blocks against f64 loops written from the formulas (docs/bundle-format.md §2, §3;
+//! docs/model.md §3.2 step 6, §4.2): the randomized Hadamard rotation (power-of-two and
 //! blockwise dims), LSB-first code unpacking, the TurboQuant expert matmul, affine linears and
 //! embedding rows (negative scales, f16 scales), exact-erf GELU, and MLX's `fast::rope` as the
 //! partial NeoX RoPE with the rotary dim in the frequency exponent.

@@ -1,7 +1,7 @@
 //! The Python reference pipeline (tests/reference/make_fixture.py) and the fixture API of
-//! tests/common: fixture bundles are in the documented JANGTQ4 format (jangtq-format.md §1), the
+//! tests/common: fixture bundles are in the documented JANGTQ4 format (docs/bundle-format.md §1), the
 //! reference files follow the naming contract of tests/reference/README.md, and the reference values
-//! obey the whole-model formulas of zaya-architecture.md §2 (checked in f64 from the bundle's own
+//! obey the whole-model formulas of docs/model.md §2 (checked in f64 from the bundle's own
 //! tensors, independently of the Python code that produced them).
 mod common;
 
@@ -48,7 +48,7 @@ fn dims(cfg: &Value) -> Dims {
     }
 }
 
-/// Every tensor a JANGTQ4 bundle of this config must hold, with dtype and shape (jangtq-format.md
+/// Every tensor a JANGTQ4 bundle of this config must hold, with dtype and shape (docs/bundle-format.md
 /// §1.3; the real model's table with the config's sizes).
 fn expected_bundle_keys(m: &Dims) -> BTreeMap<String, (Dtype, Vec<usize>)> {
     let mut k = BTreeMap::new();
@@ -123,7 +123,7 @@ fn expected_bundle_keys(m: &Dims) -> BTreeMap<String, (Dtype, Vec<usize>)> {
     k
 }
 
-/// The key-count formula of jangtq-format.md §1.3 (1965 for the real 80-half-layer model).
+/// The key-count formula of docs/bundle-format.md §1.3 (1965 for the real 80-half-layer model).
 fn formula_key_count(layers: usize) -> usize {
     let attn = layers.div_ceil(2);
     let moe = layers / 2;
@@ -321,7 +321,7 @@ fn vector(bundle: &BTreeMap<String, Tensor>, name: &str) -> Vec<f64> {
         .clone()
 }
 
-/// Row `row` of the 8-bit affine embedding, dequantized in f64 (jangtq-format.md §2).
+/// Row `row` of the 8-bit affine embedding, dequantized in f64 (docs/bundle-format.md §2).
 fn embed_row(b: &BTreeMap<String, Tensor>, row: usize, h: usize, g: usize) -> Vec<f64> {
     let w = &b["model.embed_tokens.weight"].data; // u32 words, 4 codes each, LSB first
     let (s, z) = (
@@ -350,7 +350,7 @@ fn close(name: &str, got: f64, want: f64, tol: f64) {
     );
 }
 
-/// The residual-merge / final-norm / tied-head formulas (zaya-architecture.md §2.2–2.5) hold
+/// The residual-merge / final-norm / tied-head formulas (docs/model.md §2.2–2.5) hold
 /// between the reference's tensors, computed in f64 from the bundle's own f16/8-bit tensors.
 fn check_reference_semantics(fx: &Fixture, r: &BTreeMap<String, Tensor>) {
     let m = dims(&fx.config());
@@ -423,7 +423,7 @@ fn check_reference_semantics(fx: &Fixture, r: &BTreeMap<String, Tensor>) {
 }
 
 /// For tokens on the skip route of MoE layer n, hidden.n is the normed input x_n scaled by the
-/// route probability (the identity-scaled MOD semantics of the reference, zaya-architecture.md §4.4).
+/// route probability (the identity-scaled MOD semantics of the reference, docs/model.md §4.4).
 fn check_skip_outputs(fx: &Fixture, r: &BTreeMap<String, Tensor>, n: usize) -> usize {
     let m = dims(&fx.config());
     let b = read_all(&fx.bundle.join("model-00001-of-00001.safetensors"));
@@ -454,13 +454,13 @@ fn check_meta(fx: &Fixture) {
     assert!(f32v["stepwise_cached_vs_oneshot_rel"].as_f64().unwrap() <= 5e-4);
     assert_eq!(f32v["greedy_recheck_agree"].as_u64(), Some(m.greedy as u64));
     let sv = &meta["source_vs_bundle_f32"];
-    // 4-bit experts: the bundle's logits stay near the float source's (jangtq-format.md §5.2)
+    // 4-bit experts: the bundle's logits stay near the float source's (docs/bundle-format.md §5.2)
     assert!(
         sv["max_abs_diff"].as_f64().unwrap() < 0.5 * sv["max_abs_logit"].as_f64().unwrap(),
         "{sv}"
     );
     assert!(2 * sv["argmax_agree"].as_u64().unwrap() >= m.t as u64, "{sv}");
-    // 4-bit TurboQuant of Gaussian rows: relative RMS error ≈ 0.1 (jangtq-format.md §3.5)
+    // 4-bit TurboQuant of Gaussian rows: relative RMS error ≈ 0.1 (docs/bundle-format.md §3.5)
     let e = meta["expert_dequant_max_rel_rms_error"].as_f64().unwrap();
     assert!((0.05..0.15).contains(&e), "expert dequantization error {e}");
 }

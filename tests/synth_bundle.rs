@@ -1,4 +1,4 @@
-//! `zaya synth` bundles: structure against jangtq-format.md §1 (keys, dtypes, shapes, sidecar,
+//! `zaya synth` bundles: structure against docs/bundle-format.md §1 (keys, dtypes, shapes, sidecar,
 //! index, configs), byte-for-byte equality with jang's own converter run on the float source of
 //! the same weights, the jang_tools Python model loading the bundle strictly (§5.2) and matching
 //! the float model, determinism, and the CLI's error handling.
@@ -71,7 +71,7 @@ fn tiny_bundle_has_the_documented_structure() {
     }
     assert_eq!(rep.shards, vec!["model-00001-of-00001.safetensors"]);
 
-    // key count formula (jangtq-format.md §1.3), dtypes
+    // key count formula (docs/bundle-format.md §1.3), dtypes
     assert_eq!(t.len(), plan::expected_key_count(l));
     assert_eq!(t.len(), 152);
     let dtypes: BTreeSet<String> = t.values().map(|(_, r)| format!("{:?}", r.dtype)).collect();
@@ -145,7 +145,7 @@ fn tiny_bundle_has_the_documented_structure() {
     assert_eq!(side[&format!("codebook.{h}.4")].as_f32(), codebook_f32(h, 4));
     assert_eq!(side[&format!("signs.{h}.42")].as_f32(), random_signs(h, 42));
 
-    // config.json / jang_config.json (jangtq-format.md §1.1–§1.2), parsed by our config module too
+    // config.json / jang_config.json (docs/bundle-format.md §1.1–§1.2), parsed by our config module too
     let c = read_json(&out.join("config.json"));
     assert_eq!(c["weight_format"], "mxtq");
     assert_eq!(c["zaya_expert_layout"], "split_switch_mlp");
@@ -210,7 +210,7 @@ fn tiny_bundle_has_the_documented_structure() {
 
 #[test]
 fn the_full_size_plan_matches_the_real_bundle() {
-    // zaya1-8b planned (not written): 1965 keys, ≈4.65 GiB (jangtq-format.md §1.3, §1.6).
+    // zaya1-8b planned (not written): 1965 keys, ≈4.65 GiB (docs/bundle-format.md §1.3, §1.6).
     let spec = SynthSpec::preset("zaya1-8b").unwrap();
     let t = plan::bundle_tensors(&spec, &plan::source_tensors(&spec));
     assert_eq!(t.len(), 1965);
@@ -357,7 +357,7 @@ fn jang_python_model_loads_the_bundle_strictly_and_matches_the_float_model() {
     // the bundle is the float model up to quantization error
     let rm = &r["weight_rel_rmse"];
     let (lo, hi) = (rm["tq"][0].as_f64().unwrap(), rm["tq"][1].as_f64().unwrap());
-    // 4-bit Lloyd-Max on Gaussian rows: ≈0.099 at in=2048 (jangtq-format.md §3.5), a little less at in=128
+    // 4-bit Lloyd-Max on Gaussian rows: ≈0.099 at in=2048 (docs/bundle-format.md §3.5), a little less at in=128
     assert!(lo > 0.08 && hi < 0.11, "TurboQuant relative RMSE {lo}..{hi}");
     // 8-bit affine, groups of 32 Gaussian values: step ≈ range/255 ≈ 4.1σ/255, RMSE ≈ step/√12 ≈ 0.0047σ
     assert!(rm["affine"][1].as_f64().unwrap() < 0.007, "{rm}");

@@ -1,5 +1,5 @@
 //! Our TurboQuant and affine encoders (src/quant/encode.rs) against independent references:
-//! the sidecar hashes of jangtq-format.md §1.4, jang_tools' own Python functions
+//! the sidecar hashes of docs/bundle-format.md §1.4, jang_tools' own Python functions
 //! (compute_codebook, generate_random_signs, hadamard_rotate, tq_quantize_experts_rowwise,
 //! affine_quantize = f16 + mx.quantize) run through the reference venv, and the documented 4-bit
 //! reconstruction error.
@@ -267,7 +267,7 @@ fn affine_encoder_equals_mx_quantize() {
 
 #[test]
 fn four_bit_reconstruction_error_is_the_documented_0_099() {
-    // jangtq-format.md §3.5: relative RMSE ≈ 0.099 on Gaussian rows at 4 bits (in = 2048).
+    // docs/bundle-format.md §3.5: relative RMSE ≈ 0.099 on Gaussian rows at 4 bits (in = 2048).
     let (rows, i) = (64, 2048);
     let w = gaussian(9, rows * i, 0.02);
     let enc = TqEncoder::new(i, 4, 42).unwrap();

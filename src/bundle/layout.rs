@@ -7,7 +7,7 @@
 //! - MLX-LM stacked experts without `switch_mlp` (`zaya_block.experts.{gate,up,down}_proj.*`);
 //! - the Zyphra legacy per-expert `local_experts.{e}.linear_fc1` (rows `0..I` gate, `I..2I` up) and
 //!   `linear_fc2` (down), also when quantized (every companion is split/stacked alike);
-//! - the upstream transformers 40-block names of every known revision (zaya-architecture.md §5.3 and
+//! - the upstream transformers 40-block names of every known revision (docs/model.md §5.3 and
 //!   the transformers converter): `input_layernorm`/`input_norm`, `post_attention_layernorm`/
 //!   `post_attention_norm`, `post_attention_residual_scale`/`post_attention_res_scale`,
 //!   `post_mlp_residual_scale`/`post_mlp_res_scale`, `qkv_proj.{q_proj,k_proj,v_proj_current,

@@ -895,7 +895,7 @@ mod tests {
 
     #[test]
     fn expected_key_count_matches_the_published_bundle() {
-        // jangtq-format.md §1.3: 1965 keys = 998 attention + 959 MoE + 3 embed + 1 final_norm + 4
+        // docs/bundle-format.md §1.3: 1965 keys = 998 attention + 959 MoE + 3 embed + 1 final_norm + 4
         // res_scale; with affine attention (3 tensors per linear) and TurboQuant experts (3 per projection).
         let e = Expected::from_config(&real_config());
         let mut keys = e.params.len();
@@ -925,7 +925,7 @@ mod tests {
         assert_eq!(c.total, total);
         assert_eq!(c.active_non_embedding, active_ne);
         assert_eq!(c.active, active_ne + embed);
-        // zaya-architecture.md §4.3: ≈ 0.76B active without embeddings ("760M")
+        // docs/model.md §4.3: ≈ 0.76B active without embeddings ("760M")
         assert!(
             (0.75e9..0.78e9).contains(&(c.active_non_embedding as f64)),
             "{}",

@@ -1,5 +1,5 @@
 //! MLX block-quantized weights: the affine mode (`.weight` U32 packed LSB-first, `.scales`/`.biases`
-//! per group, jangtq-format.md §2) and the mxfp4 mode (`.weight` U32 packed e2m1, `.scales` U8 e8m0,
+//! per group, docs/bundle-format.md §2) and the mxfp4 mode (`.weight` U32 packed e2m1, `.scales` U8 e8m0,
 //! groups of 32). Matmuls y = x·Wᵀ, gathered (per-expert) matmuls and row dequantization, built from
 //! MLX's stock quantized ops. The fused CPU kernels live in `mlx-ext/` and are reached through
 //! [`crate::quant::linear::LinearBackend`]. At the end: f32 dequantization helpers used by the

@@ -1,12 +1,12 @@
 //! Our own encoders for the two quantized formats of a JANGTQ bundle, used by `zaya synth` and by
 //! tests that need quantized tensors with a known float source:
 //!
-//! - **TurboQuant / MXTQ** (jangtq-format.md §3.3–§3.5): the sign vector (numpy
+//! - **TurboQuant / MXTQ** (docs/bundle-format.md §3.3–§3.5): the sign vector (numpy
 //!   `default_rng(seed).choice([-1.0, 1.0], size=in)`, reproduced bit for bit through our own
 //!   SeedSequence → PCG64 → bounded-integer path), the Lloyd-Max codebook (the float64 loop of the
 //!   reference, with numpy's trapezoid and pairwise-sum order), the randomized Hadamard rotation
 //!   (in-place FWHT, Sylvester order), row norms, strict-`>` cell assignment and LSB-first packing.
-//! - **MLX affine** (jangtq-format.md §2): per-group scale/bias exactly as `mx.quantize` computes
+//! - **MLX affine** (docs/bundle-format.md §2): per-group scale/bias exactly as `mx.quantize` computes
 //!   them (bias = the group's min or max, whichever has the larger magnitude, so scales can be
 //!   negative), f16 scales/biases, LSB-first packing.
 //!
@@ -160,7 +160,7 @@ impl Pcg64 {
 }
 
 /// The Hadamard sign vector `signs.{dim}.{seed}`: numpy's
-/// `default_rng(seed).choice([-1.0, 1.0], size=dim)` as f32 (jangtq-format.md §3.4).
+/// `default_rng(seed).choice([-1.0, 1.0], size=dim)` as f32 (docs/bundle-format.md §3.4).
 pub fn random_signs(dim: usize, seed: u64) -> Vec<f32> {
     let mut g = Pcg64::from_numpy_seed(seed);
     (0..dim)
@@ -249,7 +249,7 @@ const CODEBOOK_ITERS: usize = 200;
 
 /// Lloyd-Max codebook for one coordinate of a uniformly random unit vector in R^dim
 /// (density ∝ (1−x²)^((dim−3)/2) on [−1, 1]), 2^bits levels, ascending, in float64
-/// (jangtq-format.md §3.3). Follows the reference algorithm step for step: trapezoid rule on
+/// (docs/bundle-format.md §3.3). Follows the reference algorithm step for step: trapezoid rule on
 /// 10000 points, start evenly spaced on [−3/√dim, 3/√dim], boundaries at midpoints, each level
 /// the conditional mean of its cell (a cell with ≤ 1 grid point keeps its level), stop when
 /// `np.allclose(old, new, rtol=1e-5, atol=1e-10)` (keeping the old levels) or after 200 iterations.

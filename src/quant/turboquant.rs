@@ -5,7 +5,7 @@
 //! The plain path here is the reference for the fused `mlx-ext` switch-GLU primitive: the activation
 //! is rotated once (`hadamard_transform(s ⊙ x, 1/√d)`, blockwise over the power-of-two decomposition
 //! of d, largest block first, as jang_tools does), codes are unpacked with integer ops and looked up
-//! in the codebook, and the row norms scale the matmul output (jangtq-format.md §3.2–§3.6).
+//! in the codebook, and the row norms scale the matmul output (docs/bundle-format.md §3.2–§3.6).
 use mlx_rs::ops::indexing::{take, take_axis, IndexOp};
 use mlx_rs::ops::{concatenate, floor_divide, remainder};
 use mlx_rs::{Array, Dtype};
@@ -203,7 +203,7 @@ impl TqMatrix {
 
 // ---- dequantization (self-contained; used by tests and diagnostics) -----------------------------
 
-/// Dequantizes TurboQuant weights to f32 with plain MLX ops (jangtq-format.md §3.6):
+/// Dequantizes TurboQuant weights to f32 with plain MLX ops (docs/bundle-format.md §3.6):
 /// `W[.., r, :] = s ⊙ H(norms[.., r] · C[codes[.., r, :]])`, where `codes` are the `bits`-bit indices
 /// packed LSB-first into `packed` (U32 `[.., out, ceil(in / (32/bits))]`), `norms` `[.., out]`,
 /// `codebook` f32 `[2^bits]`, `signs` f32 `[in]`, and `H` the orthonormal Sylvester Walsh-Hadamard

@@ -1,6 +1,6 @@
 //! The JSON side files of a synthetic bundle: the Zyphra legacy source `config.json`
-//! (zaya-architecture.md §1.1 key set), the converted `config.json` and `jang_config.json`
-//! exactly as `jang_tools.convert_zaya_jangtq` writes them (jangtq-format.md §1.1–§1.2),
+//! (docs/model.md §1.1 key set), the converted `config.json` and `jang_config.json`
+//! exactly as `jang_tools.convert_zaya_jangtq` writes them (docs/bundle-format.md §1.1–§1.2),
 //! `generation_config.json` and the index.
 use std::collections::BTreeMap;
 use std::path::Path;

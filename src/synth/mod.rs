@@ -1,5 +1,5 @@
 //! `zaya synth`: random bundles in the exact JANGTQ format of `OsaurusAI/ZAYA1-8B-JANGTQ4`
-//! (jangtq-format.md §1) at any size, made with our own encoders ([`crate::quant::encode`]).
+//! (docs/bundle-format.md §1) at any size, made with our own encoders ([`crate::quant::encode`]).
 //!
 //! [`write_bundle`] streams the bundle: it plans every tensor, shard and byte offset first (the
 //! converter's tensor order and 1e9-byte shard rule, safetensors' in-file order), writes the

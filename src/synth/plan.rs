@@ -1,6 +1,6 @@
 //! The tensor inventory of a synthetic bundle and its file layout: the Zyphra-format source
 //! tensors with their random initialisations, the converter's passthrough/affine/MXTQ policy and
-//! output order (jangtq-format.md §1.3), shard assignment (a shard closes once 1e9 bytes have
+//! output order (docs/bundle-format.md §1.3), shard assignment (a shard closes once 1e9 bytes have
 //! accumulated) and the safetensors byte layout of every shard (tensors sorted by dtype, then
 //! name, as the safetensors library writes them; 8-byte aligned JSON header, no `__metadata__`).
 use std::collections::HashMap;
@@ -94,7 +94,7 @@ fn uniform_in(fan_in: usize) -> Init {
     }
 }
 
-/// The non-expert tensors of the Zyphra legacy float source (zaya-architecture.md §5.1), sorted
+/// The non-expert tensors of the Zyphra legacy float source (docs/model.md §5.1), sorted
 /// by name: the order in which the converter reads a single-shard source.
 pub fn source_tensors(spec: &SynthSpec) -> Vec<SourceTensor> {
     let h = spec.hidden_size;
@@ -453,7 +453,7 @@ pub fn layout_file(tensors: &[OutTensor], mut idx: Vec<usize>, name: String) -> 
     ))
 }
 
-/// Number of model keys the format predicts (jangtq-format.md §1.3 formula generalised):
+/// Number of model keys the format predicts (docs/bundle-format.md §1.3 formula generalised):
 /// 25 per attention half-layer (−2 for layer 0), 24 per MoE half-layer (−1 for layer 1),
 /// 3 (embed) + 1 (final_norm) + 4 (model.res_scale).
 pub fn expected_key_count(num_hidden_layers: usize) -> usize {

@@ -33,7 +33,7 @@ pub fn run_python(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// The tiny legacy-revision config (jangtq-format.md §5.2: H 64, 4 half-layers, 4 experts, heads 4/2 x 16,
+/// The tiny legacy-revision config (docs/bundle-format.md §5.2: H 64, 4 half-layers, 4 experts, heads 4/2 x 16,
 /// router 32, vocab 256, ffn_hidden_size 2H).
 pub fn tiny_config() -> Value {
     json!({

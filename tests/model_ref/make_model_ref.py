@@ -21,7 +21,7 @@ hidden.{n} / residual.{n} f32 [T, H], route.{n} i32 [T] (odd n).
 
 The reference runs jang_tools.zaya.model in float32: float16 passthrough tensors and affine
 scales/biases are cast to float32, TurboQuant experts are dequantized to float32
-(W = s ⊙ H·(norms ⊙ C[codes]) row-wise, jangtq-format.md §3.6).
+(W = s ⊙ H·(norms ⊙ C[codes]) row-wise, docs/bundle-format.md §3.6).
 """
 import json
 import sys

@@ -1,4 +1,4 @@
-"""Loads a synthetic JANGTQ bundle into jang_tools' pure-MLX ZAYA model the jangtq-format.md §5.2
+"""Loads a synthetic JANGTQ bundle into jang_tools' pure-MLX ZAYA model the docs/bundle-format.md §5.2
 way (TurboQuant experts dequantized to float with the sidecar, affine modules quantized to match
 the .scales entries, strict load), runs a forward pass, and, given the float source of the same
 weights, compares weights and logits with the float model (tests/synth_bundle.rs).
@@ -35,7 +35,7 @@ summary = {"keys": len(weights), "dtypes": sorted({str(v.dtype) for v in weights
 
 
 def dequant_tq(packed, norms, bits, in_features):
-    """Independent dequantizer (jangtq-format.md §3.6): W = diag(n) C[codes] H diag(s)."""
+    """Independent dequantizer (docs/bundle-format.md §3.6): W = diag(n) C[codes] H diag(s)."""
     per = 32 // bits
     shifts = mx.arange(per, dtype=mx.uint32) * bits
     codes = (packed[..., None] >> shifts) & ((1 << bits) - 1)

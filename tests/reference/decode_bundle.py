@@ -8,9 +8,9 @@ hand-written safetensors reader, and writes float32 tensors:
   * `{base}.weight` for every TurboQuant module `{base}.tq_packed` (stacked [E, out, in]):
       codes unpacked LSB-first (32/bits codes per uint32 word), codebook lookup, times the row norm,
       then the inverse rotation  w_row = s * (H @ row)  with H the orthonormal Sylvester
-      Walsh-Hadamard matrix built here (jangtq-format.md §3.2-§3.6);
+      Walsh-Hadamard matrix built here (docs/bundle-format.md §3.2-§3.6);
   * `{base}.weight` for every MLX affine module (`.weight` U32 + `.scales` + `.biases`):
-      w = scales * q + biases per group (jangtq-format.md §2), bits from config.json's quantization
+      w = scales * q + biases per group (docs/bundle-format.md §2), bits from config.json's quantization
       block (module override, else `embed_bits` for embed_tokens/lm_head, else the global bits);
   * `{base}.weight` for every MLX mxfp4 module (`.weight` U32 + `.scales` U8, no biases): 4-bit
       e2m1 codes (sign bit 3, magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6) times 2^(scale - 127) per group

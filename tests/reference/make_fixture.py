@@ -338,7 +338,7 @@ def check_variant(name: str, checks: dict, dtype: str, cfg: dict) -> None:
 
 def expert_dequant_error(src: Path, bundle: Path) -> float:
     """Largest relative RMS error ||W_deq - W_src|| / ||W_src|| over the expert stacks: about 0.1 for
-    4-bit TurboQuant of Gaussian rows (jangtq-format.md §3.5); a wrong dequantization gives ~1.4."""
+    4-bit TurboQuant of Gaussian rows (docs/bundle-format.md §3.5); a wrong dequantization gives ~1.4."""
     import mlx.core as mx
     import zaya_ref
 

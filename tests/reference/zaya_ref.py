@@ -4,7 +4,7 @@ Owns: loading a JANGTQ4 bundle (or a Zyphra-format float source) into the refere
 `jang_tools.zaya.model.Model` on the MLX CPU backend, with a chosen float compute dtype; capturing
 per-half-layer values by running the layers one by one; greedy decoding with mlx-lm caches.
 
-The routed experts are dequantized exactly as in the format specification (jangtq-format.md §3.6 / §5.2):
+The routed experts are dequantized exactly as in the format specification (docs/bundle-format.md §3.6 / §5.2):
     W[e, r, :] = signs * hadamard_transform(norms[e, r] * codebook[codes[e, r, :]], 1/sqrt(in))
 with the codebook and sign vector read from the bundle's sidecar `jangtq_runtime.safetensors`.
 Affine 8-bit tensors stay quantized and go through `nn.quantize` with the bundle's group size.
@@ -42,7 +42,7 @@ def load_shards(model_dir: Path) -> dict[str, mx.array]:
 
 
 def unpack_codes(packed: mx.array, bits: int, in_features: int) -> mx.array:
-    """U32 [..., packed_cols] -> uint32 codes [..., in_features] (LSB-first, jangtq-format.md §3.2)."""
+    """U32 [..., packed_cols] -> uint32 codes [..., in_features] (LSB-first, docs/bundle-format.md §3.2)."""
     per_word = 32 // bits
     shifts = mx.arange(per_word, dtype=mx.uint32) * bits
     codes = (packed[..., None] >> shifts) & ((1 << bits) - 1)

@@ -25,10 +25,17 @@ fn a_fused_decode_step_runs_the_fused_primitives() {
         let fx = common::fixture(name);
         let model = ZayaModel::load(&fx.bundle, ModelOptions::default()).unwrap();
         let n = model.config().num_hidden_layers as i64;
-        let (attn, moe) = (model.config().num_attention_layers() as i64, model.config().num_moe_layers() as i64);
+        let (attn, moe) = (
+            model.config().num_attention_layers() as i64,
+            model.config().num_moe_layers() as i64,
+        );
         let h = histogram(&model);
         let count = |k: &str| h.get(k).copied().unwrap_or(0);
-        assert_eq!(count("ZayaResNorm"), n + 1, "{name}: merge + norm per half-layer and the final one: {h:?}");
+        assert_eq!(
+            count("ZayaResNorm"),
+            n + 1,
+            "{name}: merge + norm per half-layer and the final one: {h:?}"
+        );
         assert_eq!(count("ZayaCcaQk"), attn, "{name}: {h:?}");
         assert_eq!(count("ZayaCcaAttention"), attn, "{name}: {h:?}");
         assert_eq!(count("ZayaRouter"), moe, "{name}: {h:?}");

@@ -391,12 +391,18 @@ fn cli_writes_bundles_and_reports_bad_input() {
     // named), a bundle file someone else put there stops it
     let manifest = out.join(".zaya-synth.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    m["files"].as_array_mut().unwrap().push(json!("model-00001-of-00009.safetensors"));
+    m["files"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("model-00001-of-00009.safetensors"));
     std::fs::write(&manifest, m.to_string()).unwrap();
     std::fs::write(out.join("model-00001-of-00009.safetensors"), b"stale").unwrap();
     let (code, err) = zaya(&["synth", "--preset", "tiny", "--out", o, "--force", "-q"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("model-00001-of-00009.safetensors"), "names what it replaces: {err}");
+    assert!(
+        err.contains("model-00001-of-00009.safetensors"),
+        "names what it replaces: {err}"
+    );
     assert!(
         !out.join("model-00001-of-00009.safetensors").exists(),
         "stale shard removed"
@@ -405,7 +411,10 @@ fn cli_writes_bundles_and_reports_bad_input() {
     let (code, err) = zaya(&["synth", "--preset", "tiny", "--out", o, "--force", "-q"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("was not written by zaya synth"), "{err}");
-    assert_eq!(std::fs::read(out.join("model-00002-of-00009.safetensors")).unwrap(), b"not ours");
+    assert_eq!(
+        std::fs::read(out.join("model-00002-of-00009.safetensors")).unwrap(),
+        b"not ours"
+    );
     // unknown preset, bad override file, invalid spec: typed errors naming the culprit
     let (code, err) = zaya(&[
         "synth",

@@ -100,7 +100,7 @@ fn interesting_int(rng: &mut ChaCha8Rng) -> Value {
 
 fn random_value(rng: &mut ChaCha8Rng) -> Value {
     match rng.gen_range(0..9) {
-        0 | 1 | 2 => interesting_int(rng),
+        0..=2 => interesting_int(rng),
         3 => Value::from([0.0, -0.5, 0.5, 1.5, 1e308, -1e308, 1e-300][rng.gen_range(0..7)]),
         4 => Value::from(["", "mxtq", "zaya", "x".repeat(300).as_str(), "\u{0}", "<|im_end|>"][rng.gen_range(0..6)]),
         5 => Value::Null,
@@ -430,7 +430,7 @@ fn mutate_shard(d: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
         if let Ok(text) = std::str::from_utf8(&d[8..h]) {
             let m = mutate_json(text.trim_end().as_bytes(), rng);
             let mut hdr = m;
-            while hdr.len() % 8 != 0 {
+            while !hdr.len().is_multiple_of(8) {
                 hdr.push(b' ');
             }
             out = (hdr.len() as u64).to_le_bytes().to_vec();

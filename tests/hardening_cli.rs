@@ -356,7 +356,8 @@ fn outputs_never_lose_data() {
 fn info_reports_what_is_wrong() {
     let e = env();
     let info = |d: &Path| run(&e.home, &["info", "--model", d.to_str().unwrap()]);
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &[&str])> = vec![
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage, &[&str])> = vec![
         (
             "corrupt tokenizer.json",
             Box::new(|d: &Path| std::fs::write(d.join("tokenizer.json"), b"{not json").unwrap()),
@@ -420,7 +421,7 @@ fn info_reports_what_is_wrong() {
     let off = h[a]["data_offsets"].clone();
     h[b]["data_offsets"] = off;
     let mut hdr = serde_json::to_vec(&h).unwrap();
-    while hdr.len() % 8 != 0 {
+    while !hdr.len().is_multiple_of(8) {
         hdr.push(b' ');
     }
     let mut out = (hdr.len() as u64).to_le_bytes().to_vec();
@@ -485,7 +486,8 @@ fn parity_references_are_checked() {
     let r = e.root.join("ref.safetensors");
     let o = logits(&e.home, e.b(), "3,4,5", &r);
     expect(&o, 0, "logits", &[]);
-    let write = |edit: &dyn Fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)| -> PathBuf {
+    type Tensors = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+    let write = |edit: &dyn Fn(&mut Tensors)| -> PathBuf {
         let bytes = std::fs::read(&r).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut t: Vec<_> = st
@@ -507,9 +509,7 @@ fn parity_references_are_checked() {
         safetensors::serialize_to_file(views, None, &p).unwrap();
         p
     };
-    let ids = |t: &mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>| -> usize {
-        t.iter().position(|x| x.0 == "token_ids").unwrap()
-    };
+    let ids = |t: &mut Tensors| -> usize { t.iter().position(|x| x.0 == "token_ids").unwrap() };
     let cases: Vec<(&str, PathBuf, &[&str])> = vec![
         (
             "empty ids",

@@ -43,7 +43,7 @@ fn a_fused_decode_step_runs_the_fused_primitives() {
         assert_eq!(count("ZayaMoeCombine"), moe, "{name}: {h:?}");
         assert_eq!(count("ZayaAffineEmbed"), 1, "{name}: {h:?}");
         // q‖k and v1‖v2 projections, o_proj per attention layer, and the lm_head
-        assert!(count("ZayaAffineMatmul") >= 3 * attn + 1, "{name}: {h:?}");
+        assert!(count("ZayaAffineMatmul") > 3 * attn, "{name}: {h:?}");
     }
 }
 

@@ -168,7 +168,6 @@ pub fn write_bundle(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> Result
         sink: Some(&sink),
     };
     let threads = run_jobs(&jobs, opts, "synth", |job| ctx.bundle_job(job, &encoders))?;
-    drop(ctx);
     sink.finish()?;
 
     // Sidecar, index and side files.
@@ -238,7 +237,6 @@ pub fn write_float_source(spec: &SynthSpec, out: &Path, opts: &SynthOptions) -> 
         sink: Some(&sink),
     };
     let threads = run_jobs(&jobs, opts, "source", |job| ctx.source_job(job, &tensors))?;
-    drop(ctx);
     sink.finish()?;
     let data_size: u64 = tensors.iter().map(|t| t.nbytes() as u64).sum();
     write_index(out, None, data_size, &tensors, &locs, &files)?;

@@ -137,8 +137,13 @@ impl ChatOptions {
         };
         for (k, v) in m {
             if RESERVED_KWARGS.contains(&k.as_str()) {
+                let how = match k.as_str() {
+                    "tools" => "pass the tool schemas with --tools FILE.json",
+                    "documents" => "documents are set through the library (ChatOptions::documents)",
+                    _ => "the conversation and the generation prompt are set by zaya",
+                };
                 return Err(ZayaError::InvalidArgument(format!(
-                    "--chat-template-config must not set `{k}` (it has its own option)"
+                    "--chat-template-config must not set `{k}`: {how}"
                 )));
             }
             if k == "enable_thinking" && self.enable_thinking.is_none() {
@@ -569,7 +574,8 @@ fn rewrite_generation_tags(src: &str) -> String {
     while let Some(i) = rest.find("{%") {
         out.push_str(&rest[..i]);
         let tag = &rest[i..];
-        let Some(end) = tag.find("%}") else {
+        // the closing `%}` starts after the opening `{%` (in `{%}` they overlap)
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -1031,4 +1037,21 @@ fn tojson_filter(v: &JValue, args: Rest<JValue>, kwargs: Kwargs) -> std::result:
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_tags_are_rewritten_and_odd_tags_survive() {
+        assert_eq!(
+            rewrite_generation_tags("a{%- generation -%}b{% endgeneration %}c"),
+            "a{%- if true -%}b{% endif %}c"
+        );
+        // `{%}`: the closing marker overlaps the opening one (found by the fuzz harness)
+        assert_eq!(rewrite_generation_tags("x{%}y"), "x{%}y");
+        assert_eq!(rewrite_generation_tags("{%"), "{%");
+        assert_eq!(rewrite_generation_tags("{%%}"), "{%%}");
+    }
 }

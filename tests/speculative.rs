@@ -25,6 +25,19 @@ fn draft(k: usize) -> Option<DraftParams> {
     })
 }
 
+/// A tiny synthetic bundle with a tokenizer and chat template, loaded.
+fn tiny_synth() -> (tempfile::TempDir, Zaya) {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(
+        &SynthSpec::preset("tiny").unwrap(),
+        dir.path(),
+        &SynthOptions::default(),
+    )
+    .unwrap();
+    let zaya = Zaya::load(dir.path(), ModelOptions::default()).unwrap();
+    (dir, zaya)
+}
+
 fn check_fixture(name: &str) {
     let fx = common::fixture(name);
     let r = common::read_all(&fx.reference);
@@ -115,14 +128,7 @@ fn real_dimensions_speculative_greedy_equals_reference() {
 /// and token limits that end a generation inside an accepted run of drafts.
 #[test]
 fn chat_with_drafts_equals_plain() {
-    let dir = tempfile::tempdir().unwrap();
-    write_bundle(
-        &SynthSpec::preset("tiny").unwrap(),
-        dir.path(),
-        &SynthOptions::default(),
-    )
-    .unwrap();
-    let zaya = Zaya::load(dir.path(), ModelOptions::default()).unwrap();
+    let (_dir, zaya) = tiny_synth();
     let prompt = "one two three four one two three four one two three four one two";
     let run = |d: Option<DraftParams>, max: usize, stop: Vec<String>| {
         let mut s = zaya.session();
@@ -276,14 +282,7 @@ fn sampler_with_drafts_keeps_the_distribution() {
 
 #[test]
 fn bad_draft_settings_are_typed_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    write_bundle(
-        &SynthSpec::preset("tiny").unwrap(),
-        dir.path(),
-        &SynthOptions::default(),
-    )
-    .unwrap();
-    let zaya = Zaya::load(dir.path(), ModelOptions::default()).unwrap();
+    let (_dir, zaya) = tiny_synth();
     let mut s = zaya.session();
     for k in [0usize, 65] {
         let p = GenParams {

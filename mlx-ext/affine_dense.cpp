@@ -14,6 +14,7 @@ namespace {
 struct DenseDims {
   int64_t N;
   int in, out, wtype, btype, has_bias;
+  bool operator==(const DenseDims&) const = default;
 };
 
 struct DensePtrs {
@@ -39,10 +40,10 @@ void run_dense(const DensePtrs& p, const DenseDims& d, const kern::Table* tab) {
   }, kStreamChunks);
 }
 
-class DenseMatmul : public mx::UnaryPrimitive {
+class DenseMatmul : public CpuOnlyUnary {
  public:
   DenseMatmul(mx::Stream stream, DenseDims d, const kern::Table* tab)
-      : mx::UnaryPrimitive(stream), d_(d), tab_(tab) {}
+      : CpuOnlyUnary(stream), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     DensePtrs p{nullptr, in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr, out.data<float>()};
@@ -52,13 +53,10 @@ class DenseMatmul : public mx::UnaryPrimitive {
       run_dense(p, d, tab);
     }));
   }
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("DenseMatmul has no GPU kernel");
-  }
   const char* name() const override { return "ZayaDenseMatmul"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const DenseMatmul&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(DenseDims)) == 0 && tab_ == o.tab_;
+    return d_ == o.d_ && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();

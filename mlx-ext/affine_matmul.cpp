@@ -19,6 +19,7 @@ namespace {
 struct AffDims {
   int64_t N;  // rows of x (or ids)
   int in, out, bits, group, stype;
+  bool operator==(const AffDims&) const = default;
 };
 
 AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::array& biases, int bits,
@@ -69,6 +70,7 @@ void aff_prep_x(const float* x, int in, int L, float* out) {
 struct AffPart {
   AffDims d;
   int64_t offset;
+  bool operator==(const AffPart&) const = default;
 };
 
 constexpr int kMaxParts = 4;
@@ -78,6 +80,7 @@ struct AffMulti {
   int64_t N;      // rows of every x
   int64_t total;  // columns of y
   AffPart part[kMaxParts];
+  bool operator==(const AffMulti&) const = default;
 };
 
 // y[:, off_i : off_i + out_i] = x_i · W_iᵀ for every part; inputs are [x_0, w_0, s_0, b_0, x_1, ...].
@@ -118,21 +121,18 @@ void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, 
   }, kStreamChunks);
 }
 
-class AffineMatmul : public mx::UnaryPrimitive {
+class AffineMatmul : public CpuOnlyUnary {
  public:
   AffineMatmul(mx::Stream stream, AffMulti am, const kern::Table* tab)
-      : mx::UnaryPrimitive(stream), am_(am), tab_(tab) {}
+      : CpuOnlyUnary(stream), am_(am), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     enc.dispatch(traced(name(), [in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); }));
   }
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("AffineMatmul has no GPU kernel");
-  }
   const char* name() const override { return "ZayaAffineMatmul"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const AffineMatmul&>(other);
-    return std::memcmp(&am_, &o.am_, sizeof(AffMulti)) == 0 && tab_ == o.tab_;
+    return am_ == o.am_ && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();
@@ -172,9 +172,9 @@ void run_embed(const uint32_t* ids, const uint32_t* w, const void* scales, const
   });
 }
 
-class AffineEmbed : public mx::UnaryPrimitive {
+class AffineEmbed : public CpuOnlyUnary {
  public:
-  AffineEmbed(mx::Stream stream, AffDims d) : mx::UnaryPrimitive(stream), d_(d) {}
+  AffineEmbed(mx::Stream stream, AffDims d) : CpuOnlyUnary(stream), d_(d) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
@@ -183,13 +183,10 @@ class AffineEmbed : public mx::UnaryPrimitive {
       run_embed(ids, in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), y, d);
     }));
   }
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("AffineEmbed has no GPU kernel");
-  }
   const char* name() const override { return "ZayaAffineEmbed"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const AffineEmbed&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(AffDims)) == 0;
+    return d_ == o.d_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();

@@ -29,6 +29,7 @@ struct QkDims {
   int offset;
   float theta;
   int w0_t, b0_t, w1_t, b1_t, temp_t;
+  bool operator==(const QkDims&) const = default;
 };
 
 // ---- cca_qk kernel ---------------------------------------------------------------------------------
@@ -172,21 +173,18 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   }
 }
 
-class CcaQk : public mx::Primitive {
+class CcaQk : public CpuOnlyMulti {
  public:
-  CcaQk(mx::Stream s, QkDims d, const kern::Table* tab) : mx::Primitive(s), d_(d), tab_(tab) {}
+  CcaQk(mx::Stream s, QkDims d, const kern::Table* tab) : CpuOnlyMulti(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     QkOut o{out[0].data<float>(), out[1].data<float>(), out[2].data<float>(), out[3].data<float>()};
     enc.dispatch(traced(name(), [in, o, d = d_, tab = tab_]() { run_cca_qk(in, o, d, tab); }));
   }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("CcaQk has no GPU kernel");
-  }
   const char* name() const override { return "ZayaCcaQk"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const CcaQk&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(d_)) == 0 && tab_ == o.tab_;
+    return d_ == o.d_ && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return shapes(d_); }
   static std::vector<mx::Shape> shapes(const QkDims& d) {
@@ -247,6 +245,7 @@ struct AttnDims {
   int B, Hq, Hk, T, D, cap, len;
   float scale;
   int flat;  // output [B·T, Hq·D] instead of [B, T, Hq·D]
+  bool operator==(const AttnDims&) const = default;
 };
 
 void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims& d, const kern::Table* tab) {
@@ -318,20 +317,17 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
   });
 }
 
-class CcaAttention : public mx::UnaryPrimitive {
+class CcaAttention : public CpuOnlyUnary {
  public:
-  CcaAttention(mx::Stream s, AttnDims d, const kern::Table* tab) : mx::UnaryPrimitive(s), d_(d), tab_(tab) {}
+  CcaAttention(mx::Stream s, AttnDims d, const kern::Table* tab) : CpuOnlyUnary(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_, tab = tab_]() { run_attention(in, y, d, tab); }));
   }
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("CcaAttention has no GPU kernel");
-  }
   const char* name() const override { return "ZayaCcaAttention"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const CcaAttention&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(d_)) == 0 && tab_ == o.tab_;
+    return d_ == o.d_ && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {shape(d_)}; }
   static mx::Shape shape(const AttnDims& d) {

@@ -14,6 +14,7 @@ namespace {
 
 struct ConvDims {
   int B, T, C, K0, K1, S, G, Cg;
+  bool operator==(const ConvDims&) const = default;
 };
 
 ConvDims check_conv_args(const mx::array& u, const mx::array& state, const mx::array& w0,
@@ -68,19 +69,15 @@ std::vector<mx::array> cca_conv_portable(const mx::array& u, const mx::array& st
   return {z, new_state};
 }
 
-class CcaConv : public mx::Primitive {
+class CcaConv : public CpuOnlyMulti {
  public:
-  CcaConv(mx::Stream stream, ConvDims d) : mx::Primitive(stream), d_(d) {}
+  CcaConv(mx::Stream stream, ConvDims d) : CpuOnlyMulti(stream), d_(d) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    // Never constructed on a GPU stream: zaya_cca_conv builds the portable graph there.
-    throw std::runtime_error("CcaConv has no GPU kernel");
-  }
   const char* name() const override { return "ZayaCcaConv"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const CcaConv&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(ConvDims)) == 0;
+    return d_ == o.d_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return {mx::Shape{d_.B, d_.T, d_.C}, mx::Shape{d_.B, d_.C, d_.S}};

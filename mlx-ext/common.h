@@ -24,6 +24,25 @@ namespace mx = mlx::core;
 
 void set_last_error(const std::string& msg);
 
+// Bases of this extension's primitives: they have CPU kernels only. On other streams (GPU) the op
+// functions build each primitive's portable graph of plain MLX ops instead, so eval_gpu is never
+// reached; it throws, naming the primitive, if it ever is.
+class CpuOnlyUnary : public mx::UnaryPrimitive {
+ public:
+  using mx::UnaryPrimitive::UnaryPrimitive;
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string(name()) + " has no GPU kernel");
+  }
+};
+
+class CpuOnlyMulti : public mx::Primitive {
+ public:
+  using mx::Primitive::Primitive;
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(std::string(name()) + " has no GPU kernel");
+  }
+};
+
 // Runs `f`; converts any exception into a non-zero return code plus zaya_ext_last_error().
 template <class F>
 int guard(const char* fn, F&& f) {

@@ -48,18 +48,16 @@ struct ResNormDims {
   int H;
   int has_r, has_rsb;
   float eps;
+  bool operator==(const ResNormDims&) const = default;
 };
 
-class ResNorm : public mx::Primitive {
+class ResNorm : public CpuOnlyMulti {
  public:
-  ResNorm(mx::Stream s, ResNormDims d) : mx::Primitive(s), d_(d) {}
+  ResNorm(mx::Stream s, ResNormDims d) : CpuOnlyMulti(s), d_(d) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("ResNorm has no GPU kernel");
-  }
   const char* name() const override { return "ZayaResNorm"; }
   bool is_equivalent(const mx::Primitive& other) const override {
-    return std::memcmp(&d_, &static_cast<const ResNorm&>(other).d_, sizeof(d_)) == 0;
+    return d_ == static_cast<const ResNorm&>(other).d_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     return {in[0].shape(), in[0].shape()};
@@ -109,19 +107,17 @@ struct RouterDims {
   int has_prev;
   int down_t, w0_t, w2_t, w4_t;
   float eps;
+  bool operator==(const RouterDims&) const = default;
 };
 
-class Router : public mx::Primitive {
+class Router : public CpuOnlyMulti {
  public:
-  Router(mx::Stream s, RouterDims d, const kern::Table* tab) : mx::Primitive(s), d_(d), tab_(tab) {}
+  Router(mx::Stream s, RouterDims d, const kern::Table* tab) : CpuOnlyMulti(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("Router has no GPU kernel");
-  }
   const char* name() const override { return "ZayaRouter"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const Router&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(d_)) == 0 && tab_ == o.tab_;
+    return d_ == o.d_ && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return shapes(d_); }
   static std::vector<mx::Shape> shapes(const RouterDims& d) {
@@ -277,18 +273,16 @@ std::vector<mx::array> router_portable(const mx::array& x, const mx::array* prev
 struct CombineDims {
   int64_t N;
   int H, E, zero_skip;
+  bool operator==(const CombineDims&) const = default;
 };
 
-class MoeCombine : public mx::UnaryPrimitive {
+class MoeCombine : public CpuOnlyUnary {
  public:
-  MoeCombine(mx::Stream s, CombineDims d) : mx::UnaryPrimitive(s), d_(d) {}
+  MoeCombine(mx::Stream s, CombineDims d) : CpuOnlyUnary(s), d_(d) {}
   void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override;
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("MoeCombine has no GPU kernel");
-  }
   const char* name() const override { return "ZayaMoeCombine"; }
   bool is_equivalent(const mx::Primitive& other) const override {
-    return std::memcmp(&d_, &static_cast<const MoeCombine&>(other).d_, sizeof(d_)) == 0;
+    return d_ == static_cast<const MoeCombine&>(other).d_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
 

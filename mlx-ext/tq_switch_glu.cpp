@@ -23,6 +23,7 @@ struct TqDims {
   int cols_gu, cols_d;
   int gn_type, un_type, dn_type;
   int idx_2d;
+  bool operator==(const TqDims&) const = default;
 };
 
 bool is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -332,20 +333,16 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   }, kStreamChunks);
 }
 
-class TqSwitchGlu : public mx::UnaryPrimitive {
+class TqSwitchGlu : public CpuOnlyUnary {
  public:
   TqSwitchGlu(mx::Stream stream, TqDims d, const kern::Table* tab)
-      : mx::UnaryPrimitive(stream), d_(d), tab_(tab) {}
+      : CpuOnlyUnary(stream), d_(d), tab_(tab) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    // Never constructed on a GPU stream: zaya_tq_switch_glu builds the portable graph there.
-    throw std::runtime_error("TqSwitchGlu has no GPU kernel");
-  }
   const char* name() const override { return "ZayaTqSwitchGlu"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const TqSwitchGlu&>(other);
-    return std::memcmp(&d_, &o.d_, sizeof(TqDims)) == 0 && tab_ == o.tab_;
+    return d_ == o.d_ && tab_ == o.tab_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {shape(d_)}; }
 

@@ -172,18 +172,7 @@ impl<'m> Session<'m> {
     fn prefill_chat(&mut self, params: &GenParams) -> Result<(Prefill, Mode, Instant)> {
         let start = Instant::now();
         params.validate()?;
-        let zaya = self.zaya;
-        let tpl = zaya.template.as_ref().ok_or_else(|| {
-            ZayaError::Template(format!(
-                "{} has no chat template; use raw generation (--ignore-chat-template)",
-                zaya.dir
-                    .as_ref()
-                    .map_or("the model".to_string(), |d| d.display().to_string())
-            ))
-        })?;
-        let tok = zaya.tokenizer_or_err("chat")?;
-        let mut opts = self.chat_options.clone();
-        opts.continue_final_message = false;
+        let (tpl, tok, mut opts) = self.chat_parts()?;
         opts.add_generation_prompt = true;
         let full = tpl.render_messages(&self.messages, &opts)?;
         self.check_text(&full)?;
@@ -248,9 +237,7 @@ impl<'m> Session<'m> {
     /// [`Session::chat`] re-prefills the conversation from an empty cache.
     pub fn generate(&mut self, prompt: &str, params: &GenParams) -> Result<Generation<'_, 'm>> {
         let tok = self.zaya.tokenizer_or_err("text generation")?;
-        let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
-        let add_special =
-            self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| prompt.starts_with(b));
+        let add_special = self.needs_bos(tok, prompt);
         self.check_text(prompt)?;
         let ids = tok.encode(prompt, add_special)?;
         self.generate_from_tokens(&ids, params)
@@ -294,15 +281,7 @@ impl<'m> Session<'m> {
     /// [`save_prompt_cache`](Self::save_prompt_cache) and ask about later). Returns the number of
     /// tokens fed.
     pub fn prefill_history(&mut self, chunk: Option<usize>) -> Result<usize> {
-        let zaya = self.zaya;
-        let tpl = zaya
-            .template
-            .as_ref()
-            .ok_or_else(|| ZayaError::Template("the model has no chat template".into()))?;
-        let tok = zaya.tokenizer_or_err("chat")?;
-        let mut opts = self.chat_options.clone();
-        opts.continue_final_message = false;
-        opts.add_generation_prompt = false;
+        let (tpl, tok, opts) = self.chat_parts()?;
         let hist = tpl.render_messages(&self.messages, &opts)?;
         self.check_text(&hist)?;
         self.pending = None;
@@ -317,9 +296,7 @@ impl<'m> Session<'m> {
     /// adds it) without generating. Returns the number of tokens fed.
     pub fn prefill_text(&mut self, text: &str, chunk: Option<usize>) -> Result<usize> {
         let tok = self.zaya.tokenizer_or_err("text prefill")?;
-        let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
-        let add_special =
-            self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| text.starts_with(b));
+        let add_special = self.needs_bos(tok, text);
         self.check_text(text)?;
         let mut ids: Vec<u32> = self.pending.take().into_iter().collect();
         ids.extend(tok.encode(text, add_special)?);
@@ -402,6 +379,32 @@ impl<'m> Session<'m> {
         self.messages = messages;
         self.snapshot = None;
         Ok(())
+    }
+
+    /// The chat template, the tokenizer and this session's template options (no generation prompt,
+    /// no continued final message), or an error saying which is missing.
+    fn chat_parts(&self) -> Result<(&'m ChatTemplate, &'m Tokenizer, ChatOptions)> {
+        let zaya = self.zaya;
+        let tpl = zaya.template.as_ref().ok_or_else(|| {
+            ZayaError::Template(format!(
+                "{} has no chat template; use raw generation (--ignore-chat-template)",
+                zaya.dir
+                    .as_ref()
+                    .map_or("the model".to_string(), |d| d.display().to_string())
+            ))
+        })?;
+        let tok = zaya.tokenizer_or_err("chat")?;
+        let mut opts = self.chat_options.clone();
+        opts.continue_final_message = false;
+        opts.add_generation_prompt = false;
+        Ok((tpl, tok, opts))
+    }
+
+    /// Raw text gets `<bos>` (through the tokenizer's post-processor) only on an empty cache and when
+    /// it does not start with it already, as mlx_lm does.
+    fn needs_bos(&self, tok: &Tokenizer, text: &str) -> bool {
+        let bos_text = tok.special_tokens().bos.as_ref().map(|t| t.content.as_str());
+        self.tokens.is_empty() && self.pending.is_none() && !bos_text.is_some_and(|b| text.starts_with(b))
     }
 
     /// Refuses text too long to fit the context whatever its tokenization (more than 64 bytes per

@@ -27,9 +27,12 @@ struct QkDims {
   int Hq, Hk, D, rd;
   int clamp_temp;
   int offset;
+  // per-sequence positions of the first frame (size B; empty: `offset` for every sequence)
+  std::vector<int> row_offsets;
   float theta;
   int w0_t, b0_t, w1_t, b1_t, temp_t;
   bool operator==(const QkDims&) const = default;
+  int offset_of(int64_t b) const { return row_offsets.empty() ? offset : row_offsets[(size_t)b]; }
 };
 
 // ---- cca_qk kernel ---------------------------------------------------------------------------------
@@ -63,13 +66,15 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
     const float t = kern::load_float(tmp, d.temp_t, j);
     temp[j] = d.clamp_temp ? std::exp(std::min(std::max(t, 1e-7f), 2.0f)) : t;
   }
-  // RoPE tables as MLX's rope computes them in f32: inv_i = exp(-i·(log θ / half)), angle = pos·inv_i
+  // RoPE tables as MLX's rope computes them in f32: inv_i = exp(-i·(log θ / half)), angle = pos·inv_i;
+  // one table for all sequences, or per sequence when each has its own position
   const int half = d.rd / 2;
   std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
-  if (half > 0) {
+  auto fill_tables = [&](int64_t b) {
+    if (half == 0) return;
     const float coef = std::log(d.theta) / (float)half;
     for (int64_t t = 0; t < T; ++t) {
-      const float pos = (float)t + (float)d.offset;
+      const float pos = (float)t + (float)d.offset_of(b);
       for (int i = 0; i < half; ++i) {
         const float inv = std::exp((float)(-i) * coef);
         const float ang = pos * inv;
@@ -77,11 +82,13 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
         sn[t * half + i] = std::sin(ang);
       }
     }
-  }
+  };
+  fill_tables(0);
   const float sqrt_d = std::sqrt((float)D);
   const kern::DenseMat m1{w1, d.w1_t, (int)(K1 * Cg)};
   std::vector<float> P(L * C), A(La * C), Z(T * C);
   for (int64_t b = 0; b < d.B; ++b) {
+    if (b > 0 && !d.row_offsets.empty()) fill_tables(b);
     const float* ub = u + b * T * C;
     const float* sb = st + b * C * S;
     // P, time-major [L, C]: the carried frames then u
@@ -233,8 +240,18 @@ std::vector<mx::array> cca_qk_portable(const mx::array& u, const mx::array& stat
   k = mx::transpose(k, {0, 2, 1, 3}, s);
   v = mx::transpose(v, {0, 2, 1, 3}, s);
   if (d.rd > 0) {
-    q = mx::fast::rope(q, d.rd, false, d.theta, 1.0f, d.offset, std::nullopt, s);
-    k = mx::fast::rope(k, d.rd, false, d.theta, 1.0f, d.offset, std::nullopt, s);
+    // per-sequence positions: rope each sequence at its own offset (the reference form)
+    auto rope = [&](const mx::array& x) {
+      if (d.row_offsets.empty()) return mx::fast::rope(x, d.rd, false, d.theta, 1.0f, d.offset, std::nullopt, s);
+      std::vector<mx::array> rows;
+      for (int b = 0; b < B; ++b) {
+        auto xb = mx::slice(x, {b, 0, 0, 0}, {b + 1, x.shape(1), T, D}, s);
+        rows.push_back(mx::fast::rope(xb, d.rd, false, d.theta, 1.0f, d.offset_of(b), std::nullopt, s));
+      }
+      return mx::concatenate(rows, 0, s);
+    };
+    q = rope(q);
+    k = rope(k);
   }
   return {mx::contiguous(q, false, s), mx::contiguous(k, false, s), mx::contiguous(v, false, s), new_state};
 }
@@ -242,10 +259,14 @@ std::vector<mx::array> cca_qk_portable(const mx::array& u, const mx::array& stat
 // ---- attention -------------------------------------------------------------------------------------
 
 struct AttnDims {
-  int B, Hq, Hk, T, D, cap, len;
+  int B, Hq, Hk, T, D, cap, len;  // len: the valid positions (the largest of `lens` when given)
   float scale;
   int flat;  // output [B·T, Hq·D] instead of [B, T, Hq·D]
+  // per-sequence valid positions (size B; empty: `len` for every sequence). Sequence b reads row b of
+  // the KV storage, which may hold more rows than B.
+  std::vector<int> lens;
   bool operator==(const AttnDims&) const = default;
+  int64_t len_of(int64_t b) const { return lens.empty() ? len : lens[(size_t)b]; }
 };
 
 void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims& d, const kern::Table* tab) {
@@ -254,7 +275,7 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
   const float* K = static_cast<const float*>(row_major(in[1], s_k));
   const float* V = static_cast<const float*>(row_major(in[2], s_v));
   const int g = d.Hq / d.Hk;
-  const int64_t D = d.D, T = d.T, offset = d.len - d.T;
+  const int64_t D = d.D, T = d.T;
   // query blocks: bound the score scratch (rows × keys) to ~4M floats
   const int64_t tb = std::max<int64_t>(1, std::min<int64_t>(32, (int64_t(4) << 20) / ((int64_t)g * d.len)));
   const int64_t nblk = (T + tb - 1) / tb;
@@ -270,7 +291,8 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
       for (int64_t bh = h0; bh < h1; ++bh) {
         const float* src = K + bh * (int64_t)d.cap * D;
         float* dst = kt.data() + bh * D * d.len;
-        for (int64_t j = 0; j < d.len; ++j)
+        const int64_t n = d.len_of(bh / d.Hk);
+        for (int64_t j = 0; j < n; ++j)
           for (int64_t i = 0; i < D; ++i) dst[i * d.len + j] = src[j * D + i];
       }
     });
@@ -285,6 +307,7 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
       const int64_t b = bh / d.Hk, kh = bh % d.Hk;
       const int64_t t0 = blk * tb, t1 = std::min<int64_t>(T, t0 + tb);
       const int64_t nt = (t1 - t0) * g;
+      const int64_t offset = d.len_of(b) - T;  // position of query 0
       const int64_t nk = offset + t1;
       qs.resize(nt * D);
       sc.resize(nt * nk);
@@ -345,7 +368,8 @@ class CcaAttention : public CpuOnlyUnary {
 extern "C" int zaya_cca_qk(mlx_array* q_out, mlx_array* k_out, mlx_array* v_out, mlx_array* state_out, mlx_array u_h,
                            mlx_array state_h, mlx_array w0_h, mlx_array b0_h, mlx_array w1_h, mlx_array b1_h,
                            mlx_array temp_h, mlx_array values_h, int q_heads, int kv_heads, int rotary_dim,
-                           float rope_theta, int clamp_temp, int offset, int mode, mlx_stream stream) {
+                           float rope_theta, int clamp_temp, int offset, const int32_t* row_offsets,
+                           size_t n_row_offsets, int mode, mlx_stream stream) {
   using namespace zaya;
   return guard("cca_qk", [&] {
     auto s = get(stream);
@@ -418,6 +442,14 @@ extern "C" int zaya_cca_qk(mlx_array* q_out, mlx_array* k_out, mlx_array* v_out,
     if (rotary_dim < 0 || rotary_dim % 2 != 0 || rotary_dim > d.D)
       fail("rotary_dim " + std::to_string(rotary_dim) + " must be even and at most head_dim " + std::to_string(d.D));
     if (offset < 0) fail("offset must be non-negative");
+    if (n_row_offsets > 0) {
+      if (!row_offsets || n_row_offsets != (size_t)d.B)
+        fail("row offsets: " + std::to_string(n_row_offsets) + " given for " + std::to_string(d.B) + " sequences");
+      for (size_t i = 0; i < n_row_offsets; ++i) {
+        if (row_offsets[i] < 0) fail("row offset " + std::to_string(row_offsets[i]) + " must be non-negative");
+        d.row_offsets.push_back(row_offsets[i]);
+      }
+    }
     d.rd = rotary_dim;
     d.theta = rope_theta;
     d.clamp_temp = clamp_temp ? 1 : 0;
@@ -428,7 +460,9 @@ extern "C" int zaya_cca_qk(mlx_array* q_out, mlx_array* k_out, mlx_array* v_out,
                                     std::make_shared<CcaQk>(s, d, kern::best_table()),
                                     {u, state, w0, b0, w1, b1, temp, values});
     } else {
-      outs = cca_qk_portable(u, state, w0, b0, w1, b1, temp, values, d, s);
+      // the reference graph takes [B, T, ·] (rows input reshaped)
+      outs = cca_qk_portable(mx::reshape(u, {d.B, d.T, d.C}, s), state, w0, b0, w1, b1, temp,
+                             mx::reshape(values, {d.B, d.T, d.Hk * d.D}, s), d, s);
     }
     set(q_out, outs[0]);
     set(k_out, outs[1]);
@@ -436,6 +470,125 @@ extern "C" int zaya_cca_qk(mlx_array* q_out, mlx_array* k_out, mlx_array* v_out,
     set(state_out, outs[3]);
   });
 }
+
+namespace zaya {
+namespace {
+
+// Checks q/k/v and fills the shape fields of the attention dims; `rows_ok`: the storage may hold more
+// sequences than the queries (ragged batches read row b for sequence b).
+AttnDims attention_dims(const mx::array& q, const mx::array& k, const mx::array& v, bool rows_ok) {
+  for (auto [a, n] : {std::pair{&q, "queries"}, {&k, "keys"}, {&v, "values"}}) {
+    expect_dtype(*a, mx::float32, n);
+    expect_ndim(*a, 4, n);
+  }
+  AttnDims d{};
+  d.B = q.shape(0);
+  d.Hq = q.shape(1);
+  d.T = q.shape(2);
+  d.D = q.shape(3);
+  d.Hk = k.shape(1);
+  d.cap = k.shape(2);
+  const bool rows_fit = rows_ok ? k.shape(0) >= d.B : k.shape(0) == d.B;
+  if (!rows_fit || k.shape(3) != d.D || d.Hk < 1 || d.Hq % d.Hk != 0)
+    fail("keys must be [" + std::string(rows_ok ? "≥ B" : "B") + ", Hk, capacity, D] with B = " + std::to_string(d.B) +
+         ", D = " + std::to_string(d.D) + " and Hk dividing the " + std::to_string(d.Hq) + " query heads, got " +
+         shape_str(k.shape()));
+  if (v.shape() != k.shape()) fail("values must have the keys' shape " + shape_str(k.shape()) + ", got " + shape_str(v.shape()));
+  if (d.T < 1) fail("no queries (T = 0)");
+  return d;
+}
+
+void check_len(const AttnDims& d, int64_t len) {
+  if (len < d.T || len > d.cap)
+    fail("len " + std::to_string(len) + " must cover the " + std::to_string(d.T) +
+         " queries and fit the cache capacity " + std::to_string(d.cap));
+}
+
+mx::array attention_op(const mx::array& q, const mx::array& k, const mx::array& v, const AttnDims& d, int mode,
+                       mx::Stream s) {
+  if (use_primitive(mode, s, "CcaAttention"))
+    return mx::array(CcaAttention::shape(d), mx::float32, std::make_shared<CcaAttention>(s, d, kern::best_table()),
+                     {q, k, v});
+  // portable: scaled_dot_product_attention per sequence over its valid keys (bottom-right causal)
+  std::vector<mx::array> rows;
+  const int nb = d.lens.empty() ? 1 : d.B;
+  for (int b = 0; b < nb; ++b) {
+    const int len = (int)d.len_of(b);
+    const int b0 = d.lens.empty() ? 0 : b, b1 = d.lens.empty() ? d.B : b + 1;
+    auto qq = d.lens.empty() ? q : mx::slice(q, {b0, 0, 0, 0}, {b1, d.Hq, d.T, d.D}, s);
+    auto kk = mx::slice(k, {b0, 0, 0, 0}, {b1, d.Hk, len, d.D}, s);
+    auto vv = mx::slice(v, {b0, 0, 0, 0}, {b1, d.Hk, len, d.D}, s);
+    rows.push_back(mx::fast::scaled_dot_product_attention(qq, kk, vv, d.scale, d.T > 1 ? "causal" : "", std::nullopt,
+                                                          std::nullopt, false, s));
+  }
+  auto o = rows.size() == 1 ? rows[0] : mx::concatenate(rows, 0, s);
+  return mx::reshape(mx::transpose(o, {0, 2, 1, 3}, s), CcaAttention::shape(d), s);
+}
+
+// ---- ragged KV append -------------------------------------------------------------------------------
+
+struct AppendDims {
+  int N, Hk, T, D, rows, cap;
+  std::vector<int> starts;  // per sequence: the position its T new frames go to
+  bool operator==(const AppendDims&) const = default;
+};
+
+// Writes new [N, Hk, T, D] into rows 0..N of the storage [rows, Hk, cap, D] at each sequence's own
+// position. The output takes over the storage's buffer when nothing else holds it (as MLX's
+// SliceUpdate does), so a decode step writes N·Hk·T·D floats instead of copying the cache.
+class KvAppendRows : public CpuOnlyUnary {
+ public:
+  KvAppendRows(mx::Stream s, AppendDims d) : CpuOnlyUnary(s), d_(std::move(d)) {}
+  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+    auto& store = in[0];
+    const bool donate = store.flags().row_contiguous && store.is_donatable() && store.itemsize() == out.itemsize();
+    if (donate)
+      out.copy_shared_buffer(store);
+    else
+      out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch(traced(name(), [in, y = out.data<float>(), donate, d = d_]() {
+      const int64_t D = d.D, cap = d.cap, T = d.T;
+      if (!donate) {
+        std::vector<char> scratch;
+        const float* src = static_cast<const float*>(row_major(in[0], scratch));
+        std::memcpy(y, src, sizeof(float) * (size_t)d.rows * d.Hk * cap * D);
+      }
+      std::vector<char> s_new;
+      const float* nw = static_cast<const float*>(row_major(in[1], s_new));
+      for (int64_t b = 0; b < d.N; ++b)
+        for (int64_t h = 0; h < d.Hk; ++h)
+          std::memcpy(y + ((b * d.Hk + h) * cap + d.starts[(size_t)b]) * D, nw + ((b * d.Hk + h) * T) * D,
+                      sizeof(float) * (size_t)(T * D));
+    }));
+  }
+  const char* name() const override { return "ZayaKvAppendRows"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return d_ == static_cast<const KvAppendRows&>(other).d_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
+
+ private:
+  AppendDims d_;
+};
+
+mx::array append_rows_op(const mx::array& store, const mx::array& fresh, const AppendDims& d, int mode, mx::Stream s) {
+  auto f = mx::astype(fresh, mx::float32, s);
+  if (use_primitive(mode, s, "KvAppendRows"))
+    return mx::array(store.shape(), mx::float32, std::make_shared<KvAppendRows>(s, d), {store, f});
+  auto out = store;
+  for (int b = 0; b < d.N; ++b) {
+    auto row = mx::slice(f, {b, 0, 0, 0}, {b + 1, d.Hk, d.T, d.D}, s);
+    const int at = d.starts[(size_t)b];
+    out = mx::slice_update(out, row, mx::Shape{b, 0, at, 0}, mx::Shape{b + 1, d.Hk, at + d.T, d.D}, s);
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace zaya
 
 extern "C" int zaya_cca_attention(mlx_array* y, mlx_array q_h, mlx_array k_h, mlx_array v_h, int len, float scale,
                                   int flat, int mode, mlx_stream stream) {
@@ -445,38 +598,74 @@ extern "C" int zaya_cca_attention(mlx_array* y, mlx_array q_h, mlx_array k_h, ml
     auto& q = get(q_h, "queries");
     auto& k = get(k_h, "keys");
     auto& v = get(v_h, "values");
-    for (auto [a, n] : {std::pair{&q, "queries"}, {&k, "keys"}, {&v, "values"}}) {
-      expect_dtype(*a, mx::float32, n);
-      expect_ndim(*a, 4, n);
-    }
-    AttnDims d{};
-    d.B = q.shape(0);
-    d.Hq = q.shape(1);
-    d.T = q.shape(2);
-    d.D = q.shape(3);
-    d.Hk = k.shape(1);
-    d.cap = k.shape(2);
-    if (k.shape(0) != d.B || k.shape(3) != d.D || d.Hk < 1 || d.Hq % d.Hk != 0)
-      fail("keys must be [B, Hk, capacity, D] with B = " + std::to_string(d.B) + ", D = " + std::to_string(d.D) +
-           " and Hk dividing the " + std::to_string(d.Hq) + " query heads, got " + shape_str(k.shape()));
-    if (v.shape() != k.shape()) fail("values must have the keys' shape " + shape_str(k.shape()) + ", got " + shape_str(v.shape()));
-    if (len < d.T || len > d.cap)
-      fail("len " + std::to_string(len) + " must cover the " + std::to_string(d.T) +
-           " queries and fit the cache capacity " + std::to_string(d.cap));
-    if (d.T < 1) fail("no queries (T = 0)");
+    AttnDims d = attention_dims(q, k, v, false);
+    check_len(d, len);
     d.len = len;
     d.scale = scale;
     d.flat = flat ? 1 : 0;
-    if (use_primitive(mode, s, "CcaAttention")) {
-      set(y, mx::array(CcaAttention::shape(d), mx::float32, std::make_shared<CcaAttention>(s, d, kern::best_table()),
-                       {q, k, v}));
-    } else {
-      auto kk = mx::slice(k, {0, 0, 0, 0}, {d.B, d.Hk, len, d.D}, s);
-      auto vv = mx::slice(v, {0, 0, 0, 0}, {d.B, d.Hk, len, d.D}, s);
-      auto o = mx::fast::scaled_dot_product_attention(q, kk, vv, scale, d.T > 1 ? "causal" : "", std::nullopt,
-                                                      std::nullopt, false, s);
-      set(y, mx::reshape(mx::transpose(o, {0, 2, 1, 3}, s), CcaAttention::shape(d), s));
+    set(y, attention_op(q, k, v, d, mode, s));
+  });
+}
+
+extern "C" int zaya_cca_attention_rows(mlx_array* y, mlx_array q_h, mlx_array k_h, mlx_array v_h, const int32_t* lens,
+                                       size_t n_lens, float scale, int flat, int mode, mlx_stream stream) {
+  using namespace zaya;
+  return guard("cca_attention_rows", [&] {
+    auto s = get(stream);
+    auto& q = get(q_h, "queries");
+    auto& k = get(k_h, "keys");
+    auto& v = get(v_h, "values");
+    AttnDims d = attention_dims(q, k, v, true);
+    if (!lens || n_lens != (size_t)d.B)
+      fail("lens: " + std::to_string(n_lens) + " given for " + std::to_string(d.B) + " sequences");
+    d.len = 0;
+    for (size_t b = 0; b < n_lens; ++b) {
+      check_len(d, lens[b]);
+      d.lens.push_back(lens[b]);
+      d.len = std::max(d.len, (int)lens[b]);
     }
+    d.scale = scale;
+    d.flat = flat ? 1 : 0;
+    set(y, attention_op(q, k, v, d, mode, s));
+  });
+}
+
+extern "C" int zaya_kv_append_rows(mlx_array* k_out, mlx_array* v_out, mlx_array k_h, mlx_array v_h,
+                                   mlx_array k_new_h, mlx_array v_new_h, const int32_t* starts, size_t n_starts,
+                                   int mode, mlx_stream stream) {
+  using namespace zaya;
+  return guard("kv_append_rows", [&] {
+    auto s = get(stream);
+    auto& k = get(k_h, "keys");
+    auto& v = get(v_h, "values");
+    auto& kn = get(k_new_h, "new keys");
+    auto& vn = get(v_new_h, "new values");
+    expect_ndim(k, 4, "keys");
+    expect_ndim(kn, 4, "new keys");
+    expect_dtype(k, mx::float32, "keys");
+    expect_dtype(v, mx::float32, "values");
+    if (v.shape() != k.shape()) fail("values must have the keys' shape " + shape_str(k.shape()) + ", got " + shape_str(v.shape()));
+    if (vn.shape() != kn.shape())
+      fail("new values must have the new keys' shape " + shape_str(kn.shape()) + ", got " + shape_str(vn.shape()));
+    AppendDims d{};
+    d.N = kn.shape(0);
+    d.Hk = kn.shape(1);
+    d.T = kn.shape(2);
+    d.D = kn.shape(3);
+    d.rows = k.shape(0);
+    d.cap = k.shape(2);
+    if (d.N > d.rows || d.Hk != k.shape(1) || d.D != k.shape(3))
+      fail("new keys " + shape_str(kn.shape()) + " do not fit the storage " + shape_str(k.shape()));
+    if (!starts || n_starts != (size_t)d.N)
+      fail("starts: " + std::to_string(n_starts) + " given for " + std::to_string(d.N) + " sequences");
+    for (size_t b = 0; b < n_starts; ++b) {
+      if (starts[b] < 0 || starts[b] + d.T > d.cap)
+        fail("sequence " + std::to_string(b) + ": " + std::to_string(d.T) + " new positions at " +
+             std::to_string(starts[b]) + " do not fit the capacity " + std::to_string(d.cap));
+      d.starts.push_back(starts[b]);
+    }
+    set(k_out, append_rows_op(k, kn, d, mode, s));
+    set(v_out, append_rows_op(v, vn, d, mode, s));
   });
 }
 

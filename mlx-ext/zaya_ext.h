@@ -140,14 +140,15 @@ int zaya_moe_combine(mlx_array* y, mlx_array ey, mlx_array x, mlx_array choice, 
 // The CCA q/k chain (docs/model.md §3.2 steps 2–6): the two-stage causal conv over u = [q̃ ‖ k̃]
 // with the carried state, the mean paths, L2 normalisation to √D (max(‖·‖, 1e-6)), the key temperature
 // (exp(clip(temp, 1e-7, 2)) when clamp_temp), partial NeoX RoPE (rotary_dim, rope_theta) at absolute
-// positions offset + t, and the values split per KV head.
+// positions offset + t (or row_offsets[b] + t for sequence b when n_row_offsets = B > 0: ragged batches),
+// and the values split per KV head.
 //   u [B, T, (Hq+Hk)·D] (or [B·T, ...], B from state) float32; state [B, C, S] float32; w0 [C, K0, 1], b0 [C], w1 [C, K1, C/G], b1 [C]
 //   (float16/bfloat16/float32, MLX layout); temp [Hk] float; values [B, T, Hk·D] float32.
 // Outputs: q [B, Hq, T, D], k [B, Hk, T, D], v [B, Hk, T, D], new_state [B, C, S], float32.
 int zaya_cca_qk(mlx_array* q, mlx_array* k, mlx_array* v, mlx_array* new_state, mlx_array u, mlx_array state,
                 mlx_array w0, mlx_array b0, mlx_array w1, mlx_array b1, mlx_array temp, mlx_array values,
-                int q_heads, int kv_heads, int rotary_dim, float rope_theta, int clamp_temp, int offset, int mode,
-                mlx_stream stream);
+                int q_heads, int kv_heads, int rotary_dim, float rope_theta, int clamp_temp, int offset,
+                const int32_t* row_offsets, size_t n_row_offsets, int mode, mlx_stream stream);
 
 // Causal GQA attention over the first `len` positions of KV cache arrays (any capacity): query t sits
 // at position len - T + t and attends positions 0 ..= that; softmax(scale · q·kᵀ)·v in float32.
@@ -155,6 +156,17 @@ int zaya_cca_qk(mlx_array* q, mlx_array* k, mlx_array* v, mlx_array* new_state, 
 // Output: [B, T, Hq·D] float32 (heads concatenated), or [B·T, Hq·D] when `flat`.
 int zaya_cca_attention(mlx_array* y, mlx_array q, mlx_array k, mlx_array v, int len, float scale, int flat,
                        int mode, mlx_stream stream);
+
+// Ragged batches: sequence b attends the first lens[b] positions of row b of k/v ([R, Hk, capacity, D]
+// with R ≥ B rows; n_lens = B); its query t sits at position lens[b] - T + t. Same output as above.
+int zaya_cca_attention_rows(mlx_array* y, mlx_array q, mlx_array k, mlx_array v, const int32_t* lens, size_t n_lens,
+                            float scale, int flat, int mode, mlx_stream stream);
+
+// Ragged KV append: new frames k_new/v_new [N, Hk, T, D] go to positions [starts[b], starts[b]+T) of row b
+// of the storage k/v [R, Hk, capacity, D] float32 (R ≥ N, n_starts = N). One node per array, which takes
+// over the storage's buffer when nothing else holds it (in-place writes, as SliceUpdate).
+int zaya_kv_append_rows(mlx_array* k_out, mlx_array* v_out, mlx_array k, mlx_array v, mlx_array k_new,
+                        mlx_array v_new, const int32_t* starts, size_t n_starts, int mode, mlx_stream stream);
 
 // KV cache append without reshapes: k_out = k with positions [start, start+T) replaced by k_new, same for
 // v (two SliceUpdate nodes; MLX updates in place when the old storage is not shared).

@@ -381,4 +381,60 @@ impl CcaAttention {
         let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, true, ExtMode::Auto)?;
         self.o_proj.forward(&attn)
     }
+
+    /// One decode step of a ragged batch on the fused path: `x [N, H]` (f32 input_norm output, one
+    /// row per sequence), sequence `b` at its own position `lens[b]`, reading and updating the
+    /// batch's state of this layer (KV rows, conv states, `prev_hs`). Per layer the same nodes as one
+    /// sequence's decode step, whatever N: the projections over N rows, [`ext::cca_qk_rows`],
+    /// [`ext::kv_append_rows`] and [`ext::cca_attention_rows`], `o_proj`.
+    pub(crate) fn forward_batch(
+        &self,
+        x: &Array,
+        st: &mut crate::engine::BatchLayer,
+        lens: &[usize],
+        mode: ExtMode,
+    ) -> Result<Array> {
+        let d = self.dims;
+        let qkv = &self.qkv;
+        let prev = st.prev.take().expect("a batch row has prev_hs");
+        st.prev = Some(x.clone());
+        let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k))?;
+        let values = Self::project_pair((x, &qkv.val_proj1), (&prev, &qkv.val_proj2))?;
+        let state = st.conv.take().expect("a batch row has a conv state");
+        let out = ext::cca_qk_rows(
+            &u,
+            &state,
+            &qkv.conv_qk[0].weight,
+            &qkv.conv_qk[0].bias,
+            &qkv.conv_qk[1].weight,
+            &qkv.conv_qk[1].bias,
+            &qkv.temp,
+            &values,
+            ext::CcaQkParams {
+                q_heads: d.q_heads as u32,
+                kv_heads: d.kv_heads as u32,
+                rotary_dim: d.rotary_dim as u32,
+                rope_theta: d.rope_theta,
+                clamp_temp: d.clamp_temp,
+                offset: 0,
+            },
+            lens,
+            mode,
+        )?;
+        st.conv = Some(out.conv_state);
+        let (k, v) = ext::kv_append_rows(
+            &st.keys.take().expect("reserved storage"),
+            &st.values.take().expect("reserved storage"),
+            &out.k,
+            &out.v,
+            lens,
+            mode,
+        )?;
+        st.keys = Some(k.clone());
+        st.values = Some(v.clone());
+        let after: Vec<usize> = lens.iter().map(|l| l + 1).collect();
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        let attn = ext::cca_attention_rows(&out.q, &k, &v, &after, scale, true, mode)?;
+        self.o_proj.forward(&attn)
+    }
 }

@@ -114,6 +114,8 @@ extern "C" {
         rope_theta: f32,
         clamp_temp: c_int,
         offset: c_int,
+        row_offsets: *const i32,
+        n_row_offsets: usize,
         mode: c_int,
         stream: mlx_stream,
     ) -> c_int;
@@ -125,6 +127,30 @@ extern "C" {
         len: c_int,
         scale: f32,
         flat: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_cca_attention_rows(
+        y: *mut mlx_array,
+        q: mlx_array,
+        k: mlx_array,
+        v: mlx_array,
+        lens: *const i32,
+        n_lens: usize,
+        scale: f32,
+        flat: c_int,
+        mode: c_int,
+        stream: mlx_stream,
+    ) -> c_int;
+    fn zaya_kv_append_rows(
+        k_out: *mut mlx_array,
+        v_out: *mut mlx_array,
+        k: mlx_array,
+        v: mlx_array,
+        k_new: mlx_array,
+        v_new: mlx_array,
+        starts: *const i32,
+        n_starts: usize,
         mode: c_int,
         stream: mlx_stream,
     ) -> c_int;
@@ -839,8 +865,36 @@ pub fn cca_qk(
     p: CcaQkParams,
     mode: ExtMode,
 ) -> Result<CcaQkOut> {
+    cca_qk_rows(u, conv_state, w0, b0, w1, b1, temp, values, p, &[], mode)
+}
+
+/// Positions as C ints for the kernels (an error naming `what` past `i32::MAX`).
+fn positions(v: &[usize], what: &str) -> Result<Vec<i32>> {
+    v.iter()
+        .map(|&x| i32::try_from(x).map_err(|_| ZayaError::Ext(format!("{what}: position {x} out of range"))))
+        .collect()
+}
+
+/// [`cca_qk`] for a ragged batch: sequence `b` (row `b` of `u`, `conv_state` and `values`) sits at
+/// its own position `row_offsets[b]` (`p.offset` is then unused). An empty `row_offsets` is
+/// [`cca_qk`].
+#[allow(clippy::too_many_arguments)]
+pub fn cca_qk_rows(
+    u: &Array,
+    conv_state: &Array,
+    w0: &Array,
+    b0: &Array,
+    w1: &Array,
+    b1: &Array,
+    temp: &Array,
+    values: &Array,
+    p: CcaQkParams,
+    row_offsets: &[usize],
+    mode: ExtMode,
+) -> Result<CcaQkOut> {
     let offset =
         c_int::try_from(p.offset).map_err(|_| ZayaError::Ext(format!("cca_qk: offset {} out of range", p.offset)))?;
+    let rows = positions(row_offsets, "cca_qk")?;
     let stream = Stream::thread_local_or_default();
     let (mut a, mut b, mut c, mut d) = (OutHandle::new(), OutHandle::new(), OutHandle::new(), OutHandle::new());
     // SAFETY: valid handles for the call; outputs are caller-owned empty handles.
@@ -864,6 +918,8 @@ pub fn cca_qk(
             p.rope_theta,
             c_int::from(p.clamp_temp),
             offset,
+            rows.as_ptr(),
+            rows.len(),
             mode.as_c(),
             stream.as_ptr(),
         )
@@ -915,5 +971,62 @@ pub fn kv_append(k: &Array, v: &Array, k_new: &Array, v_new: &Array, start: usiz
     let start = c_int::try_from(start).map_err(|_| ZayaError::Ext(format!("kv_append: start {start} out of range")))?;
     call2(|ko, vo, s| unsafe {
         zaya_kv_append(ko, vo, k.as_ptr(), v.as_ptr(), k_new.as_ptr(), v_new.as_ptr(), start, s)
+    })
+}
+
+/// [`cca_attention`] for a ragged batch: sequence `b` attends the first `lens[b]` positions of row
+/// `b` of the storage `k`, `v` (`[R, Hk, capacity, D]`, `R ≥ B` rows); its query `t` sits at position
+/// `lens[b] - T + t`.
+pub fn cca_attention_rows(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    lens: &[usize],
+    scale: f32,
+    flat: bool,
+    mode: ExtMode,
+) -> Result<Array> {
+    let lens = positions(lens, "cca_attention_rows")?;
+    call1(|y, s| unsafe {
+        zaya_cca_attention_rows(
+            y,
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            lens.as_ptr(),
+            lens.len(),
+            scale,
+            c_int::from(flat),
+            mode.as_c(),
+            s,
+        )
+    })
+}
+
+/// Ragged KV append: `k_new`, `v_new` (`[N, Hk, T, D]`) go to positions `starts[b]..starts[b]+T` of
+/// row `b` of the storage `k`, `v` (`[R, Hk, capacity, D]` f32, `R ≥ N`). One node per array, written
+/// in place when nothing else (e.g. a snapshot) shares the storage.
+pub fn kv_append_rows(
+    k: &Array,
+    v: &Array,
+    k_new: &Array,
+    v_new: &Array,
+    starts: &[usize],
+    mode: ExtMode,
+) -> Result<(Array, Array)> {
+    let starts = positions(starts, "kv_append_rows")?;
+    call2(|ko, vo, s| unsafe {
+        zaya_kv_append_rows(
+            ko,
+            vo,
+            k.as_ptr(),
+            v.as_ptr(),
+            k_new.as_ptr(),
+            v_new.as_ptr(),
+            starts.as_ptr(),
+            starts.len(),
+            mode.as_c(),
+            s,
+        )
     })
 }

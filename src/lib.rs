@@ -8,6 +8,7 @@
 //! - [`ext`]: safe wrappers over our C++ MLX primitives (`mlx-ext/`)
 //! - [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state
 //! - [`tokenizer`], [`chat`], [`sampling`], [`generate`]: text in, text out
+//! - [`engine`]: continuous batching (ragged batch state, batched decode step, scheduler)
 //! - [`prompt_cache`]: the whole model state in a file; [`speculative`]: n-gram drafts verified
 //!   exactly; [`files`]: atomic writes
 //! - [`synth`]: exact-format synthetic bundles; [`parity`]: comparison with reference outputs
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod cca;
 pub mod chat;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod ext;
 pub mod files;

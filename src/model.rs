@@ -787,7 +787,7 @@ impl ZayaModel {
     }
 
     /// The lm_head: `y [.., H]` f32 → logits f32 `[.., V]`.
-    fn lm_head(&self, y: &Array) -> Result<Array> {
+    pub(crate) fn lm_head(&self, y: &Array) -> Result<Array> {
         let logits = match &self.lm_head {
             Some(l) => l.forward(y)?,
             None => self.model.embed_tokens.forward(y)?,

@@ -207,7 +207,7 @@ impl Zaya {
 
     /// Number of ids the sampler may pick: the tokenizer's vocabulary when it is smaller than the
     /// model's (the rest are padding rows it cannot decode), else `None` (all of them).
-    fn vocab_limit(&self) -> Option<usize> {
+    pub(crate) fn vocab_limit(&self) -> Option<usize> {
         let v = self.model.config().vocab_size;
         self.tokenizer
             .as_ref()

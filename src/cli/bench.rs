@@ -67,6 +67,12 @@ pub struct Args {
     /// Draft tokens per verify step (with --draft).
     #[arg(long, value_name = "K", default_value_t = 4)]
     pub num_draft_tokens: usize,
+    /// Instead of the single-stream trials: continuous batching at these concurrency levels
+    /// (e.g. 1,2,4,8): N prompts of -p random ids decode -g tokens together; aggregate and
+    /// per-stream tok/s, distinct experts per MoE layer per step, bytes per step and the bound, the
+    /// time to first token of a request joining the busy batch, peak RSS.
+    #[arg(long, value_name = "N,N,...", value_parser = super::bench_batch::parse_levels)]
+    pub concurrency: Option<super::bench_batch::Levels>,
     /// Print one JSON object (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -159,6 +165,62 @@ pub fn run(args: Args) -> Result<i32> {
     let summary = bundle.summary.clone();
     let model = ZayaModel::from_bundle(bundle, options)?;
     let load_s = t0.elapsed().as_secs_f64();
+    if let Some(levels) = &args.concurrency {
+        let mut levels = levels.0.clone();
+        levels.sort_unstable();
+        let zaya = zaya_mlx::generate::Zaya::from_parts(model, None, None);
+        if args.touch_all {
+            bench::touch_weights(zaya.model())?;
+        }
+        say(format!(
+            "Model: {} ({} on disk), load {load_s:.2}s; continuous batching, prompt_tokens={p}, generation_tokens={g}, seed {}, load_avg={}",
+            dir.display(),
+            human_bytes(summary.file_bytes),
+            args.seed,
+            fmt_load(bench::load_average())
+        ));
+        let (rows, hist) = super::bench_batch::run(
+            &zaya,
+            &levels,
+            p,
+            g,
+            args.seed,
+            weight_bytes,
+            summary.file_bytes,
+            args.bandwidth_mib,
+            &say,
+        )?;
+        let total: u64 = hist.0.iter().sum();
+        let e = cfg.num_experts;
+        let routed: u64 = hist.0[..e].iter().sum();
+        let max_share = hist.0[..e].iter().copied().max().unwrap_or(0) as f64 / routed.max(1) as f64;
+        say(format!(
+            "Routing histogram over the measured steps (experts 0..{}, then skip): {:?}; largest expert share {:.3} = {:.2}x the uniform 1/{e}",
+            e - 1,
+            hist.0,
+            max_share,
+            max_share * e as f64
+        ));
+        if args.json {
+            let v = serde_json::json!({
+                "model": dir,
+                "bundle_bytes": summary.file_bytes,
+                "prompt_tokens": p,
+                "generation_tokens": g,
+                "seed": args.seed,
+                "machine": bench::machine_info(),
+                "levels": rows,
+                "route_histogram": hist.0,
+                "route_total": total,
+                "max_expert_share_over_uniform": max_share * e as f64,
+                "load_average_end": bench::load_average(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).expect("serializable"));
+        } else {
+            println!("load_avg={}", fmt_load(bench::load_average()));
+        }
+        return Ok(0);
+    }
     if args.prompt_cache || args.draft.is_some() {
         let prompt = bench::random_prompt(cfg.vocab_size, p, args.seed);
         let result = if let Some(d) = &args.draft {

@@ -130,6 +130,13 @@ impl BlockRng {
             Init::Normal { std } => out.iter_mut().for_each(|v| *v = self.normal() * std),
             Init::OnesNoise { std } => out.iter_mut().for_each(|v| *v = 1.0 + self.normal() * std),
             Init::Uniform { bound } => out.iter_mut().for_each(|v| *v = self.uniform_pm1() * bound),
+            Init::CenteredRows { std, cols } => {
+                out.iter_mut().for_each(|v| *v = self.normal() * std);
+                for row in out.chunks_mut(cols.max(1)) {
+                    let mean = row.iter().map(|&x| x as f64).sum::<f64>() / row.len() as f64;
+                    row.iter_mut().for_each(|v| *v -= mean as f32);
+                }
+            }
             Init::BalancingBiases { std, skip } => {
                 for (k, v) in out.iter_mut().enumerate() {
                     *v = if skip && offset + k == total - 1 {

@@ -22,6 +22,12 @@ pub enum Init {
     Uniform { bound: f32 },
     /// N(0, std²) for the expert routes, −1 for the MOD skip route (last entry, when present).
     BalancingBiases { std: f32, skip: bool },
+    /// N(0, std²) with each row of `cols` values shifted to zero mean: the router's logit layer.
+    /// Its input (GELU activations) has a positive mean common to every token; with centred rows
+    /// that shared part adds no fixed per-expert offset, so routes follow the token (random
+    /// prompts spread over the experts, as a trained, load-balanced router's do) instead of
+    /// piling onto the experts whose rows happen to have the largest sums.
+    CenteredRows { std: f32, cols: usize },
 }
 
 /// One non-expert tensor of the Zyphra-format float source.
@@ -168,7 +174,10 @@ pub fn source_tensors(spec: &SynthSpec) -> Vec<SourceTensor> {
             push(
                 format!("{q}.router_mlp.4.weight"),
                 vec![spec.router_logits(), r],
-                normal_in(r),
+                Init::CenteredRows {
+                    std: 1.0 / (r as f32).sqrt(),
+                    cols: r,
+                },
             );
             push(
                 format!("{q}.balancing_biases"),

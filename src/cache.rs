@@ -489,6 +489,12 @@ impl ModelCache {
         self.attn.iter().flat_map(|a| a.arrays())
     }
 
+    /// Bytes the cache's arrays take (shared storage counted in full): what keeping this state
+    /// costs at most.
+    pub fn nbytes(&self) -> usize {
+        self.attn.iter().flat_map(|a| a.arrays()).map(|a| a.nbytes()).sum()
+    }
+
     /// Evaluates every state array (keeps lazy graphs short between decode steps).
     pub fn eval(&self) -> Result<()> {
         mlx_rs::transforms::eval(self.arrays())?;

@@ -9,6 +9,7 @@
 //! - [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state
 //! - [`tokenizer`], [`chat`], [`sampling`], [`generate`]: text in, text out
 //! - [`engine`]: continuous batching (ragged batch state, batched decode step, scheduler)
+//! - [`server`]: `zaya serve`, the OpenAI-compatible HTTP server with an exact prefix cache
 //! - [`prompt_cache`]: the whole model state in a file; [`speculative`]: n-gram drafts verified
 //!   exactly; [`files`]: atomic writes
 //! - [`synth`]: exact-format synthetic bundles; [`parity`]: comparison with reference outputs
@@ -31,6 +32,7 @@ pub mod parity;
 pub mod prompt_cache;
 pub mod quant;
 pub mod sampling;
+pub mod server;
 pub mod speculative;
 pub mod synth;
 pub mod tokenizer;

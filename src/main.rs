@@ -31,6 +31,8 @@ enum Command {
     Parity(cli::parity::Args),
     /// Benchmark prefill and decode against the memory-bandwidth bound.
     Bench(cli::bench::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching, prefix cache).
+    Serve(cli::serve::Args),
     /// Print a shell completion script: `zaya completions bash > ~/.local/share/bash-completion/completions/zaya`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -73,6 +75,7 @@ fn main() {
         Command::Synth(a) => cli::synth::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Logits(a) => cli::logits::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::Parity(a) => cli::parity::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Completions { shell } => {

@@ -557,3 +557,30 @@ fn draw(w: &[f32], u: f64) -> u32 {
     }
     last
 }
+
+/// Log-probabilities of `id` and of the `n` most likely ids (best first, ties by id) under the
+/// log-softmax of the raw logits `raw` (`[1, V]` f32), limited to the first `vocab_limit` ids when
+/// given (the tokenizer's vocabulary).
+pub fn token_logprobs(raw: &Array, id: u32, n: usize, vocab_limit: Option<usize>) -> Result<(f64, Vec<(u32, f64)>)> {
+    raw.eval()?;
+    let xs = raw
+        .try_as_slice::<f32>()
+        .map_err(|e| ZayaError::Ext(format!("logprobs: {e}")))?;
+    let xs = &xs[..vocab_limit.unwrap_or(xs.len()).min(xs.len())];
+    let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let lse = max + xs.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |i: usize| xs[i] as f64 - lse;
+    let mut order: Vec<u32> = (0..xs.len() as u32).collect();
+    let n = n.min(xs.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| xs[b as usize].total_cmp(&xs[a as usize]));
+    }
+    let mut top: Vec<(u32, f64)> = order[..n].iter().map(|&i| (i, lp(i as usize))).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let own = if (id as usize) < xs.len() {
+        lp(id as usize)
+    } else {
+        f64::NEG_INFINITY
+    };
+    Ok((own, top))
+}

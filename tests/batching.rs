@@ -283,14 +283,15 @@ fn seeded_sampling_in_a_batch_equals_the_request_alone() {
     engine.run_to_completion(|id, ev| {
         let i = handles.iter().position(|h| *h == id).unwrap();
         match ev {
-            SeqEvent::Token(t) => {
+            SeqEvent::Token { token: t, .. } => {
                 got[i].push(t.id);
                 if t.finish.is_some() {
                     finished[i] = t.finish;
                 }
             }
-            SeqEvent::Finished(s) => assert_eq!(s.generated_tokens, got[i].len()),
+            SeqEvent::Finished { stats: s, .. } => assert_eq!(s.generated_tokens, got[i].len()),
             SeqEvent::Failed(e) => panic!("request {i} failed: {e}"),
+            SeqEvent::Snapshot { .. } => {}
         }
     });
     assert_eq!(got, alone);
@@ -356,8 +357,8 @@ fn engine_rejects_bad_requests_and_cancels_without_harming_others() {
     while !engine.is_idle() {
         for (id, ev) in engine.step() {
             match ev {
-                SeqEvent::Token(t) if id == keep => got.push(t.id),
-                SeqEvent::Token(_) if id == victim => victim_tokens += 1,
+                SeqEvent::Token { token: t, .. } if id == keep => got.push(t.id),
+                SeqEvent::Token { .. } if id == victim => victim_tokens += 1,
                 SeqEvent::Failed(e) => panic!("{id} failed: {e}"),
                 _ => {}
             }

@@ -227,7 +227,7 @@ fn join_ttft(zaya: &Zaya, n: usize, prompt_tokens: usize, seed: u64) -> Result<f
     loop {
         for (sid, ev) in engine.step() {
             match ev {
-                SeqEvent::Token(_) if sid == id => return Ok(t.elapsed().as_secs_f64()),
+                SeqEvent::Token { .. } if sid == id => return Ok(t.elapsed().as_secs_f64()),
                 SeqEvent::Failed(e) => return Err(e),
                 _ => {}
             }

@@ -161,7 +161,7 @@ pub fn run(args: Args) -> Result<i32> {
             }
         };
         if let (Some(n), Some((_, raw))) = (args.logprobs, gen.last_logits()) {
-            logprobs.push(token_logprobs(raw, step.id, n, vocab)?);
+            logprobs.push(zaya_mlx::sampling::token_logprobs(raw, step.id, n, Some(vocab))?);
         }
         if stream && !step.text.is_empty() {
             out.write_all(step.text.as_bytes()).map_err(io)?;
@@ -289,31 +289,4 @@ pub fn run(args: Args) -> Result<i32> {
         );
     }
     Ok(0)
-}
-
-/// The log-probability of `id` under the raw logits `[1, V]` (log-softmax over the first `vocab`
-/// ids, in f64) and the `n` most likely ids with theirs.
-#[allow(clippy::type_complexity)]
-fn token_logprobs(raw: &mlx_rs::Array, id: u32, n: usize, vocab: usize) -> Result<(f64, Vec<(u32, f64)>)> {
-    raw.eval()?;
-    let xs = raw
-        .try_as_slice::<f32>()
-        .map_err(|e| ZayaError::Ext(format!("logprobs: {e}")))?;
-    let xs = &xs[..vocab.min(xs.len())];
-    let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let lse = max + xs.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    let lp = |i: usize| xs[i] as f64 - lse;
-    let mut order: Vec<u32> = (0..xs.len() as u32).collect();
-    let n = n.min(xs.len());
-    if n > 0 {
-        order.select_nth_unstable_by(n - 1, |&a, &b| xs[b as usize].total_cmp(&xs[a as usize]));
-    }
-    let mut top: Vec<(u32, f64)> = order[..n].iter().map(|&i| (i, lp(i as usize))).collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let own = if (id as usize) < xs.len() {
-        lp(id as usize)
-    } else {
-        f64::NEG_INFINITY
-    };
-    Ok((own, top))
 }

@@ -10,5 +10,6 @@ pub mod generate;
 pub mod info;
 pub mod logits;
 pub mod parity;
+pub mod serve;
 pub mod smoke;
 pub mod synth;

@@ -17,7 +17,7 @@ mod step;
 
 pub use batch_cache::BatchCache;
 pub(crate) use batch_cache::BatchLayer;
-pub use scheduler::{Engine, EngineOptions, SeqEvent, SeqId, SeqStats};
+pub use scheduler::{Engine, EngineOptions, EngineRequest, SeqEvent, SeqId, SeqStats, TokenLogprobs};
 pub use step::BatchStep;
 
 use crate::error::Result;
@@ -70,14 +70,15 @@ pub fn batch_generate(
     engine.run_to_completion(|id, ev| {
         let o = &mut outs[index[&id]];
         match ev {
-            SeqEvent::Token(t) => {
+            SeqEvent::Token { token: t, .. } => {
                 o.tokens.push(t.id);
                 o.text.push_str(&t.text);
                 if t.finish.is_some() {
                     o.finish = t.finish;
                 }
             }
-            SeqEvent::Finished(s) => o.stats = Some(s),
+            SeqEvent::Finished { stats, .. } => o.stats = Some(stats),
+            SeqEvent::Snapshot { .. } => {}
             SeqEvent::Failed(e) => o.error = Some(e),
         }
     });

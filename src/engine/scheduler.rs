@@ -54,15 +54,52 @@ impl SeqStats {
     }
 }
 
+/// The log-probabilities of a sampled token under the model's distribution (log-softmax of the raw
+/// logits): its own and the `n` most likely ids, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f64,
+    pub top: Vec<(u32, f64)>,
+}
+
 /// What happened to a request during an engine step.
 #[derive(Debug)]
 pub enum SeqEvent {
-    /// A sampled token (`finish` set on the last one).
-    Token(GenToken),
-    /// The request ended after its last token; its statistics.
-    Finished(SeqStats),
+    /// A sampled token (`finish` set on the last one), with its log-probabilities when asked for.
+    Token {
+        token: GenToken,
+        logprobs: Option<TokenLogprobs>,
+    },
+    /// The state after the prompt's first tokens (`tokens`), at a length the request asked for
+    /// ([`EngineRequest::snapshot_at`]): for a prefix cache.
+    Snapshot { tokens: Vec<u32>, state: ModelCache },
+    /// The request ended after its last token: its statistics and, when asked for
+    /// ([`EngineRequest::keep_final_state`]), the tokens its state holds (prompt and every
+    /// generated token but the last) with that state.
+    Finished {
+        stats: SeqStats,
+        state: Option<(Vec<u32>, ModelCache)>,
+    },
     /// The request failed; nothing more comes for it. Other requests are not affected.
     Failed(ZayaError),
+}
+
+/// One request for [`Engine::submit_request`].
+#[derive(Debug, Clone, Default)]
+pub struct EngineRequest {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Generation settings.
+    pub params: GenParams,
+    /// Log-probabilities with this many alternatives per token (`Some(0)`: only the token's own).
+    pub logprobs: Option<usize>,
+    /// A single-sequence state holding the first `state.offset()` prompt tokens (a restored
+    /// prefix): only the rest is prefilled.
+    pub start: Option<ModelCache>,
+    /// Prompt lengths after which to hand out the state ([`SeqEvent::Snapshot`]).
+    pub snapshot_at: Vec<usize>,
+    /// Hand out the final state with [`SeqEvent::Finished`].
+    pub keep_final_state: bool,
 }
 
 /// Engine settings.
@@ -91,6 +128,9 @@ struct SeqState {
     eos: Vec<u32>,
     max_tokens: Option<usize>,
     processors: Vec<LogitsProcessor>,
+    logprobs: Option<usize>,
+    snapshot_at: Vec<usize>,
+    keep_final_state: bool,
     /// Prompt then every fed token: the sampler's history.
     history: Vec<u32>,
     prompt_tokens: usize,
@@ -189,15 +229,29 @@ impl<'z> Engine<'z> {
     /// Queues a request: `prompt` token ids, generation settings. A bad prompt or bad settings are
     /// an error for this request only (nothing is queued).
     pub fn submit(&mut self, prompt: Vec<u32>, params: &GenParams) -> Result<SeqId> {
-        let cache = self.zaya.model().new_cache();
-        self.submit_with_state(prompt, params, cache)
+        self.submit_request(EngineRequest {
+            prompt,
+            params: params.clone(),
+            ..EngineRequest::default()
+        })
     }
 
-    /// [`submit`](Self::submit) starting from `state`: a single-sequence cache that already holds
-    /// the first `state.offset()` tokens of `prompt` (a restored prefix); only the rest is
-    /// prefilled.
-    pub fn submit_with_state(&mut self, prompt: Vec<u32>, params: &GenParams, state: ModelCache) -> Result<SeqId> {
+    /// Queues a request with every option ([`EngineRequest`]).
+    pub fn submit_request(&mut self, req: EngineRequest) -> Result<SeqId> {
+        let EngineRequest {
+            prompt,
+            params,
+            logprobs,
+            start,
+            mut snapshot_at,
+            keep_final_state,
+        } = req;
+        let params = &params;
+        let state = start.unwrap_or_else(|| self.zaya.model().new_cache());
         params.validate()?;
+        if logprobs.is_some_and(|n| n > 100) {
+            return Err(ZayaError::InvalidArgument("logprobs: at most 100 alternatives".into()));
+        }
         if params.draft.is_some() {
             return Err(ZayaError::InvalidArgument(
                 "speculative drafts are not available in the batched engine".into(),
@@ -227,7 +281,13 @@ impl<'z> Engine<'z> {
                 prompt.len()
             )));
         }
-        let seq = self.new_seq(prompt, cached, params)?;
+        snapshot_at.retain(|&l| l > cached && l < prompt.len());
+        snapshot_at.sort_unstable();
+        snapshot_at.dedup();
+        let mut seq = self.new_seq(prompt, cached, params)?;
+        seq.logprobs = logprobs;
+        seq.snapshot_at = snapshot_at;
+        seq.keep_final_state = keep_final_state;
         let id = seq.id;
         self.waiting.push_back(Waiting {
             seq,
@@ -266,6 +326,9 @@ impl<'z> Engine<'z> {
             eos,
             max_tokens: params.max_tokens,
             processors: params.logits_processors.clone(),
+            logprobs: None,
+            snapshot_at: Vec::new(),
+            keep_final_state: false,
             prompt_tokens: prompt.len(),
             history: prompt,
             cached_tokens: cached,
@@ -297,10 +360,7 @@ impl<'z> Engine<'z> {
             .iter()
             .position(|r| r.seq.id == id)
             .ok_or_else(|| ZayaError::InvalidArgument(format!("{id} is not running")))?;
-        match &self.decoder {
-            Decoder::Batched(b) => b.extract(row, self.zaya.model().config()),
-            Decoder::Serial(c) => Ok(c[row].snapshot()),
-        }
+        self.row_state(row)
     }
 
     /// The tokens a running request's state holds ([`state_of`](Self::state_of)).
@@ -347,7 +407,10 @@ impl<'z> Engine<'z> {
         let Some(mut w) = self.waiting.pop_front() else { return };
         let model = self.zaya.model();
         let chunk = self.opts.prefill_chunk.unwrap_or(model.options().prefill_chunk).max(1);
-        let end = (w.done + chunk).min(w.seq.prompt_tokens);
+        let mut end = (w.done + chunk).min(w.seq.prompt_tokens);
+        if let Some(&b) = w.seq.snapshot_at.iter().find(|&&b| b > w.done) {
+            end = end.min(b);
+        }
         let logits = match model.prefill(&w.seq.history[w.done..end], &mut w.cache, None) {
             Ok(l) => l,
             Err(e) => {
@@ -356,6 +419,15 @@ impl<'z> Engine<'z> {
             }
         };
         w.done = end;
+        if w.seq.snapshot_at.contains(&end) {
+            events.push((
+                w.seq.id,
+                SeqEvent::Snapshot {
+                    tokens: w.seq.history[..end].to_vec(),
+                    state: w.cache.snapshot(),
+                },
+            ));
+        }
         if end < w.seq.prompt_tokens {
             self.waiting.push_front(w);
             return;
@@ -363,13 +435,14 @@ impl<'z> Engine<'z> {
         // prompt done: the first token, then the batch
         let Waiting { mut seq, cache, .. } = w;
         let id = seq.id;
-        match self.sample_and_emit(&mut seq, &logits) {
+        match Self::sample_and_emit_with(self.zaya, &mut seq, &logits) {
             Err(e) => events.push((id, SeqEvent::Failed(e))),
-            Ok((tok, done)) => {
-                let next = tok.id;
-                events.push((id, SeqEvent::Token(tok)));
+            Ok((token, logprobs, done)) => {
+                let next = token.id;
+                events.push((id, SeqEvent::Token { token, logprobs }));
                 if done {
-                    events.push((id, SeqEvent::Finished(stats_of(&seq))));
+                    let state = seq.keep_final_state.then(|| (seq.history.clone(), cache));
+                    events.push((id, SeqEvent::Finished { stats: stats_of(&seq), state }));
                     return;
                 }
                 let joined = match &mut self.decoder {
@@ -419,18 +492,36 @@ impl<'z> Engine<'z> {
             match out {
                 Err(e) => {
                     events.push((id, SeqEvent::Failed(e)));
-                    finished.push(row);
+                    finished.push((row, None));
                 }
-                Ok((tok, done)) => {
-                    r.next = tok.id;
-                    events.push((id, SeqEvent::Token(tok)));
+                Ok((token, logprobs, done)) => {
+                    r.next = token.id;
+                    events.push((id, SeqEvent::Token { token, logprobs }));
                     if done {
-                        events.push((id, SeqEvent::Finished(stats_of(&r.seq))));
-                        finished.push(row);
+                        finished.push((row, Some(events.len())));
                     }
                 }
             }
         }
+        // finished requests: their statistics (and final state) after their last token
+        let mut done_events = Vec::new();
+        for &(row, at) in &finished {
+            if at.is_none() {
+                continue;
+            }
+            let seq = &self.running[row].seq;
+            let state = if seq.keep_final_state {
+                match self.row_state(row) {
+                    Ok(st) => Some((seq.history.clone(), st)),
+                    Err(_) => None, // a state that cannot be copied is only not cached
+                }
+            } else {
+                None
+            };
+            done_events.push((seq.id, SeqEvent::Finished { stats: stats_of(seq), state }));
+        }
+        events.extend(done_events);
+        let mut finished: Vec<usize> = finished.into_iter().map(|(r, _)| r).collect();
         // highest rows first, so swap-removal never moves a row still to be removed
         finished.sort_unstable_by(|a, b| b.cmp(a));
         for row in finished {
@@ -441,13 +532,20 @@ impl<'z> Engine<'z> {
         }
     }
 
-    fn sample_and_emit(&self, seq: &mut SeqState, logits: &Array) -> Result<(GenToken, bool)> {
-        Self::sample_and_emit_with(self.zaya, seq, logits)
+    fn row_state(&self, row: usize) -> Result<ModelCache> {
+        match &self.decoder {
+            Decoder::Batched(b) => b.extract(row, self.zaya.model().config()),
+            Decoder::Serial(c) => Ok(c[row].snapshot()),
+        }
     }
 
     /// Samples the next token from raw logits `[1, V]` and books it: text, stop conditions, limits.
-    /// Returns the token and whether the request is finished.
-    fn sample_and_emit_with(zaya: &Zaya, seq: &mut SeqState, raw: &Array) -> Result<(GenToken, bool)> {
+    /// Returns the token, its log-probabilities when asked for, and whether the request is finished.
+    fn sample_and_emit_with(
+        zaya: &Zaya,
+        seq: &mut SeqState,
+        raw: &Array,
+    ) -> Result<(GenToken, Option<TokenLogprobs>, bool)> {
         let mut x = match zaya.vocab_limit() {
             Some(n) => raw.index((.., 0..n as i32)),
             None => raw.clone(),
@@ -456,6 +554,13 @@ impl<'z> Engine<'z> {
             x = p(&seq.history, &x)?;
         }
         let id = seq.sampler.sample(&x, &seq.history)?;
+        let logprobs = match seq.logprobs {
+            Some(n) => {
+                let (logprob, top) = crate::sampling::token_logprobs(raw, id, n, zaya.vocab_limit())?;
+                Some(TokenLogprobs { logprob, top })
+            }
+            None => None,
+        };
         let now = Instant::now();
         seq.first_token_at.get_or_insert(now);
         seq.last_token_at = Some(now);
@@ -484,7 +589,7 @@ impl<'z> Engine<'z> {
             }
         }
         let done = finish.is_some();
-        Ok((GenToken { id, text, finish }, done))
+        Ok((GenToken { id, text, finish }, logprobs, done))
     }
 }
 

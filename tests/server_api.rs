@@ -476,3 +476,53 @@ fn openai_python_client() {
     assert_eq!(report["error_status"], 404);
     s.shutdown().unwrap();
 }
+
+#[test]
+fn hostile_bodies_never_break_the_server() {
+    use rand::{Rng, SeedableRng};
+    let dir = bundle();
+    let s = server(dir.path(), |o| o.max_body_bytes = 64 << 10);
+    let seed: u64 = std::env::var("ZAYA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values = [
+        json!(null), json!(true), json!(-1), json!(0), json!(1e308), json!(-1e308), json!(1.5), json!(4294967296u64),
+        json!("x"), json!(""), json!([]), json!({}), json!([1, -2, "a"]), json!({"a": {"b": []}}), json!("\u{0}\u{ffff}"),
+    ];
+    let keys = ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n", "logit_bias",
+        "logprobs", "top_logprobs", "stream", "stream_options", "tools", "chat_template_kwargs", "model", "presence_penalty",
+        "repetition_penalty", "max_completion_tokens"];
+    for case in 0..300 {
+        let mut body = serde_json::Map::new();
+        if rng.gen_bool(0.7) {
+            body.insert("messages".into(), json!([{"role": "user", "content": "hi"}]));
+            body.insert("prompt".into(), json!("hi"));
+        }
+        body.insert("max_tokens".into(), json!(2));
+        for _ in 0..rng.gen_range(1..4) {
+            let k = keys[rng.gen_range(0..keys.len())];
+            let v = if rng.gen_bool(0.2) {
+                json!([{"role": values[rng.gen_range(0..values.len())].clone(), "content": values[rng.gen_range(0..values.len())].clone()}])
+            } else {
+                values[rng.gen_range(0..values.len())].clone()
+            };
+            body.insert(k.into(), v);
+        }
+        if body.get("max_tokens").and_then(Value::as_i64).is_none_or(|m| m > 4) {
+            body.insert("max_tokens".into(), json!(2));
+        }
+        body.remove("max_completion_tokens");
+        let mut bytes = Value::Object(body).to_string().into_bytes();
+        if rng.gen_bool(0.1) && !bytes.is_empty() {
+            let i = rng.gen_range(0..bytes.len());
+            bytes[i] = rng.gen();
+        }
+        let path = if rng.gen_bool(0.5) { "/v1/chat/completions" } else { "/v1/completions" };
+        let (st, v, _) = post_raw(&s, path, &bytes, None);
+        assert!([200, 400, 404, 413].contains(&st), "case {case} (seed {seed}): {st} {v} for {}", String::from_utf8_lossy(&bytes));
+        if st != 200 {
+            assert!(v["error"]["message"].is_string(), "case {case}: {v}");
+        }
+    }
+    assert_eq!(get(&s, "/health").0, 200);
+    s.shutdown().unwrap();
+}

@@ -14,7 +14,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 VENV=${ZAYA_REF_VENV:-$ROOT/.venv-ref}
 PINS=("mlx[cpu]==0.32.2" "mlx-lm==0.32.2" "jang==2.5.50" "numpy==2.4.6" "safetensors==0.8.0" "jinja2==3.1.6"
-      "transformers==5.24.0" "tokenizers==0.23.3" "openai==3.60.0")
+      "transformers==5.24.0" "tokenizers==0.23.3" "openai==3.60.0" "selenium==4.38.0")
 STAMP="$VENV/.zaya-pins-$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -c1-16)"
 
 if [ -f "$STAMP" ]; then echo "setup-python-ref: up to date in $VENV"; exit 0; fi

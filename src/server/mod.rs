@@ -1,6 +1,7 @@
 //! `zaya serve`: an OpenAI-compatible HTTP server (axum on tokio) on the continuous-batching
 //! [`Engine`](crate::engine::Engine), with an exact prefix cache.
 //!
+//! - `chat.html`: the chat page served at `/` (one self-contained file, no network at run time);
 //! - `routes.rs`: the endpoints (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
 //!   `/health`, each also without `/v1`), the bearer-key check, SSE streaming;
 //! - `openai.rs`: request fields → generation settings, OpenAI error objects;
@@ -179,6 +180,7 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
         .route("/models", get(routes::models))
         .route("/health", get(routes::health));
     Router::new()
+        .route("/", get(routes::page))
         .nest("/v1", api.clone())
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::require_key))

@@ -36,6 +36,11 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The chat page (`chat.html`, embedded in the binary).
+pub async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("chat.html"))
+}
+
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

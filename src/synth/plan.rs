@@ -110,7 +110,12 @@ pub fn source_tensors(spec: &SynthSpec) -> Vec<SourceTensor> {
     let mut v = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, init: Init| v.push(SourceTensor { name, shape, init });
     let norm = Init::OnesNoise { std: 0.05 };
-    let small_bias = Init::Normal { std: 0.02 };
+    // Residual biases small beside the embedding rows (norm ≈ 0.09 against ≈ 1): larger ones add the
+    // same vector to every token at every half-layer, the residual stream of random prompts becomes
+    // mostly that shared vector, and every token of a step routes to the same expert (measured: 2.1
+    // distinct experts per 4 tokens with std 0.02, 3.3 with 0.002, against 3.64 for uniform routing),
+    // which flatters batching. A trained router spreads tokens; so must a synthetic one.
+    let small_bias = Init::Normal { std: 0.002 };
 
     push(
         "model.embed_tokens.weight".into(),

@@ -375,3 +375,36 @@ fn engine_rejects_bad_requests_and_cancels_without_harming_others() {
     assert!(e.to_string().contains("not waiting or running"), "{e}");
     assert!(engine.cancel(waiting).is_err());
 }
+
+#[test]
+fn options_without_batched_kernels_decode_in_turn_with_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(&SynthSpec::preset("tiny").unwrap(), dir.path(), &SynthOptions::default()).unwrap();
+    // the plain-ops configuration has no ragged-batch primitives: the engine decodes each sequence alone
+    let opts = ModelOptions {
+        fused_layers: false,
+        ..ModelOptions::default()
+    };
+    let zaya = Zaya::load(dir.path(), opts).unwrap();
+    assert!(!zaya.model().supports_batching());
+    let tok = zaya.tokenizer().unwrap();
+    let prompts: Vec<Vec<u32>> = ["alpha", "beta gamma", "delta epsilon zeta"].iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let params: Vec<GenParams> = (0..3).map(|i| sampled(40 + i as u64, 7)).collect();
+    let want: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(&params)
+        .map(|(p, gp)| zaya.session().generate_from_tokens(p, gp).unwrap().map(|t| t.unwrap().id).collect())
+        .collect();
+    let mut engine = Engine::new(&zaya, EngineOptions::default()).unwrap();
+    let ids: Vec<_> = prompts.iter().zip(&params).map(|(p, gp)| engine.submit(p.clone(), gp).unwrap()).collect();
+    let mut got = vec![Vec::new(); 3];
+    engine.run_to_completion(|id, ev| {
+        if let SeqEvent::Token { token, .. } = ev {
+            got[ids.iter().position(|i| *i == id).unwrap()].push(token.id);
+        }
+    });
+    assert_eq!(got, want);
+    // and decode_batch itself refuses these options with a typed error
+    let mut b = BatchCache::new(zaya.model().config(), 256);
+    assert!(zaya.model().decode_batch(&[1], &mut b, false).is_err());
+}

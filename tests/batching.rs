@@ -104,7 +104,10 @@ fn check_batch(name: &str, mode: ExtMode) {
         cancel_after: None,
     });
     let expected: Vec<(Vec<Vec<f32>>, Vec<u32>)> = plans.iter().map(|p| alone(&model, &p.prompt, p.steps)).collect();
-    assert_eq!(expected[8].1, want, "{name}: single-sequence greedy differs from the reference");
+    assert_eq!(
+        expected[8].1, want,
+        "{name}: single-sequence greedy differs from the reference"
+    );
 
     let mut batch = BatchCache::new(model.config(), 16); // a small KV step: storage grows mid-test
     let mut live: Vec<Live> = Vec::new();
@@ -137,12 +140,20 @@ fn check_batch(name: &str, mode: ExtMode) {
         max_rows = max_rows.max(live.len());
         let tokens: Vec<u32> = live.iter().map(|l| l.next).collect();
         let out = model.decode_batch_with(&tokens, &mut batch, false, mode).unwrap();
-        assert_eq!(out.logits.shape(), &[live.len() as i32, model.config().vocab_size as i32]);
+        assert_eq!(
+            out.logits.shape(),
+            &[live.len() as i32, model.config().vocab_size as i32]
+        );
         for (b, l) in live.iter_mut().enumerate() {
             let lg = row(&out.logits.index(b as i32..b as i32 + 1));
             let e = &expected[l.plan];
             let d = rel_diff(&lg, &e.0[l.done]);
-            assert!(d <= 1e-5, "{name}: sequence {} step {}: logits differ by {d:e}", l.plan, l.done);
+            assert!(
+                d <= 1e-5,
+                "{name}: sequence {} step {}: logits differ by {d:e}",
+                l.plan,
+                l.done
+            );
             l.next = argmax(&lg);
             got[l.plan].push(l.next);
             l.done += 1;
@@ -163,7 +174,10 @@ fn check_batch(name: &str, mode: ExtMode) {
         let n = p.cancel_after.unwrap_or(p.steps);
         assert_eq!(got[i], expected[i].1[..n], "{name}: sequence {i}: greedy ids differ");
     }
-    assert_eq!(got[8], want, "{name}: the batch's greedy continuation differs from the reference");
+    assert_eq!(
+        got[8], want,
+        "{name}: the batch's greedy continuation differs from the reference"
+    );
 }
 
 #[test]
@@ -233,13 +247,21 @@ fn batched_step_graph_does_not_grow_with_rows() {
         assert!(count("ZayaTqSwitchGlu") > 0, "{hist:?}");
         totals.push(total);
     }
-    assert!(totals.windows(2).all(|w| w[0] == w[1]), "graph nodes per step by rows 1, 3, 7: {totals:?}");
+    assert!(
+        totals.windows(2).all(|w| w[0] == w[1]),
+        "graph nodes per step by rows 1, 3, 7: {totals:?}"
+    );
 }
 
 /// A tiny synthetic bundle with a tokenizer and chat template, loaded.
 fn tiny_synth() -> (tempfile::TempDir, Zaya) {
     let dir = tempfile::tempdir().unwrap();
-    write_bundle(&SynthSpec::preset("tiny").unwrap(), dir.path(), &SynthOptions::default()).unwrap();
+    write_bundle(
+        &SynthSpec::preset("tiny").unwrap(),
+        dir.path(),
+        &SynthOptions::default(),
+    )
+    .unwrap();
     let zaya = Zaya::load(dir.path(), ModelOptions::default()).unwrap();
     (dir, zaya)
 }
@@ -262,10 +284,15 @@ fn sampled(seed: u64, max_tokens: usize) -> GenParams {
 fn seeded_sampling_in_a_batch_equals_the_request_alone() {
     let (_dir, zaya) = tiny_synth();
     let tok = zaya.tokenizer().unwrap();
-    let prompts: Vec<Vec<u32>> = ["Hello there", "A much longer prompt about the weather today", "x", "Count: 1 2 3 4 5 6"]
-        .iter()
-        .map(|p| tok.encode(p, true).unwrap())
-        .collect();
+    let prompts: Vec<Vec<u32>> = [
+        "Hello there",
+        "A much longer prompt about the weather today",
+        "x",
+        "Count: 1 2 3 4 5 6",
+    ]
+    .iter()
+    .map(|p| tok.encode(p, true).unwrap())
+    .collect();
     let params: Vec<GenParams> = (0..prompts.len()).map(|i| sampled(100 + i as u64, 12 + i)).collect();
     // alone: the single-stream session path
     let alone: Vec<Vec<u32>> = prompts
@@ -277,7 +304,11 @@ fn seeded_sampling_in_a_batch_equals_the_request_alone() {
         })
         .collect();
     let mut engine = Engine::new(&zaya, EngineOptions::default()).unwrap();
-    let handles: Vec<_> = prompts.iter().zip(&params).map(|(p, gp)| engine.submit(p.clone(), gp).unwrap()).collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .zip(&params)
+        .map(|(p, gp)| engine.submit(p.clone(), gp).unwrap())
+        .collect();
     let mut got = vec![Vec::new(); prompts.len()];
     let mut finished = vec![None; prompts.len()];
     engine.run_to_completion(|id, ev| {
@@ -311,9 +342,25 @@ fn batch_generate_returns_results_in_prompt_order_and_isolates_failures() {
         ignore_eos: true,
         ..GenParams::default()
     };
-    let want_a: Vec<u32> = zaya.session().generate_from_tokens(&ok_a, &params).unwrap().map(|t| t.unwrap().id).collect();
-    let want_b: Vec<u32> = zaya.session().generate_from_tokens(&ok_b, &params).unwrap().map(|t| t.unwrap().id).collect();
-    let outs = batch_generate(&zaya, &[ok_a, too_long, ok_b, vec![]], &params, EngineOptions::default()).unwrap();
+    let want_a: Vec<u32> = zaya
+        .session()
+        .generate_from_tokens(&ok_a, &params)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    let want_b: Vec<u32> = zaya
+        .session()
+        .generate_from_tokens(&ok_b, &params)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    let outs = batch_generate(
+        &zaya,
+        &[ok_a, too_long, ok_b, vec![]],
+        &params,
+        EngineOptions::default(),
+    )
+    .unwrap();
     assert_eq!(outs[0].tokens, want_a);
     assert_eq!(outs[2].tokens, want_b);
     assert_eq!(outs[0].finish, Some(FinishReason::MaxTokens));
@@ -335,8 +382,20 @@ fn engine_rejects_bad_requests_and_cancels_without_harming_others() {
         ignore_eos: true,
         ..GenParams::default()
     };
-    let want: Vec<u32> = zaya.session().generate_from_tokens(&p, &params).unwrap().map(|t| t.unwrap().id).collect();
-    let mut engine = Engine::new(&zaya, EngineOptions { max_batch: 4, prefill_chunk: Some(3) }).unwrap();
+    let want: Vec<u32> = zaya
+        .session()
+        .generate_from_tokens(&p, &params)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    let mut engine = Engine::new(
+        &zaya,
+        EngineOptions {
+            max_batch: 4,
+            prefill_chunk: Some(3),
+        },
+    )
+    .unwrap();
     // invalid sampling values and out-of-vocabulary ids: typed errors, nothing queued
     let bad = GenParams {
         sampling: SamplingParams {
@@ -379,7 +438,12 @@ fn engine_rejects_bad_requests_and_cancels_without_harming_others() {
 #[test]
 fn options_without_batched_kernels_decode_in_turn_with_the_same_results() {
     let dir = tempfile::tempdir().unwrap();
-    write_bundle(&SynthSpec::preset("tiny").unwrap(), dir.path(), &SynthOptions::default()).unwrap();
+    write_bundle(
+        &SynthSpec::preset("tiny").unwrap(),
+        dir.path(),
+        &SynthOptions::default(),
+    )
+    .unwrap();
     // the plain-ops configuration has no ragged-batch primitives: the engine decodes each sequence alone
     let opts = ModelOptions {
         fused_layers: false,
@@ -388,15 +452,28 @@ fn options_without_batched_kernels_decode_in_turn_with_the_same_results() {
     let zaya = Zaya::load(dir.path(), opts).unwrap();
     assert!(!zaya.model().supports_batching());
     let tok = zaya.tokenizer().unwrap();
-    let prompts: Vec<Vec<u32>> = ["alpha", "beta gamma", "delta epsilon zeta"].iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = ["alpha", "beta gamma", "delta epsilon zeta"]
+        .iter()
+        .map(|p| tok.encode(p, true).unwrap())
+        .collect();
     let params: Vec<GenParams> = (0..3).map(|i| sampled(40 + i as u64, 7)).collect();
     let want: Vec<Vec<u32>> = prompts
         .iter()
         .zip(&params)
-        .map(|(p, gp)| zaya.session().generate_from_tokens(p, gp).unwrap().map(|t| t.unwrap().id).collect())
+        .map(|(p, gp)| {
+            zaya.session()
+                .generate_from_tokens(p, gp)
+                .unwrap()
+                .map(|t| t.unwrap().id)
+                .collect()
+        })
         .collect();
     let mut engine = Engine::new(&zaya, EngineOptions::default()).unwrap();
-    let ids: Vec<_> = prompts.iter().zip(&params).map(|(p, gp)| engine.submit(p.clone(), gp).unwrap()).collect();
+    let ids: Vec<_> = prompts
+        .iter()
+        .zip(&params)
+        .map(|(p, gp)| engine.submit(p.clone(), gp).unwrap())
+        .collect();
     let mut got = vec![Vec::new(); 3];
     engine.run_to_completion(|id, ev| {
         if let SeqEvent::Token { token, .. } = ev {

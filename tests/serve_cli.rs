@@ -49,7 +49,10 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut err, &mut rest);
     assert!(rest.contains("shutting down"), "{rest}");
-    assert!(rest.contains("cmpl-0: prompt 3 tokens"), "one log line per request: {rest}");
+    assert!(
+        rest.contains("cmpl-0: prompt 3 tokens"),
+        "one log line per request: {rest}"
+    );
     // and it no longer listens
     assert!(std::net::TcpStream::connect(&addr).is_err());
 }

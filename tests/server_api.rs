@@ -18,7 +18,12 @@ use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
 
 fn bundle() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    write_bundle(&SynthSpec::preset("tiny").unwrap(), dir.path(), &SynthOptions::default()).unwrap();
+    write_bundle(
+        &SynthSpec::preset("tiny").unwrap(),
+        dir.path(),
+        &SynthOptions::default(),
+    )
+    .unwrap();
     dir
 }
 
@@ -67,7 +72,10 @@ fn get(s: &ServerHandle, path: &str) -> (u16, Value) {
 /// The SSE `data:` payloads of a streamed response, in order.
 fn stream(s: &ServerHandle, path: &str, body: &Value) -> Vec<String> {
     let resp = ureq::post(&url(s, path)).send_json(body.clone()).unwrap();
-    assert!(resp.header("content-type").unwrap_or("").starts_with("text/event-stream"));
+    assert!(resp
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
     BufReader::new(resp.into_reader())
         .lines()
         .map(|l| l.unwrap())
@@ -133,7 +141,10 @@ fn endpoints_answer_like_the_session_path() {
     }
     // content given as text parts is the same message
     let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there!"}]}], "max_tokens": 12});
-    assert_eq!(post(&s, "/v1/chat/completions", &parts, None).1["choices"][0]["message"]["content"], want.as_str());
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &parts, None).1["choices"][0]["message"]["content"],
+        want.as_str()
+    );
 
     // streaming: the deltas add up to the same text; finish chunk, usage chunk, [DONE]
     let mut sbody = body.clone();
@@ -141,12 +152,22 @@ fn endpoints_answer_like_the_session_path() {
     sbody["stream_options"] = json!({"include_usage": true});
     let chunks = stream(&s, "/v1/chat/completions", &sbody);
     assert_eq!(chunks.last().unwrap(), "[DONE]");
-    let parsed: Vec<Value> = chunks[..chunks.len() - 1].iter().map(|c| serde_json::from_str(c).unwrap()).collect();
+    let parsed: Vec<Value> = chunks[..chunks.len() - 1]
+        .iter()
+        .map(|c| serde_json::from_str(c).unwrap())
+        .collect();
     assert!(parsed.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(parsed[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = parsed
         .iter()
-        .filter_map(|c| c["choices"].get(0)?.get("delta")?.get("content")?.as_str().map(str::to_string))
+        .filter_map(|c| {
+            c["choices"]
+                .get(0)?
+                .get("delta")?
+                .get("content")?
+                .as_str()
+                .map(str::to_string)
+        })
         .collect();
     assert_eq!(text, want);
     let usage = parsed.last().unwrap();
@@ -159,20 +180,40 @@ fn endpoints_answer_like_the_session_path() {
     let ids = zaya.tokenizer().unwrap().encode("Once upon a time", true).unwrap();
     let want_ids: Vec<u32> = zaya
         .session()
-        .generate_from_tokens(&ids, &GenParams { max_tokens: Some(6), ..GenParams::default() })
+        .generate_from_tokens(
+            &ids,
+            &GenParams {
+                max_tokens: Some(6),
+                ..GenParams::default()
+            },
+        )
         .unwrap()
         .map(|t| t.unwrap().id)
         .collect();
     let want_text = zaya.tokenizer().unwrap().decode(&want_ids, false).unwrap();
-    let (st, v, _) = post(&s, "/v1/completions", &json!({"prompt": ids, "max_tokens": 6, "logprobs": 3}), None);
+    let (st, v, _) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": ids, "max_tokens": 6, "logprobs": 3}),
+        None,
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["choices"][0]["text"], want_text.as_str());
     let lp = &v["choices"][0]["logprobs"];
     assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 6);
     assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 3);
-    assert!(lp["token_logprobs"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() <= 0.0));
-    let (_, v2, _) = post(&s, "/completions", &json!({"prompt": "Once upon a time", "max_tokens": 6}), None);
+    assert!(lp["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x.as_f64().unwrap() <= 0.0));
+    let (_, v2, _) = post(
+        &s,
+        "/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": 6}),
+        None,
+    );
     assert_eq!(v2["choices"][0]["text"], want_text.as_str());
     assert_eq!(v2["usage"]["prompt_tokens"], ids.len());
 
@@ -200,7 +241,10 @@ fn sampling_fields_thinking_stop_and_tools() {
     let (st, a, _) = post(&s, "/v1/chat/completions", &body, None);
     assert_eq!(st, 200, "{a}");
     let (_, b, _) = post(&s, "/v1/chat/completions", &body, None);
-    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        b["choices"][0]["message"]["content"]
+    );
     // a logit bias of +100 on one id makes every token that id
     let zaya = Zaya::load(dir.path(), ModelOptions::default()).unwrap();
     let tok = zaya.tokenizer().unwrap();
@@ -231,10 +275,18 @@ fn sampling_fields_thinking_stop_and_tools() {
     assert_eq!(st, 200, "{v}");
     assert_ne!(v["choices"][0]["finish_reason"], "tool_calls");
     let (ta, _) = {
-        let (_, plain, _) = post(&s, "/v1/chat/completions", &json!({"messages": msg, "max_tokens": 3}), None);
+        let (_, plain, _) = post(
+            &s,
+            "/v1/chat/completions",
+            &json!({"messages": msg, "max_tokens": 3}),
+            None,
+        );
         (plain["usage"]["prompt_tokens"].as_u64().unwrap(), 0)
     };
-    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > ta, "the tool schemas are in the prompt");
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() > ta,
+        "the tool schemas are in the prompt"
+    );
     s.shutdown().unwrap();
 }
 
@@ -254,7 +306,11 @@ fn errors_are_openai_error_objects_with_the_right_status() {
     let (st, v, _) = post(&s, chat, &ok, Some("wrong"));
     assert_error(st, &v, 401);
     assert_eq!(post(&s, chat, &ok, k).0, 200);
-    assert_eq!(ureq::get(&url(&s, "/health")).call().unwrap().status(), 200, "health needs no key");
+    assert_eq!(
+        ureq::get(&url(&s, "/health")).call().unwrap().status(),
+        200,
+        "health needs no key"
+    );
     // malformed JSON, wrong types, bad values
     let (st, v, _) = post_raw(&s, chat, b"{not json", k);
     assert_error(st, &v, 400);
@@ -276,12 +332,22 @@ fn errors_are_openai_error_objects_with_the_right_status() {
         let (st, v, _) = post(&s, chat, &bad, k);
         assert_error(st, &v, 400);
     }
-    for bad in [json!({"prompt": 5}), json!({"prompt": []}), json!({"prompt": [1, 99999999]}), json!({})] {
+    for bad in [
+        json!({"prompt": 5}),
+        json!({"prompt": []}),
+        json!({"prompt": [1, 99999999]}),
+        json!({}),
+    ] {
         let (st, v, _) = post(&s, "/v1/completions", &bad, k);
         assert_error(st, &v, 400);
     }
     // unknown model
-    let (st, v, _) = post(&s, chat, &json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}), k);
+    let (st, v, _) = post(
+        &s,
+        chat,
+        &json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}),
+        k,
+    );
     assert_error(st, &v, 404);
     assert_eq!(v["error"]["code"], "model_not_found");
     // over the context (the tiny bundle's context is short)
@@ -315,7 +381,12 @@ fn context_overflow_is_a_400() {
     assert_error(st, &v, 400);
     assert_eq!(v["error"]["code"], "context_length_exceeded");
     let text = "word ".repeat(zaya.max_context() * 2);
-    let (st, v, _) = post(&s, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": text}]}), None);
+    let (st, v, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": text}]}),
+        None,
+    );
     assert_error(st, &v, 400);
     s.shutdown().unwrap();
 }
@@ -347,7 +418,8 @@ fn queue_limit_and_disconnects_free_slots() {
         o.max_concurrency = 1;
         o.max_queue = 0;
     });
-    let long = json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000, "stream": true, "ignore": 1});
+    let long =
+        json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000, "stream": true, "ignore": 1});
     // a long stream holds the only slot: the next request gets 429 with Retry-After
     let c = std::thread::spawn({
         let addr = s.addr;
@@ -375,7 +447,10 @@ fn queue_limit_and_disconnects_free_slots() {
         if st == 200 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "the disconnected stream still holds the slot");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the disconnected stream still holds the slot"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // the same with a stream read a little and dropped
@@ -418,7 +493,10 @@ fn prefix_cache_is_exact() {
     assert!(cached > 0, "the second turn reused nothing: {w}");
     assert!(cached < w["usage"]["prompt_tokens"].as_u64().unwrap());
     assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    assert_eq!(w["choices"][0]["message"]["content"], c["choices"][0]["message"]["content"]);
+    assert_eq!(
+        w["choices"][0]["message"]["content"],
+        c["choices"][0]["message"]["content"]
+    );
     let (lw, lc) = (logprob_list(&w), logprob_list(&c));
     assert_eq!(lw.len(), lc.len());
     for ((tw, pw), (tc, pc)) in lw.iter().zip(&lc) {
@@ -428,10 +506,15 @@ fn prefix_cache_is_exact() {
     // the same request again reuses all but its last prompt token
     let (_, again, _) = post(&warm, "/v1/chat/completions", &second, None);
     assert_eq!(
-        again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap(),
+        again["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
         again["usage"]["prompt_tokens"].as_u64().unwrap() - 1
     );
-    assert_eq!(again["choices"][0]["message"]["content"], c["choices"][0]["message"]["content"]);
+    assert_eq!(
+        again["choices"][0]["message"]["content"],
+        c["choices"][0]["message"]["content"]
+    );
     warm.shutdown().unwrap();
     cold.shutdown().unwrap();
 }
@@ -441,14 +524,21 @@ fn concurrent_requests_each_get_their_own_answer() {
     let dir = bundle();
     let s = server(dir.path(), |o| o.max_concurrency = 4);
     let prompts = ["one", "two two", "three three three", "four", "five five", "six"];
-    let want: Vec<String> = prompts.iter().map(|p| session_answer(dir.path(), &[Message::user(*p)], 10).0).collect();
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| session_answer(dir.path(), &[Message::user(*p)], 10).0)
+        .collect();
     let addr = s.addr;
     let handles: Vec<_> = prompts
         .iter()
         .map(|p| {
             let body = json!({"messages": [{"role": "user", "content": p}], "max_tokens": 10});
             std::thread::spawn(move || {
-                let r: Value = ureq::post(&format!("http://{addr}/v1/chat/completions")).send_json(body).unwrap().into_json().unwrap();
+                let r: Value = ureq::post(&format!("http://{addr}/v1/chat/completions"))
+                    .send_json(body)
+                    .unwrap()
+                    .into_json()
+                    .unwrap();
                 r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
             })
         })
@@ -482,15 +572,51 @@ fn hostile_bodies_never_break_the_server() {
     use rand::{Rng, SeedableRng};
     let dir = bundle();
     let s = server(dir.path(), |o| o.max_body_bytes = 64 << 10);
-    let seed: u64 = std::env::var("ZAYA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let seed: u64 = std::env::var("ZAYA_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let values = [
-        json!(null), json!(true), json!(-1), json!(0), json!(1e308), json!(-1e308), json!(1.5), json!(4294967296u64),
-        json!("x"), json!(""), json!([]), json!({}), json!([1, -2, "a"]), json!({"a": {"b": []}}), json!("\u{0}\u{ffff}"),
+        json!(null),
+        json!(true),
+        json!(-1),
+        json!(0),
+        json!(1e308),
+        json!(-1e308),
+        json!(1.5),
+        json!(4294967296u64),
+        json!("x"),
+        json!(""),
+        json!([]),
+        json!({}),
+        json!([1, -2, "a"]),
+        json!({"a": {"b": []}}),
+        json!("\u{0}\u{ffff}"),
     ];
-    let keys = ["messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n", "logit_bias",
-        "logprobs", "top_logprobs", "stream", "stream_options", "tools", "chat_template_kwargs", "model", "presence_penalty",
-        "repetition_penalty", "max_completion_tokens"];
+    let keys = [
+        "messages",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "stop",
+        "n",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "stream",
+        "stream_options",
+        "tools",
+        "chat_template_kwargs",
+        "model",
+        "presence_penalty",
+        "repetition_penalty",
+        "max_completion_tokens",
+    ];
     for case in 0..300 {
         let mut body = serde_json::Map::new();
         if rng.gen_bool(0.7) {
@@ -516,9 +642,17 @@ fn hostile_bodies_never_break_the_server() {
             let i = rng.gen_range(0..bytes.len());
             bytes[i] = rng.gen();
         }
-        let path = if rng.gen_bool(0.5) { "/v1/chat/completions" } else { "/v1/completions" };
+        let path = if rng.gen_bool(0.5) {
+            "/v1/chat/completions"
+        } else {
+            "/v1/completions"
+        };
         let (st, v, _) = post_raw(&s, path, &bytes, None);
-        assert!([200, 400, 404, 413].contains(&st), "case {case} (seed {seed}): {st} {v} for {}", String::from_utf8_lossy(&bytes));
+        assert!(
+            [200, 400, 404, 413].contains(&st),
+            "case {case} (seed {seed}): {st} {v} for {}",
+            String::from_utf8_lossy(&bytes)
+        );
         if st != 200 {
             assert!(v["error"]["message"].is_string(), "case {case}: {v}");
         }

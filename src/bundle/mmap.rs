@@ -6,25 +6,11 @@ use std::os::raw::{c_int, c_void};
 use std::sync::Arc;
 
 use mlx_rs::Array;
-use mlx_sys::{mlx_array, mlx_array_new, mlx_array_new_data, mlx_dtype};
+use mlx_sys::{mlx_array_new, mlx_array_new_data, mlx_dtype};
 
 use super::shards::{DType, ShardMap, TensorMeta};
 use crate::error::{Result, ZayaError};
-
-extern "C" {
-    fn zaya_ext_last_error() -> *const std::os::raw::c_char;
-    fn zaya_array_from_external(
-        out: *mut mlx_array,
-        data: *mut c_void,
-        shape: *const c_int,
-        ndim: c_int,
-        dtype: c_int,
-        payload: *mut c_void,
-        release: unsafe extern "C" fn(*mut c_void),
-        zero_copy: *mut c_int,
-        consumed: *mut c_int,
-    ) -> c_int;
-}
+use crate::ext::sys::{zaya_array_from_external, zaya_ext_last_error};
 
 /// MLX dtype of a stored dtype, if MLX has one.
 pub fn mlx_dtype_of(d: DType) -> Option<mlx_dtype> {

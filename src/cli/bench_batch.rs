@@ -71,7 +71,12 @@ fn uniform_distinct(experts: usize, n: usize) -> f64 {
 fn step_bytes(w: DecodeBytes, cfg: &ZayaConfig, n: usize, distinct: f64, ctx: usize) -> u64 {
     let per_expert = w.experts as f64 / cfg.top_k.max(1) as f64; // one expert in every MoE layer
     let experts = (per_expert * distinct) as u64;
-    w.attention + w.router + w.lm_head_and_embedding + w.norms + experts + n as u64 * bench::state_bytes(cfg, ctx, bench::KV_BYTES_PER_ELEM)
+    w.attention
+        + w.router
+        + w.lm_head_and_embedding
+        + w.norms
+        + experts
+        + n as u64 * bench::state_bytes(cfg, ctx, bench::KV_BYTES_PER_ELEM)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -148,7 +153,11 @@ pub fn run(
             }
         }
         let distinct = distinct_sum as f64 / layers_seen.max(1) as f64;
-        let peak = if rss_reset { bench::process_rss().map(|r| r.1) } else { None };
+        let peak = if rss_reset {
+            bench::process_rss().map(|r| r.1)
+        } else {
+            None
+        };
         drop(batch);
         let ttft = join_ttft(zaya, n, prompt_tokens, seed)?;
         let bw = bench::copy_bandwidth_gbs(bandwidth_mib << 20, 3);
@@ -157,10 +166,10 @@ pub fn run(
         let aggregate = (n * steps) as f64 / decode_s;
         let bound = n as f64 * bw * 1e9 / bytes as f64;
         // relative to the single-stream rate of this run (level 1, or the first level's per-stream rate)
-        let single = out
-            .iter()
-            .find(|l: &&Level| l.concurrency == 1)
-            .map_or_else(|| out.first().map_or(steps as f64 / decode_s, |l| l.per_stream_tps), |l| l.aggregate_tps);
+        let single = out.iter().find(|l: &&Level| l.concurrency == 1).map_or_else(
+            || out.first().map_or(steps as f64 / decode_s, |l| l.per_stream_tps),
+            |l| l.aggregate_tps,
+        );
         let level = Level {
             concurrency: n,
             steps,
@@ -201,14 +210,23 @@ pub fn run(
 /// Time to first token of a request that joins `n − 1` running sequences (an idle engine for 1).
 fn join_ttft(zaya: &Zaya, n: usize, prompt_tokens: usize, seed: u64) -> Result<f64> {
     let cfg = zaya.model().config();
-    let mut engine = Engine::new(zaya, EngineOptions { max_batch: n, prefill_chunk: None })?;
+    let mut engine = Engine::new(
+        zaya,
+        EngineOptions {
+            max_batch: n,
+            prefill_chunk: None,
+        },
+    )?;
     let busy = GenParams {
         max_tokens: None,
         ignore_eos: true,
         ..GenParams::default()
     };
     for i in 0..n - 1 {
-        engine.submit(bench::random_prompt(cfg.vocab_size, prompt_tokens, seed.wrapping_add(1000 + i as u64)), &busy)?;
+        engine.submit(
+            bench::random_prompt(cfg.vocab_size, prompt_tokens, seed.wrapping_add(1000 + i as u64)),
+            &busy,
+        )?;
     }
     while engine.running() < n - 1 {
         for (_, ev) in engine.step() {
@@ -223,7 +241,10 @@ fn join_ttft(zaya: &Zaya, n: usize, prompt_tokens: usize, seed: u64) -> Result<f
         ..GenParams::default()
     };
     let t = Instant::now();
-    let id = engine.submit(bench::random_prompt(cfg.vocab_size, prompt_tokens, seed.wrapping_add(999)), &joiner)?;
+    let id = engine.submit(
+        bench::random_prompt(cfg.vocab_size, prompt_tokens, seed.wrapping_add(999)),
+        &joiner,
+    )?;
     loop {
         for (sid, ev) in engine.step() {
             match ev {

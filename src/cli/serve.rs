@@ -61,7 +61,11 @@ fn parse_bytes(s: &str) -> Result<usize> {
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| ZayaError::InvalidArgument(format!("--prompt-cache-bytes `{s}`: expected a size like 2G, 512M or 0")))
+        .ok_or_else(|| {
+            ZayaError::InvalidArgument(format!(
+                "--prompt-cache-bytes `{s}`: expected a size like 2G, 512M or 0"
+            ))
+        })
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -82,7 +86,11 @@ pub fn run(args: Args) -> Result<i32> {
     eprintln!(
         "zaya serve: loaded {model_id} in {:.1}s; batching {} (up to {} requests together)",
         took.as_secs_f64(),
-        if zaya.model().supports_batching() { "on" } else { "off: these options decode one sequence at a time" },
+        if zaya.model().supports_batching() {
+            "on"
+        } else {
+            "off: these options decode one sequence at a time"
+        },
         args.max_concurrency
     );
     server::serve(

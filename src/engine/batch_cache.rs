@@ -106,7 +106,11 @@ impl BatchCache {
     /// Grows every layer's storage to at least `rows` rows and `positions` positions (whole
     /// multiples of the KV step); copies the storage only when it grows.
     fn reserve(&mut self, rows: usize, positions: usize) -> Result<()> {
-        let new_rows = if rows > self.rows_cap { rows.max(self.rows_cap * 2).max(1) } else { self.rows_cap };
+        let new_rows = if rows > self.rows_cap {
+            rows.max(self.rows_cap * 2).max(1)
+        } else {
+            self.rows_cap
+        };
         let new_cap = if positions > self.cap {
             positions.div_ceil(self.kv_step) * self.kv_step
         } else {
@@ -151,7 +155,9 @@ impl BatchCache {
     /// row; returns the row.
     pub fn insert(&mut self, seq: &ModelCache) -> Result<usize> {
         if seq.batch().unwrap_or(1) != 1 {
-            return Err(ZayaError::InvalidArgument("a batch row takes a single-sequence cache".into()));
+            return Err(ZayaError::InvalidArgument(
+                "a batch row takes a single-sequence cache".into(),
+            ));
         }
         let len = seq.offset();
         if len == 0 || seq.is_poisoned() {
@@ -164,7 +170,9 @@ impl BatchCache {
         for (l, a) in self.layers.iter_mut().zip(seq.attn_layers()) {
             let (Some(k), Some(v), Some(c), Some(p)) = (a.keys(), a.values(), a.conv_state.clone(), a.prev_hs.clone())
             else {
-                return Err(ZayaError::InvalidArgument("the sequence's cache has an empty layer".into()));
+                return Err(ZayaError::InvalidArgument(
+                    "the sequence's cache has an empty layer".into(),
+                ));
             };
             let (r, n) = (row as i32, len as i32);
             let put = |store: Option<Array>, new: Array| -> Result<Array> {
@@ -196,10 +204,18 @@ impl BatchCache {
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let kv = |a: &Option<Array>| -> Result<Array> {
-                Ok(a.as_ref().expect("rows exist").index((r..r + 1, .., 0..n, ..)).contiguous()?)
+                Ok(a.as_ref()
+                    .expect("rows exist")
+                    .index((r..r + 1, .., 0..n, ..))
+                    .contiguous()?)
             };
             let row_of = |a: &Option<Array>| a.as_ref().expect("rows exist").index(r..r + 1);
-            layers.push(AttnCache::from_parts(kv(&l.keys)?, kv(&l.values)?, row_of(&l.conv), row_of(&l.prev)));
+            layers.push(AttnCache::from_parts(
+                kv(&l.keys)?,
+                kv(&l.values)?,
+                row_of(&l.conv),
+                row_of(&l.prev),
+            ));
         }
         let zeros = vec![0u64; cfg.num_hidden_layers];
         ModelCache::from_parts(cfg, layers, self.lens[row], 1, zeros.clone(), zeros)
@@ -211,18 +227,26 @@ impl BatchCache {
         self.check_row(row)?;
         let last = self.lens.len() - 1;
         let n = self.lens.len() as i32;
-        let keep: Vec<i32> = (0..n).filter(|&i| i != last as i32).map(|i| if i == row as i32 { last as i32 } else { i }).collect();
+        let keep: Vec<i32> = (0..n)
+            .filter(|&i| i != last as i32)
+            .map(|i| if i == row as i32 { last as i32 } else { i })
+            .collect();
         let keep = Array::from_slice(&keep, &[n - 1]);
         let moved_len = self.lens[last] as i32;
         for l in &mut self.layers {
             if row != last {
                 // copy the last row out first, so the storage stays unshared and is written in place
                 let mv = |a: &Array| -> Result<Array> {
-                    let c = a.index((last as i32..last as i32 + 1, .., 0..moved_len, ..)).contiguous()?;
+                    let c = a
+                        .index((last as i32..last as i32 + 1, .., 0..moved_len, ..))
+                        .contiguous()?;
                     c.eval()?;
                     Ok(c)
                 };
-                let (mk, mv_) = (mv(l.keys.as_ref().expect("rows"))?, mv(l.values.as_ref().expect("rows"))?);
+                let (mk, mv_) = (
+                    mv(l.keys.as_ref().expect("rows"))?,
+                    mv(l.values.as_ref().expect("rows"))?,
+                );
                 let put = |store: Option<Array>, new: &Array| -> Result<Array> {
                     let mut store = store.expect("rows");
                     let r = row as i32;

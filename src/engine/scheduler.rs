@@ -365,7 +365,10 @@ impl<'z> Engine<'z> {
 
     /// The tokens a running request's state holds ([`state_of`](Self::state_of)).
     pub fn history_of(&self, id: SeqId) -> Option<&[u32]> {
-        self.running.iter().find(|r| r.seq.id == id).map(|r| r.seq.history.as_slice())
+        self.running
+            .iter()
+            .find(|r| r.seq.id == id)
+            .map(|r| r.seq.history.as_slice())
     }
 
     fn remove_row(&mut self, row: usize) -> Result<()> {
@@ -442,7 +445,13 @@ impl<'z> Engine<'z> {
                 events.push((id, SeqEvent::Token { token, logprobs }));
                 if done {
                     let state = seq.keep_final_state.then(|| (seq.history.clone(), cache));
-                    events.push((id, SeqEvent::Finished { stats: stats_of(&seq), state }));
+                    events.push((
+                        id,
+                        SeqEvent::Finished {
+                            stats: stats_of(&seq),
+                            state,
+                        },
+                    ));
                     return;
                 }
                 let joined = match &mut self.decoder {
@@ -466,7 +475,9 @@ impl<'z> Engine<'z> {
         // logits per row, or the error of a step that could not run
         let rows: Vec<Result<Array>> = match &mut self.decoder {
             Decoder::Batched(b) => match model.decode_batch(&tokens, b, false) {
-                Ok(step) => (0..tokens.len() as i32).map(|i| Ok(step.logits.index(i..i + 1))).collect(),
+                Ok(step) => (0..tokens.len() as i32)
+                    .map(|i| Ok(step.logits.index(i..i + 1)))
+                    .collect(),
                 Err(e) => {
                     // the batch state is no longer consistent: every running request fails
                     let msg = e.to_string();
@@ -518,7 +529,13 @@ impl<'z> Engine<'z> {
             } else {
                 None
             };
-            done_events.push((seq.id, SeqEvent::Finished { stats: stats_of(seq), state }));
+            done_events.push((
+                seq.id,
+                SeqEvent::Finished {
+                    stats: stats_of(seq),
+                    state,
+                },
+            ));
         }
         events.extend(done_events);
         let mut finished: Vec<usize> = finished.into_iter().map(|(r, _)| r).collect();

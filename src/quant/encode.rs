@@ -11,6 +11,7 @@
 //!   negative), f16 scales/biases, LSB-first packing.
 //!
 //! Everything here is plain Rust on host buffers (no MLX), so it is usable from threads.
+use crate::ext::sys::lgamma_r;
 use half::f16;
 
 use crate::error::{Result, ZayaError};
@@ -171,11 +172,6 @@ pub fn random_signs(dim: usize, seed: u64) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------------
 // Lloyd-Max codebook (float64, numpy operation order)
 // ---------------------------------------------------------------------------------------------
-
-extern "C" {
-    // C99/POSIX reentrant log-gamma from the platform libm (glibc, Apple libm).
-    fn lgamma_r(x: f64, sign: *mut std::os::raw::c_int) -> f64;
-}
 
 fn lgamma(x: f64) -> f64 {
     let mut sign: std::os::raw::c_int = 0;

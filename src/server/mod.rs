@@ -99,24 +99,39 @@ impl AppState {
 
     fn tokenizer(&self) -> ApiResult<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
-            ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_request_error", "this model has no tokenizer: send token ids")
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "this model has no tokenizer: send token ids",
+            )
         })
     }
 
     fn encode(&self, text: &str) -> ApiResult<Vec<u32>> {
         if text.len() > self.max_context.saturating_mul(64).max(1 << 20) {
-            return Err(ApiError::bad("prompt", "the prompt is longer than any prompt that fits the context").code("context_length_exceeded"));
+            return Err(
+                ApiError::bad("prompt", "the prompt is longer than any prompt that fits the context")
+                    .code("context_length_exceeded"),
+            );
         }
-        self.tokenizer()?.encode(text, true).map_err(|e| ApiError::from_zaya(&e))
+        self.tokenizer()?
+            .encode(text, true)
+            .map_err(|e| ApiError::from_zaya(&e))
     }
 
     /// The conversation's prompt ids and the prefix-cache boundary before its last message.
     fn chat_prompt(&self, messages: &[Value], opts: &ChatOptions) -> ApiResult<(Vec<u32>, Vec<usize>)> {
         let tok = self.tokenizer()?;
         let tpl = self.template.as_ref().ok_or_else(|| {
-            ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_request_error", "this model has no chat template: use /v1/completions")
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "this model has no chat template: use /v1/completions",
+            )
         })?;
-        let ids = tpl.tokenize(tok, messages, opts).map_err(|e| ApiError::bad("messages", e.to_string()))?;
+        let ids = tpl
+            .tokenize(tok, messages, opts)
+            .map_err(|e| ApiError::bad("messages", e.to_string()))?;
         let mut boundaries = Vec::new();
         if messages.len() >= 2 {
             let head = ChatOptions {
@@ -192,7 +207,9 @@ fn router(state: Arc<AppState>, max_body: usize) -> Router {
 /// listens. `stop` ends it: new connections are refused, in-flight requests finish.
 pub fn spawn(zaya: Zaya, opts: ServeOptions) -> Result<ServerHandle> {
     if opts.max_concurrency == 0 {
-        return Err(ZayaError::InvalidArgument("--max-concurrency must be at least 1".into()));
+        return Err(ZayaError::InvalidArgument(
+            "--max-concurrency must be at least 1".into(),
+        ));
     }
     let shared = Arc::new(worker::Shared {
         in_flight: AtomicUsize::new(0),
@@ -271,7 +288,8 @@ pub fn serve(zaya: Zaya, opts: ServeOptions) -> Result<()> {
         .map_err(|e| ZayaError::Runtime(format!("tokio: {e}")))?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| ZayaError::Runtime(format!("SIGTERM handler: {e}")))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| ZayaError::Runtime(format!("SIGTERM handler: {e}")))?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

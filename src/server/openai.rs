@@ -165,22 +165,40 @@ pub fn parse_common(b: &Map<String, Value>, chat: bool, default_max_tokens: usiz
     }
     if let Some(k) = integer(b, "top_k")? {
         if k < -1 {
-            return Err(ApiError::bad("top_k", format!("`top_k` must be ≥ 0 (0 or -1: off), got {k}")));
+            return Err(ApiError::bad(
+                "top_k",
+                format!("`top_k` must be ≥ 0 (0 or -1: off), got {k}"),
+            ));
         }
         s.top_k = k.max(0);
     }
     if let Some(m) = in_range("min_p", number(b, "min_p")?, 0.0, 1.0, "in [0, 1]")? {
         s.min_p = m as f32;
     }
-    if let Some(p) = in_range("presence_penalty", number(b, "presence_penalty")?, -2.0, 2.0, "in [-2, 2]")? {
+    if let Some(p) = in_range(
+        "presence_penalty",
+        number(b, "presence_penalty")?,
+        -2.0,
+        2.0,
+        "in [-2, 2]",
+    )? {
         s.presence_penalty = p as f32;
     }
-    if let Some(p) = in_range("frequency_penalty", number(b, "frequency_penalty")?, -2.0, 2.0, "in [-2, 2]")? {
+    if let Some(p) = in_range(
+        "frequency_penalty",
+        number(b, "frequency_penalty")?,
+        -2.0,
+        2.0,
+        "in [-2, 2]",
+    )? {
         s.frequency_penalty = p as f32;
     }
     if let Some(p) = number(b, "repetition_penalty")? {
         if !(p > 0.0 && p <= 100.0) {
-            return Err(ApiError::bad("repetition_penalty", format!("`repetition_penalty` must be in (0, 100], got {p}")));
+            return Err(ApiError::bad(
+                "repetition_penalty",
+                format!("`repetition_penalty` must be in (0, 100], got {p}"),
+            ));
         }
         s.repetition_penalty = p as f32;
     }
@@ -189,17 +207,22 @@ pub fn parse_common(b: &Map<String, Value>, chat: bool, default_max_tokens: usiz
     }
     if let Some(v) = present(b, "logit_bias") {
         let Value::Object(m) = v else {
-            return Err(ApiError::bad("logit_bias", "`logit_bias` must be an object of token id → bias"));
+            return Err(ApiError::bad(
+                "logit_bias",
+                "`logit_bias` must be an object of token id → bias",
+            ));
         };
         let mut bias = BTreeMap::new();
         for (k, x) in m {
             let id: u32 = k
                 .parse()
                 .map_err(|_| ApiError::bad("logit_bias", format!("`logit_bias` key `{k}` is not a token id")))?;
-            let x = x
-                .as_f64()
-                .filter(|x| (-100.0..=100.0).contains(x))
-                .ok_or_else(|| ApiError::bad("logit_bias", format!("`logit_bias` of {k} must be a number in [-100, 100]")))?;
+            let x = x.as_f64().filter(|x| (-100.0..=100.0).contains(x)).ok_or_else(|| {
+                ApiError::bad(
+                    "logit_bias",
+                    format!("`logit_bias` of {k} must be a number in [-100, 100]"),
+                )
+            })?;
             bias.insert(id, x as f32);
         }
         s.logit_bias = bias;
@@ -207,7 +230,10 @@ pub fn parse_common(b: &Map<String, Value>, chat: bool, default_max_tokens: usiz
     let max_tokens = match (integer(b, "max_completion_tokens")?, integer(b, "max_tokens")?) {
         (Some(n), _) | (None, Some(n)) => {
             if n < 1 {
-                return Err(ApiError::bad("max_tokens", format!("`max_tokens` must be at least 1, got {n}")));
+                return Err(ApiError::bad(
+                    "max_tokens",
+                    format!("`max_tokens` must be at least 1, got {n}"),
+                ));
             }
             n as usize
         }
@@ -230,7 +256,10 @@ pub fn parse_common(b: &Map<String, Value>, chat: bool, default_max_tokens: usiz
             Some(true) => {
                 let n = integer(b, "top_logprobs")?.unwrap_or(0);
                 if !(0..=20).contains(&n) {
-                    return Err(ApiError::bad("top_logprobs", format!("`top_logprobs` must be in 0..=20, got {n}")));
+                    return Err(ApiError::bad(
+                        "top_logprobs",
+                        format!("`top_logprobs` must be in 0..=20, got {n}"),
+                    ));
                 }
                 Some(n as usize)
             }
@@ -239,7 +268,10 @@ pub fn parse_common(b: &Map<String, Value>, chat: bool, default_max_tokens: usiz
     } else {
         match integer(b, "logprobs")? {
             Some(n) if !(0..=20).contains(&n) => {
-                return Err(ApiError::bad("logprobs", format!("`logprobs` must be in 0..=20, got {n}")));
+                return Err(ApiError::bad(
+                    "logprobs",
+                    format!("`logprobs` must be in 0..=20, got {n}"),
+                ));
             }
             Some(n) => Some(n as usize),
             None => None,
@@ -287,7 +319,10 @@ pub fn parse_chat(b: &Map<String, Value>) -> ApiResult<ChatInput> {
             return Err(ApiError::bad("messages", format!("messages[{i}] must be an object")));
         };
         if !m.get("role").is_some_and(Value::is_string) {
-            return Err(ApiError::bad("messages", format!("messages[{i}].role must be a string")));
+            return Err(ApiError::bad(
+                "messages",
+                format!("messages[{i}].role must be a string"),
+            ));
         }
         let mut m = m.clone();
         match m.get("content") {
@@ -295,7 +330,10 @@ pub fn parse_chat(b: &Map<String, Value>) -> ApiResult<ChatInput> {
             Some(Value::Array(parts)) => {
                 let mut text = String::new();
                 for p in parts {
-                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    match (
+                        p.get("type").and_then(Value::as_str),
+                        p.get("text").and_then(Value::as_str),
+                    ) {
                         (Some("text"), Some(t)) => text.push_str(t),
                         _ => {
                             return Err(ApiError::bad(
@@ -308,7 +346,10 @@ pub fn parse_chat(b: &Map<String, Value>) -> ApiResult<ChatInput> {
                 m.insert("content".into(), Value::String(text));
             }
             Some(_) => {
-                return Err(ApiError::bad("messages", format!("messages[{i}].content must be a string or an array of text parts")));
+                return Err(ApiError::bad(
+                    "messages",
+                    format!("messages[{i}].content must be a string or an array of text parts"),
+                ));
             }
         }
         messages.push(Value::Object(m));
@@ -329,18 +370,26 @@ pub fn parse_chat(b: &Map<String, Value>) -> ApiResult<ChatInput> {
         Some(Value::Object(kw)) => {
             for (k, v) in kw {
                 if ["messages", "tools", "documents", "add_generation_prompt"].contains(&k.as_str()) {
-                    return Err(ApiError::bad("chat_template_kwargs", format!("`chat_template_kwargs` must not set `{k}`")));
+                    return Err(ApiError::bad(
+                        "chat_template_kwargs",
+                        format!("`chat_template_kwargs` must not set `{k}`"),
+                    ));
                 }
                 if k == "enable_thinking" {
-                    options.enable_thinking = Some(
-                        v.as_bool()
-                            .ok_or_else(|| ApiError::bad("chat_template_kwargs", "`enable_thinking` must be a boolean"))?,
-                    );
+                    options.enable_thinking =
+                        Some(v.as_bool().ok_or_else(|| {
+                            ApiError::bad("chat_template_kwargs", "`enable_thinking` must be a boolean")
+                        })?);
                 }
                 options.extra.insert(k.clone(), v.clone());
             }
         }
-        Some(_) => return Err(ApiError::bad("chat_template_kwargs", "`chat_template_kwargs` must be an object")),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "chat_template_kwargs",
+                "`chat_template_kwargs` must be an object",
+            ))
+        }
     }
     let thinking = options.enable_thinking == Some(true);
     Ok(ChatInput {
@@ -365,7 +414,12 @@ pub fn parse_prompt(b: &Map<String, Value>) -> ApiResult<PromptInput> {
                 .map(|v| u32::try_from(v.as_u64().unwrap_or(u64::MAX)).unwrap_or(u32::MAX))
                 .collect(),
         )),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(PromptInput::Text(a[0].as_str().unwrap_or_default().to_string())),
-        _ => Err(ApiError::bad("prompt", "`prompt` must be a string or a non-empty array of token ids")),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            Ok(PromptInput::Text(a[0].as_str().unwrap_or_default().to_string()))
+        }
+        _ => Err(ApiError::bad(
+            "prompt",
+            "`prompt` must be a string or a non-empty array of token ids",
+        )),
     }
 }

@@ -188,7 +188,10 @@ mod tests {
     fn no_think_block_is_all_answer_and_an_open_block_is_all_reasoning() {
         assert_eq!(split_all(&["<th", "ings>"]), (String::new(), "<things>".into()));
         assert_eq!(split_all(&["Hello"]), (String::new(), "Hello".into()));
-        assert_eq!(split_all(&["<think>still going"]), ("still going".into(), String::new()));
+        assert_eq!(
+            split_all(&["<think>still going"]),
+            ("still going".into(), String::new())
+        );
     }
 
     #[test]

@@ -63,9 +63,13 @@ pub async fn require_key(State(st): State<Arc<AppState>>, req: Request, next: Ne
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !open && given != Some(key.as_str()) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "missing or wrong API key (Authorization: Bearer KEY)")
-                .code("invalid_api_key")
-                .into_response();
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing or wrong API key (Authorization: Bearer KEY)",
+            )
+            .code("invalid_api_key")
+            .into_response();
         }
     }
     next.run(req).await
@@ -92,7 +96,11 @@ fn check_model(st: &AppState, b: &Map<String, Value>) -> ApiResult<()> {
         Some(Value::String(m)) if st.accepts_model(m) => Ok(()),
         Some(Value::String(m)) => Err(ApiError {
             param: Some("model".into()),
-            ..ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("model `{m}` does not exist; this server serves `{}`", st.model_id))
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("model `{m}` does not exist; this server serves `{}`", st.model_id),
+            )
         }
         .code("model_not_found")),
         Some(_) => Err(ApiError::bad("model", "`model` must be a string")),
@@ -135,7 +143,10 @@ async fn text_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> A
     let prompt = match openai::parse_prompt(&b)? {
         PromptInput::Ids(ids) => {
             if let Some(bad) = ids.iter().find(|&&i| i as usize >= st.vocab_size) {
-                return Err(ApiError::bad("prompt", format!("token id {bad} is outside the vocabulary (size {})", st.vocab_size)));
+                return Err(ApiError::bad(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary (size {})", st.vocab_size),
+                ));
             }
             ids
         }
@@ -159,28 +170,48 @@ async fn run(
     boundaries: Vec<usize>,
 ) -> ApiResult<Response> {
     if prompt.is_empty() {
-        return Err(ApiError::bad(if kind == Kind::Chat { "messages" } else { "prompt" }, "the prompt has no tokens"));
+        return Err(ApiError::bad(
+            if kind == Kind::Chat { "messages" } else { "prompt" },
+            "the prompt has no tokens",
+        ));
     }
     if prompt.len() >= st.max_context {
         return Err(ApiError::bad(
             if kind == Kind::Chat { "messages" } else { "prompt" },
-            format!("the prompt has {} tokens; this model's context holds {} (and one more is needed to answer)", prompt.len(), st.max_context),
+            format!(
+                "the prompt has {} tokens; this model's context holds {} (and one more is needed to answer)",
+                prompt.len(),
+                st.max_context
+            ),
         )
         .code("context_length_exceeded"));
     }
     if st.shared.stopping.load(Ordering::SeqCst) {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server is shutting down",
+        ));
     }
     // admission: running + queued requests are bounded
     let admitted = st
         .shared
         .in_flight
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < st.admit_limit).then_some(n + 1))
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < st.admit_limit).then_some(n + 1)
+        })
         .is_ok();
     if !admitted {
         return Err(ApiError {
             retry_after: Some(1),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("the queue is full ({} requests running or waiting); retry later", st.admit_limit))
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "the queue is full ({} requests running or waiting); retry later",
+                    st.admit_limit
+                ),
+            )
         }
         .code("queue_full"));
     }
@@ -203,13 +234,23 @@ async fn run(
     };
     if st.jobs.send(job).is_err() {
         st.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine has stopped"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the engine has stopped",
+        ));
     }
     // the first event says whether the engine took it
     let cached = match rx.recv().await {
         Some(JobEvent::Started { cached_tokens }) => cached_tokens,
         Some(JobEvent::Failed(e)) => return Err(ApiError::from_zaya(&e)),
-        _ => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine dropped the request")),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the engine dropped the request",
+            ))
+        }
     };
     let ctx = Ctx {
         st,
@@ -402,7 +443,13 @@ async fn whole(ctx: Ctx, rx: &mut UnboundedReceiver<JobEvent>) -> ApiResult<Resp
             Some(JobEvent::Done(s)) => break s,
             Some(JobEvent::Failed(e)) => return Err(ApiError::from_zaya(&e)),
             Some(JobEvent::Started { .. }) => {}
-            None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine dropped the request")),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the engine dropped the request",
+                ))
+            }
         }
     };
     let (r, c, calls) = shaper.finish();
@@ -450,9 +497,16 @@ fn stream(ctx: Ctx, mut rx: UnboundedReceiver<JobEvent>, include_usage: bool) ->
         let mut finish = None;
         let delta_choice = |delta: Value, lp: Option<Value>, reason: Option<&str>| match ctx.kind {
             Kind::Chat => json!({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}),
-            Kind::Text => json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "logprobs": lp, "finish_reason": reason}),
+            Kind::Text => {
+                json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "logprobs": lp, "finish_reason": reason})
+            }
         };
-        if ctx.kind == Kind::Chat && !send(ctx.envelope(true, json!([delta_choice(json!({"role": "assistant", "content": ""}), None, None)]))) {
+        if ctx.kind == Kind::Chat
+            && !send(ctx.envelope(
+                true,
+                json!([delta_choice(json!({"role": "assistant", "content": ""}), None, None)]),
+            ))
+        {
             return; // client gone: dropping rx cancels the job
         }
         loop {
@@ -510,12 +564,22 @@ fn stream(ctx: Ctx, mut rx: UnboundedReceiver<JobEvent>, include_usage: bool) ->
                 }
                 Some(JobEvent::Started { .. }) => {}
                 None => {
-                    send(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine dropped the request").body());
+                    send(
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "server_error",
+                            "the engine dropped the request",
+                        )
+                        .body(),
+                    );
                     break;
                 }
             }
         }
         let _ = out.send(Event::default().data("[DONE]"));
     });
-    Sse::new(tokio_stream::StreamExt::map(UnboundedReceiverStream::new(out_rx), Ok::<_, Infallible>))
+    Sse::new(tokio_stream::StreamExt::map(
+        UnboundedReceiverStream::new(out_rx),
+        Ok::<_, Infallible>,
+    ))
 }

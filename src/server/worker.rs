@@ -33,7 +33,9 @@ pub struct Job {
 #[derive(Debug)]
 pub enum JobEvent {
     /// The job entered the engine; `cached_tokens` prompt tokens came from the prefix cache.
-    Started { cached_tokens: usize },
+    Started {
+        cached_tokens: usize,
+    },
     Token {
         token: GenToken,
         logprobs: Option<TokenLogprobs>,
@@ -58,7 +60,13 @@ struct Live {
 
 /// Runs the engine loop until the job channel closes and the engine is idle.
 pub fn run(zaya: Zaya, jobs: Receiver<Job>, shared: Arc<Shared>, max_batch: usize, cache_bytes: usize) {
-    let mut engine = match Engine::new(&zaya, EngineOptions { max_batch, prefill_chunk: None }) {
+    let mut engine = match Engine::new(
+        &zaya,
+        EngineOptions {
+            max_batch,
+            prefill_chunk: None,
+        },
+    ) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("zaya serve: engine: {e}");
@@ -90,7 +98,11 @@ pub fn run(zaya: Zaya, jobs: Receiver<Job>, shared: Arc<Shared>, max_batch: usiz
             break;
         }
         // requests whose client went away: cancel before spending a step on them
-        let gone: Vec<SeqId> = live.iter().filter(|(_, l)| l.events.is_closed()).map(|(id, _)| *id).collect();
+        let gone: Vec<SeqId> = live
+            .iter()
+            .filter(|(_, l)| l.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
         for id in gone {
             let _ = engine.cancel(id);
             end(&mut live, &shared, id, "cancelled (client gone)", None);

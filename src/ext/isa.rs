@@ -1,0 +1,47 @@
+//! The instruction set the CPU kernels use (detected, capped at run time).
+use std::os::raw::c_int;
+
+use super::sys::*;
+
+/// Instruction set of the TurboQuant / affine CPU kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelIsa {
+    /// Portable scalar C++ (any CPU).
+    Scalar,
+    /// AVX2 + FMA + F16C, 8 lanes.
+    Avx2,
+    /// AVX-512 F/BW/DQ/VL, 16 lanes.
+    Avx512,
+}
+
+impl KernelIsa {
+    fn from_c(v: c_int) -> Self {
+        match v {
+            2 => KernelIsa::Avx512,
+            1 => KernelIsa::Avx2,
+            _ => KernelIsa::Scalar,
+        }
+    }
+    fn as_c(self) -> c_int {
+        self as c_int
+    }
+}
+
+/// The best kernel instruction set this CPU supports.
+pub fn detected_isa() -> KernelIsa {
+    // SAFETY: plain query.
+    KernelIsa::from_c(unsafe { zaya_ext_detected_isa() })
+}
+
+/// The instruction set that ops built now use: the detected one capped by [`set_max_isa`] (or the
+/// `ZAYA_EXT_ISA=scalar|avx2|avx512` environment variable). The choice is fixed when an op is built.
+pub fn kernel_isa() -> KernelIsa {
+    // SAFETY: plain query.
+    KernelIsa::from_c(unsafe { zaya_ext_kernel_isa() })
+}
+
+/// Caps the kernel instruction set process-wide (for tests and benchmarks); returns the previous cap.
+pub fn set_max_isa(level: KernelIsa) -> KernelIsa {
+    // SAFETY: atomic store in the extension.
+    KernelIsa::from_c(unsafe { zaya_ext_set_max_isa(level.as_c()) })
+}

@@ -31,7 +31,9 @@ fn main() {
         .include(&ext)
         .opt_level(3)
         .debug(false)
-        .warnings(false)
+        // -Wall -Wextra on our sources (MLX's headers come in through -isystem and stay quiet)
+        .warnings(true)
+        .extra_warnings(true)
         .flag_if_supported("-fno-math-errno")
         .flag_if_supported("-pthread");
     // Kernels pick AVX2/FMA code paths at run time (function multiversioning through

@@ -79,7 +79,7 @@ class CcaConv : public CpuOnlyMulti {
     auto& o = static_cast<const CcaConv&>(other);
     return d_ == o.d_;
   }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
     return {mx::Shape{d_.B, d_.T, d_.C}, mx::Shape{d_.B, d_.C, d_.S}};
   }
 

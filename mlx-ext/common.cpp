@@ -59,7 +59,7 @@ void expect_dtype(const mx::array& a, mx::Dtype t, const char* name) {
 }
 
 void expect_ndim(const mx::array& a, int ndim, const char* name) {
-  if (a.ndim() != ndim)
+  if (a.ndim() != (size_t)ndim)
     fail(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
          shape_str(a.shape()));
 }

@@ -21,10 +21,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mlx_rs::macros::ModuleParameters;
-use mlx_rs::module::Param;
 use mlx_rs::ops::concatenate;
 use mlx_rs::ops::indexing::IndexOp;
-use mlx_rs::{fast, Array, Dtype};
+use mlx_rs::{Array, Dtype};
 
 use crate::bundle::{Bundle, CanonicalWeights};
 use crate::cache::{ModelCache, DEFAULT_KV_STEP};
@@ -33,7 +32,7 @@ use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, GraphStats};
 use crate::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
-use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
+use crate::quant::linear::{LinearBackend, QLinear, WeightSource};
 
 /// Default prefill chunk (positions per forward call inside [`ZayaModel::prefill`]).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
@@ -78,127 +77,7 @@ impl Default for ModelOptions {
     }
 }
 
-/// RMSNorm with a plain weight: `w ⊙ x / sqrt(mean(x²) + eps)` (input cast to the weight dtype,
-/// statistics in f32 by MLX's `fast::rms_norm`).
-#[derive(Debug, Clone, ModuleParameters)]
-pub struct RmsNorm {
-    #[param]
-    pub weight: Param<Array>,
-    pub eps: f32,
-}
-
-impl RmsNorm {
-    /// Loads `{base}.weight` `[dim]` converted to `dtype`.
-    pub fn load(src: &mut WeightSource, base: &str, dim: usize, eps: f32, dtype: Dtype) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: Param::new(take_float(src, &format!("{base}.weight"), &[dim as i32], dtype)?),
-            eps,
-        })
-    }
-
-    pub fn forward(&self, x: &Array) -> Result<Array> {
-        let x = if x.dtype() == self.weight.dtype() {
-            x.clone()
-        } else {
-            x.as_dtype(self.weight.dtype())?
-        };
-        Ok(fast::rms_norm(&x, Some(&*self.weight), self.eps)?)
-    }
-}
-
-/// Learned residual scaling (`res_scale`): `h' = (h + b_h)·s_h`, `R' = (R + b_r)·s_r`, in f32.
-/// Layer 0 has only the hidden pair.
-#[derive(Debug, Clone, ModuleParameters)]
-pub struct ResScale {
-    #[param]
-    pub hidden_states_scale: Param<Array>,
-    #[param]
-    pub hidden_states_bias: Param<Array>,
-    #[param]
-    pub residual_scale: Param<Option<Array>>,
-    #[param]
-    pub residual_bias: Param<Option<Array>>,
-}
-
-impl ResScale {
-    /// Loads `base` (= `….res_scale`); `residual`: whether the residual pair must exist.
-    pub fn load(src: &mut WeightSource, base: &str, dim: usize, residual: bool) -> Result<Self> {
-        let f = Dtype::Float32;
-        let d = [dim as i32];
-        let (rs, rb) = if residual {
-            (
-                Some(take_float(src, &format!("{base}.residual_scale"), &d, f)?),
-                Some(take_float(src, &format!("{base}.residual_bias"), &d, f)?),
-            )
-        } else {
-            (
-                take_float_opt(src, &format!("{base}.residual_scale"), &d, f)?,
-                take_float_opt(src, &format!("{base}.residual_bias"), &d, f)?,
-            )
-        };
-        Ok(ResScale {
-            hidden_states_scale: Param::new(take_float(src, &format!("{base}.hidden_states_scale"), &d, f)?),
-            hidden_states_bias: Param::new(take_float(src, &format!("{base}.hidden_states_bias"), &d, f)?),
-            residual_scale: Param::new(rs),
-            residual_bias: Param::new(rb),
-        })
-    }
-
-    /// [`merge`](Self::merge) followed by `norm` as one fused op: returns `(R' + h', norm(R' + h'))`,
-    /// both f32. Falls back to the separate ops when the weights are not all f32.
-    pub fn merge_norm(
-        &self,
-        residual: Option<&Array>,
-        h: &Array,
-        norm: &RmsNorm,
-        fused: bool,
-    ) -> Result<(Array, Array)> {
-        let f32 = Dtype::Float32;
-        let pair = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
-            (Some(s), Some(b)) if residual.is_some() => Some((s, b)),
-            _ => None,
-        };
-        let all_f32 = norm.weight.dtype() == f32
-            && self.hidden_states_scale.dtype() == f32
-            && self.hidden_states_bias.dtype() == f32
-            && pair.is_none_or(|(s, b)| s.dtype() == f32 && b.dtype() == f32)
-            && residual.is_none_or(|r| r.dtype() == f32);
-        if !fused || !all_f32 {
-            let r = self.merge(residual, h)?;
-            let x = norm.forward(&r)?;
-            return Ok((r, x));
-        }
-        let h = if h.dtype() == f32 { h.clone() } else { h.as_dtype(f32)? };
-        ext::res_norm(
-            &h,
-            residual,
-            &self.hidden_states_bias,
-            &self.hidden_states_scale,
-            pair,
-            &norm.weight,
-            norm.eps,
-            ExtMode::Auto,
-        )
-    }
-
-    /// Scales `(R, h)` and merges them: returns the new residual stream `R' + h'` (or `h'`), f32.
-    pub fn merge(&self, residual: Option<&Array>, h: &Array) -> Result<Array> {
-        let hs = h
-            .as_dtype(Dtype::Float32)?
-            .add(&*self.hidden_states_bias)?
-            .multiply(&*self.hidden_states_scale)?;
-        match residual {
-            None => Ok(hs),
-            Some(r) => {
-                let r = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
-                    (Some(s), Some(b)) => r.add(b)?.multiply(s)?,
-                    _ => r.clone(),
-                };
-                Ok(r.add(&hs)?)
-            }
-        }
-    }
-}
+pub use crate::norm::{ResScale, RmsNorm};
 
 /// One half-layer `model.layers.{n}`: residual scaling, input norm and either CCA attention (even
 /// n) or MoE (odd n).

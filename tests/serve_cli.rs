@@ -37,6 +37,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         ureq::post(&format!("http://{a}/v1/completions"))
             .send_json(serde_json::json!({"prompt": [1, 2, 3], "max_tokens": 400}))
             .map(|r| r.into_json::<serde_json::Value>().unwrap())
+            .map_err(|e| e.to_string())
     });
     std::thread::sleep(Duration::from_millis(150));
     unsafe {

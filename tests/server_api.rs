@@ -418,8 +418,9 @@ fn queue_limit_and_disconnects_free_slots() {
         o.max_concurrency = 1;
         o.max_queue = 0;
     });
-    let long =
-        json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000, "stream": true, "ignore": 1});
+    let long = json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 100000, "stream": true,
+        // one id forced: no EOS can end it early
+        "logit_bias": {"100": 100}});
     // a long stream holds the only slot: the next request gets 429 with Retry-After
     let c = std::thread::spawn({
         let addr = s.addr;

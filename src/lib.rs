@@ -6,7 +6,8 @@
 //! - [`bundle`]: safetensors shards → validated canonical weights, every layout
 //! - [`quant`]: weight formats (float, affine, MXFP4, TurboQuant), their matmuls and encoders
 //! - [`ext`]: safe wrappers over our C++ MLX primitives (`mlx-ext/`)
-//! - [`norm`], [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state
+//! - [`norm`], [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state; [`plan`]:
+//!   how each half-layer runs, decided at load
 //! - [`tokenizer`], [`chat`], [`sampling`], [`generate`]: text in, text out
 //! - [`engine`]: continuous batching (ragged batch state, batched decode step, scheduler)
 //! - [`server`]: `zaya serve`, the OpenAI-compatible HTTP server with an exact prefix cache
@@ -30,6 +31,7 @@ pub mod model;
 pub mod moe;
 pub mod norm;
 pub mod parity;
+pub mod plan;
 pub mod prompt_cache;
 pub mod quant;
 pub mod sampling;

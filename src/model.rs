@@ -307,6 +307,40 @@ impl ZayaModel {
         Ok(model)
     }
 
+    /// How each half-layer runs with these options and weights (decided by the same conditions
+    /// the forward checks; tests/model_graph.rs checks it against a decode step's graph).
+    pub fn plan(&self) -> crate::plan::ExecutionPlan {
+        use crate::plan::{ExecutionPlan, LayerPlan, Path};
+        let fused = self.fused_layers();
+        let f32 = self.options.dtype == Dtype::Float32;
+        let layers = self
+            .model
+            .layers
+            .iter()
+            .map(|l| match (&l.self_attn, &l.zaya_block) {
+                (Some(_), _) => LayerPlan::Attention {
+                    path: Path::of(fused && f32),
+                },
+                (None, Some(m)) => {
+                    let router = fused && m.router.fused_supported();
+                    let experts =
+                        self.options.expert_backend == ExpertBackend::Fused && m.experts.switch_mlp.fused_supported();
+                    LayerPlan::Moe {
+                        router: Path::of(router),
+                        experts: Path::of(experts),
+                        combine: Path::of(fused && router && experts),
+                    }
+                }
+                (None, None) => unreachable!("every half-layer is attention or MoE"),
+            })
+            .collect();
+        ExecutionPlan {
+            norms: Path::of(fused),
+            layers,
+            batching: self.supports_batching(),
+        }
+    }
+
     /// True when the fused per-layer primitives run ([`ModelOptions::fused_layers`] with the fused
     /// linear backend).
     pub fn fused_layers(&self) -> bool {

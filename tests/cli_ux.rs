@@ -249,3 +249,34 @@ fn tools_are_rendered_and_completions_and_help_exist() {
         assert!(stdout(&o).contains("Usage: zaya"), "{cmd}");
     }
 }
+
+#[test]
+fn info_prints_the_execution_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = synth(tmp.path(), None);
+    let o = zaya(tmp.path())
+        .args(["info", "--plan", "--model"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("execution plan (default options)"), "{out}");
+    assert!(out.contains("CCA attention half-layers: fused"), "{out}");
+    assert!(
+        out.contains("MoE half-layers: router fused, experts fused, output fused"),
+        "{out}"
+    );
+    assert!(out.contains("batched decoding: yes"), "{out}");
+    let j = zaya(tmp.path())
+        .args(["info", "--plan", "--json", "--model"])
+        .arg(&b)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["plan"]["norms"], "Fused");
+    assert_eq!(v["plan"]["batching"], true);
+    // without --plan nothing is built
+    let plain = zaya(tmp.path()).args(["info", "--model"]).arg(&b).output().unwrap();
+    assert!(!stdout(&plain).contains("execution plan"));
+}

@@ -16,7 +16,8 @@ Exit codes: 0 valid, 1 the validation failed (the reason is printed), 2 no bundl
 
 Examples:
   zaya info --model OsaurusAI/ZAYA1-8B-JANGTQ4
-  zaya info --model ./bundle --json | jq .summary.layout";
+  zaya info --model ./bundle --json | jq .summary.layout
+  zaya info --model ./bundle --plan";
 
 #[derive(clap::Args)]
 #[command(after_help = INFO_HELP)]
@@ -30,6 +31,10 @@ pub struct Args {
     /// Report tensors the model does not use as a warning instead of an error.
     #[arg(long)]
     pub allow_unexpected: bool,
+    /// Also build the model with the default options (this maps the weights) and print how each
+    /// half-layer will run: fused mlx-ext primitives or plain MLX ops, and whether batching is on.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -42,9 +47,20 @@ pub fn run(args: Args) -> Result<i32> {
         allow_unexpected: args.allow_unexpected,
     };
     let res = inspect(&dir, &opts);
+    // the execution plan of a valid bundle, with the default options
+    let plan = match (&res, args.plan) {
+        (Ok(_), true) => {
+            Some(zaya_mlx::model::ZayaModel::load(&dir, zaya_mlx::model::ModelOptions::default()).map(|m| m.plan()))
+        }
+        _ => None,
+    };
     if args.json {
         let v = match &res {
-            Ok(s) => serde_json::json!({ "valid": true, "summary": s }),
+            Ok(s) => match &plan {
+                Some(Ok(p)) => serde_json::json!({ "valid": true, "summary": s, "plan": p }),
+                Some(Err(e)) => serde_json::json!({ "valid": true, "summary": s, "plan_error": e.to_string() }),
+                None => serde_json::json!({ "valid": true, "summary": s }),
+            },
             Err(e) => serde_json::json!({
                 "valid": false,
                 "dir": dir,
@@ -61,6 +77,11 @@ pub fn run(args: Args) -> Result<i32> {
                     println!("note        no tokenizer.json: text generation and chat need one (token ids work)");
                 }
                 println!("\nvalidation  OK");
+                match &plan {
+                    Some(Ok(p)) => println!("\nexecution plan (default options)\n{p}"),
+                    Some(Err(e)) => println!("\nexecution plan: the model does not build: {e}"),
+                    None => {}
+                }
             }
             Err(e) => {
                 println!("bundle      {}", dir.display());

@@ -35,7 +35,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let a = addr.clone();
     let req = std::thread::spawn(move || {
         ureq::post(&format!("http://{a}/v1/completions"))
-            .send_json(serde_json::json!({"prompt": [1, 2, 3], "max_tokens": 400}))
+            .send_json(serde_json::json!({"prompt": [1, 2, 3], "max_tokens": 400, "logit_bias": {"100": 100}}))
             .map(|r| r.into_json::<serde_json::Value>().unwrap())
             .map_err(|e| e.to_string())
     });

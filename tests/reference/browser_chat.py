@@ -59,9 +59,13 @@ try:
     wait(lambda: driver.find_element(By.ID, "model-name").text, "the model name")
     report["model_label"] = driver.find_element(By.ID, "model-name").text
     # record request bodies the page sends
+    # (and, while window.__force is set, force one token id through logit_bias: the long answer below
+    # must not end by EOS before Stop is pressed, whatever the random weights say)
     driver.execute_script(
         "window.__bodies = []; const f = window.fetch; window.fetch = (u, o) => {"
-        " if (o && o.body) window.__bodies.push(JSON.parse(o.body)); return f(u, o); };"
+        " if (o && o.body) { const b = JSON.parse(o.body); window.__bodies.push(b);"
+        "   if (window.__force) { b.logit_bias = {'100': 100}; o = Object.assign({}, o, {body: JSON.stringify(b)}); } }"
+        " return f(u, o); };"
     )
     set_value("max-tokens", 12)
     set_value("temperature", 0)
@@ -82,6 +86,7 @@ try:
 
     # 2. a long answer, stopped while it streams; the next message is answered (the slot is free)
     set_value("max-tokens", 100000)
+    driver.execute_script("window.__force = true")
     inp.send_keys("Write a very long story")
     inp.send_keys(Keys.ENTER)
     # (checked in one script call: the answer's nodes are replaced as each piece arrives)
@@ -92,6 +97,7 @@ try:
     report["page_scroll_while_streaming"] = driver.execute_script("return window.scrollY")
     driver.find_element(By.ID, "stop").click()
     wait(idle, "the stop", timeout=5.0)
+    driver.execute_script("window.__force = false")
     report["stopped_stats"] = boxes("assistant")[1].find_element(By.CSS_SELECTOR, ".stats").text
     set_value("max-tokens", 6)
     inp.send_keys("And now?")

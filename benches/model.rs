@@ -1,4 +1,4 @@
-//! Model-level benchmarks on a real-dimension synthetic bundle (`zaya_mlx::synth`: the zaya1-8b
+//! Model-level benchmarks on a real-dimension synthetic bundle (`zaya_mlx::tools::synth`: the zaya1-8b
 //! preset cut to 16 half-layers, full 262272 vocabulary; written once, ≈1.4 GB, into
 //! `$ZAYA_BENCH_DIR` or `target/zaya-bench/`), each next to its plain-MLX-ops baseline in the same run:
 //!
@@ -30,14 +30,14 @@ use mlx_rs::ops::indexing::take_axis;
 use mlx_rs::Array;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use zaya_mlx::cache::AttnCache;
-use zaya_mlx::cca::CcaOptions;
 use zaya_mlx::ext::{self, ExtMode, TqCodec, TqWeights};
+use zaya_mlx::model::cache::AttnCache;
+use zaya_mlx::model::cca::CcaOptions;
+use zaya_mlx::model::moe::{silu, ExpertBackend, MoeOptions, SwitchMlp};
 use zaya_mlx::model::{ModelOptions, ZayaLayer, ZayaModel};
-use zaya_mlx::moe::{silu, ExpertBackend, MoeOptions, SwitchMlp};
 use zaya_mlx::quant::linear::LinearBackend;
 use zaya_mlx::quant::turboquant::{rotate, TqMatrix};
-use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
+use zaya_mlx::tools::synth::{self, SynthOptions, SynthSpec};
 
 const H: i32 = 2048;
 const PREFILL: i32 = 128;

@@ -8,7 +8,7 @@ use mlx_rs::Array;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use zaya_mlx::sampling::{Sampler, SamplingParams};
+use zaya_mlx::runtime::sampling::{Sampler, SamplingParams};
 
 const VOCAB: usize = 262_272;
 

@@ -8,9 +8,9 @@
 //! Type a message per line; an empty line or end of input quits.
 use std::io::{BufRead, Write};
 
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::runtime::{GenParams, Zaya};
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 
 fn main() -> zaya_mlx::Result<()> {
     let mut _tmp = None;

@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let (ma, mb) = (zaya_mlx::bench::median(&a), zaya_mlx::bench::median(&b));
+    let (ma, mb) = (zaya_mlx::tools::bench::median(&a), zaya_mlx::tools::bench::median(&b));
     let label = match &switch {
         Switch::Isa(x, y) => (format!("{x:?}"), format!("{y:?}")),
         Switch::Env(n) => (format!("{n} unset"), format!("{n}=1")),

@@ -12,10 +12,11 @@
 //! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
 use std::time::{Duration, Instant};
 
-use zaya_mlx::bench;
+use zaya_mlx::model::moe::ExpertBackend;
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::moe::ExpertBackend;
 use zaya_mlx::quant::linear::LinearBackend;
+use zaya_mlx::runtime::memory;
+use zaya_mlx::tools::bench;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -27,13 +28,13 @@ fn median(v: Vec<f64>) -> f64 {
 
 /// Peak RSS (VmHWM) in bytes.
 fn peak_rss_bytes() -> u64 {
-    bench::process_rss().map_or(0, |(_, peak)| peak)
+    memory::process_rss().map_or(0, |(_, peak)| peak)
 }
 
 /// Peak, anonymous and file-backed resident memory (Linux /proc/self/status).
 fn rss_detail() -> String {
     let mib = |b: u64| b / (1 << 20);
-    match bench::rss_by_kind() {
+    match memory::rss_by_kind() {
         Some((anon, file)) => format!(
             "VmHWM {} MiB, RssAnon {} MiB, RssFile {} MiB",
             mib(peak_rss_bytes()),
@@ -49,7 +50,7 @@ fn rss_detail() -> String {
 /// scheduling the graph; the gaps between tasks; the time after the last one).
 fn trace_steps(
     model: &ZayaModel,
-    cache: &mut zaya_mlx::cache::ModelCache,
+    cache: &mut zaya_mlx::model::cache::ModelCache,
     tok: &mut u32,
     steps: usize,
 ) -> anyhow::Result<()> {

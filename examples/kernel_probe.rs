@@ -167,7 +167,7 @@ fn main() {
         report("read 1 GiB (2 threads)", (n * 8) as f64, r);
         println!(
             "copy bandwidth (bench::copy_bandwidth_gbs): {:.1} GB/s",
-            zaya_mlx::bench::copy_bandwidth_gbs(256 << 20, 5)
+            zaya_mlx::tools::bench::copy_bandwidth_gbs(256 << 20, 5)
         );
     }
 

@@ -1,44 +1,29 @@
 //! zaya-mlx: a Rust + MLX inference runtime for Zyphra's ZAYA1-8B as shipped in the
 //! OsaurusAI JANGTQ4 bundle (and its siblings).
 //!
-//! Module map (see docs/architecture.md):
-//! - [`config`]: config.json / jang_config.json / generation_config.json → [`config::ZayaConfig`]
-//! - [`bundle`]: safetensors shards → validated canonical weights, every layout
-//! - [`quant`]: weight formats (float, affine, MXFP4, TurboQuant), their matmuls and encoders
-//! - [`ext`]: safe wrappers over our C++ MLX primitives (`mlx-ext/`)
-//! - [`norm`], [`cca`], [`moe`], [`cache`], [`model`]: the ZAYA forward pass and its state; [`plan`]:
-//!   how each half-layer runs, decided at load
-//! - [`tokenizer`], [`chat`], [`sampling`], [`generate`]: text in, text out
-//! - [`engine`]: continuous batching (ragged batch state, batched decode step, scheduler)
+//! The folders tell the story (docs/architecture.md has the full map):
+//! - [`config`], [`bundle`], [`quant`]: a model directory → validated canonical weights in their
+//!   stored formats (float, MLX affine, MXFP4, TurboQuant)
+//! - [`ext`]: every call into our C++ MLX primitives (`mlx-ext/`), one owned handle, by concern
+//! - [`model`]: the ZAYA forward pass — shared layers, CCA attention, MoE (router, experts), the
+//!   per-sequence state ([`model::cache`]) and the execution plan decided at load
+//! - [`text`]: tokenizer, streaming detokenizer and stop strings, chat templates, tool calls
+//! - [`runtime`]: a loaded model ([`Zaya`]), sessions, the generation loop, sampling, prompt-cache
+//!   files, speculative decoding, the continuous-batching engine ([`runtime::engine`])
 //! - [`server`]: `zaya serve`, the OpenAI-compatible HTTP server with an exact prefix cache
-//! - [`prompt_cache`]: the whole model state in a file; [`speculative`]: n-gram drafts verified
-//!   exactly; [`files`]: atomic writes
-//! - [`synth`]: exact-format synthetic bundles; [`parity`]: comparison with reference outputs
-//! - [`bench`]: end-to-end benchmark and the memory-bandwidth bound
-pub mod bench;
+//! - [`tools`]: what the CLI's tooling commands use — synthetic bundles and their encoders,
+//!   parity against reference outputs, benchmark measurements
+//! - [`files`]: atomic writes and bounded reads; [`error`]: the typed error and exit codes
 pub mod bundle;
-pub mod cache;
-pub mod cca;
-pub mod chat;
 pub mod config;
-pub mod engine;
 pub mod error;
 pub mod ext;
 pub mod files;
-pub mod generate;
-pub mod hub;
 pub mod model;
-pub mod moe;
-pub mod norm;
-pub mod parity;
-pub mod plan;
-pub mod prompt_cache;
 pub mod quant;
-pub mod sampling;
+pub mod runtime;
 pub mod server;
-pub mod speculative;
-pub mod synth;
-pub mod tokenizer;
+pub mod text;
 pub mod tools;
 
 /// The README's Rust example, compiled by `cargo test --doc` so it cannot drift from the API.
@@ -47,3 +32,5 @@ pub mod tools;
 pub struct ReadmeDoctests;
 
 pub use error::{Result, ZayaError};
+pub use model::{ModelOptions, ZayaModel};
+pub use runtime::{FinishReason, GenParams, GenStats, GenToken, Generation, Session, Zaya};

@@ -13,12 +13,12 @@ mod common;
 
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
-use zaya_mlx::engine::{batch_generate, BatchCache, Engine, EngineOptions, SeqEvent};
 use zaya_mlx::ext::ExtMode;
-use zaya_mlx::generate::{FinishReason, GenParams, Zaya};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::sampling::SamplingParams;
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::runtime::engine::{batch_generate, BatchCache, Engine, EngineOptions, SeqEvent};
+use zaya_mlx::runtime::sampling::SamplingParams;
+use zaya_mlx::runtime::{FinishReason, GenParams, Zaya};
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 
 fn ids(t: &common::Tensor) -> Vec<u32> {
     t.to_i64().into_iter().map(|v| v as u32).collect()

@@ -4,9 +4,9 @@
 //! attention projections and the embedding; TurboQuant 4-bit codes + f16 row norms for the
 //! experts; f16 passthrough for norms, convs, temp and the whole router), never from the function
 //! under test.
-use zaya_mlx::bench::{self, DecodeBytes};
 use zaya_mlx::bundle::Bundle;
-use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
+use zaya_mlx::tools::bench::{self, DecodeBytes};
+use zaya_mlx::tools::synth::{self, SynthOptions, SynthSpec};
 
 /// Bytes of an 8-bit affine matrix [out, in] with group size `g`: one byte per weight (U32 words of
 /// four codes) plus f16 scales and biases per group.

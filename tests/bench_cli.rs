@@ -10,9 +10,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use zaya_mlx::bench::{self, GraphProbe};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
+use zaya_mlx::tools::bench::{self, GraphProbe};
+use zaya_mlx::tools::synth::{self, SynthOptions, SynthSpec};
 
 fn zaya() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zaya"))
@@ -45,7 +45,7 @@ fn trial_greedy_tokens_match_the_python_reference() {
     for kernels in ["fused", "plain"] {
         let mut o = ModelOptions::default();
         if kernels == "plain" {
-            o.expert_backend = zaya_mlx::moe::ExpertBackend::Plain;
+            o.expert_backend = zaya_mlx::model::moe::ExpertBackend::Plain;
             o.linear_backend = zaya_mlx::quant::linear::LinearBackend::Plain;
         }
         let model = ZayaModel::load(&fx.bundle, o).unwrap();

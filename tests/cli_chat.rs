@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cli_support::{assert_bad_input, stderr, stdout, synth, zaya};
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
+use zaya_mlx::runtime::{GenParams, Zaya};
 
 #[test]
 fn chat_through_a_pipe_keeps_the_cache_across_turns() {

@@ -9,10 +9,10 @@ use std::io::Write;
 use std::process::Stdio;
 
 use cli_support::{assert_bad_input, stderr, stdout, synth, zaya};
-use zaya_mlx::chat::{ChatOptions, ChatTemplate, Message};
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::tokenizer::Tokenizer;
+use zaya_mlx::runtime::{GenParams, Zaya};
+use zaya_mlx::text::chat::{ChatOptions, ChatTemplate, Message};
+use zaya_mlx::text::tokenizer::Tokenizer;
 
 /// The parts of mlx_lm's verbose output.
 #[derive(Debug)]

@@ -7,8 +7,8 @@ mod cli_support;
 use std::path::{Path, PathBuf};
 
 use cli_support::{stderr, stdout, synth, zaya};
-use zaya_mlx::generate::Zaya;
 use zaya_mlx::model::ModelOptions;
+use zaya_mlx::runtime::Zaya;
 
 /// Puts `bundle` in the hub cache under `home/hf/hub` as `TestOrg/Tiny-ZAYA`.
 fn hub_cache(home: &Path, bundle: &Path) {
@@ -163,7 +163,7 @@ fn logprobs_equal_the_softmax_of_zaya_logits() {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    let tok_vocab = zaya_mlx::tokenizer::Tokenizer::from_dir(&b)
+    let tok_vocab = zaya_mlx::text::tokenizer::Tokenizer::from_dir(&b)
         .unwrap()
         .vocab_size()
         .min(vocab);

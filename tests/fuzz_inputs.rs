@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::runtime::{GenParams, Zaya};
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 
 const FILES: [&str; 11] = [
     "config.json",
@@ -372,7 +372,7 @@ fn run_case(what: &str, case: usize, tally: &mut Tally, f: impl FnOnce() -> zaya
 }
 
 fn rss_bytes() -> u64 {
-    zaya_mlx::bench::process_rss().map_or(0, |r| r.0)
+    zaya_mlx::runtime::memory::process_rss().map_or(0, |r| r.0)
 }
 
 /// Mutates `file` of the bundle `cases()` times with `mutate` and runs the bundle each time.
@@ -489,7 +489,7 @@ fn fuzz_parity_reference() {
     let zaya = Zaya::load(pristine(), ModelOptions::default()).unwrap();
     let model = zaya.model();
     let ids = [5u32, 9, 11, 3];
-    let outs = zaya_mlx::parity::run_outputs(model, &ids, true, None).unwrap();
+    let outs = zaya_mlx::tools::parity::run_outputs(model, &ids, true, None).unwrap();
     let work = tempfile::tempdir().unwrap();
     let good = work.path().join("good.safetensors");
     let arrays: Vec<(&String, &mlx_rs::Array)> = outs.iter().collect();
@@ -501,8 +501,8 @@ fn fuzz_parity_reference() {
     for case in 0..cases() {
         std::fs::write(&path, mutate_shard(&original, &mut rng)).unwrap();
         run_case("reference", case, &mut tally, || {
-            let r = zaya_mlx::parity::read_reference(&path)?;
-            let rep = zaya_mlx::parity::compare(model, &r, None, None, Default::default())?;
+            let r = zaya_mlx::tools::parity::read_reference(&path)?;
+            let rep = zaya_mlx::tools::parity::compare(model, &r, None, None, Default::default())?;
             let _ = rep.table();
             Ok(())
         });

@@ -3,8 +3,8 @@
 //! continuation (`greedy_ids`: 32 tokens from `token_ids`, argmax, no EOS stop).
 mod common;
 
-use zaya_mlx::generate::{FinishReason, GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
+use zaya_mlx::runtime::{FinishReason, GenParams, Zaya};
 
 fn ids(t: &common::Tensor) -> Vec<u32> {
     t.to_i64()

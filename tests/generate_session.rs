@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use mlx_rs::Array;
-use zaya_mlx::chat::{ChatOptions, ChatTemplate};
-use zaya_mlx::generate::{FinishReason, GenParams, LogitsProcessor, Zaya};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::sampling::SamplingParams;
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
-use zaya_mlx::tokenizer::Tokenizer;
+use zaya_mlx::runtime::sampling::SamplingParams;
+use zaya_mlx::runtime::{FinishReason, GenParams, LogitsProcessor, Zaya};
+use zaya_mlx::text::chat::{ChatOptions, ChatTemplate};
+use zaya_mlx::text::tokenizer::Tokenizer;
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 use zaya_mlx::ZayaError;
 
 const IM_END: u32 = 106;
@@ -93,11 +93,11 @@ fn eos_at(k: usize) -> LogitsProcessor {
 
 /// Runs a chat turn, recording (position, logits row) of every sampled token.
 fn turn(
-    s: &mut zaya_mlx::generate::Session<'_>,
+    s: &mut zaya_mlx::runtime::Session<'_>,
     msg: &str,
     params: &GenParams,
     rows: &mut Vec<(usize, Vec<f32>)>,
-) -> (Vec<u32>, Option<FinishReason>, zaya_mlx::generate::GenStats) {
+) -> (Vec<u32>, Option<FinishReason>, zaya_mlx::runtime::GenStats) {
     let mut gen = s.chat(msg, params).unwrap();
     let mut ids = Vec::new();
     while let Some(step) = gen.next() {

@@ -7,10 +7,10 @@
 mod common;
 
 use mlx_rs::Array;
+use zaya_mlx::model::moe::ExpertBackend;
 use zaya_mlx::model::{ForwardOptions, LogitsMode, ModelOptions, ZayaModel};
-use zaya_mlx::moe::ExpertBackend;
-use zaya_mlx::parity::reference_tokens;
 use zaya_mlx::quant::linear::LinearBackend;
+use zaya_mlx::tools::parity::reference_tokens;
 
 const REL: f32 = 1e-5;
 

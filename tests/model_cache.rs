@@ -7,7 +7,7 @@ mod model_support;
 
 use mlx_rs::Array;
 use model_support::*;
-use zaya_mlx::cache::ModelCache;
+use zaya_mlx::model::cache::ModelCache;
 use zaya_mlx::model::{ForwardOptions, LogitsMode, ModelOptions, ZayaModel};
 
 fn setup(kv_step: usize) -> (ZayaModel, Vec<u32>, std::collections::HashMap<String, Array>) {

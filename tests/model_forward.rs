@@ -6,8 +6,8 @@ mod model_support;
 
 use mlx_rs::Array;
 use model_support::*;
+use zaya_mlx::model::moe::ExpertBackend;
 use zaya_mlx::model::{ForwardOptions, LogitsMode, ModelOptions};
-use zaya_mlx::moe::ExpertBackend;
 use zaya_mlx::quant::linear::LinearBackend;
 
 const REL: f32 = 5e-4;

@@ -58,7 +58,7 @@ fn the_plain_configuration_runs_none_of_them() {
         &fx.bundle,
         ModelOptions {
             linear_backend: LinearBackend::Plain,
-            expert_backend: zaya_mlx::moe::ExpertBackend::Plain,
+            expert_backend: zaya_mlx::model::moe::ExpertBackend::Plain,
             ..ModelOptions::default()
         },
     )
@@ -75,8 +75,8 @@ fn the_plain_configuration_runs_none_of_them() {
 /// The plan the model reports matches what its decode graph holds, for every option set.
 #[test]
 fn the_execution_plan_matches_the_graph() {
-    use zaya_mlx::moe::ExpertBackend;
-    use zaya_mlx::plan::{LayerPlan, Path};
+    use zaya_mlx::model::moe::ExpertBackend;
+    use zaya_mlx::model::plan::{LayerPlan, Path};
     let fx = common::fixture("tiny");
     let option_sets = [
         ModelOptions::default(),

@@ -6,9 +6,9 @@ mod model_support;
 
 use mlx_rs::{Array, Dtype};
 use model_support::*;
+use zaya_mlx::model::moe::ExpertBackend;
+use zaya_mlx::model::moe::ModSkip;
 use zaya_mlx::model::{ForwardOptions, ModelOptions, ZayaModel};
-use zaya_mlx::moe::ExpertBackend;
-use zaya_mlx::moe::ModSkip;
 use zaya_mlx::quant::linear::LinearBackend;
 use zaya_mlx::ZayaError;
 

@@ -9,7 +9,7 @@ use mlx_rs::{Array, Dtype};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zaya_mlx::bundle::CanonicalWeights;
-use zaya_mlx::moe::gelu;
+use zaya_mlx::model::moe::gelu;
 use zaya_mlx::quant::linear::{QLinear, WeightSource};
 use zaya_mlx::quant::turboquant::{rotate, unpack_codes, TqMatrix};
 use zaya_mlx::quant::WeightFormat;

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use mlx_rs::Array;
-use zaya_mlx::parity::{compare_outputs, ParityOptions};
+use zaya_mlx::tools::parity::{compare_outputs, ParityOptions};
 
 fn zaya() -> Command {
     Command::new(env!("CARGO_BIN_EXE_zaya"))

@@ -12,10 +12,10 @@ mod model_support;
 use std::collections::HashMap;
 
 use mlx_rs::{Array, Dtype};
+use zaya_mlx::model::moe::{ExpertBackend, ModSkip};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::moe::{ExpertBackend, ModSkip};
-use zaya_mlx::parity::{compare, reference_tokens, ParityOptions};
 use zaya_mlx::quant::linear::LinearBackend;
+use zaya_mlx::tools::parity::{compare, reference_tokens, ParityOptions};
 
 fn open(fx: &common::Fixture, opts: ModelOptions) -> ZayaModel {
     ZayaModel::load(&fx.bundle, opts).unwrap()

@@ -5,7 +5,7 @@ mod model_support;
 use mlx_rs::Array;
 use model_support::*;
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::parity::{compare, ParityOptions};
+use zaya_mlx::tools::parity::{compare, ParityOptions};
 use zaya_mlx::ZayaError;
 
 #[test]

@@ -10,10 +10,10 @@ mod cli_support;
 use std::path::{Path, PathBuf};
 
 use cli_support::{stderr, stdout, zaya as zaya_cmd};
-use zaya_mlx::chat::Message;
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::runtime::{GenParams, Zaya};
+use zaya_mlx::text::chat::Message;
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 use zaya_mlx::ZayaError;
 
 fn bundle(dir: &Path, seed: u64) -> PathBuf {

@@ -1,5 +1,5 @@
 //! Sampling: the filtered probability vector against hand-derived values, an f64 reference written
-//! from the definitions in src/sampling.rs's doc (HF order), and mlx-lm's own filters and logits
+//! from the definitions in src/runtime/sampling.rs's doc (HF order), and mlx-lm's own filters and logits
 //! processors (tests/data/ref_sampling.py); empirical frequencies within a binomial bound; seeds;
 //! validation errors naming the flag.
 mod text_support;
@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use text_support::run_python;
-use zaya_mlx::sampling::{Sampler, SamplingParams};
+use zaya_mlx::runtime::sampling::{Sampler, SamplingParams};
 use zaya_mlx::ZayaError;
 
 fn arr(v: &[f32]) -> Array {

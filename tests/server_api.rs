@@ -10,11 +10,11 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use zaya_mlx::chat::{ChatOptions, Message};
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
+use zaya_mlx::runtime::{GenParams, Zaya};
 use zaya_mlx::server::{spawn, ServeOptions, ServerHandle};
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::text::chat::{ChatOptions, Message};
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 
 fn bundle() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

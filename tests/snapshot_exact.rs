@@ -8,9 +8,9 @@ mod common;
 
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
-use zaya_mlx::cache::ModelCache;
+use zaya_mlx::model::cache::ModelCache;
 use zaya_mlx::model::{ForwardOptions, LogitsMode, ModelOptions, ZayaModel};
-use zaya_mlx::prompt_cache::{self, PromptCacheRef};
+use zaya_mlx::runtime::prompt_cache::{self, PromptCacheRef};
 
 fn ids(t: &common::Tensor) -> Vec<u32> {
     t.to_i64().into_iter().map(|v| v as u32).collect()

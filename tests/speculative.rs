@@ -8,11 +8,11 @@ mod common;
 
 use mlx_rs::Array;
 use rand::{Rng, SeedableRng};
-use zaya_mlx::generate::{FinishReason, GenParams, Zaya};
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::sampling::{Sampler, SamplingParams};
-use zaya_mlx::speculative::{accept_draft, DraftParams};
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::runtime::sampling::{Sampler, SamplingParams};
+use zaya_mlx::runtime::speculative::{accept_draft, DraftParams};
+use zaya_mlx::runtime::{FinishReason, GenParams, Zaya};
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 
 fn ids(t: &common::Tensor) -> Vec<u32> {
     t.to_i64().into_iter().map(|v| v as u32).collect()

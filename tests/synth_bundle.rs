@@ -13,8 +13,8 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 use synth_support::*;
 use zaya_mlx::config::{JangConfig, ZayaConfig};
-use zaya_mlx::quant::encode::{codebook_f32, random_signs};
-use zaya_mlx::synth::{self, plan, SynthOptions, SynthSpec};
+use zaya_mlx::tools::encode::{codebook_f32, random_signs};
+use zaya_mlx::tools::synth::{self, plan, SynthOptions, SynthSpec};
 
 fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()

@@ -1,4 +1,4 @@
-//! Our TurboQuant and affine encoders (src/quant/encode.rs) against independent references:
+//! Our TurboQuant and affine encoders (src/tools/encode.rs) against independent references:
 //! the sidecar hashes of docs/bundle-format.md §1.4, jang_tools' own Python functions
 //! (compute_codebook, generate_random_signs, hadamard_rotate, tq_quantize_experts_rowwise,
 //! affine_quantize = f16 + mx.quantize) run through the reference venv, and the documented 4-bit
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use half::f16;
 use synth_support::*;
-use zaya_mlx::quant::encode::{self, affine_quantize_f32, codebook_f32, compute_codebook, random_signs, TqEncoder};
+use zaya_mlx::tools::encode::{self, affine_quantize_f32, codebook_f32, compute_codebook, random_signs, TqEncoder};
 
 fn f32_le(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -7,11 +7,11 @@ use std::path::Path;
 
 use half::f16;
 use safetensors::SafeTensors;
-use zaya_mlx::quant::encode::{affine_dequantize, AffineEncoded, TqEncoder};
-use zaya_mlx::synth::{self, plan, SynthOptions, SynthSpec};
+use zaya_mlx::tools::encode::{affine_dequantize, AffineEncoded, TqEncoder};
+use zaya_mlx::tools::synth::{self, plan, SynthOptions, SynthSpec};
 
 fn vm_hwm_kib() -> u64 {
-    zaya_mlx::bench::process_rss().map_or(0, |(_, peak)| peak / 1024)
+    zaya_mlx::runtime::memory::process_rss().map_or(0, |(_, peak)| peak / 1024)
 }
 
 fn map(path: &Path) -> memmap2::Mmap {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
-use zaya_mlx::synth::tokenizer::{self as synth_tok, CHAT_TEMPLATE, SYNTH_VOCAB_MIN, TOKENIZER_JSON};
+use zaya_mlx::tools::synth::tokenizer::{self as synth_tok, CHAT_TEMPLATE, SYNTH_VOCAB_MIN, TOKENIZER_JSON};
 
 fn tokenizer() -> Tokenizer {
     TOKENIZER_JSON.parse().expect("committed tokenizer.json loads")
@@ -133,10 +133,10 @@ fn render_minijinja(case: &Value) -> String {
 #[test]
 fn chat_template_renders_like_transformers_and_tokenizes_alike() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = zaya_mlx::synth::SynthSpec::preset("tiny").unwrap();
+    let spec = zaya_mlx::tools::synth::SynthSpec::preset("tiny").unwrap();
     // only the side files are needed; write a whole tiny bundle (fast)
     let bundle = dir.path().join("b");
-    zaya_mlx::synth::write_bundle(&spec, &bundle, &Default::default()).unwrap();
+    zaya_mlx::tools::synth::write_bundle(&spec, &bundle, &Default::default()).unwrap();
     let cases = chat_cases();
     let cases_path = dir.path().join("cases.json");
     std::fs::write(&cases_path, cases.to_string()).unwrap();

@@ -4,7 +4,7 @@ mod text_support;
 
 use serde_json::{json, Map, Value};
 use text_support::*;
-use zaya_mlx::chat::{ChatOptions, ChatTemplate, Message};
+use zaya_mlx::text::chat::{ChatOptions, ChatTemplate, Message};
 use zaya_mlx::ZayaError;
 
 const BOS: &str = "<bos>";
@@ -384,7 +384,7 @@ fn strftime_now_matches_python() {
 fn tokenized_chat_has_exactly_one_bos() {
     let dir = write_bundle(&byte_level_tokenizer_json(), Some(&tokenizer_config()));
     std::fs::copy(data("zaya_chat_template.jinja"), dir.path().join("chat_template.jinja")).unwrap();
-    let tok = zaya_mlx::tokenizer::Tokenizer::from_dir(dir.path()).unwrap();
+    let tok = zaya_mlx::text::tokenizer::Tokenizer::from_dir(dir.path()).unwrap();
     let tpl = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
     let opts = ChatOptions {
         add_generation_prompt: true,

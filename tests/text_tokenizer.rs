@@ -4,7 +4,7 @@ mod text_support;
 
 use serde_json::{json, Value};
 use text_support::*;
-use zaya_mlx::tokenizer::{StopMatcher, StopReason, TextStream, Tokenizer};
+use zaya_mlx::text::tokenizer::{StopMatcher, StopReason, TextStream, Tokenizer};
 use zaya_mlx::ZayaError;
 
 fn texts() -> Vec<String> {

@@ -6,10 +6,10 @@
 mod common;
 
 use serde_json::Value;
-use zaya_mlx::generate::Zaya;
 use zaya_mlx::model::ModelOptions;
+use zaya_mlx::runtime::Zaya;
 use zaya_mlx::server::{spawn, ServeOptions};
-use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 
 #[test]
 fn chat_page_in_a_headless_browser() {

@@ -170,9 +170,9 @@ pub fn inspect(dir: &Path, opts: &BundleOptions) -> Result<BundleSummary> {
     let summary = check(dir, opts)?.summary;
     // the text side: what `Zaya::load` reads besides the weights must parse too
     if dir.join("tokenizer.json").exists() {
-        crate::tokenizer::Tokenizer::from_dir(dir)?;
+        crate::text::tokenizer::Tokenizer::from_dir(dir)?;
     }
-    crate::chat::ChatTemplate::from_dir(dir)?;
+    crate::text::chat::ChatTemplate::from_dir(dir)?;
     Ok(summary)
 }
 

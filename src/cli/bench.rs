@@ -5,10 +5,11 @@
 //! bandwidth measured in the same run). `--json` prints everything as one JSON object.
 use std::time::Instant;
 
-use zaya_mlx::bench::{self, Bound, GraphProbe, MachineInfo, Summary, Trial};
 use zaya_mlx::bundle::summary::human_bytes;
 use zaya_mlx::bundle::Bundle;
 use zaya_mlx::model::ZayaModel;
+use zaya_mlx::runtime::memory;
+use zaya_mlx::tools::bench::{self, Bound, GraphProbe, MachineInfo, Summary, Trial};
 use zaya_mlx::{Result, ZayaError};
 
 use super::logits::RunOpts;
@@ -135,7 +136,7 @@ pub fn run(args: Args) -> Result<i32> {
         )));
     }
     // the copy measurement holds two buffers of this size: refuse what the machine cannot hold
-    if let Some(avail) = bench::mem_available_bytes() {
+    if let Some(avail) = memory::mem_available_bytes() {
         let need = 2 * ((args.bandwidth_mib as u64) << 20);
         if need > avail / 2 {
             return Err(ZayaError::InvalidArgument(format!(
@@ -168,7 +169,7 @@ pub fn run(args: Args) -> Result<i32> {
     if let Some(levels) = &args.concurrency {
         let mut levels = levels.0.clone();
         levels.sort_unstable();
-        let zaya = zaya_mlx::generate::Zaya::from_parts(model, None, None);
+        let zaya = zaya_mlx::runtime::Zaya::from_parts(model, None, None);
         if args.touch_all {
             bench::touch_weights(zaya.model())?;
         }
@@ -177,7 +178,7 @@ pub fn run(args: Args) -> Result<i32> {
             dir.display(),
             human_bytes(summary.file_bytes),
             args.seed,
-            fmt_load(bench::load_average())
+            fmt_load(memory::load_average())
         ));
         let (rows, hist) = super::bench_batch::run(
             &zaya,
@@ -213,11 +214,11 @@ pub fn run(args: Args) -> Result<i32> {
                 "route_histogram": hist.0,
                 "route_total": total,
                 "max_expert_share_over_uniform": max_share * e as f64,
-                "load_average_end": bench::load_average(),
+                "load_average_end": memory::load_average(),
             });
             println!("{}", serde_json::to_string_pretty(&v).expect("serializable"));
         } else {
-            println!("load_avg={}", fmt_load(bench::load_average()));
+            println!("load_avg={}", fmt_load(memory::load_average()));
         }
         return Ok(0);
     }
@@ -227,7 +228,7 @@ pub fn run(args: Args) -> Result<i32> {
             if d != "ngram" {
                 return Err(ZayaError::InvalidArgument(format!("--draft `{d}`: expected ngram")));
             }
-            let dp = zaya_mlx::speculative::DraftParams {
+            let dp = zaya_mlx::runtime::speculative::DraftParams {
                 num_draft_tokens: args.num_draft_tokens,
                 ..Default::default()
             };
@@ -239,11 +240,11 @@ pub fn run(args: Args) -> Result<i32> {
         };
         if args.json {
             let mut v = result;
-            v["load_average"] = serde_json::json!(bench::load_average());
+            v["load_average"] = serde_json::json!(memory::load_average());
             v["model"] = serde_json::json!(dir.display().to_string());
             println!("{v}");
         } else {
-            println!("load_avg={}", fmt_load(bench::load_average()));
+            println!("load_avg={}", fmt_load(memory::load_average()));
         }
         return Ok(0);
     }
@@ -295,7 +296,7 @@ pub fn run(args: Args) -> Result<i32> {
     // The copy bandwidth is measured after every trial (the machine's bandwidth drifts over minutes
     // on a shared host) where the peak RSS can be reset per trial, so that its buffers never count in
     // a trial's peak; otherwise once, after all trials.
-    let per_trial_bw = bench::reset_peak_rss();
+    let per_trial_bw = memory::reset_peak_rss();
     let mut bw_samples = Vec::new();
     let mut trials = Vec::with_capacity(args.trials);
     for i in 0..args.trials {
@@ -386,7 +387,7 @@ pub fn run(args: Args) -> Result<i32> {
                 "read_bandwidth_gbs": read_bw,
                 "tok_per_s_at_read_bandwidth": read_bw * 1e9 / bound.bytes_per_token as f64,
             },
-            "load_average_end": bench::load_average(),
+            "load_average_end": memory::load_average(),
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("serializable"));
         return Ok(0);

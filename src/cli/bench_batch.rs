@@ -6,10 +6,11 @@
 //! request that joins the busy batch, and the peak RSS. All levels in one run, one process.
 use std::time::Instant;
 
-use zaya_mlx::bench::{self, DecodeBytes};
 use zaya_mlx::config::ZayaConfig;
-use zaya_mlx::engine::{BatchCache, Engine, EngineOptions, SeqEvent};
-use zaya_mlx::generate::{GenParams, Zaya};
+use zaya_mlx::runtime::engine::{BatchCache, Engine, EngineOptions, SeqEvent};
+use zaya_mlx::runtime::memory;
+use zaya_mlx::runtime::{GenParams, Zaya};
+use zaya_mlx::tools::bench::{self, DecodeBytes};
 use zaya_mlx::{Result, ZayaError};
 
 /// Concurrency levels of `--concurrency`.
@@ -105,7 +106,7 @@ pub fn run(
     let mut hist = vec![0u64; e + 1];
     let mut out: Vec<Level> = Vec::new();
     for &n in levels {
-        let rss_reset = bench::reset_peak_rss();
+        let rss_reset = memory::reset_peak_rss();
         // N sequences prefilled alone, then one batch
         let mut batch = BatchCache::new(&cfg, model.options().kv_step);
         let mut next = Vec::with_capacity(n);
@@ -154,7 +155,7 @@ pub fn run(
         }
         let distinct = distinct_sum as f64 / layers_seen.max(1) as f64;
         let peak = if rss_reset {
-            bench::process_rss().map(|r| r.1)
+            memory::process_rss().map(|r| r.1)
         } else {
             None
         };

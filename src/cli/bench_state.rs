@@ -13,11 +13,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use zaya_mlx::bench;
-use zaya_mlx::generate::{GenParams, Zaya};
 use zaya_mlx::model::ZayaModel;
-use zaya_mlx::prompt_cache::{self, PromptCacheRef};
-use zaya_mlx::speculative::DraftParams;
+use zaya_mlx::runtime::prompt_cache::{self, PromptCacheRef};
+use zaya_mlx::runtime::speculative::DraftParams;
+use zaya_mlx::runtime::{GenParams, Zaya};
+use zaya_mlx::tools::bench;
 use zaya_mlx::{Result, ZayaError};
 
 fn argmax(v: &[f32]) -> u32 {
@@ -159,23 +159,25 @@ pub fn draft(
     json: bool,
 ) -> Result<serde_json::Value> {
     let zaya = Zaya::from_parts(model, None, None);
-    let run =
-        |ids: &[u32], n: usize, d: Option<DraftParams>| -> Result<(Vec<u32>, f64, zaya_mlx::speculative::DraftStats)> {
-            let mut s = zaya.session();
-            let params = GenParams {
-                max_tokens: Some(n),
-                ignore_eos: true,
-                draft: d,
-                ..GenParams::default()
-            };
-            let mut g = s.generate_from_tokens(ids, &params)?;
-            let mut out = Vec::with_capacity(n);
-            for step in g.by_ref() {
-                out.push(step?.id);
-            }
-            let st = g.stats();
-            Ok((out, st.generation_tps, st.draft))
+    let run = |ids: &[u32],
+               n: usize,
+               d: Option<DraftParams>|
+     -> Result<(Vec<u32>, f64, zaya_mlx::runtime::speculative::DraftStats)> {
+        let mut s = zaya.session();
+        let params = GenParams {
+            max_tokens: Some(n),
+            ignore_eos: true,
+            draft: d,
+            ..GenParams::default()
         };
+        let mut g = s.generate_from_tokens(ids, &params)?;
+        let mut out = Vec::with_capacity(n);
+        for step in g.by_ref() {
+            out.push(step?.id);
+        }
+        let st = g.stats();
+        Ok((out, st.generation_tps, st.draft))
+    };
     // the prompt: random ids followed by the model's own continuation of them
     let (cont, _, _) = run(prompt, gen, None)?;
     let mut long = prompt.to_vec();

@@ -62,7 +62,7 @@ pub fn run(args: Args) -> Result<i32> {
     let fed = if !args.ignore_chat_template && zaya.chat_template().is_some() {
         session.set_chat_options(chat_options);
         session.set_system_prompt(args.template.system_prompt.as_deref());
-        session.push_message(zaya_mlx::chat::Message::user(prompt));
+        session.push_message(zaya_mlx::text::chat::Message::user(prompt));
         session.prefill_history(args.model.prefill_chunk)?
     } else {
         session.prefill_text(&prompt, args.model.prefill_chunk)?

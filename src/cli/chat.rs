@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use zaya_mlx::generate::{FinishReason, GenParams};
+use zaya_mlx::runtime::{FinishReason, GenParams};
 use zaya_mlx::{Result, ZayaError};
 
 use super::common::{self, DraftArgs, ModelArgs, SamplingArgs, TemplateArgs};
@@ -18,7 +18,7 @@ on or off; /save FILE writes the transcript; /exit quits (also Ctrl-D or end of 
 twice at the prompt quits. Arrow keys and Ctrl-R browse the history on a terminal";
 
 /// Writes the conversation as plain text (`role: content` blocks), atomically.
-fn save_transcript(messages: &[zaya_mlx::chat::Message], path: &std::path::Path) -> Result<()> {
+fn save_transcript(messages: &[zaya_mlx::text::chat::Message], path: &std::path::Path) -> Result<()> {
     let mut text = String::new();
     for m in messages {
         text.push_str(&format!("{}: {}\n\n", m.role, m.content.as_deref().unwrap_or("")));
@@ -175,7 +175,7 @@ pub fn run(args: Args) -> Result<i32> {
 
     let stdin = std::io::stdin();
     let mut lines = stdin.lock();
-    let history = zaya_mlx::hub::home_dir()
+    let history = zaya_mlx::runtime::hub::home_dir()
         .join(".cache")
         .join("zaya-mlx")
         .join("chat_history");
@@ -325,7 +325,11 @@ pub fn run(args: Args) -> Result<i32> {
                 .last()
                 .and_then(|m| m.content.clone())
                 .unwrap_or_default();
-            for (i, c) in zaya_mlx::tools::parse_tool_calls(&reply).1.iter().enumerate() {
+            for (i, c) in zaya_mlx::text::tool_calls::parse_tool_calls(&reply)
+                .1
+                .iter()
+                .enumerate()
+            {
                 println!("[tool call] {}", c.to_openai(&format!("call_{i}")));
             }
         }

@@ -5,12 +5,12 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use zaya_mlx::chat::ChatOptions;
-use zaya_mlx::generate::Zaya;
 use zaya_mlx::model::ModelOptions;
-use zaya_mlx::sampling::SamplingParams;
-use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
-use zaya_mlx::tokenizer::Tokenizer;
+use zaya_mlx::runtime::sampling::SamplingParams;
+use zaya_mlx::runtime::Zaya;
+use zaya_mlx::text::chat::ChatOptions;
+use zaya_mlx::text::tokenizer::Tokenizer;
+use zaya_mlx::tools::synth::{self, SynthOptions, SynthSpec};
 use zaya_mlx::{Result, ZayaError};
 
 /// The real bundle, named in hints.
@@ -215,11 +215,11 @@ pub struct DraftArgs {
 
 impl DraftArgs {
     /// The drafting settings these flags select (`None` = plain decoding).
-    pub fn params(&self) -> Result<Option<zaya_mlx::speculative::DraftParams>> {
+    pub fn params(&self) -> Result<Option<zaya_mlx::runtime::speculative::DraftParams>> {
         match self.draft.as_str() {
             "none" => Ok(None),
             "ngram" => {
-                let p = zaya_mlx::speculative::DraftParams {
+                let p = zaya_mlx::runtime::speculative::DraftParams {
                     num_draft_tokens: self.num_draft_tokens,
                     ..Default::default()
                 };
@@ -312,7 +312,7 @@ pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf> {
         );
         return Ok(dir);
     };
-    zaya_mlx::hub::resolve(spec)
+    zaya_mlx::runtime::hub::resolve(spec)
 }
 
 /// `$ZAYA_MLX_HOME/demo-tiny`, the cache root the set-up script uses too (default
@@ -321,7 +321,7 @@ pub fn demo_dir() -> PathBuf {
     let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     let root = nonempty("ZAYA_MLX_HOME").unwrap_or_else(|| {
         nonempty("XDG_CACHE_HOME")
-            .unwrap_or_else(|| zaya_mlx::hub::home_dir().join(".cache"))
+            .unwrap_or_else(|| zaya_mlx::runtime::hub::home_dir().join(".cache"))
             .join("zaya-mlx")
     });
     root.join("demo-tiny")

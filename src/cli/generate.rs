@@ -3,7 +3,7 @@
 //! `Peak memory:` lines; `--verbose false` prints only the text).
 use std::io::Write;
 
-use zaya_mlx::generate::{FinishReason, GenParams};
+use zaya_mlx::runtime::{FinishReason, GenParams};
 use zaya_mlx::{Result, ZayaError};
 
 use super::common::{self, DraftArgs, ModelArgs, SamplingArgs, TemplateArgs};
@@ -161,7 +161,12 @@ pub fn run(args: Args) -> Result<i32> {
             }
         };
         if let (Some(n), Some((_, raw))) = (args.logprobs, gen.last_logits()) {
-            logprobs.push(zaya_mlx::sampling::token_logprobs(raw, step.id, n, Some(vocab))?);
+            logprobs.push(zaya_mlx::runtime::sampling::token_logprobs(
+                raw,
+                step.id,
+                n,
+                Some(vocab),
+            )?);
         }
         if stream && !step.text.is_empty() {
             out.write_all(step.text.as_bytes()).map_err(io)?;
@@ -174,7 +179,7 @@ pub fn run(args: Args) -> Result<i32> {
     let finish = gen.finish_reason().cloned();
     drop(gen);
     let (content, calls) = if args.template.tools.is_some() {
-        zaya_mlx::tools::parse_tool_calls(&text)
+        zaya_mlx::text::tool_calls::parse_tool_calls(&text)
     } else {
         (text.clone(), Vec::new())
     };

@@ -39,7 +39,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     // no bundle to validate at all: a bad argument (exit 2), not a failed validation (exit 1)
-    let dir = zaya_mlx::hub::resolve(&args.model)?;
+    let dir = zaya_mlx::runtime::hub::resolve(&args.model)?;
     if let Err(e @ zaya_mlx::ZayaError::Io { .. }) = zaya_mlx::config::ZayaConfig::from_dir(&dir) {
         return Err(e);
     }

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use mlx_rs::{Array, Dtype};
+use zaya_mlx::model::moe::{ExpertBackend, ModSkip};
 use zaya_mlx::model::{ModelOptions, ZayaModel};
-use zaya_mlx::moe::{ExpertBackend, ModSkip};
 use zaya_mlx::quant::linear::LinearBackend;
-use zaya_mlx::{parity, Result, ZayaError};
+use zaya_mlx::tools::parity;
+use zaya_mlx::{Result, ZayaError};
 
 /// Options shared by `zaya logits` and `zaya parity`.
 #[derive(clap::Args, Debug, Clone)]
@@ -86,7 +87,7 @@ impl RunOpts {
 
     /// The bundle directory `--model` names (a repo id is looked up / downloaded).
     pub fn dir(&self) -> Result<PathBuf> {
-        zaya_mlx::hub::resolve(&self.model)
+        zaya_mlx::runtime::hub::resolve(&self.model)
     }
 }
 

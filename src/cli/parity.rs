@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use mlx_rs::Array;
 use zaya_mlx::model::ZayaModel;
-use zaya_mlx::parity::{self, ParityOptions};
+use zaya_mlx::tools::parity::{self, ParityOptions};
 use zaya_mlx::{Result, ZayaError};
 
 use super::logits::{parse_token_ids, RunOpts};
@@ -48,9 +48,9 @@ pub fn run(args: Args) -> Result<i32> {
     run_with_model(&args, &model, &reference)
 }
 
-/// Reads a reference file (see [`zaya_mlx::parity::read_reference`]).
+/// Reads a reference file (see [`zaya_mlx::tools::parity::read_reference`]).
 pub fn read_reference(path: &std::path::Path) -> Result<std::collections::HashMap<String, Array>> {
-    zaya_mlx::parity::read_reference(path)
+    zaya_mlx::tools::parity::read_reference(path)
 }
 
 /// The command body once the model and the reference are loaded.

@@ -2,8 +2,8 @@
 //! (expects 4), "capital of France" (expects Paris), a chat with a system prompt and thinking off,
 //! and one with thinking on that must close `</think>` within its token budget and answer after
 //! it. Prints PASS/FAIL with the text for each; exit code 0 iff all passed (1 otherwise).
-use zaya_mlx::chat::ChatOptions;
-use zaya_mlx::generate::{FinishReason, GenParams, Zaya};
+use zaya_mlx::runtime::{FinishReason, GenParams, Zaya};
+use zaya_mlx::text::chat::ChatOptions;
 use zaya_mlx::{Result, ZayaError};
 
 use super::common::{self, ModelArgs};
@@ -130,7 +130,7 @@ fn run_case(
     case: &Case,
     max_tokens: usize,
     prefill_chunk: Option<usize>,
-) -> Result<(String, Option<FinishReason>, zaya_mlx::generate::GenStats)> {
+) -> Result<(String, Option<FinishReason>, zaya_mlx::runtime::GenStats)> {
     let mut session = zaya.session();
     session.set_chat_options(ChatOptions {
         enable_thinking: Some(case.thinking),

@@ -2,7 +2,7 @@
 //! (`--preset tiny|small|zaya1-8b [--config FILE] --seed N --out DIR [--force]`).
 use std::path::PathBuf;
 
-use zaya_mlx::synth::{self, SynthOptions, SynthSpec};
+use zaya_mlx::tools::synth::{self, SynthOptions, SynthSpec};
 use zaya_mlx::{Result, ZayaError};
 
 const SYNTH_HELP: &str = "\

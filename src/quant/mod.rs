@@ -2,7 +2,6 @@
 //! MXTQ/TurboQuant (codebook indices + row norms behind a randomized Hadamard rotation).
 //! Encoders live here too (used by `zaya synth`); the fused CPU kernels are in `mlx-ext/`.
 pub mod affine;
-pub mod encode;
 pub mod linear;
 pub mod turboquant;
 

@@ -1,5 +1,5 @@
 //! `zaya serve`: an OpenAI-compatible HTTP server (axum on tokio) on the continuous-batching
-//! [`Engine`](crate::engine::Engine), with an exact prefix cache.
+//! [`Engine`](crate::runtime::engine::Engine), with an exact prefix cache.
 //!
 //! - `chat.html`: the chat page served at `/` (one self-contained file, no network at run time);
 //! - `routes.rs`: the endpoints (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
@@ -27,10 +27,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::Value;
 
-use crate::chat::{ChatOptions, ChatTemplate};
 use crate::error::{Result, ZayaError};
-use crate::generate::Zaya;
-use crate::tokenizer::Tokenizer;
+use crate::runtime::Zaya;
+use crate::text::chat::{ChatOptions, ChatTemplate};
+use crate::text::tokenizer::Tokenizer;
 
 pub use prefix_cache::PrefixCache;
 pub use reasoning::{ReasoningSplitter, ToolCallHold};

@@ -7,9 +7,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use crate::chat::ChatOptions;
-use crate::generate::GenParams;
-use crate::sampling::SamplingParams;
+use crate::runtime::sampling::SamplingParams;
+use crate::runtime::GenParams;
+use crate::text::chat::ChatOptions;
 
 /// An OpenAI error object with its HTTP status.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! new request starts from the longest entry whose tokens are a proper prefix of its prompt: CCA
 //! states cannot be trimmed, so only exact prefixes are reusable, and the state is the one the
 //! prefix's own forward left, bit for bit.
-use crate::cache::ModelCache;
+use crate::model::cache::ModelCache;
 
 struct Entry {
     tokens: Vec<u32>,

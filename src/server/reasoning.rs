@@ -141,12 +141,12 @@ impl ToolCallHold {
     }
 
     /// Ends the answer: the tool calls found in the held text and the rest of the content.
-    pub fn finish(&mut self) -> (String, Vec<crate::tools::ToolCall>) {
+    pub fn finish(&mut self) -> (String, Vec<crate::text::tool_calls::ToolCall>) {
         let held = std::mem::take(&mut self.held);
         if !self.inside {
             return (held, Vec::new());
         }
-        let (content, calls) = crate::tools::parse_tool_calls(&held);
+        let (content, calls) = crate::text::tool_calls::parse_tool_calls(&held);
         if calls.is_empty() {
             (held, calls)
         } else {

@@ -21,7 +21,7 @@ use super::openai::{self, ApiError, ApiResult, ChatInput, Common, PromptInput};
 use super::reasoning::{ReasoningSplitter, ToolCallHold};
 use super::worker::{Job, JobEvent};
 use super::AppState;
-use crate::engine::{SeqStats, TokenLogprobs};
+use crate::runtime::engine::{SeqStats, TokenLogprobs};
 
 /// Which endpoint a request came to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -378,7 +378,7 @@ impl Shaper {
         (r, c)
     }
 
-    fn finish(&mut self) -> (String, String, Vec<crate::tools::ToolCall>) {
+    fn finish(&mut self) -> (String, String, Vec<crate::text::tool_calls::ToolCall>) {
         let (r, mut c) = match self.reasoning.as_mut() {
             Some(s) => s.finish(),
             None => (String::new(), String::new()),
@@ -397,7 +397,7 @@ impl Shaper {
     }
 }
 
-fn finish_reason(reason: Option<&crate::generate::FinishReason>, calls: bool) -> &'static str {
+fn finish_reason(reason: Option<&crate::runtime::FinishReason>, calls: bool) -> &'static str {
     if calls {
         return "tool_calls";
     }
@@ -407,7 +407,7 @@ fn finish_reason(reason: Option<&crate::generate::FinishReason>, calls: bool) ->
     }
 }
 
-fn calls_json(calls: &[crate::tools::ToolCall], id: &str) -> Vec<Value> {
+fn calls_json(calls: &[crate::text::tool_calls::ToolCall], id: &str) -> Vec<Value> {
     calls
         .iter()
         .enumerate()

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{Engine, EngineOptions, EngineRequest, SeqEvent, SeqId, SeqStats, TokenLogprobs};
 use crate::error::ZayaError;
-use crate::generate::{FinishReason, GenParams, GenToken, Zaya};
+use crate::runtime::engine::{Engine, EngineOptions, EngineRequest, SeqEvent, SeqId, SeqStats, TokenLogprobs};
+use crate::runtime::{FinishReason, GenParams, GenToken, Zaya};
 
 use super::prefix_cache::PrefixCache;
 

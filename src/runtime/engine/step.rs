@@ -6,8 +6,8 @@ use mlx_rs::Array;
 
 use crate::error::{Result, ZayaError};
 use crate::ext::ExtMode;
+use crate::model::moe::MoeOptions;
 use crate::model::ZayaModel;
-use crate::moe::MoeOptions;
 
 use super::BatchCache;
 

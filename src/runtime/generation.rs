@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
-use crate::chat::Message;
 use crate::error::{Result, ZayaError};
-use crate::sampling::Sampler;
-use crate::speculative::{ngram_draft, DraftParams, DraftStats};
-use crate::tokenizer::{StopMatcher, StopReason, TextStream};
+use crate::runtime::sampling::Sampler;
+use crate::runtime::speculative::{ngram_draft, DraftParams, DraftStats};
+use crate::text::chat::Message;
+use crate::text::tokenizer::{StopMatcher, StopReason, TextStream};
 
 use super::session::{Mode, Prefill};
 use super::*;
@@ -134,7 +134,7 @@ impl<'s, 'm> Generation<'s, 'm> {
         };
         let secs = |d: Duration| d.as_secs_f64();
         let n = self.generated.len();
-        let rss = crate::bench::process_rss().map(|r| r.1);
+        let rss = crate::runtime::memory::process_rss().map(|r| r.1);
         GenStats {
             prompt_tokens: self.prompt_tokens,
             reused_tokens: self.reused_tokens,
@@ -151,7 +151,7 @@ impl<'s, 'm> Generation<'s, 'm> {
             },
             time_to_first_token: ttft,
             generation_time: gen_time,
-            peak_memory: crate::bench::mlx_memory().1,
+            peak_memory: crate::runtime::memory::mlx_memory().1,
             peak_rss: rss,
             draft: self.draft_stats,
         }

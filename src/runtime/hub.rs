@@ -1,7 +1,7 @@
 //! Model lookup: a bundle directory, or a Hugging Face repo id found in the local hub cache
 //! (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`) and downloaded with hf-hub when
 //! missing (unless `HF_HUB_OFFLINE=1`), with a progress bar and a stall timeout
-//! (`ZAYA_HF_TIMEOUT`, default 60 s without data). [`crate::generate::Zaya::load`] and every
+//! (`ZAYA_HF_TIMEOUT`, default 60 s without data). [`crate::runtime::Zaya::load`] and every
 //! command take either.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -262,7 +262,7 @@ impl Sampler {
 
     /// Samples the next id from one row of logits when the speculative decoder proposed `draft`:
     /// greedy → `(argmax, argmax == draft)`; otherwise the speculative acceptance rule
-    /// ([`crate::speculative::accept_draft`]) on the final distribution, with this sampler's RNG.
+    /// ([`crate::runtime::speculative::accept_draft`]) on the final distribution, with this sampler's RNG.
     /// Returns `(token, accepted)`; the token's distribution is that of [`Sampler::sample`].
     pub fn sample_draft(&mut self, logits: &Array, history: &[u32], draft: u32) -> Result<(u32, bool)> {
         let x = host(&self.process_logits(logits, history)?)?;
@@ -283,7 +283,7 @@ impl Sampler {
         self.weights = weights;
         let p = p?;
         let (u1, u2) = (self.rng.gen::<f64>(), self.rng.gen::<f64>());
-        Ok(crate::speculative::accept_draft(&p, draft, u1, u2))
+        Ok(crate::runtime::speculative::accept_draft(&p, draft, u1, u2))
     }
 
     /// Samples one id per row of `[B, V]` logits; `histories[b]` is row b's history.

@@ -2,7 +2,7 @@
 //! recent earlier occurrence of the sequence's last n tokens (n from [`DraftParams::max_ngram`]
 //! down to [`DraftParams::min_ngram`]) in the prompt and the generated text; the model verifies
 //! them in one forward chunk ([`crate::model::ZayaModel::forward_recorded`]) and the cache keeps
-//! exactly the accepted prefix ([`crate::cache::ModelCache::keep_recorded`]): the KV length is cut
+//! exactly the accepted prefix ([`crate::model::cache::ModelCache::keep_recorded`]): the KV length is cut
 //! and the CCA conv state and `prev_hs` are taken at the accepted position, so the state equals the
 //! one plain decoding reaches.
 //!

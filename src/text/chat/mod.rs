@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Result, ZayaError};
-use crate::tokenizer::{token_content, Tokenizer};
+use crate::text::tokenizer::{token_content, Tokenizer};
 
 /// One chat message. Serialises to the dict HF templates read (absent fields are left out, so
 /// `message.x is defined` behaves as in Python).

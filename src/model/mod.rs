@@ -1,5 +1,5 @@
 //! The ZAYA1 model (docs/model.md §2, §8): embedding, the 80 residual-scaled half-layers
-//! (even = CCA attention in [`crate::cca`], odd = MoE in [`crate::moe`]), the final residual scaling
+//! (even = CCA attention in [`crate::model::cca`], odd = MoE in [`crate::model::moe`]), the final residual scaling
 //! and RMSNorm, and the tied lm_head; loading from a [`Bundle`] / [`CanonicalWeights`] by canonical
 //! name; chunked prefill and one-token decode over a [`ModelCache`]; optional per-layer capture of
 //! hidden states, residuals and routes for parity checks.
@@ -17,6 +17,12 @@
 //! (`linear_backend: Plain`) runs stock MLX ops throughout and is the parity reference; both agree
 //! to ~1e-6 relative (tests/model_backends.rs). [`ZayaModel::decode_step_counted`] and
 //! [`ZayaModel::decode_step_profiled`] measure a decode step's graph and phases.
+pub mod cache;
+pub mod cca;
+pub mod moe;
+pub mod norm;
+pub mod plan;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -26,12 +32,12 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 
 use crate::bundle::{Bundle, CanonicalWeights};
-use crate::cache::{ModelCache, DEFAULT_KV_STEP};
-use crate::cca::{CcaAttention, CcaOptions};
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, GraphStats};
-use crate::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
+use crate::model::cache::{ModelCache, DEFAULT_KV_STEP};
+use crate::model::cca::{CcaAttention, CcaOptions};
+use crate::model::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
 use crate::quant::linear::{LinearBackend, QLinear, WeightSource};
 
 /// Default prefill chunk (positions per forward call inside [`ZayaModel::prefill`]).
@@ -77,7 +83,7 @@ impl Default for ModelOptions {
     }
 }
 
-pub use crate::norm::{ResScale, RmsNorm};
+pub use crate::model::norm::{ResScale, RmsNorm};
 
 /// One half-layer `model.layers.{n}`: residual scaling, input norm and either CCA attention (even
 /// n) or MoE (odd n).
@@ -309,8 +315,8 @@ impl ZayaModel {
 
     /// How each half-layer runs with these options and weights (decided by the same conditions
     /// the forward checks; tests/model_graph.rs checks it against a decode step's graph).
-    pub fn plan(&self) -> crate::plan::ExecutionPlan {
-        use crate::plan::{ExecutionPlan, LayerPlan, Path};
+    pub fn plan(&self) -> crate::model::plan::ExecutionPlan {
+        use crate::model::plan::{ExecutionPlan, LayerPlan, Path};
         let fused = self.fused_layers();
         let f32 = self.options.dtype == Dtype::Float32;
         let layers = self
@@ -383,7 +389,7 @@ impl ZayaModel {
                 h.update(v.to_le_bytes());
             }
         }
-        let f = crate::chat::hex(&h.finalize());
+        let f = crate::text::chat::hex(&h.finalize());
         Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 

@@ -9,9 +9,9 @@
 //! A two-turn chat on the tiny synthetic bundle (random weights, so the text is gibberish):
 //!
 //! ```
-//! use zaya_mlx::generate::{GenParams, Zaya};
+//! use zaya_mlx::runtime::{GenParams, Zaya};
 //! use zaya_mlx::model::ModelOptions;
-//! use zaya_mlx::synth::{write_bundle, SynthOptions, SynthSpec};
+//! use zaya_mlx::tools::synth::{write_bundle, SynthOptions, SynthSpec};
 //!
 //! # fn main() -> zaya_mlx::Result<()> {
 //! let dir = tempfile::tempdir().unwrap();
@@ -76,14 +76,20 @@
 //! decode (the padding rows of a vocabulary larger than the tokenizer's) are never sampled.
 use std::path::{Path, PathBuf};
 
-use crate::chat::ChatTemplate;
 use crate::error::{Result, ZayaError};
 use crate::model::{ModelOptions, ZayaModel};
-use crate::tokenizer::Tokenizer;
+use crate::text::chat::ChatTemplate;
+use crate::text::tokenizer::Tokenizer;
 
+pub mod engine;
 mod generation;
+pub mod hub;
+pub mod memory;
 mod params;
+pub mod prompt_cache;
+pub mod sampling;
 mod session;
+pub mod speculative;
 
 pub use generation::Generation;
 pub use params::{FinishReason, GenParams, GenStats, GenToken, IntoMessage, LogitsProcessor};
@@ -111,7 +117,7 @@ impl std::fmt::Debug for Zaya {
 }
 
 impl Zaya {
-    /// Loads the bundle in `dir` (a directory, or a Hugging Face repo id: see [`crate::hub`]): the
+    /// Loads the bundle in `dir` (a directory, or a Hugging Face repo id: see [`crate::runtime::hub`]): the
     /// model (see [`ZayaModel::load`]), `tokenizer.json` /
     /// `tokenizer_config.json` and the chat template when present. A bundle without
     /// `tokenizer.json` still generates from token ids ([`Session::generate_from_tokens`]).
@@ -119,7 +125,9 @@ impl Zaya {
         let given = dir.as_ref();
         // a Hugging Face repo id (`owner/name`) that is not a local path: the hub cache or a download
         let resolved = match given.to_str() {
-            Some(s) if !given.exists() && crate::hub::looks_like_repo_id(s) => crate::hub::resolve(s)?,
+            Some(s) if !given.exists() && crate::runtime::hub::looks_like_repo_id(s) => {
+                crate::runtime::hub::resolve(s)?
+            }
             _ => given.to_path_buf(),
         };
         let dir = resolved.as_path();

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use mlx_rs::{Array, Dtype};
 
-use crate::cache::ModelCache;
 use crate::error::{Result, ZayaError};
+use crate::model::cache::ModelCache;
 use crate::model::{ForwardOptions, LogitsMode, ZayaModel};
 
 /// Default relative bound max|Δ| ≤ rtol·max|ref| (the f32 parity bar).

@@ -15,8 +15,8 @@ use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::cache::{AttnCache, ModelCache};
 use crate::error::{Result, ZayaError};
+use crate::model::cache::{AttnCache, ModelCache};
 use crate::model::ZayaModel;
 
 /// `format` metadata value.

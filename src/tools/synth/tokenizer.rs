@@ -21,11 +21,11 @@ use tokenizers::{AddedToken, TokenizerBuilder};
 use crate::error::{Result, ZayaError};
 
 /// The committed synthetic `tokenizer.json`.
-pub const TOKENIZER_JSON: &str = include_str!("../../assets/synth/tokenizer.json");
+pub const TOKENIZER_JSON: &str = include_str!("../../../assets/synth/tokenizer.json");
 /// The synthetic ChatML-style `chat_template.jinja`.
-pub const CHAT_TEMPLATE: &str = include_str!("../../assets/synth/chat_template.jinja");
+pub const CHAT_TEMPLATE: &str = include_str!("../../../assets/synth/chat_template.jinja");
 /// The training text of the tokenizer.
-pub const CORPUS: &str = include_str!("../../assets/synth/corpus.txt");
+pub const CORPUS: &str = include_str!("../../../assets/synth/corpus.txt");
 
 /// Target vocabulary of the BPE training (specials + bytes + merges); the corpus yields fewer.
 pub const TRAIN_VOCAB: usize = 768;

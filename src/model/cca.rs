@@ -13,10 +13,10 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::ops::{broadcast_to, clip, concatenate, exp, maximum, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
-use crate::cache::{AttnCache, StepTrace};
 use crate::config::ZayaConfig;
 use crate::error::Result;
 use crate::ext::{self, ExtMode};
+use crate::model::cache::{AttnCache, StepTrace};
 use crate::quant::linear::{take_float, LinearBackend, QLinear, WeightSource};
 use crate::quant::WeightFormat;
 
@@ -87,7 +87,7 @@ pub struct CcaOptions {
     /// Run steps 2–7 as the fused ops ([`ext::cca_qk`], [`ext::cca_attention`]) and the projections
     /// as [`ext::affine_multi`] where they apply (f32 input).
     pub fused: bool,
-    /// Keep this forward's per-position state in the cache ([`crate::cache::ModelCache::keep_recorded`]).
+    /// Keep this forward's per-position state in the cache ([`crate::model::cache::ModelCache::keep_recorded`]).
     pub record: bool,
 }
 
@@ -390,7 +390,7 @@ impl CcaAttention {
     pub(crate) fn forward_batch(
         &self,
         x: &Array,
-        st: &mut crate::engine::BatchLayer,
+        st: &mut crate::runtime::engine::BatchLayer,
         lens: &[usize],
         mode: ExtMode,
     ) -> Result<Array> {

@@ -4,11 +4,11 @@ use std::time::Instant;
 
 use mlx_rs::Array;
 
-use crate::cache::ModelCache;
-use crate::chat::{ChatOptions, ChatTemplate, Message};
 use crate::error::{Result, ZayaError};
+use crate::model::cache::ModelCache;
 use crate::model::{ForwardOptions, LogitsMode};
-use crate::prompt_cache::{self, PromptCacheRef};
+use crate::runtime::prompt_cache::{self, PromptCacheRef};
+use crate::text::chat::{ChatOptions, ChatTemplate, Message};
 
 use super::*;
 
@@ -310,7 +310,7 @@ impl<'m> Session<'m> {
         Ok(ids.len())
     }
 
-    /// Saves the session to a prompt-cache file (see [`crate::prompt_cache`]): the model state, its
+    /// Saves the session to a prompt-cache file (see [`crate::runtime::prompt_cache`]): the model state, its
     /// token ids and the conversation, atomically. Refuses a path inside the model's bundle.
     pub fn save_prompt_cache(&self, path: impl AsRef<Path>) -> Result<()> {
         let state = serde_json::json!({

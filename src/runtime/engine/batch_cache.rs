@@ -9,9 +9,9 @@ use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
 use mlx_rs::ops::zeros_dtype;
 use mlx_rs::{Array, Dtype};
 
-use crate::cache::{AttnCache, ModelCache};
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
+use crate::model::cache::{AttnCache, ModelCache};
 
 /// One attention half-layer's state for the whole batch.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ pub use scheduler::{Engine, EngineOptions, EngineRequest, SeqEvent, SeqId, SeqSt
 pub use step::BatchStep;
 
 use crate::error::Result;
-use crate::generate::{FinishReason, GenParams, Zaya};
+use crate::runtime::{FinishReason, GenParams, Zaya};
 
 /// One prompt's result from [`batch_generate`].
 #[derive(Debug)]

@@ -9,10 +9,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::bundle::CanonicalWeights;
-use crate::cache::ModelCache;
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
+use crate::model::cache::ModelCache;
 use crate::model::ZayaModel;
+use crate::runtime::memory::{load_average, mlx_memory, process_rss, reset_mlx_peak, reset_peak_rss, rss_by_kind};
 
 /// Bytes one decode token must read, by category.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -149,61 +150,6 @@ fn median_rate_gbs(reps: usize, bytes: usize, mut pass: impl FnMut()) -> f64 {
         .collect();
     rates.sort_by(|a, b| a.total_cmp(b));
     rates[rates.len() / 2]
-}
-
-/// Process memory from /proc/self/status: (current RSS, peak RSS) in bytes. None where unavailable.
-pub fn process_rss() -> Option<(u64, u64)> {
-    status_bytes(["VmRSS:", "VmHWM:"])
-}
-
-/// Resident memory by kind from /proc/self/status: (anonymous, file-backed) bytes. File-backed
-/// pages are the touched parts of the memory-mapped bundle; anonymous ones are allocations.
-pub fn rss_by_kind() -> Option<(u64, u64)> {
-    status_bytes(["RssAnon:", "RssFile:"])
-}
-
-/// Two kB fields of /proc/self/status, in bytes.
-fn status_bytes(keys: [&str; 2]) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |k: &str| -> Option<u64> {
-        let line = s.lines().find(|l| l.starts_with(k))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
-    };
-    Some((field(keys[0])?, field(keys[1])?))
-}
-
-/// Resets the process's peak RSS (VmHWM) to the current RSS (Linux `clear_refs` 5). Returns false
-/// where that is unavailable (the peak then covers the whole process lifetime).
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// MLX allocator figures in bytes: (active, peak).
-pub fn mlx_memory() -> (u64, u64) {
-    let mut active = 0usize;
-    let mut peak = 0usize;
-    // SAFETY: plain queries of MLX's allocator.
-    unsafe {
-        mlx_sys::mlx_get_active_memory(&mut active);
-        mlx_sys::mlx_get_peak_memory(&mut peak);
-    }
-    (active as u64, peak as u64)
-}
-
-/// Resets MLX's peak-memory counter.
-pub fn reset_mlx_peak() {
-    // SAFETY: plain call into MLX's allocator.
-    unsafe {
-        mlx_sys::mlx_reset_peak_memory();
-    }
-}
-
-/// The 1-, 5- and 15-minute load averages from /proc/loadavg.
-pub fn load_average() -> Option<[f64; 3]> {
-    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let mut it = s.split_whitespace().map(|x| x.parse::<f64>().ok());
-    Some([it.next()??, it.next()??, it.next()??])
 }
 
 /// What a benchmark report says about the machine.
@@ -376,14 +322,6 @@ pub fn run_trial(
             0.0
         },
     })
-}
-
-/// `MemAvailable` of /proc/meminfo in bytes (Linux; `None` elsewhere).
-pub fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
 }
 
 /// Checks a benchmark's prompt and generation lengths against the model's context limit.

@@ -1,5 +1,5 @@
 //! `zaya synth`: random bundles in the exact JANGTQ format of `OsaurusAI/ZAYA1-8B-JANGTQ4`
-//! (docs/bundle-format.md §1) at any size, made with our own encoders ([`crate::quant::encode`]).
+//! (docs/bundle-format.md §1) at any size, made with our own encoders ([`crate::tools::encode`]).
 //!
 //! [`write_bundle`] streams the bundle: it plans every tensor, shard and byte offset first (the
 //! converter's tensor order and 1e9-byte shard rule, safetensors' in-file order), writes the
@@ -29,7 +29,7 @@ use safetensors::Dtype;
 pub use spec::{SynthSpec, AFFINE_BITS, PRESETS};
 
 use crate::error::{Result, ZayaError};
-use crate::quant::encode::{affine_quantize_f32, codebook_f32, random_signs, TqEncoder};
+use crate::tools::encode::{affine_quantize_f32, codebook_f32, random_signs, TqEncoder};
 use gen::{num_blocks, rows_per_block, BlockRng};
 use plan::{Content, FilePlan, Init, Loc, OutTensor, SourceTensor, PROJECTIONS};
 

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 
-use crate::cache::ModelCache;
 use crate::error::{Result, ZayaError};
-use crate::generate::{FinishReason, GenParams, GenToken, LogitsProcessor, Zaya};
-use crate::sampling::Sampler;
-use crate::tokenizer::{StopMatcher, StopReason, TextStream};
+use crate::model::cache::ModelCache;
+use crate::runtime::sampling::Sampler;
+use crate::runtime::{FinishReason, GenParams, GenToken, LogitsProcessor, Zaya};
+use crate::text::tokenizer::{StopMatcher, StopReason, TextStream};
 
 use super::BatchCache;
 
@@ -573,7 +573,7 @@ impl<'z> Engine<'z> {
         let id = seq.sampler.sample(&x, &seq.history)?;
         let logprobs = match seq.logprobs {
             Some(n) => {
-                let (logprob, top) = crate::sampling::token_logprobs(raw, id, n, zaya.vocab_limit())?;
+                let (logprob, top) = crate::runtime::sampling::token_logprobs(raw, id, n, zaya.vocab_limit())?;
                 Some(TokenLogprobs { logprob, top })
             }
             None => None,

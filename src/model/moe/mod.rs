@@ -26,7 +26,7 @@ use mlx_rs::{Array, Dtype};
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, TqCodec, TqWeights};
-use crate::norm::RmsNorm;
+use crate::model::norm::RmsNorm;
 use crate::quant::affine;
 use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 use crate::quant::turboquant::{rotate, TqMatrix};

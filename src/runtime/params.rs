@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use mlx_rs::Array;
 
-use crate::chat::Message;
 use crate::error::{Result, ZayaError};
-use crate::sampling::SamplingParams;
-use crate::speculative::{DraftParams, DraftStats};
+use crate::runtime::sampling::SamplingParams;
+use crate::runtime::speculative::{DraftParams, DraftStats};
+use crate::text::chat::Message;
 
 /// A function applied to the logits before sampling (e.g. constrained decoding): gets the token
 /// ids before the position being predicted (everything the cache holds) and the logits `[1, V]`

@@ -33,7 +33,9 @@ use rand_chacha::ChaCha8Rng;
 use zaya_mlx::ext::{self, ExtMode, TqCodec, TqWeights};
 use zaya_mlx::model::cache::AttnCache;
 use zaya_mlx::model::cca::CcaOptions;
-use zaya_mlx::model::moe::{silu, ExpertBackend, MoeOptions, SwitchMlp};
+use zaya_mlx::model::moe::experts::silu;
+use zaya_mlx::model::moe::{ExpertBackend, MoeStep, SwitchMlp};
+use zaya_mlx::model::plan::LayerPlan;
 use zaya_mlx::model::{ModelOptions, ZayaLayer, ZayaModel};
 use zaya_mlx::quant::linear::LinearBackend;
 use zaya_mlx::quant::turboquant::{rotate, TqMatrix};
@@ -90,7 +92,7 @@ fn load_models() -> Models {
         ModelOptions {
             expert_backend: ExpertBackend::Plain,
             linear_backend: LinearBackend::Plain,
-            conv_mode: ExtMode::Portable,
+            ext_mode: ExtMode::Portable,
             ..ModelOptions::default()
         },
     )
@@ -408,53 +410,48 @@ fn state_outputs(c: &AttnCache) -> Vec<Array> {
         .collect()
 }
 
-/// How a variant runs: conv implementation and expert backend.
+/// How a variant runs: its model's plan for attention and MoE half-layers.
 #[derive(Clone, Copy)]
 struct Variant {
-    conv: ExtMode,
-    backend: ExpertBackend,
-    /// The fused layer primitives (CCA q/k, attention, router, merges), as the fused model runs.
-    fused: bool,
+    attn: CcaOptions,
+    moe: MoeStep,
+}
+
+fn variant(model: &ZayaModel) -> Variant {
+    let plan = model.plan();
+    let attn_path = plan
+        .layers
+        .iter()
+        .find_map(|l| match l {
+            LayerPlan::Attention { path } => Some(*path),
+            _ => None,
+        })
+        .unwrap();
+    let moe_plan = *plan.layers.iter().find(|l| matches!(l, LayerPlan::Moe { .. })).unwrap();
+    Variant {
+        attn: CcaOptions {
+            path: attn_path,
+            ext: plan.ext,
+            kv_step: 256,
+            record: false,
+        },
+        moe: model.moe_step(moe_plan),
+    }
 }
 
 fn variants(m: &Models) -> [(&'static str, &ZayaModel, Variant); 2] {
     [
-        (
-            "fused",
-            &m.fused,
-            Variant {
-                conv: ExtMode::Auto,
-                backend: ExpertBackend::Fused,
-                fused: true,
-            },
-        ),
-        (
-            "plain",
-            &m.plain,
-            Variant {
-                conv: ExtMode::Portable,
-                backend: ExpertBackend::Plain,
-                fused: false,
-            },
-        ),
+        ("fused", &m.fused, variant(&m.fused)),
+        ("plain", &m.plain, variant(&m.plain)),
     ]
 }
 
 /// Attention block only (x = the input_norm output) of `layer` at `ctx` cached positions.
 fn run_attention(layer: &ZayaLayer, x: &Array, mut cache: AttnCache, ctx: usize, v: Variant) {
     let attn = layer.self_attn.as_ref().unwrap();
+    let (b, t) = (x.shape()[0], x.shape()[1]);
     let y = attn
-        .forward(
-            x,
-            &mut cache,
-            ctx,
-            CcaOptions {
-                record: false,
-                conv_mode: v.conv,
-                kv_step: 256,
-                fused: v.fused,
-            },
-        )
+        .forward(&x.reshape(&[b * t, H]).unwrap(), b, t, &mut cache, ctx, v.attn)
         .unwrap();
     let mut outs = state_outputs(&cache);
     outs.push(y);
@@ -490,34 +487,17 @@ fn run_half_layer(layer: &ZayaLayer, input: &HalfLayerInput, mut cache: AttnCach
     let (h, residual, prev_state) = input;
     let r = layer.res_scale.merge(Some(residual), h).unwrap();
     let x = layer.input_norm.forward(&r).unwrap();
+    let (b, t) = (x.shape()[0], x.shape()[1]);
+    let x2 = x.reshape(&[b * t, H]).unwrap();
     if let Some(attn) = &layer.self_attn {
-        let y = attn
-            .forward(
-                &x,
-                &mut cache,
-                offset,
-                CcaOptions {
-                    record: false,
-                    conv_mode: v.conv,
-                    kv_step: 256,
-                    fused: v.fused,
-                },
-            )
-            .unwrap();
+        let y = attn.forward(&x2, b, t, &mut cache, offset, v.attn).unwrap();
         let mut outs = state_outputs(&cache);
         outs.push(y);
         outs.push(r);
         mlx_rs::transforms::eval(outs.iter()).unwrap();
     } else {
-        let (b, t) = (x.shape()[0], x.shape()[1]);
-        let x2 = x.reshape(&[b * t, H]).unwrap();
         let moe = layer.zaya_block.as_ref().unwrap();
-        let opts = MoeOptions {
-            backend: v.backend,
-            fused_layers: v.fused,
-            ..MoeOptions::default()
-        };
-        let out = moe.forward(&x2, &x2, Some(prev_state), opts).unwrap();
+        let out = moe.forward(&x2, &x2, Some(prev_state), v.moe).unwrap();
         eval(&[&out.y, &out.state, &out.skipped, &r]);
     }
 }

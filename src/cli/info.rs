@@ -49,9 +49,9 @@ pub fn run(args: Args) -> Result<i32> {
     let res = inspect(&dir, &opts);
     // the execution plan of a valid bundle, with the default options
     let plan = match (&res, args.plan) {
-        (Ok(_), true) => {
-            Some(zaya_mlx::model::ZayaModel::load(&dir, zaya_mlx::model::ModelOptions::default()).map(|m| m.plan()))
-        }
+        (Ok(_), true) => Some(
+            zaya_mlx::model::ZayaModel::load(&dir, zaya_mlx::model::ModelOptions::default()).map(|m| m.plan().clone()),
+        ),
         _ => None,
     };
     if args.json {

@@ -42,7 +42,8 @@ pub use trace::*;
 use sys::zaya_ext_version;
 
 /// Which implementation of an extension op to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExtMode {
     /// The custom primitive where it has a kernel (CPU), the portable graph elsewhere.
     #[default]

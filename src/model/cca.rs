@@ -2,10 +2,10 @@
 //! causal conv over time (through [`ext::cca_conv`], carrying `conv_state`), the mean paths, fp32 L2
 //! q/k normalisation to √D with the key temperature, dual time-stream values (current token ‖ previous
 //! token via `prev_hs`), partial NeoX RoPE, GQA softmax attention over the KV cache, and `o_proj`.
-//! Two implementations: [`CcaAttention::forward`] in plain MLX ops (plus the conv primitive), and
-//! [`CcaAttention::forward_rows`], the fused path (projections as [`ext::affine_multi`] nodes, steps
-//! 2–6 as [`ext::cca_qk`], the cache append as [`ext::kv_append`], attention as
-//! [`ext::cca_attention`]).
+//! [`CcaAttention::forward`] runs the layer's planned path: plain MLX ops (plus the conv primitive),
+//! or the fused path (projections as [`ext::affine_multi`] nodes, steps 2–6 as [`ext::cca_qk`], the
+//! cache append as [`ext::kv_append`], attention as [`ext::cca_attention`]);
+//! [`CcaAttention::forward_batch`] is one decode step of a ragged batch.
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
@@ -17,6 +17,7 @@ use crate::config::ZayaConfig;
 use crate::error::Result;
 use crate::ext::{self, ExtMode};
 use crate::model::cache::{AttnCache, StepTrace};
+use crate::model::plan::Path;
 use crate::quant::linear::{take_float, LinearBackend, QLinear, WeightSource};
 use crate::quant::WeightFormat;
 
@@ -79,14 +80,16 @@ pub struct CcaAttention {
     pub dims: CcaDims,
 }
 
-/// Per-call options of the attention forward.
+/// How one attention forward runs: the layer's [`LayerPlan::Attention`](crate::model::plan::LayerPlan)
+/// path, how the mlx-ext ops execute, and the cache's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct CcaOptions {
-    pub conv_mode: ExtMode,
+    /// `Fused`: the projections as [`ext::affine_multi`] nodes, steps 2–6 as [`ext::cca_qk`], the
+    /// append as [`ext::kv_append`], attention as [`ext::cca_attention`] (f32 input only). `Plain`:
+    /// MLX ops around the [`ext::cca_conv`] primitive.
+    pub path: Path,
+    pub ext: ExtMode,
     pub kv_step: usize,
-    /// Run steps 2–7 as the fused ops ([`ext::cca_qk`], [`ext::cca_attention`]) and the projections
-    /// as [`ext::affine_multi`] where they apply (f32 input).
-    pub fused: bool,
     /// Keep this forward's per-position state in the cache ([`crate::model::cache::ModelCache::keep_recorded`]).
     pub record: bool,
 }
@@ -153,14 +156,31 @@ impl CcaAttention {
         })
     }
 
-    /// `x [B, T, H]` (input_norm output, compute dtype) at absolute position `offset` → `h_n [B, T, H]`.
-    /// Reads and updates the layer's KV cache, `conv_state` and `prev_hs`.
-    pub fn forward(&self, x: &Array, cache: &mut AttnCache, offset: usize, opts: CcaOptions) -> Result<Array> {
-        if opts.fused && x.dtype() == Dtype::Float32 {
-            let (b, t, h) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-            let y = self.forward_rows(&x.reshape(&[b * t, h])?, b, t, cache, offset, opts)?;
-            return Ok(y.reshape(&[b, t, h])?);
+    /// `x [B·T, H]` (input_norm output in the compute dtype, rows sequence-major) at absolute position
+    /// `offset` → `h_n [B·T, H]`. Reads and updates the layer's KV cache, `conv_state` and `prev_hs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &Array,
+        b: i32,
+        t: i32,
+        cache: &mut AttnCache,
+        offset: usize,
+        opts: CcaOptions,
+    ) -> Result<Array> {
+        match opts.path {
+            Path::Fused => self.forward_fused(x, b, t, cache, offset, opts),
+            Path::Plain => {
+                let hdim = self.dims.hidden as i32;
+                let y = self.forward_plain(&x.reshape(&[b, t, hdim])?, cache, offset, opts)?;
+                Ok(y.reshape(&[b * t, hdim])?)
+            }
         }
+    }
+
+    /// The plain path in MLX ops (plus the conv primitive), `x [B, T, H]` → `[B, T, H]`: the
+    /// parity reference of [`forward_fused`](Self::forward_fused).
+    fn forward_plain(&self, x: &Array, cache: &mut AttnCache, offset: usize, opts: CcaOptions) -> Result<Array> {
         let d = self.dims;
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let (hq, hk, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
@@ -190,7 +210,7 @@ impl CcaAttention {
             &f(&self.qkv.conv_qk[0].bias)?,
             &f(&self.qkv.conv_qk[1].weight)?,
             &f(&self.qkv.conv_qk[1].bias)?,
-            opts.conv_mode,
+            opts.ext,
         )?;
         cache.conv_state = Some(new_state);
 
@@ -271,7 +291,7 @@ impl CcaAttention {
 
     /// Two projections of one affine spec on the fused backend as one [`ext::affine_multi`] node, else
     /// two linears concatenated. Output f32 `[.., out_a + out_b]`.
-    fn project_pair(a: (&Array, &QLinear), b: (&Array, &QLinear)) -> Result<Array> {
+    fn project_pair(a: (&Array, &QLinear), b: (&Array, &QLinear), mode: ExtMode) -> Result<Array> {
         let spec = |l: &QLinear| match l.format {
             WeightFormat::Affine { bits, group_size }
                 if l.backend == LinearBackend::Fused && l.bias.value.is_none() =>
@@ -283,7 +303,7 @@ impl CcaAttention {
         match (spec(a.1), spec(b.1)) {
             (Some(sa), Some(sb)) if sa == sb => {
                 if let (Some(wa), Some(wb)) = (affine_weight(a.1), affine_weight(b.1)) {
-                    return ext::affine_multi(&[(a.0, wa), (b.0, wb)], sa.0, sa.1, ExtMode::Auto);
+                    return ext::affine_multi(&[(a.0, wa), (b.0, wb)], sa.0, sa.1, mode);
                 }
                 Self::project_pair_plain(a, b)
             }
@@ -301,12 +321,11 @@ impl CcaAttention {
         Ok(concatenate(&[ya, yb.reshape(&shape)?], -1)?)
     }
 
-    /// The fused forward over rows: `x [B·T, H]` (f32 input_norm output, sequence-major) →
-    /// `h_n [B·T, H]`. q/k projections as one node, values as one node, the conv, mean paths,
-    /// normalisation and RoPE as one ([`ext::cca_qk`]), the cache append, attention as one
-    /// ([`ext::cca_attention`]), then `o_proj`. Same results as [`forward`](Self::forward) on the
-    /// plain path. Other dtypes than f32 go through the plain forward.
-    pub fn forward_rows(
+    /// The fused path over rows: `x [B·T, H]` (f32) → `h_n [B·T, H]`. q/k projections as one node,
+    /// values as one node, the conv, mean paths, normalisation and RoPE as one ([`ext::cca_qk`]),
+    /// the cache append, attention as one ([`ext::cca_attention`]), then `o_proj`. Same results as
+    /// [`forward_plain`](Self::forward_plain).
+    fn forward_fused(
         &self,
         x: &Array,
         b: i32,
@@ -317,15 +336,6 @@ impl CcaAttention {
     ) -> Result<Array> {
         let d = self.dims;
         let hdim = d.hidden as i32;
-        if !opts.fused || x.dtype() != Dtype::Float32 {
-            let y = self.forward(
-                &x.reshape(&[b, t, hdim])?,
-                cache,
-                offset,
-                CcaOptions { fused: false, ..opts },
-            )?;
-            return Ok(y.reshape(&[b * t, hdim])?);
-        }
         let (hq, hk, hd) = (d.q_heads as i32, d.kv_heads as i32, d.head_dim as i32);
         let f32 = Dtype::Float32;
         let c = (hq + hk) * hd;
@@ -346,8 +356,8 @@ impl CcaAttention {
         cache.prev_hs = Some(last);
         // [q̃ ‖ k̃] and [v1(x_t) ‖ v2(x_{t-1})], rows [B·T, ·], two nodes. (All four as one node measured
         // 2% slower per decode step, alternating both in one process: more range starts per thread.)
-        let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k))?;
-        let values = Self::project_pair((x, &qkv.val_proj1), (&shifted, &qkv.val_proj2))?;
+        let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k), opts.ext)?;
+        let values = Self::project_pair((x, &qkv.val_proj1), (&shifted, &qkv.val_proj2), opts.ext)?;
 
         let state = match cache.conv_state.take() {
             Some(st) => st,
@@ -373,12 +383,12 @@ impl CcaAttention {
                 clamp_temp: d.clamp_temp,
                 offset,
             },
-            ExtMode::Auto,
+            opts.ext,
         )?;
         cache.conv_state = Some(out.conv_state);
         let (all_k, all_v, len) = cache.append(&out.k, &out.v, opts.kv_step)?;
         let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, true, ExtMode::Auto)?;
+        let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, true, opts.ext)?;
         self.o_proj.forward(&attn)
     }
 
@@ -398,8 +408,8 @@ impl CcaAttention {
         let qkv = &self.qkv;
         let prev = st.prev.take().expect("a batch row has prev_hs");
         st.prev = Some(x.clone());
-        let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k))?;
-        let values = Self::project_pair((x, &qkv.val_proj1), (&prev, &qkv.val_proj2))?;
+        let u = Self::project_pair((x, &qkv.linear_q), (x, &qkv.linear_k), mode)?;
+        let values = Self::project_pair((x, &qkv.val_proj1), (&prev, &qkv.val_proj2), mode)?;
         let state = st.conv.take().expect("a batch row has a conv state");
         let out = ext::cca_qk_rows(
             &u,

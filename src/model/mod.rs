@@ -37,7 +37,8 @@ use crate::error::{Result, ZayaError};
 use crate::ext::{self, ExtMode, GraphStats};
 use crate::model::cache::{ModelCache, DEFAULT_KV_STEP};
 use crate::model::cca::{CcaAttention, CcaOptions};
-use crate::model::moe::{ExpertBackend, ModSkip, MoeOptions, ZayaMoe};
+use crate::model::moe::{ExpertBackend, ModSkip, MoeStep, ZayaMoe};
+use crate::model::plan::{ExecutionPlan, LayerPlan, Path};
 use crate::quant::linear::{LinearBackend, QLinear, WeightSource};
 
 /// Default prefill chunk (positions per forward call inside [`ZayaModel::prefill`]).
@@ -56,8 +57,9 @@ pub struct ModelOptions {
     /// Linear implementation (attention, router, embedding, lm_head); fixed at build because it
     /// decides the stored dtypes.
     pub linear_backend: LinearBackend,
-    /// CCA conv implementation.
-    pub conv_mode: ExtMode,
+    /// How the mlx-ext ops execute (every fused primitive and the plain path's conv): `Auto` runs
+    /// the CPU kernel where the stream has one, `Portable` their plain-MLX-ops graphs.
+    pub ext_mode: ExtMode,
     /// Positions per chunk when a forward covers more tokens.
     pub prefill_chunk: usize,
     /// KV cache growth step in positions.
@@ -75,7 +77,7 @@ impl Default for ModelOptions {
             mod_skip: ModSkip::ScaledIdentity,
             expert_backend: ExpertBackend::Fused,
             linear_backend: LinearBackend::Fused,
-            conv_mode: ExtMode::Auto,
+            ext_mode: ExtMode::Auto,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             kv_step: DEFAULT_KV_STEP,
             fused_layers: true,
@@ -213,6 +215,9 @@ pub struct ZayaModel {
     pub lm_head: Option<QLinear>,
     config: ZayaConfig,
     options: ModelOptions,
+    /// How each half-layer runs, decided from the options and the weights at build and on
+    /// [`set_options`](Self::set_options); the forward passes follow it.
+    plan: ExecutionPlan,
     /// [`ZayaModel::fingerprint`], computed on first use.
     fingerprint: std::sync::OnceLock<String>,
 }
@@ -292,7 +297,7 @@ impl ZayaModel {
             Some(QLinear::load(&mut src, "lm_head", h, cfg.vocab_size, false, f32)?)
         };
         src.finish()?;
-        let model = ZayaModel {
+        let mut model = ZayaModel {
             model: ZayaBody {
                 embed_tokens,
                 layers,
@@ -302,8 +307,10 @@ impl ZayaModel {
             lm_head,
             config,
             options,
+            plan: ExecutionPlan::default(),
             fingerprint: std::sync::OnceLock::new(),
         };
+        model.plan = model.build_plan();
         // materialize the dtype conversions now (load time), not in the first forward
         {
             use mlx_rs::module::ModuleParameters;
@@ -313,14 +320,23 @@ impl ZayaModel {
         Ok(model)
     }
 
-    /// How each half-layer runs with these options and weights (decided by the same conditions
-    /// the forward checks; tests/model_graph.rs checks it against a decode step's graph).
-    pub fn plan(&self) -> crate::model::plan::ExecutionPlan {
-        use crate::model::plan::{ExecutionPlan, LayerPlan, Path};
-        let fused = self.fused_layers();
+    /// How each half-layer runs with these options and weights (tests/model_graph.rs checks it
+    /// against the primitives a decode step runs).
+    pub fn plan(&self) -> &ExecutionPlan {
+        &self.plan
+    }
+
+    /// Decides the plan: the fused per-layer primitives need [`ModelOptions::fused_layers`] with
+    /// the fused linear backend; attention also an f32 compute dtype, each router and expert set
+    /// weights its kernel reads, the MoE output op a fused router and experts.
+    fn build_plan(&self) -> ExecutionPlan {
+        let fused = self.options.fused_layers && self.options.linear_backend == LinearBackend::Fused;
         let f32 = self.options.dtype == Dtype::Float32;
-        let layers = self
-            .model
+        let body = &self.model;
+        let norms = fused
+            && body.layers.iter().all(|l| l.res_scale.fused_supported(&l.input_norm))
+            && body.res_scale.fused_supported(&body.final_norm);
+        let layers: Vec<LayerPlan> = body
             .layers
             .iter()
             .map(|l| match (&l.self_attn, &l.zaya_block) {
@@ -340,17 +356,22 @@ impl ZayaModel {
                 (None, None) => unreachable!("every half-layer is attention or MoE"),
             })
             .collect();
+        let batching = norms
+            && f32
+            && layers
+                .iter()
+                .all(|l| !matches!(l, LayerPlan::Attention { path: Path::Plain }));
         ExecutionPlan {
-            norms: Path::of(fused),
+            norms: Path::of(norms),
             layers,
-            batching: self.supports_batching(),
+            batching,
+            ext: self.options.ext_mode,
         }
     }
 
-    /// True when the fused per-layer primitives run ([`ModelOptions::fused_layers`] with the fused
-    /// linear backend).
+    /// True when the fused per-layer primitives run (the plan's norms are fused).
     pub fn fused_layers(&self) -> bool {
-        self.options.fused_layers && self.options.linear_backend == LinearBackend::Fused
+        self.plan.norms == Path::Fused
     }
 
     /// The model configuration.
@@ -408,6 +429,7 @@ impl ZayaModel {
             ));
         }
         self.options = options;
+        self.plan = self.build_plan();
         Ok(())
     }
 
@@ -705,6 +727,25 @@ impl ZayaModel {
         Ok((l, p))
     }
 
+    /// How a MoE half-layer with plan `p` runs.
+    pub fn moe_step(&self, p: LayerPlan) -> MoeStep {
+        let (router, experts, combine) = match p {
+            LayerPlan::Moe {
+                router,
+                experts,
+                combine,
+            } => (router, experts, combine),
+            LayerPlan::Attention { .. } => (Path::Plain, Path::Plain, Path::Plain),
+        };
+        MoeStep {
+            router,
+            experts,
+            combine,
+            mod_skip: self.options.mod_skip,
+            ext: self.plan.ext,
+        }
+    }
+
     /// The lm_head: `y [.., H]` f32 → logits f32 `[.., V]`.
     pub(crate) fn lm_head(&self, y: &Array) -> Result<Array> {
         let logits = match &self.lm_head {
@@ -740,41 +781,25 @@ impl ZayaModel {
         cache.begin_forward(t as usize);
         let offset = cache.offset();
         let dt = self.options.dtype;
-        let fused = self.fused_layers();
-        let cca_opts = CcaOptions {
-            conv_mode: self.options.conv_mode,
-            kv_step: cache.kv_step(),
-            fused,
-            record: cache.is_recording(),
-        };
-        let moe_opts = MoeOptions {
-            mod_skip: self.options.mod_skip,
-            backend: self.options.expert_backend,
-            fused_layers: fused,
-        };
+        let plan = &self.plan;
         let mut cap = capture.then(LayerCapture::default);
-        // The fused path carries the hidden and residual streams as rows [B·T, H] (no reshapes
-        // between sub-layers); the plain path as [B, T, H].
-        let rows = fused;
-        let to3 = |a: &Array| -> Result<Array> { Ok(if rows { a.reshape(&[b, t, hdim])? } else { a.clone() }) };
+        // both paths carry the hidden and residual streams as rows [B·T, H]
+        let to3 = |a: &Array| -> Result<Array> { Ok(a.reshape(&[b, t, hdim])?) };
 
-        let mut h = if rows {
-            self.model.embed_tokens.embed(&ids.reshape(&[b * t])?)? // [B·T, H] f32
-        } else {
-            self.model.embed_tokens.embed(ids)? // [B, T, H] f32
-        };
+        let mut h = self.model.embed_tokens.embed(&ids.reshape(&[b * t])?)?; // [B·T, H] f32
         if let (Some(d), Probe::Phases(p)) = (mark(probe, &[&h])?, &mut *probe) {
             p.embed += d;
         }
         let mut residual: Option<Array> = None;
         let mut router_state: Option<Array> = None;
         let mut skips: Vec<(usize, Array)> = Vec::new();
-        for layer in &self.model.layers {
+        for (layer, &layer_plan) in self.model.layers.iter().zip(&plan.layers) {
             let n = layer.index;
             // the norm in f32; the router reads it in f32, projections and experts in the compute dtype
-            let (r, x32) = layer
-                .res_scale
-                .merge_norm(residual.as_ref(), &h, &layer.input_norm, fused)?;
+            let (r, x32) =
+                layer
+                    .res_scale
+                    .merge_norm(residual.as_ref(), &h, &layer.input_norm, plan.norms, plan.ext)?;
             let x = if x32.dtype() == dt {
                 x32.clone()
             } else {
@@ -784,30 +809,26 @@ impl ZayaModel {
                 c.residual.push(to3(&r)?);
             }
             residual = Some(r);
-            h = if let Some(attn) = &layer.self_attn {
-                if rows {
-                    attn.forward_rows(&x, b, t, cache.attn_mut(n), offset, cca_opts)?
-                } else {
-                    attn.forward(&x, cache.attn_mut(n), offset, cca_opts)?
+            h = match (layer_plan, &layer.self_attn, &layer.zaya_block) {
+                (LayerPlan::Attention { path }, Some(attn), _) => {
+                    let opts = CcaOptions {
+                        path,
+                        ext: plan.ext,
+                        kv_step: cache.kv_step(),
+                        record: cache.is_recording(),
+                    };
+                    attn.forward(&x, b, t, cache.attn_mut(n), offset, opts)?
                 }
-            } else {
-                let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
-                let (xm, xr) = if rows {
-                    (x.clone(), x32.clone())
-                } else {
-                    (x.reshape(&[b * t, hdim])?, x32.reshape(&[b * t, hdim])?)
-                };
-                let out = moe.forward(&xm, &xr, router_state.as_ref(), moe_opts)?;
-                skips.push((n, out.skipped));
-                if let Some(c) = cap.as_mut() {
-                    c.routes.insert(n, out.route.reshape(&[b, t])?);
-                }
-                router_state = Some(out.state);
-                if rows {
+                (LayerPlan::Moe { .. }, _, Some(moe)) => {
+                    let out = moe.forward(&x, &x32, router_state.as_ref(), self.moe_step(layer_plan))?;
+                    skips.push((n, out.skipped));
+                    if let Some(c) = cap.as_mut() {
+                        c.routes.insert(n, out.route.reshape(&[b, t])?);
+                    }
+                    router_state = Some(out.state);
                     out.y
-                } else {
-                    out.y.reshape(&[b, t, hdim])?
                 }
+                _ => unreachable!("the plan follows the layers"),
             };
             if let Some(c) = cap.as_mut() {
                 c.hidden.push(to3(&h)?.as_dtype(Dtype::Float32)?);
@@ -828,24 +849,18 @@ impl ZayaModel {
             }
         }
         let (rs, norm) = (&self.model.res_scale, &self.model.final_norm);
+        let head = |r: Option<&Array>, h: &Array| -> Result<Array> {
+            self.lm_head(&rs.merge_norm(r, h, norm, plan.norms, plan.ext)?.1)
+        };
         let logits = match mode {
             LogitsMode::None => None,
-            LogitsMode::All => {
-                let y = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?;
-                Some(if rows { y.reshape(&[b, t, -1])? } else { y })
-            }
-            LogitsMode::Last if t == 1 => {
-                let y = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, fused)?.1)?;
-                Some(if rows { y.reshape(&[b, 1, -1])? } else { y })
-            }
+            LogitsMode::All => Some(head(residual.as_ref(), &h)?.reshape(&[b, t, -1])?),
+            LogitsMode::Last if t == 1 => Some(head(residual.as_ref(), &h)?.reshape(&[b, 1, -1])?),
             LogitsMode::Last => {
                 // only the last position: slice before the merge (elementwise, so the same values)
-                let h_last = to3(&h)?.index((.., t - 1..t, ..));
-                let r_last = match residual.as_ref() {
-                    Some(r) => Some(to3(r)?.index((.., t - 1..t, ..))),
-                    None => None,
-                };
-                Some(self.lm_head(&rs.merge_norm(r_last.as_ref(), &h_last, norm, fused)?.1)?)
+                let last = |a: &Array| -> Result<Array> { Ok(to3(a)?.index((.., t - 1, ..))) };
+                let r_last = residual.as_ref().map(last).transpose()?;
+                Some(head(r_last.as_ref(), &last(&h)?)?.reshape(&[b, 1, -1])?)
             }
         };
         if let Some(l) = &logits {

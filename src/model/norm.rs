@@ -8,6 +8,7 @@ use mlx_rs::{fast, Array, Dtype};
 
 use crate::error::Result;
 use crate::ext::{self, ExtMode};
+use crate::model::plan::Path;
 use crate::quant::linear::{take_float, take_float_opt, WeightSource};
 
 /// RMSNorm with a plain weight: `w ⊙ x / sqrt(mean(x²) + eps)` (input cast to the weight dtype,
@@ -76,41 +77,52 @@ impl ResScale {
         })
     }
 
-    /// [`merge`](Self::merge) followed by `norm` as one fused op: returns `(R' + h', norm(R' + h'))`,
-    /// both f32. Falls back to the separate ops when the weights are not all f32.
+    /// True when [`merge_norm`](Self::merge_norm) can run fused with `norm`: every weight f32.
+    pub fn fused_supported(&self, norm: &RmsNorm) -> bool {
+        let f32 = Dtype::Float32;
+        norm.weight.dtype() == f32
+            && self.hidden_states_scale.dtype() == f32
+            && self.hidden_states_bias.dtype() == f32
+            && self.residual_scale.value.as_ref().is_none_or(|s| s.dtype() == f32)
+            && self.residual_bias.value.as_ref().is_none_or(|b| b.dtype() == f32)
+    }
+
+    /// [`merge`](Self::merge) followed by `norm`: returns `(R' + h', norm(R' + h'))`, both f32; one
+    /// fused op ([`ext::res_norm`]) on the fused path (requires
+    /// [`fused_supported`](Self::fused_supported)), MLX ops on the plain one.
     pub fn merge_norm(
         &self,
         residual: Option<&Array>,
         h: &Array,
         norm: &RmsNorm,
-        fused: bool,
+        path: Path,
+        mode: ExtMode,
     ) -> Result<(Array, Array)> {
-        let f32 = Dtype::Float32;
-        let pair = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
-            (Some(s), Some(b)) if residual.is_some() => Some((s, b)),
-            _ => None,
-        };
-        let all_f32 = norm.weight.dtype() == f32
-            && self.hidden_states_scale.dtype() == f32
-            && self.hidden_states_bias.dtype() == f32
-            && pair.is_none_or(|(s, b)| s.dtype() == f32 && b.dtype() == f32)
-            && residual.is_none_or(|r| r.dtype() == f32);
-        if !fused || !all_f32 {
-            let r = self.merge(residual, h)?;
-            let x = norm.forward(&r)?;
-            return Ok((r, x));
+        match path {
+            Path::Plain => {
+                let r = self.merge(residual, h)?;
+                let x = norm.forward(&r)?;
+                Ok((r, x))
+            }
+            Path::Fused => {
+                let f32 = Dtype::Float32;
+                let pair = match (self.residual_scale.value.as_ref(), self.residual_bias.value.as_ref()) {
+                    (Some(s), Some(b)) if residual.is_some() => Some((s, b)),
+                    _ => None,
+                };
+                let h = if h.dtype() == f32 { h.clone() } else { h.as_dtype(f32)? };
+                ext::res_norm(
+                    &h,
+                    residual,
+                    &self.hidden_states_bias,
+                    &self.hidden_states_scale,
+                    pair,
+                    &norm.weight,
+                    norm.eps,
+                    mode,
+                )
+            }
         }
-        let h = if h.dtype() == f32 { h.clone() } else { h.as_dtype(f32)? };
-        ext::res_norm(
-            &h,
-            residual,
-            &self.hidden_states_bias,
-            &self.hidden_states_scale,
-            pair,
-            &norm.weight,
-            norm.eps,
-            ExtMode::Auto,
-        )
     }
 
     /// Scales `(R, h)` and merges them: returns the new residual stream `R' + h'` (or `h'`), f32.

@@ -4,12 +4,15 @@
 //! holds exactly the fused primitives the plan names.
 use serde::Serialize;
 
+use crate::ext::ExtMode;
+
 /// One implementation choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum Path {
     /// Our fused mlx-ext primitive(s).
     Fused,
     /// Plain MLX ops (the reference path).
+    #[default]
     Plain,
 }
 
@@ -35,15 +38,19 @@ pub enum LayerPlan {
 }
 
 /// The whole model's plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExecutionPlan {
     /// Residual merge + RMSNorm of every half-layer (`res_norm` or MLX ops); the fused path also
     /// carries the hidden state as rows `[B·T, H]` between half-layers.
     pub norms: Path,
     /// Per half-layer, in order.
     pub layers: Vec<LayerPlan>,
-    /// Whether several sequences can decode as one batch (`ZayaModel::decode_batch`).
+    /// Whether several sequences can decode as one batch (`ZayaModel::decode_batch`): the fused
+    /// norms and attention everywhere, f32.
     pub batching: bool,
+    /// How the fused primitives (and the plain path's conv primitive) execute: `Auto` = the CPU
+    /// kernel where the stream has one, else the op's portable graph of MLX ops.
+    pub ext: ExtMode,
 }
 
 impl std::fmt::Display for ExecutionPlan {
@@ -51,6 +58,12 @@ impl std::fmt::Display for ExecutionPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = |p: Path| if p == Path::Fused { "fused" } else { "plain" };
         writeln!(f, "residual merge + norm: {}", name(self.norms))?;
+        let ext = match self.ext {
+            ExtMode::Auto => "auto (CPU kernels where the stream has them, else portable graphs)",
+            ExtMode::Portable => "portable (plain-MLX-ops graphs)",
+            ExtMode::Primitive => "primitive (CPU kernels only)",
+        };
+        writeln!(f, "mlx-ext ops: {ext}")?;
         let mut seen: Vec<(LayerPlan, usize)> = Vec::new();
         for l in &self.layers {
             match seen.iter_mut().find(|(x, _)| x == l) {

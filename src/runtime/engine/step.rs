@@ -6,7 +6,8 @@ use mlx_rs::Array;
 
 use crate::error::{Result, ZayaError};
 use crate::ext::ExtMode;
-use crate::model::moe::MoeOptions;
+use crate::model::moe::MoeStep;
+use crate::model::plan::LayerPlan;
 use crate::model::ZayaModel;
 
 use super::BatchCache;
@@ -22,10 +23,10 @@ pub struct BatchStep {
 }
 
 impl ZayaModel {
-    /// True when [`decode_batch`](Self::decode_batch) runs: the fused f32 path (the default
-    /// options). Otherwise a batch decodes its sequences one after another.
+    /// True when [`decode_batch`](Self::decode_batch) runs: the plan's fused f32 norms and
+    /// attention (the default options). Otherwise a batch decodes its sequences one after another.
     pub fn supports_batching(&self) -> bool {
-        self.fused_layers() && self.options().dtype == mlx_rs::Dtype::Float32
+        self.plan().batching
     }
 
     /// One decode step for the N sequences of `batch`: `tokens[b]` is fed to row `b` at its own
@@ -33,11 +34,11 @@ impl ZayaModel {
     /// one position. Each row gets what a single-sequence [`decode_step`](Self::decode_step) gives
     /// it (up to float summation order).
     pub fn decode_batch(&self, tokens: &[u32], batch: &mut BatchCache, routes: bool) -> Result<BatchStep> {
-        self.decode_batch_with(tokens, batch, routes, ExtMode::Auto)
+        self.decode_batch_with(tokens, batch, routes, self.plan().ext)
     }
 
-    /// [`decode_batch`](Self::decode_batch) with the attention primitives built in `mode`
-    /// (`Portable`: their plain-MLX-ops reference graphs, for tests).
+    /// [`decode_batch`](Self::decode_batch) with the mlx-ext ops built in `mode` whatever the plan
+    /// says (`Portable`: their plain-MLX-ops reference graphs, for tests).
     pub fn decode_batch_with(
         &self,
         tokens: &[u32],
@@ -93,7 +94,7 @@ impl ZayaModel {
     /// name, most frequent first, with the total; built on a copy of `batch`, nothing evaluated.
     pub fn decode_batch_graph(&self, tokens: &[u32], batch: &BatchCache) -> Result<(i64, Vec<(String, i64)>)> {
         let mut copy = batch.clone();
-        let (logits, _) = self.build_batch_step(tokens, &mut copy, false, ExtMode::Auto)?;
+        let (logits, _) = self.build_batch_step(tokens, &mut copy, false, self.plan().ext)?;
         let mut outs: Vec<&Array> = vec![&logits];
         outs.extend(copy.arrays());
         let total = crate::ext::graph_nodes(&outs)?.nodes;
@@ -111,35 +112,38 @@ impl ZayaModel {
         batch.reserve_step()?;
         let n = tokens.len() as i32;
         let lens = batch.lens().to_vec();
-        let moe_opts = MoeOptions {
-            mod_skip: self.options().mod_skip,
-            backend: self.options().expert_backend,
-            fused_layers: true,
-        };
+        let plan = self.plan();
         let ids = Array::from_slice(tokens, &[n]);
         let mut h = self.model.embed_tokens.embed(&ids)?; // [N, H] f32
         let mut residual: Option<Array> = None;
         let mut router_state: Option<Array> = None;
         let mut route_arrays = Vec::new();
-        for layer in &self.model.layers {
+        for (layer, &layer_plan) in self.model.layers.iter().zip(&plan.layers) {
             let (r, x) = layer
                 .res_scale
-                .merge_norm(residual.as_ref(), &h, &layer.input_norm, true)?;
+                .merge_norm(residual.as_ref(), &h, &layer.input_norm, plan.norms, mode)?;
             residual = Some(r);
-            h = if let Some(attn) = &layer.self_attn {
-                attn.forward_batch(&x, batch.layer_mut(layer.index), &lens, mode)?
-            } else {
-                let moe = layer.zaya_block.as_ref().expect("odd layers are MoE");
-                let out = moe.forward(&x, &x, router_state.as_ref(), moe_opts)?;
-                router_state = Some(out.state);
-                if routes {
-                    route_arrays.push(out.route);
+            h = match (layer_plan, &layer.self_attn, &layer.zaya_block) {
+                (LayerPlan::Attention { .. }, Some(attn), _) => {
+                    attn.forward_batch(&x, batch.layer_mut(layer.index), &lens, mode)?
                 }
-                out.y
+                (LayerPlan::Moe { .. }, _, Some(moe)) => {
+                    let step = MoeStep {
+                        ext: mode,
+                        ..self.moe_step(layer_plan)
+                    };
+                    let out = moe.forward(&x, &x, router_state.as_ref(), step)?;
+                    router_state = Some(out.state);
+                    if routes {
+                        route_arrays.push(out.route);
+                    }
+                    out.y
+                }
+                _ => unreachable!("the plan follows the layers"),
             };
         }
         let (rs, norm) = (&self.model.res_scale, &self.model.final_norm);
-        let logits = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, true)?.1)?;
+        let logits = self.lm_head(&rs.merge_norm(residual.as_ref(), &h, norm, plan.norms, mode)?.1)?;
         Ok((logits, route_arrays))
     }
 }

@@ -877,6 +877,20 @@ impl ZayaModel {
     }
 }
 
+/// mlx-rs's module interface: `(tokens, cache)` → logits, the same as [`ZayaModel::forward`].
+/// The half-layers keep inherent forwards because each takes its own part of the per-sequence
+/// state and the plan's choice for it.
+impl<'a> mlx_rs::module::Module<(&'a Array, &'a mut ModelCache)> for ZayaModel {
+    type Output = Array;
+    type Error = ZayaError;
+
+    fn forward(&mut self, (tokens, cache): (&'a Array, &'a mut ModelCache)) -> Result<Array> {
+        ZayaModel::forward(self, tokens, cache)
+    }
+
+    fn training_mode(&mut self, _mode: bool) {}
+}
+
 /// What one chunk produced.
 struct ChunkOut {
     logits: Option<Array>,

@@ -53,6 +53,18 @@ pub struct ResScale {
     pub residual_bias: Param<Option<Array>>,
 }
 
+/// mlx-rs's unary-module interface (`Module<&Array>`): the same as [`RmsNorm::forward`].
+impl mlx_rs::module::Module<&Array> for RmsNorm {
+    type Output = Array;
+    type Error = crate::error::ZayaError;
+
+    fn forward(&mut self, x: &Array) -> Result<Array> {
+        RmsNorm::forward(self, x)
+    }
+
+    fn training_mode(&mut self, _mode: bool) {}
+}
+
 impl ResScale {
     /// Loads `base` (= `….res_scale`); `residual`: whether the residual pair must exist.
     pub fn load(src: &mut WeightSource, base: &str, dim: usize, residual: bool) -> Result<Self> {

@@ -298,6 +298,18 @@ pub(crate) fn spec_of(format: &WeightFormat) -> Option<QuantSpec> {
     }
 }
 
+/// mlx-rs's unary-module interface (`Module<&Array>`): the same as [`QLinear::forward`].
+impl mlx_rs::module::Module<&Array> for QLinear {
+    type Output = Array;
+    type Error = crate::error::ZayaError;
+
+    fn forward(&mut self, x: &Array) -> Result<Array> {
+        QLinear::forward(self, x)
+    }
+
+    fn training_mode(&mut self, _mode: bool) {}
+}
+
 impl QLinear {
     /// Builds the layer `base` (`[out, in]`) from the weight source, for the source's linear
     /// backend. Plain: float weights are converted to `dtype` once here, affine scales/biases to f32.

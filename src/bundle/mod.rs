@@ -8,7 +8,8 @@
 //! MLX layout `[out, k, in/groups]` and no `lm_head` when embeddings are tied.
 //!
 //! Submodules: [`shards`] (files, headers, mappings), [`mmap`] (zero-copy arrays), `layout` (stored
-//! names → canonical plan), `validate` (expected set, formats, sidecar), [`summary`] (`zaya info`).
+//! names → canonical plan), `expected` (the tensor set a config implies, parameter counts), `validate`
+//! (formats, shapes, dtypes), `sidecar` (the TurboQuant sidecar), [`summary`] (`zaya info`).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -20,9 +21,11 @@ use crate::config::{JangConfig, ZayaConfig};
 use crate::error::{Result, ZayaError};
 use crate::quant::WeightFormat;
 
+mod expected;
 mod layout;
 pub mod mmap;
 pub mod shards;
+mod sidecar;
 pub mod sigbus;
 pub mod summary;
 mod validate;

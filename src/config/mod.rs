@@ -2,12 +2,24 @@
 //! 80-half-layer configs with `cca_num_q_heads` or `num_attention_heads`, and the upstream
 //! transformers 40-block config), `jang_config.json` and `generation_config.json` into one
 //! normalized [`ZayaConfig`]. Inconsistent or unknown configs are typed errors naming the field.
-use std::collections::BTreeMap;
+//!
+//! config.json itself is parsed here; its `quantization` block in `quantization`, the side files in
+//! `jang` and `generation`, and the typed JSON field access they share in `fields`.
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{Result, ZayaError};
+
+mod fields;
+mod generation;
+mod jang;
+mod quantization;
+
+pub(crate) use fields::Fields;
+pub use generation::GenerationConfig;
+pub use jang::JangConfig;
+pub use quantization::{QuantOverride, QuantizationConfig};
 
 /// End-of-turn token id of the ZAYA tokenizer (`<|im_end|>` / `<end_of_turn>`).
 pub const END_OF_TURN_ID: u32 = 106;
@@ -19,31 +31,6 @@ pub enum ConfigRevision {
     Legacy,
     /// Upstream transformers config: 40 `hybrid` blocks (`layer_types`), `num_experts_per_tok`...
     Upstream,
-}
-
-/// Per-module quantization override of the `quantization` block.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantOverride {
-    pub bits: Option<u32>,
-    pub group_size: Option<u32>,
-    pub mode: Option<String>,
-}
-
-/// The `quantization` block of config.json (mlx-lm convention), non-module keys skipped.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct QuantizationConfig {
-    pub bits: Option<u32>,
-    pub group_size: Option<u32>,
-    /// "affine" (default) or "mxfp4".
-    pub mode: Option<String>,
-    /// `routed_expert_bits` (JANGTQ), descriptive; `None` when absent or given per projection
-    /// (JANGTQ_K writes an object; the per-tensor `tq_bits` are authoritative anyway).
-    pub routed_expert_bits: Option<u32>,
-    /// `embed_bits`: jang's converters give the embedding's (and an untied lm_head's) width here
-    /// instead of as a module override. Read leniently (absent or not an integer → `None`).
-    pub embed_bits: Option<u32>,
-    /// Per-module overrides keyed by module path (e.g. `model.embed_tokens`).
-    pub overrides: BTreeMap<String, QuantOverride>,
 }
 
 /// Normalized ZAYA configuration. Layer counts are always in **half-layers** (even = CCA
@@ -507,274 +494,6 @@ pub fn check_dims(file: &str, dims: &[(&str, usize)]) -> Result<()> {
     Ok(())
 }
 
-impl QuantizationConfig {
-    /// Keys of the block that are not module overrides.
-    const NON_MODULE_KEYS: &'static [&'static str] = &[
-        "bits",
-        "group_size",
-        "mode",
-        "routed_expert_bits",
-        "mxtq_bits",
-        "expert_layout",
-        "quant_method",
-        "embed_bits",
-        "router_bits",
-    ];
-
-    fn from_value(v: &Value, file: &str) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| ZayaError::config(file, "quantization", "must be an object"))?;
-        let f = Fields { obj, file };
-        let mut q = QuantizationConfig {
-            bits: f.u32("bits")?,
-            group_size: f.u32("group_size")?,
-            mode: f.str("mode")?,
-            routed_expert_bits: match obj.get("routed_expert_bits") {
-                Some(Value::Object(_)) => None,
-                _ => f.u32("routed_expert_bits")?,
-            },
-            embed_bits: obj.get("embed_bits").and_then(Value::as_u64).map(|v| v as u32),
-            overrides: BTreeMap::new(),
-        };
-        for (k, v) in obj {
-            if Self::NON_MODULE_KEYS.contains(&k.as_str()) {
-                continue;
-            }
-            // `false` means "not quantized"; objects carry overrides; anything else is ignored
-            if let Some(o) = v.as_object() {
-                let of = Fields { obj: o, file };
-                q.overrides.insert(
-                    k.clone(),
-                    QuantOverride {
-                        bits: of.u32("bits")?,
-                        group_size: of.u32("group_size")?,
-                        mode: of.str("mode")?,
-                    },
-                );
-            }
-        }
-        if let Some(b) = q.bits {
-            if ![2, 3, 4, 5, 6, 8].contains(&b) {
-                return Err(ZayaError::config(
-                    file,
-                    "quantization.bits",
-                    format!("{b} is not a supported bit width"),
-                ));
-            }
-        }
-        Ok(q)
-    }
-}
-
-/// `jang_config.json` of JANG/JANGTQ bundles.
-#[derive(Debug, Clone, Default)]
-pub struct JangConfig {
-    pub version: Option<u64>,
-    pub weight_format: Option<String>,
-    pub profile: Option<String>,
-    pub mxtq_seed: Option<u64>,
-    /// `tq_in_features`: module base → in_features.
-    pub tq_in_features: BTreeMap<String, usize>,
-    /// `mxtq_bits.routed_expert`, as a number or per projection (JANGTQ_K).
-    pub routed_expert_bits: BTreeMap<String, u32>,
-    pub group_size: Option<u32>,
-    pub raw: Value,
-}
-
-impl JangConfig {
-    /// Reads `dir/jang_config.json` if present.
-    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join("jang_config.json");
-        if !path.exists() {
-            return Ok(None);
-        }
-        let text = crate::files::read_text_limited(&path, crate::files::MAX_CONFIG_BYTES)?;
-        Self::from_json_str(&text, "jang_config.json").map(Some)
-    }
-
-    pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
-        let raw: Value = serde_json::from_str(text)
-            .map_err(|e| ZayaError::config(file, "<json>", format!("not valid JSON: {e}")))?;
-        let obj = raw
-            .as_object()
-            .ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
-        let f = Fields { obj, file };
-        let mut tq_in_features = BTreeMap::new();
-        if let Some(m) = obj.get("tq_in_features").and_then(Value::as_object) {
-            for (k, v) in m {
-                let n = v
-                    .as_u64()
-                    .ok_or_else(|| ZayaError::config(file, format!("tq_in_features.{k}"), "must be an integer"))?;
-                tq_in_features.insert(k.clone(), n as usize);
-            }
-        }
-        let mut routed_expert_bits = BTreeMap::new();
-        if let Some(re) = obj.get("mxtq_bits").and_then(|m| m.get("routed_expert")) {
-            match re {
-                Value::Number(n) => {
-                    let b = n
-                        .as_u64()
-                        .ok_or_else(|| ZayaError::config(file, "mxtq_bits.routed_expert", "must be an integer"))?;
-                    for p in ["gate_proj", "up_proj", "down_proj"] {
-                        routed_expert_bits.insert(p.to_string(), b as u32);
-                    }
-                }
-                Value::Object(m) => {
-                    for (k, v) in m {
-                        let b = v.as_u64().ok_or_else(|| {
-                            ZayaError::config(file, format!("mxtq_bits.routed_expert.{k}"), "must be an integer")
-                        })?;
-                        routed_expert_bits.insert(k.clone(), b as u32);
-                    }
-                }
-                _ => {
-                    return Err(ZayaError::config(
-                        file,
-                        "mxtq_bits.routed_expert",
-                        "must be a number or an object",
-                    ))
-                }
-            }
-        }
-        Ok(JangConfig {
-            version: f.usize("version")?.map(|v| v as u64),
-            weight_format: f.str("weight_format")?,
-            profile: f.str("profile")?,
-            mxtq_seed: f.usize("mxtq_seed")?.map(|v| v as u64),
-            tq_in_features,
-            routed_expert_bits,
-            group_size: obj
-                .get("quantization")
-                .and_then(|q| q.get("group_size"))
-                .and_then(Value::as_u64)
-                .map(|v| v as u32),
-            raw: raw.clone(),
-        })
-    }
-}
-
-/// `generation_config.json`.
-#[derive(Debug, Clone, Default)]
-pub struct GenerationConfig {
-    pub eos_token_ids: Vec<u32>,
-    pub bos_token_id: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<u32>,
-    pub raw: Value,
-}
-
-impl GenerationConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = crate::files::read_text_limited(path, crate::files::MAX_CONFIG_BYTES)?;
-        Self::from_json_str(&text, "generation_config.json")
-    }
-
-    /// Parses the file. The end-of-turn id 106 is always included: some published bundles had
-    /// `eos_token_id = 1` only (docs/model.md §5.2).
-    pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
-        let raw: Value = serde_json::from_str(text)
-            .map_err(|e| ZayaError::config(file, "<json>", format!("not valid JSON: {e}")))?;
-        let obj = raw
-            .as_object()
-            .ok_or_else(|| ZayaError::config(file, "<root>", "must be a JSON object"))?;
-        let f = Fields { obj, file };
-        let mut eos = f.ids("eos_token_id")?;
-        if !eos.contains(&END_OF_TURN_ID) {
-            eos.push(END_OF_TURN_ID);
-        }
-        Ok(GenerationConfig {
-            eos_token_ids: eos,
-            bos_token_id: f.u32("bos_token_id")?,
-            temperature: f.f64("temperature")?.map(|v| v as f32),
-            top_p: f.f64("top_p")?.map(|v| v as f32),
-            top_k: f.u32("top_k")?,
-            raw: raw.clone(),
-        })
-    }
-}
-
-/// Typed access to the fields of a JSON object (`null` = absent), with errors that name the file
-/// and the field. Shared by the config parsers and `zaya synth --config`.
-pub(crate) struct Fields<'a> {
-    pub(crate) obj: &'a Map<String, Value>,
-    pub(crate) file: &'a str,
-}
-
-impl Fields<'_> {
-    pub(crate) fn get(&self, k: &str) -> Option<&Value> {
-        self.obj.get(k).filter(|v| !v.is_null())
-    }
-    pub(crate) fn u64(&self, k: &str) -> Result<Option<u64>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a non-negative integer, found {v}"))),
-        }
-    }
-    pub(crate) fn usize(&self, k: &str) -> Result<Option<usize>> {
-        Ok(self.u64(k)?.map(|n| n as usize))
-    }
-    pub(crate) fn req_usize(&self, k: &str) -> Result<usize> {
-        self.usize(k)?.ok_or_else(|| ZayaError::config(self.file, k, "missing"))
-    }
-    pub(crate) fn u32(&self, k: &str) -> Result<Option<u32>> {
-        match self.usize(k)? {
-            None => Ok(None),
-            Some(n) => u32::try_from(n)
-                .map(Some)
-                .map_err(|_| ZayaError::config(self.file, k, format!("{n} is too large"))),
-        }
-    }
-    pub(crate) fn f64(&self, k: &str) -> Result<Option<f64>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a number, found {v}"))),
-        }
-    }
-    pub(crate) fn bool(&self, k: &str) -> Result<Option<bool>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected true/false, found {v}"))),
-        }
-    }
-    pub(crate) fn str(&self, k: &str) -> Result<Option<String>> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| ZayaError::config(self.file, k, format!("expected a string, found {v}"))),
-        }
-    }
-    /// An id or a list of ids.
-    pub(crate) fn ids(&self, k: &str) -> Result<Vec<u32>> {
-        let bad =
-            |v: &Value| ZayaError::config(self.file, k, format!("expected a token id or a list of ids, found {v}"));
-        match self.get(k) {
-            None => Ok(vec![]),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(x)))
-                .collect(),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(|n| vec![n])
-                .ok_or_else(|| bad(v)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -895,21 +614,5 @@ mod tests {
         let mut c = ZayaConfig::from_value(legacy(), "config.json").unwrap();
         c.merge_eos(&g.eos_token_ids);
         assert_eq!(c.eos_token_ids, vec![106, 1]);
-    }
-
-    #[test]
-    fn jang_config_per_projection_bits() {
-        let j = JangConfig::from_json_str(
-            r#"{"version":2,"weight_format":"mxtq","profile":"JANGTQ_K","mxtq_seed":42,
-                "mxtq_bits":{"routed_expert":{"gate_proj":2,"up_proj":2,"down_proj":4}},
-                "tq_in_features":{"model.layers.1.zaya_block.experts.switch_mlp.gate_proj":2048},
-                "quantization":{"method":"affine+mxtq","group_size":32,"bits_default":4}}"#,
-            "jang_config.json",
-        )
-        .unwrap();
-        assert_eq!(j.routed_expert_bits["down_proj"], 4);
-        assert_eq!(j.routed_expert_bits["gate_proj"], 2);
-        assert_eq!(j.group_size, Some(32));
-        assert_eq!(j.tq_in_features.len(), 1);
     }
 }

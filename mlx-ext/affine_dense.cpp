@@ -4,6 +4,7 @@
 // Same kernel structure as the affine matmul (simd_impl.inc: threads over output rows, R×T register
 // tiles, software prefetch). Portable path: mx::matmul with the weight cast to f32, plus the bias.
 #include <cstring>
+#include <tuple>
 
 #include "common.h"
 #include "simd_kernels.h"
@@ -14,7 +15,6 @@ namespace {
 struct DenseDims {
   int64_t N;
   int in, out, wtype, btype, has_bias;
-  bool operator==(const DenseDims&) const = default;
 };
 
 struct DensePtrs {
@@ -40,13 +40,13 @@ void run_dense(const DensePtrs& p, const DenseDims& d, const kern::Table* tab) {
   }, kStreamChunks);
 }
 
-class DenseMatmul : public CpuOnlyUnary {
+class DenseMatmul : public CpuPrimitive {
  public:
   DenseMatmul(mx::Stream stream, DenseDims d, const kern::Table* tab)
-      : CpuOnlyUnary(stream), d_(d), tab_(tab) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+      : CpuPrimitive(stream), d_(d), tab_(tab) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    DensePtrs p{nullptr, in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr, out.data<float>()};
+    DensePtrs p{nullptr, in[1].data<void>(), d_.has_bias ? in[2].data<void>() : nullptr, out[0].data<float>()};
     enc.dispatch(traced(name(), [p, x = in[0], d = d_, tab = tab_]() mutable {
       std::vector<char> sx;
       p.x = static_cast<const float*>(row_major(x, sx));
@@ -54,10 +54,8 @@ class DenseMatmul : public CpuOnlyUnary {
     }));
   }
   const char* name() const override { return "ZayaDenseMatmul"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const DenseMatmul&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
-  }
+  auto state() const { return std::make_tuple(d_.N, d_.in, d_.out, d_.wtype, d_.btype, d_.has_bias, tab_); }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();
     s.back() = d_.out;

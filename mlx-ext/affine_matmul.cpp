@@ -9,6 +9,7 @@
 // Portable path: mx::quantized_matmul / mx::take + mx::dequantize.
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "common.h"
 #include "simd_kernels.h"
@@ -19,7 +20,7 @@ namespace {
 struct AffDims {
   int64_t N;  // rows of x (or ids)
   int in, out, bits, group, stype;
-  bool operator==(const AffDims&) const = default;
+  auto state() const { return std::make_tuple(N, in, out, bits, group, stype); }
 };
 
 AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::array& biases, int bits,
@@ -70,7 +71,6 @@ void aff_prep_x(const float* x, int in, int L, float* out) {
 struct AffPart {
   AffDims d;
   int64_t offset;
-  bool operator==(const AffPart&) const = default;
 };
 
 constexpr int kMaxParts = 4;
@@ -80,7 +80,6 @@ struct AffMulti {
   int64_t N;      // rows of every x
   int64_t total;  // columns of y
   AffPart part[kMaxParts];
-  bool operator==(const AffMulti&) const = default;
 };
 
 // y[:, off_i : off_i + out_i] = x_i · W_iᵀ for every part; inputs are [x_0, w_0, s_0, b_0, x_1, ...].
@@ -121,19 +120,21 @@ void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, 
   }, kStreamChunks);
 }
 
-class AffineMatmul : public CpuOnlyUnary {
+class AffineMatmul : public CpuPrimitive {
  public:
   AffineMatmul(mx::Stream stream, AffMulti am, const kern::Table* tab)
-      : CpuOnlyUnary(stream), am_(am), tab_(tab) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+      : CpuPrimitive(stream), am_(am), tab_(tab) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch(traced(name(), [in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); }));
+    enc.dispatch(traced(name(), [in, y = out[0].data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); }));
   }
   const char* name() const override { return "ZayaAffineMatmul"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const AffineMatmul&>(other);
-    return am_ == o.am_ && tab_ == o.tab_;
+  auto state() const {
+    std::vector<std::tuple<decltype(AffDims{}.state()), int64_t>> parts;
+    for (int i = 0; i < am_.k; ++i) parts.emplace_back(am_.part[i].d.state(), am_.part[i].offset);
+    return std::make_tuple(am_.N, am_.total, parts, tab_);
   }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();
     s.back() = static_cast<int>(am_.total);
@@ -172,22 +173,20 @@ void run_embed(const uint32_t* ids, const uint32_t* w, const void* scales, const
   });
 }
 
-class AffineEmbed : public CpuOnlyUnary {
+class AffineEmbed : public CpuPrimitive {
  public:
-  AffineEmbed(mx::Stream stream, AffDims d) : CpuOnlyUnary(stream), d_(d) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+  AffineEmbed(mx::Stream stream, AffDims d) : CpuPrimitive(stream), d_(d) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
+    enc.dispatch(traced(name(), [in, y = out[0].data<float>(), d = d_]() {
       std::vector<char> sc;
       const auto* ids = static_cast<const uint32_t*>(row_major(in[0], sc));
       run_embed(ids, in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), y, d);
     }));
   }
   const char* name() const override { return "ZayaAffineEmbed"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const AffineEmbed&>(other);
-    return d_ == o.d_;
-  }
+  auto state() const { return d_.state(); }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     auto s = in[0].shape();
     s.push_back(d_.in);

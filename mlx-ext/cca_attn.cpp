@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "common.h"
 #include "simd_kernels.h"
@@ -31,7 +32,6 @@ struct QkDims {
   std::vector<int> row_offsets;
   float theta;
   int w0_t, b0_t, w1_t, b1_t, temp_t;
-  bool operator==(const QkDims&) const = default;
   int offset_of(int64_t b) const { return row_offsets.empty() ? offset : row_offsets[(size_t)b]; }
 };
 
@@ -180,19 +180,21 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   }
 }
 
-class CcaQk : public CpuOnlyMulti {
+class CcaQk : public CpuPrimitive {
  public:
-  CcaQk(mx::Stream s, QkDims d, const kern::Table* tab) : CpuOnlyMulti(s), d_(d), tab_(tab) {}
+  CcaQk(mx::Stream s, QkDims d, const kern::Table* tab) : CpuPrimitive(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
     QkOut o{out[0].data<float>(), out[1].data<float>(), out[2].data<float>(), out[3].data<float>()};
     enc.dispatch(traced(name(), [in, o, d = d_, tab = tab_]() { run_cca_qk(in, o, d, tab); }));
   }
   const char* name() const override { return "ZayaCcaQk"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const CcaQk&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
+  auto state() const {
+    return std::make_tuple(d_.B, d_.T, d_.C, d_.K0, d_.K1, d_.S, d_.Cg, d_.G, d_.Hq, d_.Hk, d_.D, d_.rd,
+                           d_.clamp_temp, d_.offset, d_.row_offsets, d_.theta, d_.w0_t, d_.b0_t, d_.w1_t, d_.b1_t,
+                           d_.temp_t, tab_);
   }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return shapes(d_); }
   static std::vector<mx::Shape> shapes(const QkDims& d) {
     return {{d.B, d.Hq, d.T, d.D}, {d.B, d.Hk, d.T, d.D}, {d.B, d.Hk, d.T, d.D}, {d.B, d.C, d.S}};
@@ -265,7 +267,6 @@ struct AttnDims {
   // per-sequence valid positions (size B; empty: `len` for every sequence). Sequence b reads row b of
   // the KV storage, which may hold more rows than B.
   std::vector<int> lens;
-  bool operator==(const AttnDims&) const = default;
   int64_t len_of(int64_t b) const { return lens.empty() ? len : lens[(size_t)b]; }
 };
 
@@ -340,18 +341,18 @@ void run_attention(const std::vector<mx::array>& in, float* out, const AttnDims&
   });
 }
 
-class CcaAttention : public CpuOnlyUnary {
+class CcaAttention : public CpuPrimitive {
  public:
-  CcaAttention(mx::Stream s, AttnDims d, const kern::Table* tab) : CpuOnlyUnary(s), d_(d), tab_(tab) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+  CcaAttention(mx::Stream s, AttnDims d, const kern::Table* tab) : CpuPrimitive(s), d_(d), tab_(tab) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override {
     auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_, tab = tab_]() { run_attention(in, y, d, tab); }));
+    enc.dispatch(traced(name(), [in, y = out[0].data<float>(), d = d_, tab = tab_]() { run_attention(in, y, d, tab); }));
   }
   const char* name() const override { return "ZayaCcaAttention"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const CcaAttention&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
+  auto state() const {
+    return std::make_tuple(d_.B, d_.Hq, d_.Hk, d_.T, d_.D, d_.cap, d_.len, d_.scale, d_.flat, d_.lens, tab_);
   }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {shape(d_)}; }
   static mx::Shape shape(const AttnDims& d) {
     return d.flat ? mx::Shape{d.B * d.T, d.Hq * d.D} : mx::Shape{d.B, d.T, d.Hq * d.D};
@@ -530,16 +531,16 @@ mx::array attention_op(const mx::array& q, const mx::array& k, const mx::array& 
 struct AppendDims {
   int N, Hk, T, D, rows, cap;
   std::vector<int> starts;  // per sequence: the position its T new frames go to
-  bool operator==(const AppendDims&) const = default;
 };
 
 // Writes new [N, Hk, T, D] into rows 0..N of the storage [rows, Hk, cap, D] at each sequence's own
 // position. The output takes over the storage's buffer when nothing else holds it (as MLX's
 // SliceUpdate does), so a decode step writes N·Hk·T·D floats instead of copying the cache.
-class KvAppendRows : public CpuOnlyUnary {
+class KvAppendRows : public CpuPrimitive {
  public:
-  KvAppendRows(mx::Stream s, AppendDims d) : CpuOnlyUnary(s), d_(std::move(d)) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+  KvAppendRows(mx::Stream s, AppendDims d) : CpuPrimitive(s), d_(std::move(d)) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& out = outs[0];
     auto& store = in[0];
     const bool donate = store.flags().row_contiguous && store.is_donatable() && store.itemsize() == out.itemsize();
     if (donate)
@@ -565,9 +566,8 @@ class KvAppendRows : public CpuOnlyUnary {
     }));
   }
   const char* name() const override { return "ZayaKvAppendRows"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return d_ == static_cast<const KvAppendRows&>(other).d_;
-  }
+  auto state() const { return std::make_tuple(d_.N, d_.Hk, d_.T, d_.D, d_.rows, d_.cap, d_.starts); }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
 
  private:

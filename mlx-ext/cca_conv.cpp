@@ -6,6 +6,7 @@
 // z_t = b1 + sum_k sum_{j in group(c)} w1[c,k,j] a_{t+k}. The new state is the last S frames of P.
 // The zero frames at sequence start pass through conv 0 with its bias, exactly as a literal zero pad.
 #include <cstring>
+#include <tuple>
 
 #include "common.h"
 
@@ -14,7 +15,6 @@ namespace {
 
 struct ConvDims {
   int B, T, C, K0, K1, S, G, Cg;
-  bool operator==(const ConvDims&) const = default;
 };
 
 ConvDims check_conv_args(const mx::array& u, const mx::array& state, const mx::array& w0,
@@ -69,19 +69,17 @@ std::vector<mx::array> cca_conv_portable(const mx::array& u, const mx::array& st
   return {z, new_state};
 }
 
-class CcaConv : public CpuOnlyMulti {
+class CcaConv : public CpuPrimitive {
  public:
-  CcaConv(mx::Stream stream, ConvDims d) : CpuOnlyMulti(stream), d_(d) {}
+  CcaConv(mx::Stream stream, ConvDims d) : CpuPrimitive(stream), d_(d) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "ZayaCcaConv"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const CcaConv&>(other);
-    return d_ == o.d_;
-  }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
     return {mx::Shape{d_.B, d_.T, d_.C}, mx::Shape{d_.B, d_.C, d_.S}};
   }
+  auto state() const { return std::make_tuple(d_.B, d_.T, d_.C, d_.K0, d_.K1, d_.S, d_.G, d_.Cg); }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
 
  private:
   ConvDims d_;

@@ -11,6 +11,7 @@
 // Each has a portable plain-MLX-ops graph (the reference in tests, and the path on GPU streams).
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "common.h"
 #include "simd_kernels.h"
@@ -48,17 +49,15 @@ struct ResNormDims {
   int H;
   int has_r, has_rsb;
   float eps;
-  bool operator==(const ResNormDims&) const = default;
 };
 
-class ResNorm : public CpuOnlyMulti {
+class ResNorm : public CpuPrimitive {
  public:
-  ResNorm(mx::Stream s, ResNormDims d) : CpuOnlyMulti(s), d_(d) {}
+  ResNorm(mx::Stream s, ResNormDims d) : CpuPrimitive(s), d_(d) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
   const char* name() const override { return "ZayaResNorm"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return d_ == static_cast<const ResNorm&>(other).d_;
-  }
+  auto state() const { return std::make_tuple(d_.rows, d_.H, d_.has_r, d_.has_rsb, d_.eps); }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
     return {in[0].shape(), in[0].shape()};
   }
@@ -107,18 +106,18 @@ struct RouterDims {
   int has_prev;
   int down_t, w0_t, w2_t, w4_t;
   float eps;
-  bool operator==(const RouterDims&) const = default;
 };
 
-class Router : public CpuOnlyMulti {
+class Router : public CpuPrimitive {
  public:
-  Router(mx::Stream s, RouterDims d, const kern::Table* tab) : CpuOnlyMulti(s), d_(d), tab_(tab) {}
+  Router(mx::Stream s, RouterDims d, const kern::Table* tab) : CpuPrimitive(s), d_(d), tab_(tab) {}
   void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
   const char* name() const override { return "ZayaRouter"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const Router&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
+  auto state() const {
+    return std::make_tuple(d_.N, d_.H, d_.R, d_.L, d_.E, d_.has_prev, d_.down_t, d_.w0_t, d_.w2_t, d_.w4_t, d_.eps,
+                           tab_);
   }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return shapes(d_); }
   static std::vector<mx::Shape> shapes(const RouterDims& d) {
     const int n = static_cast<int>(d.N);
@@ -273,26 +272,24 @@ std::vector<mx::array> router_portable(const mx::array& x, const mx::array* prev
 struct CombineDims {
   int64_t N;
   int H, E, zero_skip;
-  bool operator==(const CombineDims&) const = default;
 };
 
-class MoeCombine : public CpuOnlyUnary {
+class MoeCombine : public CpuPrimitive {
  public:
-  MoeCombine(mx::Stream s, CombineDims d) : CpuOnlyUnary(s), d_(d) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override;
+  MoeCombine(mx::Stream s, CombineDims d) : CpuPrimitive(s), d_(d) {}
+  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
   const char* name() const override { return "ZayaMoeCombine"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return d_ == static_cast<const MoeCombine&>(other).d_;
-  }
+  auto state() const { return std::make_tuple(d_.N, d_.H, d_.E, d_.zero_skip); }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
 
  private:
   CombineDims d_;
 };
 
-void MoeCombine::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
+void MoeCombine::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
-  enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
+  enc.dispatch(traced(name(), [in, y = out[0].data<float>(), d = d_]() {
     std::vector<char> s0, s1, s2, s3;
     const float* ey = static_cast<const float*>(row_major(in[0], s0));
     const float* x = static_cast<const float*>(row_major(in[1], s1));

@@ -10,6 +10,7 @@
 // hadamard_transform, matmul / gather_mm). It is the reference in tests and the path on GPU streams.
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "common.h"
 #include "simd_kernels.h"
@@ -23,7 +24,6 @@ struct TqDims {
   int cols_gu, cols_d;
   int gn_type, un_type, dn_type;
   int idx_2d;
-  bool operator==(const TqDims&) const = default;
 };
 
 bool is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -333,17 +333,18 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   }, kStreamChunks);
 }
 
-class TqSwitchGlu : public CpuOnlyUnary {
+class TqSwitchGlu : public CpuPrimitive {
  public:
   TqSwitchGlu(mx::Stream stream, TqDims d, const kern::Table* tab)
-      : CpuOnlyUnary(stream), d_(d), tab_(tab) {}
+      : CpuPrimitive(stream), d_(d), tab_(tab) {}
 
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& out) override;
   const char* name() const override { return "ZayaTqSwitchGlu"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const TqSwitchGlu&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
+  auto state() const {
+    return std::make_tuple(d_.N, d_.K, d_.H, d_.I, d_.O, d_.E, d_.bits_gu, d_.bits_d, d_.cols_gu, d_.cols_d,
+                           d_.gn_type, d_.un_type, d_.dn_type, d_.idx_2d, tab_);
   }
+  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {shape(d_)}; }
 
   static mx::Shape shape(const TqDims& d) {
@@ -355,7 +356,7 @@ class TqSwitchGlu : public CpuOnlyUnary {
   const kern::Table* tab_;
 };
 
-void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
+void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   // Inputs in the order of zaya_tq_switch_glu; the weights are row-contiguous (weight_input), x and idx
   // are packed inside the task when strided.
   auto& enc = cpu_encoder(stream(), in, out);
@@ -372,7 +373,7 @@ void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   p.sgu = in[9].data<float>();
   p.cbd = in[10].data<float>();
   p.sd = in[11].data<float>();
-  p.y = out.data<float>();
+  p.y = out[0].data<float>();
   enc.dispatch(traced(name(), [p, x = in[0], idx = in[1], d = d_, tab = tab_]() mutable {
     std::vector<char> sx, si;
     p.x = static_cast<const float*>(row_major(x, sx));

@@ -6,16 +6,14 @@
 // z_t = b1 + sum_k sum_{j in group(c)} w1[c,k,j] a_{t+k}. The new state is the last S frames of P.
 // The zero frames at sequence start pass through conv 0 with its bias, exactly as a literal zero pad.
 #include <cstring>
-#include <tuple>
 
-#include "common.h"
+#include "cca.h"
 
 namespace zaya {
-namespace {
 
-struct ConvDims {
-  int B, T, C, K0, K1, S, G, Cg;
-};
+// ---- op ----------------------------------------------------------------------------------------------
+
+namespace {
 
 ConvDims check_conv_args(const mx::array& u, const mx::array& state, const mx::array& w0,
                          const mx::array& b0, const mx::array& w1, const mx::array& b1) {
@@ -69,21 +67,18 @@ std::vector<mx::array> cca_conv_portable(const mx::array& u, const mx::array& st
   return {z, new_state};
 }
 
-class CcaConv : public CpuPrimitive {
- public:
-  CcaConv(mx::Stream stream, ConvDims d) : CpuPrimitive(stream), d_(d) {}
+}  // namespace
 
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
-  const char* name() const override { return "ZayaCcaConv"; }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {mx::Shape{d_.B, d_.T, d_.C}, mx::Shape{d_.B, d_.C, d_.S}};
-  }
-  auto state() const { return std::make_tuple(d_.B, d_.T, d_.C, d_.K0, d_.K1, d_.S, d_.G, d_.Cg); }
-  bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
+std::vector<mx::array> cca_conv(const mx::array& u, const mx::array& state, const mx::array& w0, const mx::array& b0,
+                                const mx::array& w1, const mx::array& b1, int mode, mx::Stream s) {
+  auto d = check_conv_args(u, state, w0, b0, w1, b1);
+  if (use_primitive(mode, s, "CcaConv"))
+    return mx::array::make_arrays(CcaConv::shapes(d), {mx::float32, mx::float32}, std::make_shared<CcaConv>(s, d),
+                                  {u, state, w0, b0, w1, b1});
+  return cca_conv_portable(u, state, w0, b0, w1, b1, d, s);
+}
 
- private:
-  ConvDims d_;
-};
+// ---- CcaConv -----------------------------------------------------------------------------------------
 
 void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   // Inputs (u, conv_state, w0, b0, w1, b1) may be strided views: they are packed inside the task when
@@ -144,34 +139,4 @@ void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
   }));
 }
 
-}  // namespace
 }  // namespace zaya
-
-extern "C" int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u_h, mlx_array state_h,
-                             mlx_array w0_h, mlx_array b0_h, mlx_array w1_h, mlx_array b1_h, int mode,
-                             mlx_stream stream) {
-  using namespace zaya;
-  return guard("cca_conv", [&] {
-    auto s = get(stream);
-    auto& u = get(u_h, "u");
-    auto& state = get(state_h, "conv_state");
-    auto& w0 = get(w0_h, "conv_qk.0.weight");
-    auto& b0 = get(b0_h, "conv_qk.0.bias");
-    auto& w1 = get(w1_h, "conv_qk.1.weight");
-    auto& b1 = get(b1_h, "conv_qk.1.bias");
-    auto d = check_conv_args(u, state, w0, b0, w1, b1);
-    const bool use_prim = use_primitive(mode, s, "CcaConv");
-    std::vector<mx::array> outs;
-    if (use_prim) {
-      std::vector<mx::array> inputs;
-      for (auto* a : {&u, &state, &w0, &b0, &w1, &b1}) inputs.push_back(*a);
-      auto shapes = std::vector<mx::Shape>{{d.B, d.T, d.C}, {d.B, d.C, d.S}};
-      outs = mx::array::make_arrays(std::move(shapes), {mx::float32, mx::float32},
-                                    std::make_shared<CcaConv>(s, d), std::move(inputs));
-    } else {
-      outs = cca_conv_portable(u, state, w0, b0, w1, b1, d, s);
-    }
-    set(z, outs[0]);
-    set(new_state, outs[1]);
-  });
-}

@@ -1,4 +1,7 @@
-// The base of every primitive of this extension.
+// The base of every primitive of this extension, after the pattern of MLX's examples/extensions: each
+// concern's header declares its primitive classes and, separately, the op functions that build them
+// (argument checks, then the primitive or the portable plain-MLX-ops graph); the .cpp files define
+// the ops first and the CPU kernels (eval_cpu) after them.
 #pragma once
 
 #include <string>

@@ -1,7 +1,7 @@
 // The CCA attention half-layer (docs/model.md §3.2, §3.3) as MLX ops and primitives:
 //
 //   * cca_conv (cca_conv.cpp): the two-stage causal conv alone;
-//   * cca_qk (cca_qk.cpp): the same conv fused with the mean paths, the fp32 L2
+//   * cca_qk (cca_qk.cpp): the same conv (conv_core.h) fused with the mean paths, the fp32 L2
 //     normalisation to √D with the key temperature, partial NeoX RoPE at the absolute position, and the
 //     values laid out per KV head;
 //   * cca_attention (cca_attn.cpp): causal GQA softmax attention over the KV storage;
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common.h"
+#include "conv_core.h"
 #include "simd_kernels.h"
 
 namespace zaya {
@@ -56,12 +57,6 @@ std::vector<mx::array> kv_append(const mx::array& k, const mx::array& v, const m
                                  const mx::array& v_new, int start, mx::Stream s);
 
 // ---- primitives ----------------------------------------------------------------------------------------
-
-// The conv's geometry: batch B, frames T, channels C, kernel sizes K0 and K1, carried frames
-// S = (K0-1)+(K1-1), G groups of Cg channels in the grouped stage.
-struct ConvDims {
-  int B, T, C, K0, K1, S, G, Cg;
-};
 
 // Inputs: u, conv_state, w0, b0, w1, b1. Outputs: z, new conv_state.
 class CcaConv : public CpuPrimitive {

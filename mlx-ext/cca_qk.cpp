@@ -1,5 +1,5 @@
 // The CCA q/k chain (docs/model.md §3.2 steps 2–6, §3.3) as one MLX primitive: the two-stage causal conv
-// over [q̃ ‖ k̃] with the carried frames, the mean paths, the fp32 L2 normalisation to √D
+// over [q̃ ‖ k̃] with the carried frames (conv_core.h), the mean paths, the fp32 L2 normalisation to √D
 // with the key temperature, partial NeoX RoPE at the absolute position (one per sequence in ragged
 // batches), and the values laid out per KV head. Outputs q [B, Hq, T, D], k [B, Hk, T, D],
 // v [B, Hk, T, D] and the new conv state [B, C, S].
@@ -180,16 +180,11 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   const void* tmp = row_major(in[6], s_t);
   const float* vals = static_cast<const float*>(row_major(in[7], s_v));
 
-  const int64_t C = d.C, T = d.T, S = d.S, K0 = d.K0, K1 = d.K1, Cg = d.Cg, D = d.D;
-  const int64_t L = T + S, La = T + K1 - 1;
+  const int64_t C = d.C, T = d.T, S = d.S, D = d.D;
   const int Hq = d.Hq, Hk = d.Hk, g = d.Hq / d.Hk;
-  // small parameters in f32: w0 transposed to [K0][C], the biases, the effective temperature
-  std::vector<float> w0t(K0 * C), b0f(C), b1f(C), temp(Hk);
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t k = 0; k < K0; ++k) w0t[k * C + c] = kern::load_float(w0, d.w0_t, c * K0 + k);
-    b0f[c] = kern::load_float(b0, d.b0_t, c);
-    b1f[c] = kern::load_float(b1, d.b1_t, c);
-  }
+  // small parameters in f32: the conv's (w0 transposed to [K0][C], the biases), the effective temperature
+  const ConvWeights cw(d, w0, d.w0_t, b0, d.b0_t, w1, d.w1_t, b1, d.b1_t);
+  std::vector<float> temp(Hk);
   for (int j = 0; j < Hk; ++j) {
     const float t = kern::load_float(tmp, d.temp_t, j);
     temp[j] = d.clamp_temp ? std::exp(std::min(std::max(t, 1e-7f), 2.0f)) : t;
@@ -213,45 +208,13 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   };
   fill_tables(0);
   const float sqrt_d = std::sqrt((float)D);
-  const kern::DenseMat m1{w1, d.w1_t, (int)(K1 * Cg)};
-  std::vector<float> P(L * C), A(La * C), Z(T * C);
+  ConvScratch conv(d);
+  std::vector<float> Z(T * C);
   for (int64_t b = 0; b < d.B; ++b) {
     if (b > 0 && !d.row_offsets.empty()) fill_tables(b);
     const float* ub = u + b * T * C;
-    const float* sb = st + b * C * S;
-    // P, time-major [L, C]: the carried frames then u
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t c = 0; c < C; ++c) P[i * C + c] = sb[c * S + i];
-    std::memcpy(P.data() + S * C, ub, sizeof(float) * T * C);
-    // depthwise conv 0
-    for (int64_t i = 0; i < La; ++i) {
-      float* ai = A.data() + i * C;
-      for (int64_t c = 0; c < C; ++c) ai[c] = b0f[c];
-      for (int64_t k = 0; k < K0; ++k) {
-        const float* pk = P.data() + (i + k) * C;
-        const float* wk = w0t.data() + k * C;
-        for (int64_t c = 0; c < C; ++c) ai[c] += wk[c] * pk[c];
-      }
-    }
-    // grouped conv 1: per group, z[t, g0 + r] = w1[g0 + r, :] · [a_t[g] ‖ a_{t+1}[g] ‖ …] + b1
-    const int64_t work = T * C * K1 * Cg;
-    parallel_for(d.G, work >= (1 << 18) ? 1 : d.G, [&](int64_t g0, int64_t g1) {
-      std::vector<float> X(T * K1 * Cg);
-      std::vector<const float*> xs(T);
-      std::vector<float*> ys(T);
-      for (int64_t grp = g0; grp < g1; ++grp) {
-        const int64_t c0 = grp * Cg;
-        for (int64_t t = 0; t < T; ++t) {
-          float* xt = X.data() + t * K1 * Cg;
-          for (int64_t k = 0; k < K1; ++k) std::memcpy(xt + k * Cg, A.data() + (t + k) * C + c0, sizeof(float) * Cg);
-          xs[t] = xt;
-          ys[t] = Z.data() + t * C;
-        }
-        tab->dense_rows(m1, (int)c0, (int)(c0 + Cg), xs.data(), ys.data(), (int)T);
-        for (int64_t t = 0; t < T; ++t)
-          for (int64_t c = c0; c < c0 + Cg; ++c) Z[t * C + c] += b1f[c];
-      }
-    }, kStreamChunks);
+    // the two-stage conv over [carried frames ‖ u] and the new state
+    causal_conv(d, cw, ub, st + b * C * S, conv, Z.data(), o.ns + b * C * S, tab);
     // mean paths, L2 normalisation, temperature, RoPE, output layouts
     parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
       std::vector<float> qm(Hq * D), row(D);
@@ -301,10 +264,6 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
         }
       }
     });
-    // new state: the last S frames of P, channel-major
-    float* nb = o.ns + b * C * S;
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t c = 0; c < C; ++c) nb[c * S + i] = P[(T + i) * C + c];
   }
 }
 

@@ -10,17 +10,13 @@
 #include <algorithm>
 #include <cstring>
 
-#include "common.h"
-#include "simd_kernels.h"
+#include "affine.h"
 
 namespace zaya {
-namespace {
 
-struct AffDims {
-  int64_t N;  // rows of x (or ids)
-  int in, out, bits, group, stype;
-  bool operator==(const AffDims&) const = default;
-};
+// ---- ops ---------------------------------------------------------------------------------------------
+
+namespace {
 
 AffDims check_weight(const mx::array& w, const mx::array& scales, const mx::array& biases, int bits,
                      int group) {
@@ -57,6 +53,122 @@ const kern::Table* table_for(const AffDims& d) {
   return d.group % chunk == 0 ? t : kern::scalar_table();
 }
 
+}  // namespace
+
+void check_parts(size_t k) {
+  if (k < 1 || k > (size_t)kMaxParts)
+    fail("affine_multi takes 1 to " + std::to_string(kMaxParts) + " weights, got " + std::to_string(k));
+}
+
+mx::array affine_matmul(const mx::array& x, const mx::array& w, const mx::array& sc, const mx::array& bi, int bits,
+                        int group_size, int mode, mx::Stream s) {
+  check_mode(mode);
+  auto d = check_weight(w, sc, bi, bits, group_size);
+  expect_dtype(x, mx::float32, "x");
+  if (x.ndim() < 1 || x.shape(-1) != d.in)
+    fail("x must be [..., in] with in = " + std::to_string(d.in) + " (w is " + shape_str(w.shape()) + " at " +
+         std::to_string(bits) + " bits), got " + shape_str(x.shape()));
+  d.N = x.size() / d.in;
+  const bool use_prim = use_primitive(mode, s, "AffineMatmul");
+  auto shape = x.shape();
+  shape.back() = d.out;
+  if (d.N == 0) return mx::zeros(shape, mx::float32, s);
+  if (use_prim) {
+    AffMulti am{};
+    am.k = 1;
+    am.N = d.N;
+    am.total = d.out;
+    am.part[0] = AffPart{d, 0};
+    return mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(d)),
+                     {x, weight_input(w, s), weight_input(sc, s), weight_input(bi, s)});
+  }
+  return mx::astype(mx::quantized_matmul(x, w, sc, bi, true, group_size, bits, "affine", s), mx::float32, s);
+}
+
+mx::array affine_embed(const mx::array& ids, const mx::array& w, const mx::array& sc, const mx::array& bi, int bits,
+                       int group_size, int mode, mx::Stream s) {
+  check_mode(mode);
+  auto d = check_weight(w, sc, bi, bits, group_size);
+  if (ids.dtype() != mx::int32 && ids.dtype() != mx::uint32)
+    fail("ids must be int32 or uint32, got " + dtype_str(ids.dtype()));
+  d.N = ids.size();
+  const bool use_prim = use_primitive(mode, s, "AffineEmbed");
+  auto shape = ids.shape();
+  shape.push_back(d.in);
+  if (d.N == 0) return mx::zeros(shape, mx::float32, s);
+  if (use_prim) {
+    std::vector<mx::array> inputs;
+    inputs.push_back(ids);
+    for (auto* a : {&w, &sc, &bi}) inputs.push_back(weight_input(*a, s));
+    return mx::array(shape, mx::float32, std::make_shared<AffineEmbed>(s, d), std::move(inputs));
+  }
+  // Out-of-range ids give zero rows here too.
+  auto flat = mx::astype(mx::reshape(ids, {static_cast<int>(d.N)}, s), mx::int64, s);
+  auto valid = mx::logical_and(mx::greater_equal(flat, mx::array(0, mx::int64), s),
+                               mx::less(flat, mx::array(d.out, mx::int64), s), s);
+  auto safe = mx::astype(mx::where(valid, flat, mx::array(0, mx::int64), s), mx::uint32, s);
+  // f32 scales/biases: mx::dequantize computes in the scales' dtype.
+  auto rows = mx::dequantize(mx::take(w, safe, 0, s), mx::astype(mx::take(sc, safe, 0, s), mx::float32, s),
+                             mx::astype(mx::take(bi, safe, 0, s), mx::float32, s), group_size, bits, "affine",
+                             std::nullopt, mx::float32, s);
+  rows = mx::where(mx::expand_dims(valid, -1, s), rows, mx::array(0.0f), s);
+  return mx::reshape(rows, shape, s);
+}
+
+mx::array affine_multi(const std::vector<mx::array>& xs, const std::vector<mx::array>& ws,
+                       const std::vector<mx::array>& ss, const std::vector<mx::array>& bs, int bits, int group_size,
+                       int mode, mx::Stream s) {
+  check_mode(mode);
+  const size_t k = xs.size();
+  check_parts(k);
+  if (ws.size() != k || ss.size() != k || bs.size() != k) fail("affine_multi: one w, scales and biases per x");
+  AffMulti am{};
+  am.k = static_cast<int>(k);
+  std::vector<mx::array> inputs;
+  mx::Shape shape;
+  for (size_t i = 0; i < k; ++i) {
+    const std::string tag = "[" + std::to_string(i) + "]";
+    auto& x = xs[i];
+    auto& w = ws[i];
+    auto d = check_weight(w, ss[i], bs[i], bits, group_size);
+    expect_dtype(x, mx::float32, ("x" + tag).c_str());
+    if (x.ndim() < 1 || x.shape(-1) != d.in)
+      fail("x" + tag + " must be [..., in] with in = " + std::to_string(d.in) + " (w" + tag + " is " +
+           shape_str(w.shape()) + " at " + std::to_string(bits) + " bits), got " + shape_str(x.shape()));
+    d.N = x.size() / d.in;
+    if (i == 0) {
+      am.N = d.N;
+      shape = x.shape();
+    } else if (d.N != am.N) {
+      fail("x" + tag + " has " + std::to_string(d.N) + " rows, x[0] has " + std::to_string(am.N));
+    }
+    am.part[i] = AffPart{d, am.total};
+    am.total += d.out;
+    for (auto* a : {&x, &w, &ss[i], &bs[i]}) inputs.push_back(*a);
+  }
+  shape.back() = static_cast<int>(am.total);
+  const bool use_prim = use_primitive(mode, s, "AffineMatmul");
+  if (am.N == 0) return mx::zeros(shape, mx::float32, s);
+  if (use_prim) {
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (i % 4 != 0) inputs[i] = weight_input(inputs[i], s);
+    return mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(am.part[0].d)),
+                     std::move(inputs));
+  }
+  std::vector<mx::array> parts;
+  for (size_t i = 0; i < k; ++i) {
+    auto x2 = mx::reshape(inputs[4 * i], {static_cast<int>(am.N), am.part[i].d.in}, s);
+    parts.push_back(mx::astype(mx::quantized_matmul(x2, inputs[4 * i + 1], inputs[4 * i + 2], inputs[4 * i + 3],
+                                                    true, group_size, bits, "affine", s),
+                               mx::float32, s));
+  }
+  return mx::reshape(mx::concatenate(parts, 1, s), shape, s);
+}
+
+// ---- AffineMatmul ------------------------------------------------------------------------------------
+
+namespace {
+
 // 4-bit kernel layout: in chunks of 2L elements, the L even elements then the L odd ones.
 void aff_prep_x(const float* x, int in, int L, float* out) {
   for (int c = 0; c < in; c += 2 * L)
@@ -66,24 +178,6 @@ void aff_prep_x(const float* x, int in, int L, float* out) {
     }
 }
 
-// One weight of a (multi-)matmul: its dims and its output column offset in y.
-struct AffPart {
-  AffDims d;
-  int64_t offset;
-  bool operator==(const AffPart&) const = default;
-};
-
-constexpr int kMaxParts = 4;
-
-struct AffMulti {
-  int k;          // parts
-  int64_t N;      // rows of every x
-  int64_t total;  // columns of y
-  AffPart part[kMaxParts];
-  bool operator==(const AffMulti&) const = default;
-};
-
-// y[:, off_i : off_i + out_i] = x_i · W_iᵀ for every part; inputs are [x_0, w_0, s_0, b_0, x_1, ...].
 void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, const kern::Table* tab) {
   const int L = tab->lanes;
   const int64_t N = am.N;
@@ -121,31 +215,22 @@ void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, 
   }, kStreamChunks);
 }
 
-class AffineMatmul : public CpuOnlyUnary {
- public:
-  AffineMatmul(mx::Stream stream, AffMulti am, const kern::Table* tab)
-      : CpuOnlyUnary(stream), am_(am), tab_(tab) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
-    auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch(traced(name(), [in, y = out.data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); }));
-  }
-  const char* name() const override { return "ZayaAffineMatmul"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const AffineMatmul&>(other);
-    return am_ == o.am_ && tab_ == o.tab_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    auto s = in[0].shape();
-    s.back() = static_cast<int>(am_.total);
-    return {s};
-  }
+}  // namespace
 
- private:
-  AffMulti am_;
-  const kern::Table* tab_;
-};
+void AffineMatmul::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  auto& enc = cpu_encoder(stream(), in, out);
+  enc.dispatch(traced(name(), [in, y = out[0].data<float>(), am = am_, tab = tab_]() { run_affine(in, y, am, tab); }));
+}
 
-// ---- embedding rows --------------------------------------------------------------------------------
+std::vector<mx::Shape> AffineMatmul::output_shapes(const std::vector<mx::array>& in) {
+  auto s = in[0].shape();
+  s.back() = static_cast<int>(am_.total);
+  return {s};
+}
+
+// ---- AffineEmbed -------------------------------------------------------------------------------------
+
+namespace {
 
 void run_embed(const uint32_t* ids, const uint32_t* w, const void* scales, const void* biases, float* y,
                const AffDims& d) {
@@ -172,163 +257,21 @@ void run_embed(const uint32_t* ids, const uint32_t* w, const void* scales, const
   });
 }
 
-class AffineEmbed : public CpuOnlyUnary {
- public:
-  AffineEmbed(mx::Stream stream, AffDims d) : CpuOnlyUnary(stream), d_(d) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
-    auto& enc = cpu_encoder(stream(), in, out);
-    enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
-      std::vector<char> sc;
-      const auto* ids = static_cast<const uint32_t*>(row_major(in[0], sc));
-      run_embed(ids, in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), y, d);
-    }));
-  }
-  const char* name() const override { return "ZayaAffineEmbed"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const AffineEmbed&>(other);
-    return d_ == o.d_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    auto s = in[0].shape();
-    s.push_back(d_.in);
-    return {s};
-  }
-
- private:
-  AffDims d_;
-};
-
 }  // namespace
+
+void AffineEmbed::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  auto& enc = cpu_encoder(stream(), in, out);
+  enc.dispatch(traced(name(), [in, y = out[0].data<float>(), d = d_]() {
+    std::vector<char> sc;
+    const auto* ids = static_cast<const uint32_t*>(row_major(in[0], sc));
+    run_embed(ids, in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), y, d);
+  }));
+}
+
+std::vector<mx::Shape> AffineEmbed::output_shapes(const std::vector<mx::array>& in) {
+  auto s = in[0].shape();
+  s.push_back(d_.in);
+  return {s};
+}
+
 }  // namespace zaya
-
-extern "C" int zaya_affine_matmul(mlx_array* y, mlx_array x_h, mlx_array w_h, mlx_array s_h, mlx_array b_h,
-                                  int bits, int group_size, int mode, mlx_stream stream) {
-  using namespace zaya;
-  return guard("affine_matmul", [&] {
-    check_mode(mode);
-    auto s = get(stream);
-    auto& x = get(x_h, "x");
-    auto& w = get(w_h, "w");
-    auto& sc = get(s_h, "scales");
-    auto& bi = get(b_h, "biases");
-    auto d = check_weight(w, sc, bi, bits, group_size);
-    expect_dtype(x, mx::float32, "x");
-    if (x.ndim() < 1 || x.shape(-1) != d.in)
-      fail("x must be [..., in] with in = " + std::to_string(d.in) + " (w is " + shape_str(w.shape()) + " at " +
-           std::to_string(bits) + " bits), got " + shape_str(x.shape()));
-    d.N = x.size() / d.in;
-    const bool use_prim = use_primitive(mode, s, "AffineMatmul");
-    auto shape = x.shape();
-    shape.back() = d.out;
-    if (d.N == 0) {
-      set(y, mx::zeros(shape, mx::float32, s));
-    } else if (use_prim) {
-      AffMulti am{};
-      am.k = 1;
-      am.N = d.N;
-      am.total = d.out;
-      am.part[0] = AffPart{d, 0};
-      set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(d)),
-                       {x, weight_input(w, s), weight_input(sc, s), weight_input(bi, s)}));
-    } else {
-      set(y, mx::astype(mx::quantized_matmul(x, w, sc, bi, true, group_size, bits, "affine", s), mx::float32, s));
-    }
-  });
-}
-
-extern "C" int zaya_affine_embed(mlx_array* y, mlx_array ids_h, mlx_array w_h, mlx_array s_h, mlx_array b_h,
-                                 int bits, int group_size, int mode, mlx_stream stream) {
-  using namespace zaya;
-  return guard("affine_embed", [&] {
-    check_mode(mode);
-    auto s = get(stream);
-    auto& ids = get(ids_h, "ids");
-    auto& w = get(w_h, "w");
-    auto& sc = get(s_h, "scales");
-    auto& bi = get(b_h, "biases");
-    auto d = check_weight(w, sc, bi, bits, group_size);
-    if (ids.dtype() != mx::int32 && ids.dtype() != mx::uint32)
-      fail("ids must be int32 or uint32, got " + dtype_str(ids.dtype()));
-    d.N = ids.size();
-    const bool use_prim = use_primitive(mode, s, "AffineEmbed");
-    auto shape = ids.shape();
-    shape.push_back(d.in);
-    if (d.N == 0) {
-      set(y, mx::zeros(shape, mx::float32, s));
-    } else if (use_prim) {
-      std::vector<mx::array> inputs;
-      inputs.push_back(ids);
-      for (auto* a : {&w, &sc, &bi}) inputs.push_back(weight_input(*a, s));
-      set(y, mx::array(shape, mx::float32, std::make_shared<AffineEmbed>(s, d), std::move(inputs)));
-    } else {
-      // Out-of-range ids give zero rows here too.
-      auto flat = mx::astype(mx::reshape(ids, {static_cast<int>(d.N)}, s), mx::int64, s);
-      auto valid = mx::logical_and(mx::greater_equal(flat, mx::array(0, mx::int64), s),
-                                   mx::less(flat, mx::array(d.out, mx::int64), s), s);
-      auto safe = mx::astype(mx::where(valid, flat, mx::array(0, mx::int64), s), mx::uint32, s);
-      // f32 scales/biases: mx::dequantize computes in the scales' dtype.
-      auto rows = mx::dequantize(mx::take(w, safe, 0, s), mx::astype(mx::take(sc, safe, 0, s), mx::float32, s),
-                                 mx::astype(mx::take(bi, safe, 0, s), mx::float32, s), group_size, bits, "affine",
-                                 std::nullopt, mx::float32, s);
-      rows = mx::where(mx::expand_dims(valid, -1, s), rows, mx::array(0.0f), s);
-      set(y, mx::reshape(rows, shape, s));
-    }
-  });
-}
-
-extern "C" int zaya_affine_multi(mlx_array* y, const mlx_array* xs_h, const mlx_array* ws_h, const mlx_array* ss_h,
-                                 const mlx_array* bs_h, size_t k, int bits, int group_size, int mode,
-                                 mlx_stream stream) {
-  using namespace zaya;
-  return guard("affine_multi", [&] {
-    check_mode(mode);
-    if (k < 1 || k > (size_t)kMaxParts)
-      fail("affine_multi takes 1 to " + std::to_string(kMaxParts) + " weights, got " + std::to_string(k));
-    auto s = get(stream);
-    AffMulti am{};
-    am.k = static_cast<int>(k);
-    std::vector<mx::array> inputs;
-    mx::Shape shape;
-    for (size_t i = 0; i < k; ++i) {
-      const std::string tag = "[" + std::to_string(i) + "]";
-      auto& x = get(xs_h[i], ("x" + tag).c_str());
-      auto& w = get(ws_h[i], ("w" + tag).c_str());
-      auto& sc = get(ss_h[i], ("scales" + tag).c_str());
-      auto& bi = get(bs_h[i], ("biases" + tag).c_str());
-      auto d = check_weight(w, sc, bi, bits, group_size);
-      expect_dtype(x, mx::float32, ("x" + tag).c_str());
-      if (x.ndim() < 1 || x.shape(-1) != d.in)
-        fail("x" + tag + " must be [..., in] with in = " + std::to_string(d.in) + " (w" + tag + " is " +
-             shape_str(w.shape()) + " at " + std::to_string(bits) + " bits), got " + shape_str(x.shape()));
-      d.N = x.size() / d.in;
-      if (i == 0) {
-        am.N = d.N;
-        shape = x.shape();
-      } else if (d.N != am.N) {
-        fail("x" + tag + " has " + std::to_string(d.N) + " rows, x[0] has " + std::to_string(am.N));
-      }
-      am.part[i] = AffPart{d, am.total};
-      am.total += d.out;
-      for (auto* a : {&x, &w, &sc, &bi}) inputs.push_back(*a);
-    }
-    shape.back() = static_cast<int>(am.total);
-    const bool use_prim = use_primitive(mode, s, "AffineMatmul");
-    if (am.N == 0) {
-      set(y, mx::zeros(shape, mx::float32, s));
-    } else if (use_prim) {
-      for (size_t i = 0; i < inputs.size(); ++i)
-        if (i % 4 != 0) inputs[i] = weight_input(inputs[i], s);
-      set(y, mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(am.part[0].d)),
-                       std::move(inputs)));
-    } else {
-      std::vector<mx::array> parts;
-      for (size_t i = 0; i < k; ++i) {
-        auto x2 = mx::reshape(inputs[4 * i], {static_cast<int>(am.N), am.part[i].d.in}, s);
-        parts.push_back(mx::astype(mx::quantized_matmul(x2, inputs[4 * i + 1], inputs[4 * i + 2], inputs[4 * i + 3],
-                                                        true, group_size, bits, "affine", s),
-                                   mx::float32, s));
-      }
-      set(y, mx::reshape(mx::concatenate(parts, 1, s), shape, s));
-    }
-  });
-}

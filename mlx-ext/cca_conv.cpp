@@ -1,21 +1,12 @@
-// The CCA convolution step (docs/model.md §3.2 step 2 and §3.3) as an MLX primitive.
-//
-// With S = (K0-1)+(K1-1) carried frames, the padded stream is P = [state_0..state_{S-1}, u_0..u_{T-1}]
-// (T+S frames). The depthwise conv (kernel K0, bias) gives a_i = b0 + sum_k w0[c,k] P_{i+k} for
-// i < T+S-K0+1; the grouped conv (kernel K1, G groups, bias) gives
-// z_t = b1 + sum_k sum_{j in group(c)} w1[c,k,j] a_{t+k}. The new state is the last S frames of P.
-// The zero frames at sequence start pass through conv 0 with its bias, exactly as a literal zero pad.
-#include <cstring>
-
-#include "common.h"
+// The CCA convolution step (docs/model.md §3.2 step 2 and §3.3) as an MLX primitive: the two-stage
+// causal conv over the carried frames (conv_core.h) on its own, f32 throughout.
+#include "cca.h"
 
 namespace zaya {
-namespace {
 
-struct ConvDims {
-  int B, T, C, K0, K1, S, G, Cg;
-  bool operator==(const ConvDims&) const = default;
-};
+// ---- op ----------------------------------------------------------------------------------------------
+
+namespace {
 
 ConvDims check_conv_args(const mx::array& u, const mx::array& state, const mx::array& w0,
                          const mx::array& b0, const mx::array& w1, const mx::array& b1) {
@@ -69,23 +60,18 @@ std::vector<mx::array> cca_conv_portable(const mx::array& u, const mx::array& st
   return {z, new_state};
 }
 
-class CcaConv : public CpuOnlyMulti {
- public:
-  CcaConv(mx::Stream stream, ConvDims d) : CpuOnlyMulti(stream), d_(d) {}
+}  // namespace
 
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
-  const char* name() const override { return "ZayaCcaConv"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const CcaConv&>(other);
-    return d_ == o.d_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {mx::Shape{d_.B, d_.T, d_.C}, mx::Shape{d_.B, d_.C, d_.S}};
-  }
+std::vector<mx::array> cca_conv(const mx::array& u, const mx::array& state, const mx::array& w0, const mx::array& b0,
+                                const mx::array& w1, const mx::array& b1, int mode, mx::Stream s) {
+  auto d = check_conv_args(u, state, w0, b0, w1, b1);
+  if (use_primitive(mode, s, "CcaConv"))
+    return mx::array::make_arrays(CcaConv::shapes(d), {mx::float32, mx::float32}, std::make_shared<CcaConv>(s, d),
+                                  {u, state, w0, b0, w1, b1});
+  return cca_conv_portable(u, state, w0, b0, w1, b1, d, s);
+}
 
- private:
-  ConvDims d_;
-};
+// ---- CcaConv -----------------------------------------------------------------------------------------
 
 void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   // Inputs (u, conv_state, w0, b0, w1, b1) may be strided views: they are packed inside the task when
@@ -95,85 +81,13 @@ void CcaConv::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
     std::vector<char> sc[6];
     const float* u_p = static_cast<const float*>(row_major(in[0], sc[0]));
     const float* st_p = static_cast<const float*>(row_major(in[1], sc[1]));
-    const float* w0_p = static_cast<const float*>(row_major(in[2], sc[2]));
-    const float* b0_p = static_cast<const float*>(row_major(in[3], sc[3]));
-    const float* w1_p = static_cast<const float*>(row_major(in[4], sc[4]));
-    const float* b1_p = static_cast<const float*>(row_major(in[5], sc[5]));
-    const int64_t C = d.C, T = d.T, S = d.S, K0 = d.K0, K1 = d.K1, Cg = d.Cg;
-    const int64_t L = T + S;           // padded length
-    const int64_t La = L - K0 + 1;     // conv-0 output length (= T + K1 - 1)
-    std::vector<float> P(L * C), A(La * C);
-    for (int64_t b = 0; b < d.B; ++b) {
-      const float* ub = u_p + b * T * C;
-      const float* sb = st_p + b * C * S;
-      // P, time-major [L, C]
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t c = 0; c < C; ++c) P[i * C + c] = sb[c * S + i];
-      std::memcpy(P.data() + S * C, ub, sizeof(float) * T * C);
-      // depthwise conv 0
-      for (int64_t i = 0; i < La; ++i) {
-        float* ai = A.data() + i * C;
-        for (int64_t c = 0; c < C; ++c) {
-          float acc = b0_p[c];
-          for (int64_t k = 0; k < K0; ++k) acc += w0_p[c * K0 + k] * P[(i + k) * C + c];
-          ai[c] = acc;
-        }
-      }
-      // grouped conv 1: output channel c reads the Cg channels of its group at K1 taps
-      float* zb = z_p + b * T * C;
-      parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
-        for (int64_t t = 0; t < T; ++t) {
-          for (int64_t c = c0; c < c1; ++c) {
-            const int64_t g0 = (c / Cg) * Cg;
-            const float* wc = w1_p + c * K1 * Cg;
-            float acc = b1_p[c];
-            for (int64_t k = 0; k < K1; ++k) {
-              const float* ak = A.data() + (t + k) * C + g0;
-              const float* wk = wc + k * Cg;
-              float s = 0.f;
-              for (int64_t j = 0; j < Cg; ++j) s += wk[j] * ak[j];
-              acc += s;
-            }
-            zb[t * C + c] = acc;
-          }
-        }
-      });
-      // new state: last S frames of P, channel-major
-      float* nb = ns_p + b * C * S;
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t c = 0; c < C; ++c) nb[c * S + i] = P[(T + i) * C + c];
-    }
+    const ConvWeights w(d, row_major(in[2], sc[2]), kern::kF32, row_major(in[3], sc[3]), kern::kF32,
+                        row_major(in[4], sc[4]), kern::kF32, row_major(in[5], sc[5]), kern::kF32);
+    ConvScratch scratch(d);
+    for (int64_t b = 0; b < d.B; ++b)
+      causal_conv(d, w, u_p + b * d.T * d.C, st_p + b * d.C * d.S, scratch, z_p + b * d.T * d.C,
+                  ns_p + b * d.C * d.S, nullptr);
   }));
 }
 
-}  // namespace
 }  // namespace zaya
-
-extern "C" int zaya_cca_conv(mlx_array* z, mlx_array* new_state, mlx_array u_h, mlx_array state_h,
-                             mlx_array w0_h, mlx_array b0_h, mlx_array w1_h, mlx_array b1_h, int mode,
-                             mlx_stream stream) {
-  using namespace zaya;
-  return guard("cca_conv", [&] {
-    auto s = get(stream);
-    auto& u = get(u_h, "u");
-    auto& state = get(state_h, "conv_state");
-    auto& w0 = get(w0_h, "conv_qk.0.weight");
-    auto& b0 = get(b0_h, "conv_qk.0.bias");
-    auto& w1 = get(w1_h, "conv_qk.1.weight");
-    auto& b1 = get(b1_h, "conv_qk.1.bias");
-    auto d = check_conv_args(u, state, w0, b0, w1, b1);
-    const bool use_prim = use_primitive(mode, s, "CcaConv");
-    std::vector<mx::array> outs;
-    if (use_prim) {
-      std::vector<mx::array> inputs;
-      for (auto* a : {&u, &state, &w0, &b0, &w1, &b1}) inputs.push_back(*a);
-      auto shapes = std::vector<mx::Shape>{{d.B, d.T, d.C}, {d.B, d.C, d.S}};
-      outs = mx::array::make_arrays(std::move(shapes), {mx::float32, mx::float32},
-                                    std::make_shared<CcaConv>(s, d), std::move(inputs));
-    } else {
-      outs = cca_conv_portable(u, state, w0, b0, w1, b1, d, s);
-    }
-    set(z, outs[0]);
-    set(new_state, outs[1]);
-  });
-}

@@ -16,6 +16,10 @@ thread_local std::string g_last_error;
 
 void set_last_error(const std::string& msg) { g_last_error = msg; }
 
+void CpuPrimitive::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error(std::string(name()) + " has no GPU kernel");
+}
+
 std::atomic<bool> g_trace_on{false};
 
 namespace {

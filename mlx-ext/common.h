@@ -17,31 +17,13 @@
 #include <mlx/backend/cpu/encoder.h>
 #include <mlx/allocator.h>
 
+#include "primitive.h"
 #include "zaya_ext.h"
 
 namespace zaya {
 namespace mx = mlx::core;
 
 void set_last_error(const std::string& msg);
-
-// Bases of this extension's primitives: they have CPU kernels only. On other streams (GPU) the op
-// functions build each primitive's portable graph of plain MLX ops instead, so eval_gpu is never
-// reached; it throws, naming the primitive, if it ever is.
-class CpuOnlyUnary : public mx::UnaryPrimitive {
- public:
-  using mx::UnaryPrimitive::UnaryPrimitive;
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error(std::string(name()) + " has no GPU kernel");
-  }
-};
-
-class CpuOnlyMulti : public mx::Primitive {
- public:
-  using mx::Primitive::Primitive;
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error(std::string(name()) + " has no GPU kernel");
-  }
-};
 
 // Runs `f`; converts any exception into a non-zero return code plus zaya_ext_last_error().
 template <class F>
@@ -116,13 +98,6 @@ inline mx::cpu::CommandEncoder& cpu_encoder(mx::Stream s, const std::vector<mx::
   auto& enc = mx::cpu::get_command_encoder(s);
   for (auto& a : in) enc.set_input_array(a);
   for (auto& o : out) enc.set_output_array(o);
-  return enc;
-}
-inline mx::cpu::CommandEncoder& cpu_encoder(mx::Stream s, const std::vector<mx::array>& in, mx::array& out) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(s);
-  for (auto& a : in) enc.set_input_array(a);
-  enc.set_output_array(out);
   return enc;
 }
 

@@ -12,10 +12,12 @@
 #include <cmath>
 #include <cstring>
 
-#include "common.h"
-#include "simd_kernels.h"
+#include "layers.h"
 
 namespace zaya {
+
+// ---- ops ---------------------------------------------------------------------------------------------
+
 namespace {
 
 void expect_vec(const mx::array& a, int n, const char* name) {
@@ -23,6 +25,168 @@ void expect_vec(const mx::array& a, int n, const char* name) {
   if (a.ndim() != 1 || a.shape(0) != n)
     fail(std::string(name) + " must be [" + std::to_string(n) + "], got " + shape_str(a.shape()));
 }
+
+std::vector<mx::array> router_portable(const mx::array& x, const mx::array* prev, const mx::array* ss,
+                                       const mx::array& dw, const mx::array& dbias, const mx::array& nw,
+                                       float eps, const mx::array& w0, const mx::array& b0, const mx::array& w2,
+                                       const mx::array& b2, const mx::array& w4, const mx::array& bal,
+                                       const RouterDims& d, mx::Stream s) {
+  auto lin = [&](const mx::array& v, const mx::array& w, const mx::array* b) {
+    auto y = mx::matmul(v, mx::transpose(mx::astype(w, mx::float32, s), s), s);
+    return b ? mx::add(y, *b, s) : y;
+  };
+  auto gelu_ops = [&](const mx::array& v) {
+    auto inner = mx::erf(mx::multiply(v, mx::array(0.70710678118654752440f), s), s);
+    return mx::multiply(mx::multiply(v, mx::add(inner, mx::array(1.0f), s), s), mx::array(0.5f), s);
+  };
+  auto r = lin(x, dw, &dbias);
+  if (prev) r = mx::add(r, mx::multiply(*prev, *ss, s), s);
+  auto n = mx::fast::rms_norm(r, nw, eps, s);
+  auto a1 = gelu_ops(lin(n, w0, &b0));
+  auto a2 = gelu_ops(lin(a1, w2, &b2));
+  auto logits = lin(a2, w4, nullptr);
+  auto p = mx::softmax(logits, std::vector<int>{-1}, true, s);
+  auto ch = mx::argmax(mx::add(p, bal, s), -1, true, s);
+  auto sc = mx::squeeze(mx::take_along_axis(p, ch, -1, s), std::vector<int>{-1}, s);
+  auto c = mx::astype(mx::squeeze(ch, std::vector<int>{-1}, s), mx::int32, s);
+  auto sk = mx::astype(mx::sum(mx::astype(mx::greater_equal(c, mx::array(d.E, mx::int32), s), mx::int32, s), s),
+                       mx::int32, s);
+  return {c, sc, r, p, sk};
+}
+
+}  // namespace
+
+std::vector<mx::array> res_norm(const mx::array& h, const mx::array* r, const mx::array& hb, const mx::array& hs,
+                                const mx::array* rb, const mx::array* rs, const mx::array& w, float eps, int mode,
+                                mx::Stream s) {
+  expect_dtype(h, mx::float32, "h");
+  if (h.ndim() < 1 || h.shape(-1) < 1) fail("h must be [..., H], got " + shape_str(h.shape()));
+  ResNormDims d{};
+  d.H = h.shape(-1);
+  d.rows = h.size() / d.H;
+  d.eps = eps;
+  if (r) {
+    expect_dtype(*r, mx::float32, "residual");
+    if (r->shape() != h.shape())
+      fail("residual must have h's shape " + shape_str(h.shape()) + ", got " + shape_str(r->shape()));
+    d.has_r = 1;
+  }
+  if ((rb == nullptr) != (rs == nullptr)) fail("residual_bias and residual_scale must be given together");
+  expect_vec(hb, d.H, "hidden_states_bias");
+  expect_vec(hs, d.H, "hidden_states_scale");
+  if (rb) {
+    if (!r) fail("residual_bias/residual_scale given without a residual");
+    expect_vec(*rb, d.H, "residual_bias");
+    expect_vec(*rs, d.H, "residual_scale");
+    d.has_rsb = 1;
+  }
+  expect_vec(w, d.H, "norm weight");
+  if (!(eps >= 0.0f)) fail("eps must be non-negative");
+  if (use_primitive(mode, s, "ResNorm") && h.size() > 0) {
+    std::vector<mx::array> inputs{h};
+    if (r) inputs.push_back(*r);
+    inputs.push_back(hb);
+    inputs.push_back(hs);
+    if (rb) {
+      inputs.push_back(*rb);
+      inputs.push_back(*rs);
+    }
+    inputs.push_back(w);
+    return mx::array::make_arrays({h.shape(), h.shape()}, {mx::float32, mx::float32}, std::make_shared<ResNorm>(s, d),
+                                  std::move(inputs));
+  }
+  auto hh = mx::multiply(mx::add(h, hb, s), hs, s);
+  auto R = hh;
+  if (r) R = mx::add(rb ? mx::multiply(mx::add(*r, *rb, s), *rs, s) : *r, hh, s);
+  return {R, mx::fast::rms_norm(R, w, eps, s)};
+}
+
+std::vector<mx::array> router(const mx::array& x, const mx::array* prev, const mx::array* ss, const mx::array& dw,
+                              const mx::array& db, const mx::array& nw, float eps, const mx::array& w0,
+                              const mx::array& b0, const mx::array& w2, const mx::array& b2, const mx::array& w4,
+                              const mx::array& bal, int num_experts, int mode, mx::Stream s) {
+  RouterDims d{};
+  expect_dtype(x, mx::float32, "x");
+  expect_ndim(x, 2, "x");
+  d.N = x.shape(0);
+  d.H = x.shape(1);
+  expect_ndim(dw, 2, "down_proj weight");
+  d.R = dw.shape(0);
+  if (dw.shape(1) != d.H || d.R < 1)
+    fail("down_proj weight must be [R, H] with H = " + std::to_string(d.H) + ", got " + shape_str(dw.shape()));
+  d.down_t = float_type_of(dw, "down_proj weight");
+  expect_vec(db, d.R, "down_proj bias");
+  expect_vec(nw, d.R, "rmsnorm_eda weight");
+  for (auto [w, name] : {std::pair{&w0, "router_mlp.0 weight"}, {&w2, "router_mlp.2 weight"}}) {
+    if (w->shape() != mx::Shape{d.R, d.R})
+      fail(std::string(name) + " must be [R, R] = [" + std::to_string(d.R) + ", " + std::to_string(d.R) +
+           "], got " + shape_str(w->shape()));
+  }
+  d.w0_t = float_type_of(w0, "router_mlp.0 weight");
+  d.w2_t = float_type_of(w2, "router_mlp.2 weight");
+  expect_vec(b0, d.R, "router_mlp.0 bias");
+  expect_vec(b2, d.R, "router_mlp.2 bias");
+  expect_ndim(w4, 2, "router_mlp.4 weight");
+  d.L = w4.shape(0);
+  if (w4.shape(1) != d.R || d.L < 1)
+    fail("router_mlp.4 weight must be [L, R] with R = " + std::to_string(d.R) + ", got " + shape_str(w4.shape()));
+  d.w4_t = float_type_of(w4, "router_mlp.4 weight");
+  expect_vec(bal, d.L, "balancing_biases");
+  if (num_experts < 1 || num_experts > d.L)
+    fail("num_experts " + std::to_string(num_experts) + " must be in [1, " + std::to_string(d.L) +
+         "] (the router's logits)");
+  d.E = num_experts;
+  d.eps = eps;
+  if ((prev == nullptr) != (ss == nullptr)) fail("the previous router state and router_states_scale go together");
+  if (prev) {
+    expect_dtype(*prev, mx::float32, "previous router state");
+    if (prev->shape() != mx::Shape{static_cast<int>(d.N), d.R})
+      fail("previous router state must be [N, R] = [" + std::to_string(d.N) + ", " + std::to_string(d.R) +
+           "], got " + shape_str(prev->shape()));
+    expect_vec(*ss, d.R, "router_states_scale");
+    d.has_prev = 1;
+  }
+  if (use_primitive(mode, s, "Router") && d.N > 0) {
+    std::vector<mx::array> inputs{x, dw, db, nw, w0, b0, w2, b2, w4, bal};
+    if (prev) {
+      inputs.push_back(*prev);
+      inputs.push_back(*ss);
+    }
+    return mx::array::make_arrays(Router::shapes(d), {mx::int32, mx::float32, mx::float32, mx::float32, mx::int32},
+                                  std::make_shared<Router>(s, d, kern::best_table()), std::move(inputs));
+  }
+  return router_portable(x, prev, ss, dw, db, nw, eps, w0, b0, w2, b2, w4, bal, d, s);
+}
+
+mx::array moe_combine(const mx::array& ey, const mx::array& x, const mx::array& c, const mx::array& p,
+                      int num_experts, int zero_skip, int mode, mx::Stream s) {
+  expect_dtype(ey, mx::float32, "expert output");
+  expect_ndim(ey, 2, "expert output");
+  expect_dtype(x, mx::float32, "x");
+  if (x.shape() != ey.shape())
+    fail("x must have the expert output's shape " + shape_str(ey.shape()) + ", got " + shape_str(x.shape()));
+  CombineDims d{};
+  d.N = ey.shape(0);
+  d.H = ey.shape(1);
+  d.E = num_experts;
+  d.zero_skip = zero_skip ? 1 : 0;
+  expect_dtype(c, mx::int32, "routes");
+  expect_dtype(p, mx::float32, "route probabilities");
+  if (c.shape() != mx::Shape{static_cast<int>(d.N)} || p.shape() != mx::Shape{static_cast<int>(d.N)})
+    fail("routes and route probabilities must be [N] = [" + std::to_string(d.N) + "], got " + shape_str(c.shape()) +
+         " and " + shape_str(p.shape()));
+  if (use_primitive(mode, s, "MoeCombine") && d.N > 0)
+    return mx::array(ey.shape(), mx::float32, std::make_shared<MoeCombine>(s, d), {ey, x, c, p});
+  auto sc = mx::expand_dims(p, -1, s);
+  auto routed = mx::logical_and(mx::greater_equal(c, mx::array(0, mx::int32), s),
+                                mx::less(c, mx::array(d.E, mx::int32), s), s);
+  auto skip_v = d.zero_skip ? mx::zeros_like(ey, s) : mx::multiply(x, sc, s);
+  return mx::where(mx::expand_dims(routed, -1, s), mx::multiply(ey, sc, s), skip_v, s);
+}
+
+// ---- kernels -----------------------------------------------------------------------------------------
+
+namespace {
 
 // Sum of squares with 8 independent partial sums (vectorisable without reassociation flags).
 float sum_squares(const float* v, int n) {
@@ -41,31 +205,38 @@ void rms_norm_row(const float* v, const float* w, int n, float eps, float* y) {
   for (int i = 0; i < n; ++i) y[i] = (v[i] * inv) * w[i];
 }
 
-// ---- res_norm --------------------------------------------------------------------------------------
+inline float gelu(float x) {
+  // x·(1 + erf(x/√2))·½, in the plain path's order
+  return (x * (1.0f + std::erf(x * 0.70710678118654752440f))) * 0.5f;
+}
 
-struct ResNormDims {
-  int64_t rows;
-  int H;
-  int has_r, has_rsb;
-  float eps;
-  bool operator==(const ResNormDims&) const = default;
-};
-
-class ResNorm : public CpuOnlyMulti {
- public:
-  ResNorm(mx::Stream s, ResNormDims d) : CpuOnlyMulti(s), d_(d) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  const char* name() const override { return "ZayaResNorm"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return d_ == static_cast<const ResNorm&>(other).d_;
+// One token's route from its router logits l[0, L): softmax probabilities p, the choice argmax(p + bal)
+// (first on ties) and its probability.
+void route(const float* l, const float* bal, int L, float* p, int32_t* choice, float* score) {
+  float mx_ = l[0];
+  for (int k = 1; k < L; ++k) mx_ = std::max(mx_, l[k]);
+  float sum = 0.f;
+  for (int k = 0; k < L; ++k) {
+    p[k] = std::exp(l[k] - mx_);
+    sum += p[k];
   }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[0].shape(), in[0].shape()};
+  for (int k = 0; k < L; ++k) p[k] = p[k] / sum;
+  int best = 0;
+  float bv = p[0] + bal[0];
+  for (int k = 1; k < L; ++k) {
+    const float v = p[k] + bal[k];
+    if (v > bv) {
+      bv = v;
+      best = k;
+    }
   }
+  *choice = best;
+  *score = p[best];
+}
 
- private:
-  ResNormDims d_;
-};
+}  // namespace
+
+// ---- ResNorm -----------------------------------------------------------------------------------------
 
 void ResNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
@@ -99,65 +270,7 @@ void ResNorm::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>&
   }));
 }
 
-// ---- router ----------------------------------------------------------------------------------------
-
-struct RouterDims {
-  int64_t N;
-  int H, R, L, E;
-  int has_prev;
-  int down_t, w0_t, w2_t, w4_t;
-  float eps;
-  bool operator==(const RouterDims&) const = default;
-};
-
-class Router : public CpuOnlyMulti {
- public:
-  Router(mx::Stream s, RouterDims d, const kern::Table* tab) : CpuOnlyMulti(s), d_(d), tab_(tab) {}
-  void eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) override;
-  const char* name() const override { return "ZayaRouter"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const Router&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return shapes(d_); }
-  static std::vector<mx::Shape> shapes(const RouterDims& d) {
-    const int n = static_cast<int>(d.N);
-    return {{n}, {n}, {n, d.R}, {n, d.L}, {}};
-  }
-
- private:
-  RouterDims d_;
-  const kern::Table* tab_;
-};
-
-inline float gelu(float x) {
-  // x·(1 + erf(x/√2))·½, in the plain path's order
-  return (x * (1.0f + std::erf(x * 0.70710678118654752440f))) * 0.5f;
-}
-
-// One token's route from its router logits l[0, L): softmax probabilities p, the choice argmax(p + bal)
-// (first on ties) and its probability.
-void route(const float* l, const float* bal, int L, float* p, int32_t* choice, float* score) {
-  float mx_ = l[0];
-  for (int k = 1; k < L; ++k) mx_ = std::max(mx_, l[k]);
-  float sum = 0.f;
-  for (int k = 0; k < L; ++k) {
-    p[k] = std::exp(l[k] - mx_);
-    sum += p[k];
-  }
-  for (int k = 0; k < L; ++k) p[k] = p[k] / sum;
-  int best = 0;
-  float bv = p[0] + bal[0];
-  for (int k = 1; k < L; ++k) {
-    const float v = p[k] + bal[k];
-    if (v > bv) {
-      bv = v;
-      best = k;
-    }
-  }
-  *choice = best;
-  *score = p[best];
-}
+// ---- Router ------------------------------------------------------------------------------------------
 
 void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
@@ -240,59 +353,11 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
   }));
 }
 
-std::vector<mx::array> router_portable(const mx::array& x, const mx::array* prev, const mx::array* ss,
-                                       const mx::array& dw, const mx::array& dbias, const mx::array& nw,
-                                       float eps, const mx::array& w0, const mx::array& b0, const mx::array& w2,
-                                       const mx::array& b2, const mx::array& w4, const mx::array& bal,
-                                       const RouterDims& d, mx::Stream s) {
-  auto lin = [&](const mx::array& v, const mx::array& w, const mx::array* b) {
-    auto y = mx::matmul(v, mx::transpose(mx::astype(w, mx::float32, s), s), s);
-    return b ? mx::add(y, *b, s) : y;
-  };
-  auto gelu_ops = [&](const mx::array& v) {
-    auto inner = mx::erf(mx::multiply(v, mx::array(0.70710678118654752440f), s), s);
-    return mx::multiply(mx::multiply(v, mx::add(inner, mx::array(1.0f), s), s), mx::array(0.5f), s);
-  };
-  auto r = lin(x, dw, &dbias);
-  if (prev) r = mx::add(r, mx::multiply(*prev, *ss, s), s);
-  auto n = mx::fast::rms_norm(r, nw, eps, s);
-  auto a1 = gelu_ops(lin(n, w0, &b0));
-  auto a2 = gelu_ops(lin(a1, w2, &b2));
-  auto logits = lin(a2, w4, nullptr);
-  auto p = mx::softmax(logits, std::vector<int>{-1}, true, s);
-  auto ch = mx::argmax(mx::add(p, bal, s), -1, true, s);
-  auto sc = mx::squeeze(mx::take_along_axis(p, ch, -1, s), std::vector<int>{-1}, s);
-  auto c = mx::astype(mx::squeeze(ch, std::vector<int>{-1}, s), mx::int32, s);
-  auto sk = mx::astype(mx::sum(mx::astype(mx::greater_equal(c, mx::array(d.E, mx::int32), s), mx::int32, s), s),
-                       mx::int32, s);
-  return {c, sc, r, p, sk};
-}
+// ---- MoeCombine --------------------------------------------------------------------------------------
 
-// ---- moe_combine -----------------------------------------------------------------------------------
-
-struct CombineDims {
-  int64_t N;
-  int H, E, zero_skip;
-  bool operator==(const CombineDims&) const = default;
-};
-
-class MoeCombine : public CpuOnlyUnary {
- public:
-  MoeCombine(mx::Stream s, CombineDims d) : CpuOnlyUnary(s), d_(d) {}
-  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override;
-  const char* name() const override { return "ZayaMoeCombine"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return d_ == static_cast<const MoeCombine&>(other).d_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
-
- private:
-  CombineDims d_;
-};
-
-void MoeCombine::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
+void MoeCombine::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   auto& enc = cpu_encoder(stream(), in, out);
-  enc.dispatch(traced(name(), [in, y = out.data<float>(), d = d_]() {
+  enc.dispatch(traced(name(), [in, y = out[0].data<float>(), d = d_]() {
     std::vector<char> s0, s1, s2, s3;
     const float* ey = static_cast<const float*>(row_major(in[0], s0));
     const float* x = static_cast<const float*>(row_major(in[1], s1));
@@ -315,182 +380,4 @@ void MoeCombine::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   }));
 }
 
-}  // namespace
 }  // namespace zaya
-
-extern "C" int zaya_res_norm(mlx_array* r_out, mlx_array* x_out, mlx_array h_h, mlx_array r_h, mlx_array hb_h,
-                             mlx_array hs_h, mlx_array rb_h, mlx_array rs_h, mlx_array w_h, float eps, int mode,
-                             mlx_stream stream) {
-  using namespace zaya;
-  return guard("res_norm", [&] {
-    auto s = get(stream);
-    auto& h = get(h_h, "h");
-    const mx::array* r = opt(r_h);
-    auto& hb = get(hb_h, "hidden_states_bias");
-    auto& hs = get(hs_h, "hidden_states_scale");
-    const mx::array* rb = opt(rb_h);
-    const mx::array* rs = opt(rs_h);
-    auto& w = get(w_h, "norm weight");
-    expect_dtype(h, mx::float32, "h");
-    if (h.ndim() < 1 || h.shape(-1) < 1) fail("h must be [..., H], got " + shape_str(h.shape()));
-    ResNormDims d{};
-    d.H = h.shape(-1);
-    d.rows = h.size() / d.H;
-    d.eps = eps;
-    if (r) {
-      expect_dtype(*r, mx::float32, "residual");
-      if (r->shape() != h.shape())
-        fail("residual must have h's shape " + shape_str(h.shape()) + ", got " + shape_str(r->shape()));
-      d.has_r = 1;
-    }
-    if ((rb == nullptr) != (rs == nullptr)) fail("residual_bias and residual_scale must be given together");
-    expect_vec(hb, d.H, "hidden_states_bias");
-    expect_vec(hs, d.H, "hidden_states_scale");
-    if (rb) {
-      if (!r) fail("residual_bias/residual_scale given without a residual");
-      expect_vec(*rb, d.H, "residual_bias");
-      expect_vec(*rs, d.H, "residual_scale");
-      d.has_rsb = 1;
-    }
-    expect_vec(w, d.H, "norm weight");
-    if (!(eps >= 0.0f)) fail("eps must be non-negative");
-    std::vector<mx::array> outs;
-    if (use_primitive(mode, s, "ResNorm") && h.size() > 0) {
-      std::vector<mx::array> inputs{h};
-      if (r) inputs.push_back(*r);
-      inputs.push_back(hb);
-      inputs.push_back(hs);
-      if (rb) {
-        inputs.push_back(*rb);
-        inputs.push_back(*rs);
-      }
-      inputs.push_back(w);
-      outs = mx::array::make_arrays({h.shape(), h.shape()}, {mx::float32, mx::float32},
-                                    std::make_shared<ResNorm>(s, d), std::move(inputs));
-    } else {
-      auto hh = mx::multiply(mx::add(h, hb, s), hs, s);
-      auto R = hh;
-      if (r) R = mx::add(rb ? mx::multiply(mx::add(*r, *rb, s), *rs, s) : *r, hh, s);
-      outs = {R, mx::fast::rms_norm(R, w, eps, s)};
-    }
-    set(r_out, outs[0]);
-    set(x_out, outs[1]);
-  });
-}
-
-extern "C" int zaya_router(mlx_array* choice, mlx_array* score, mlx_array* state, mlx_array* probs,
-                           mlx_array* skipped, mlx_array x_h, mlx_array prev_h, mlx_array ss_h, mlx_array dw_h,
-                           mlx_array db_h, mlx_array nw_h, float eps, mlx_array w0_h, mlx_array b0_h,
-                           mlx_array w2_h, mlx_array b2_h, mlx_array w4_h, mlx_array bal_h, int num_experts,
-                           int mode, mlx_stream stream) {
-  using namespace zaya;
-  return guard("router", [&] {
-    auto s = get(stream);
-    auto& x = get(x_h, "x");
-    const mx::array* prev = opt(prev_h);
-    const mx::array* ss = opt(ss_h);
-    auto& dw = get(dw_h, "down_proj weight");
-    auto& db = get(db_h, "down_proj bias");
-    auto& nw = get(nw_h, "rmsnorm_eda weight");
-    auto& w0 = get(w0_h, "router_mlp.0 weight");
-    auto& b0 = get(b0_h, "router_mlp.0 bias");
-    auto& w2 = get(w2_h, "router_mlp.2 weight");
-    auto& b2 = get(b2_h, "router_mlp.2 bias");
-    auto& w4 = get(w4_h, "router_mlp.4 weight");
-    auto& bal = get(bal_h, "balancing_biases");
-    RouterDims d{};
-    expect_dtype(x, mx::float32, "x");
-    expect_ndim(x, 2, "x");
-    d.N = x.shape(0);
-    d.H = x.shape(1);
-    expect_ndim(dw, 2, "down_proj weight");
-    d.R = dw.shape(0);
-    if (dw.shape(1) != d.H || d.R < 1)
-      fail("down_proj weight must be [R, H] with H = " + std::to_string(d.H) + ", got " + shape_str(dw.shape()));
-    d.down_t = float_type_of(dw, "down_proj weight");
-    expect_vec(db, d.R, "down_proj bias");
-    expect_vec(nw, d.R, "rmsnorm_eda weight");
-    for (auto [w, name] : {std::pair{&w0, "router_mlp.0 weight"}, {&w2, "router_mlp.2 weight"}}) {
-      if (w->shape() != mx::Shape{d.R, d.R})
-        fail(std::string(name) + " must be [R, R] = [" + std::to_string(d.R) + ", " + std::to_string(d.R) +
-             "], got " + shape_str(w->shape()));
-    }
-    d.w0_t = float_type_of(w0, "router_mlp.0 weight");
-    d.w2_t = float_type_of(w2, "router_mlp.2 weight");
-    expect_vec(b0, d.R, "router_mlp.0 bias");
-    expect_vec(b2, d.R, "router_mlp.2 bias");
-    expect_ndim(w4, 2, "router_mlp.4 weight");
-    d.L = w4.shape(0);
-    if (w4.shape(1) != d.R || d.L < 1)
-      fail("router_mlp.4 weight must be [L, R] with R = " + std::to_string(d.R) + ", got " + shape_str(w4.shape()));
-    d.w4_t = float_type_of(w4, "router_mlp.4 weight");
-    expect_vec(bal, d.L, "balancing_biases");
-    if (num_experts < 1 || num_experts > d.L)
-      fail("num_experts " + std::to_string(num_experts) + " must be in [1, " + std::to_string(d.L) +
-           "] (the router's logits)");
-    d.E = num_experts;
-    d.eps = eps;
-    if ((prev == nullptr) != (ss == nullptr)) fail("the previous router state and router_states_scale go together");
-    if (prev) {
-      expect_dtype(*prev, mx::float32, "previous router state");
-      if (prev->shape() != mx::Shape{static_cast<int>(d.N), d.R})
-        fail("previous router state must be [N, R] = [" + std::to_string(d.N) + ", " + std::to_string(d.R) +
-             "], got " + shape_str(prev->shape()));
-      expect_vec(*ss, d.R, "router_states_scale");
-      d.has_prev = 1;
-    }
-    std::vector<mx::array> outs;
-    if (use_primitive(mode, s, "Router") && d.N > 0) {
-      std::vector<mx::array> inputs{x, dw, db, nw, w0, b0, w2, b2, w4, bal};
-      if (prev) {
-        inputs.push_back(*prev);
-        inputs.push_back(*ss);
-      }
-      outs = mx::array::make_arrays(Router::shapes(d), {mx::int32, mx::float32, mx::float32, mx::float32, mx::int32},
-                                    std::make_shared<Router>(s, d, kern::best_table()), std::move(inputs));
-    } else {
-      outs = router_portable(x, prev, ss, dw, db, nw, eps, w0, b0, w2, b2, w4, bal, d, s);
-    }
-    set(choice, outs[0]);
-    set(score, outs[1]);
-    set(state, outs[2]);
-    set(probs, outs[3]);
-    set(skipped, outs[4]);
-  });
-}
-
-extern "C" int zaya_moe_combine(mlx_array* y, mlx_array ey_h, mlx_array x_h, mlx_array choice_h, mlx_array score_h,
-                                int num_experts, int zero_skip, int mode, mlx_stream stream) {
-  using namespace zaya;
-  return guard("moe_combine", [&] {
-    auto s = get(stream);
-    auto& ey = get(ey_h, "expert output");
-    auto& x = get(x_h, "x");
-    auto& c = get(choice_h, "routes");
-    auto& p = get(score_h, "route probabilities");
-    expect_dtype(ey, mx::float32, "expert output");
-    expect_ndim(ey, 2, "expert output");
-    expect_dtype(x, mx::float32, "x");
-    if (x.shape() != ey.shape())
-      fail("x must have the expert output's shape " + shape_str(ey.shape()) + ", got " + shape_str(x.shape()));
-    CombineDims d{};
-    d.N = ey.shape(0);
-    d.H = ey.shape(1);
-    d.E = num_experts;
-    d.zero_skip = zero_skip ? 1 : 0;
-    expect_dtype(c, mx::int32, "routes");
-    expect_dtype(p, mx::float32, "route probabilities");
-    if (c.shape() != mx::Shape{static_cast<int>(d.N)} || p.shape() != mx::Shape{static_cast<int>(d.N)})
-      fail("routes and route probabilities must be [N] = [" + std::to_string(d.N) + "], got " +
-           shape_str(c.shape()) + " and " + shape_str(p.shape()));
-    if (use_primitive(mode, s, "MoeCombine") && d.N > 0) {
-      set(y, mx::array(ey.shape(), mx::float32, std::make_shared<MoeCombine>(s, d), {ey, x, c, p}));
-    } else {
-      auto sc = mx::expand_dims(p, -1, s);
-      auto routed = mx::logical_and(mx::greater_equal(c, mx::array(0, mx::int32), s),
-                                    mx::less(c, mx::array(d.E, mx::int32), s), s);
-      auto skip_v = d.zero_skip ? mx::zeros_like(ey, s) : mx::multiply(x, sc, s);
-      set(y, mx::where(mx::expand_dims(routed, -1, s), mx::multiply(ey, sc, s), skip_v, s));
-    }
-  });
-}

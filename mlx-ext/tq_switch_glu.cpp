@@ -11,20 +11,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "common.h"
-#include "simd_kernels.h"
+#include "tq_switch_glu.h"
 
 namespace zaya {
-namespace {
 
-struct TqDims {
-  int N, K, H, I, O, E;
-  int bits_gu, bits_d;
-  int cols_gu, cols_d;
-  int gn_type, un_type, dn_type;
-  int idx_2d;
-  bool operator==(const TqDims&) const = default;
-};
+// ---- op ----------------------------------------------------------------------------------------------
+
+namespace {
 
 bool is_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
@@ -126,8 +119,6 @@ TqDims check_tq_args(const mx::array& x, const mx::array& idx, const mx::array& 
   return d;
 }
 
-// ---- portable graph --------------------------------------------------------------------------------
-
 // Rotated-domain weights n[r] * C[code[r, i]] as f32 [B, R, in] from packed [B, R, C] and norms [B, R].
 mx::array tq_dequant(const mx::array& packed, const mx::array& norms, const mx::array& cb, int bits, int in,
                      mx::Stream s) {
@@ -182,7 +173,28 @@ mx::array tq_portable(const mx::array& x, const mx::array& idx, const mx::array&
   return d.idx_2d ? mx::reshape(yd, {d.N, d.K, d.O}, s) : yd;
 }
 
-// ---- CPU kernel ------------------------------------------------------------------------------------
+}  // namespace
+
+mx::array tq_switch_glu(const mx::array& x, const mx::array& idx, const mx::array& gp, const mx::array& gn,
+                        const mx::array& up, const mx::array& un, const mx::array& dp, const mx::array& dn,
+                        const mx::array& cbgu, const mx::array& sgu, int bits_gu, const mx::array& cbd,
+                        const mx::array& sd, int bits_d, int mode, mx::Stream s) {
+  check_mode(mode);
+  auto d = check_tq_args(x, idx, gp, gn, up, un, dp, dn, cbgu, sgu, bits_gu, cbd, sd, bits_d);
+  const bool use_prim = use_primitive(mode, s, "TqSwitchGlu");
+  if (d.N == 0) return mx::zeros(TqSwitchGlu::shape(d), mx::float32, s);
+  if (use_prim) {
+    std::vector<mx::array> inputs{x, idx};
+    for (auto* a : {&gp, &gn, &up, &un, &dp, &dn, &cbgu, &sgu, &cbd, &sd}) inputs.push_back(weight_input(*a, s));
+    return mx::array(TqSwitchGlu::shape(d), mx::float32, std::make_shared<TqSwitchGlu>(s, d, kern::best_table()),
+                     std::move(inputs));
+  }
+  return tq_portable(x, idx, gp, gn, up, un, dp, dn, cbgu, sgu, cbd, sd, d, s);
+}
+
+// ---- TqSwitchGlu -------------------------------------------------------------------------------------
+
+namespace {
 
 // In-place Walsh-Hadamard transform (Sylvester order, unnormalised); n a power of two.
 void fwht(float* v, int n) {
@@ -333,30 +345,10 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   }, kStreamChunks);
 }
 
-class TqSwitchGlu : public CpuOnlyUnary {
- public:
-  TqSwitchGlu(mx::Stream stream, TqDims d, const kern::Table* tab)
-      : CpuOnlyUnary(stream), d_(d), tab_(tab) {}
+}  // namespace
 
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
-  const char* name() const override { return "ZayaTqSwitchGlu"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const TqSwitchGlu&>(other);
-    return d_ == o.d_ && tab_ == o.tab_;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return {shape(d_)}; }
-
-  static mx::Shape shape(const TqDims& d) {
-    return d.idx_2d ? mx::Shape{d.N, d.K, d.O} : mx::Shape{d.N, d.O};
-  }
-
- private:
-  TqDims d_;
-  const kern::Table* tab_;
-};
-
-void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
-  // Inputs in the order of zaya_tq_switch_glu; the weights are row-contiguous (weight_input), x and idx
+void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  // Inputs in the order of the op's arguments; the weights are row-contiguous (weight_input), x and idx
   // are packed inside the task when strided.
   auto& enc = cpu_encoder(stream(), in, out);
   TqPtrs p;
@@ -372,7 +364,7 @@ void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   p.sgu = in[9].data<float>();
   p.cbd = in[10].data<float>();
   p.sd = in[11].data<float>();
-  p.y = out.data<float>();
+  p.y = out[0].data<float>();
   enc.dispatch(traced(name(), [p, x = in[0], idx = in[1], d = d_, tab = tab_]() mutable {
     std::vector<char> sx, si;
     p.x = static_cast<const float*>(row_major(x, sx));
@@ -381,40 +373,4 @@ void TqSwitchGlu::eval_cpu(const std::vector<mx::array>& in, mx::array& out) {
   }));
 }
 
-}  // namespace
 }  // namespace zaya
-
-extern "C" int zaya_tq_switch_glu(mlx_array* y, mlx_array x_h, mlx_array idx_h, mlx_array gp_h,
-                                  mlx_array gn_h, mlx_array up_h, mlx_array un_h, mlx_array dp_h,
-                                  mlx_array dn_h, mlx_array cbgu_h, mlx_array sgu_h, int bits_gu,
-                                  mlx_array cbd_h, mlx_array sd_h, int bits_d, int mode, mlx_stream stream) {
-  using namespace zaya;
-  return guard("tq_switch_glu", [&] {
-    check_mode(mode);
-    auto s = get(stream);
-    auto& x = get(x_h, "x");
-    auto& idx = get(idx_h, "expert indices");
-    auto& gp = get(gp_h, "gate tq_packed");
-    auto& gn = get(gn_h, "gate tq_norms");
-    auto& up = get(up_h, "up tq_packed");
-    auto& un = get(un_h, "up tq_norms");
-    auto& dp = get(dp_h, "down tq_packed");
-    auto& dn = get(dn_h, "down tq_norms");
-    auto& cbgu = get(cbgu_h, "gate/up codebook");
-    auto& sgu = get(sgu_h, "gate/up signs");
-    auto& cbd = get(cbd_h, "down codebook");
-    auto& sd = get(sd_h, "down signs");
-    auto d = check_tq_args(x, idx, gp, gn, up, un, dp, dn, cbgu, sgu, bits_gu, cbd, sd, bits_d);
-    const bool use_prim = use_primitive(mode, s, "TqSwitchGlu");
-    if (d.N == 0) {
-      set(y, mx::zeros(TqSwitchGlu::shape(d), mx::float32, s));
-    } else if (use_prim) {
-      std::vector<mx::array> inputs{x, idx};
-      for (auto* a : {&gp, &gn, &up, &un, &dp, &dn, &cbgu, &sgu, &cbd, &sd}) inputs.push_back(weight_input(*a, s));
-      set(y, mx::array(TqSwitchGlu::shape(d), mx::float32,
-                       std::make_shared<TqSwitchGlu>(s, d, kern::best_table()), std::move(inputs)));
-    } else {
-      set(y, tq_portable(x, idx, gp, gn, up, un, dp, dn, cbgu, sgu, cbd, sd, d, s));
-    }
-  });
-}

@@ -1,4 +1,6 @@
-// zaya-mlx C++ MLX extension: the C ABI the Rust crate calls (src/ext.rs).
+// zaya-mlx C++ MLX extension: the C ABI the Rust crate calls (src/ext/sys.rs). The entry points of the
+// ops are in c_api.cpp; the ops themselves are declared in the per-concern headers (affine.h, cca.h,
+// layers.h, tq_switch_glu.h).
 //
 // Conventions for every exported function:
 //   * arrays cross as mlx-c handles (`mlx_array`); outputs are written into caller-owned handles
@@ -136,7 +138,7 @@ int zaya_router(mlx_array* choice, mlx_array* score, mlx_array* state, mlx_array
 int zaya_moe_combine(mlx_array* y, mlx_array ey, mlx_array x, mlx_array choice, mlx_array score, int num_experts,
                      int zero_skip, int mode, mlx_stream stream);
 
-// ---- CCA attention after the projections (cca_attn.cpp) ----------------------------------------------
+// ---- CCA attention after the projections (cca.h: cca_qk.cpp, cca_attn.cpp) ----------------------------
 // The CCA q/k chain (docs/model.md §3.2 steps 2–6): the two-stage causal conv over u = [q̃ ‖ k̃]
 // with the carried state, the mean paths, L2 normalisation to √D (max(‖·‖, 1e-6)), the key temperature
 // (exp(clip(temp, 1e-7, 2)) when clamp_temp), partial NeoX RoPE (rotary_dim, rope_theta) at absolute

@@ -24,6 +24,7 @@ pub mod quant;
 pub mod runtime;
 pub mod server;
 pub mod text;
+#[cfg(feature = "tools")]
 pub mod tools;
 
 /// The README's Rust example, compiled by `cargo test --doc` so it cannot drift from the API.

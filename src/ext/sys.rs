@@ -227,7 +227,9 @@ extern "C" {
     ) -> c_int;
 }
 
+#[cfg(feature = "tools")]
 extern "C" {
-    // C99/POSIX reentrant log-gamma from the platform libm (glibc, Apple libm): quant::encode.
+    // C99/POSIX reentrant log-gamma from the platform libm (glibc, Apple libm): the codebook of
+    // tools::encode.
     pub(crate) fn lgamma_r(x: f64, sign: *mut c_int) -> f64;
 }

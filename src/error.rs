@@ -170,7 +170,7 @@ thread_local! {
     static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// True while this thread runs a third-party parser through [`guarded`]: a panic hook may stay
+/// True while this thread runs a third-party parser through `guarded`: a panic hook may stay
 /// silent then, since the panic becomes a typed error.
 pub fn in_guarded_call() -> bool {
     GUARDED.with(|g| g.get())

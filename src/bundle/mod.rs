@@ -47,7 +47,7 @@ pub struct CanonicalWeights {
     /// `model.layers.1.zaya_block.experts.switch_mlp.gate_proj`).
     pub formats: BTreeMap<String, WeightFormat>,
     /// TurboQuant runtime arrays from the sidecar, by their sidecar names
-    /// (`codebook.{in}.{bits}` f32 [2^bits], `signs.{in}.{seed}` f32 [in]).
+    /// (`codebook.{in}.{bits}` f32 `[2^bits]`, `signs.{in}.{seed}` f32 `[in]`).
     pub tq_runtime: BTreeMap<String, Array>,
 }
 

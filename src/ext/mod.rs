@@ -1,7 +1,7 @@
 //! Safe Rust wrappers over the C ABI of our C++ MLX extension (`mlx-ext/`, compiled by build.rs).
 //!
 //! Each wrapper takes and returns [`mlx_rs::Array`]s (lazy graph nodes) on the default stream.
-//! Argument errors and C++ exceptions come back as [`ZayaError::Ext`]. [`ExtMode`] chooses between
+//! Argument errors and C++ exceptions come back as [`ZayaError::Ext`](crate::ZayaError::Ext). [`ExtMode`] chooses between
 //! the custom primitive and the portable plain-MLX-ops graph (the primitive falls back to the
 //! portable graph on streams where it has no kernel, e.g. GPU streams).
 //!

@@ -5,7 +5,7 @@
 //! [`CcaAttention::forward`] runs the layer's planned path: plain MLX ops (plus the conv primitive),
 //! or the fused path (projections as [`ext::affine_multi`] nodes, steps 2–6 as [`ext::cca_qk`], the
 //! cache append as [`ext::kv_append`], attention as [`ext::cca_attention`]);
-//! [`CcaAttention::forward_batch`] is one decode step of a ragged batch.
+//! `CcaAttention::forward_batch` is one decode step of a ragged batch.
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;

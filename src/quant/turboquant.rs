@@ -1,5 +1,5 @@
-//! MXTQ/TurboQuant: the plain-MLX-ops expert matmul y = norms ⊙ (C[codes] · H(s ⊙ x)) over the
-//! bundle's tensors and the sidecar's codebooks and sign vectors (the encoder is in `quant::encode`);
+//! MXTQ/TurboQuant: the plain-MLX-ops expert matmul `y = norms ⊙ (C[codes] · H(s ⊙ x))` over the
+//! bundle's tensors and the sidecar's codebooks and sign vectors (the encoder is in `tools::encode`);
 //! at the end, a self-contained f32 dequantizer used by the loader's tests and diagnostics.
 //!
 //! The plain path here is the reference for the fused `mlx-ext` switch-GLU primitive: the activation
@@ -12,7 +12,7 @@ use mlx_rs::{Array, Dtype};
 
 use crate::error::{Result, ZayaError};
 
-/// Power-of-two blocks of `d`, largest first (2048 → [2048]; 192 → [128, 64]).
+/// Power-of-two blocks of `d`, largest first (2048 → `[2048]`; 192 → `[128, 64]`).
 pub fn hadamard_blocks(d: usize) -> Vec<usize> {
     let mut out = Vec::new();
     let mut rem = d;

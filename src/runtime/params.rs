@@ -184,7 +184,7 @@ impl GenStats {
     }
 }
 
-/// Converts what [`Session::chat`] accepts into a message (`&str` / `String` = a user message).
+/// Converts what [`Session::chat`](crate::runtime::Session::chat) accepts into a message (`&str` / `String` = a user message).
 pub trait IntoMessage {
     fn into_message(self) -> Message;
 }

@@ -26,7 +26,7 @@ pub struct TqEncoder {
 pub struct TqEncoded {
     /// U32 [rows, packed_cols], codes LSB-first.
     pub packed: Vec<u32>,
-    /// F16 [rows].
+    /// F16 `[rows]`.
     pub norms: Vec<f16>,
 }
 
@@ -183,7 +183,7 @@ impl TqEncoder {
         Ok(TqEncoded { packed, norms })
     }
 
-    /// Dequantizes one packed row back to the original domain: s ⊙ (H · (n · C[codes]))/√d.
+    /// Dequantizes one packed row back to the original domain: `s ⊙ (H · (n · C[codes]))/√d`.
     pub fn dequantize_row(&self, packed: &[u32], norm: f32, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.in_features);
         let per = self.codes_per_word();

@@ -89,7 +89,7 @@ fn batch_mismatch_and_bad_options_are_typed_errors() {
         .unwrap_err();
     assert!(matches!(e, ZayaError::InvalidArgument(_)), "{e}");
     assert!(!c.is_poisoned());
-    // the dtype and the linear backend are fixed at build; the expert backend may change
+    // the dtype, the linear backend and the mlx-ext mode are fixed at build; the expert backend may change
     let mut m2 = build(&dir, ModelOptions::default());
     m2.set_options(ModelOptions {
         expert_backend: ExpertBackend::Plain,
@@ -106,6 +106,14 @@ fn batch_mismatch_and_bad_options_are_typed_errors() {
     let e = m2
         .set_options(ModelOptions {
             linear_backend: LinearBackend::Plain,
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(matches!(e, ZayaError::InvalidArgument(_)), "{e}");
+    // so is how the mlx-ext ops execute (the linears keep it)
+    let e = m2
+        .set_options(ModelOptions {
+            ext_mode: zaya_mlx::ext::ExtMode::Portable,
             ..Default::default()
         })
         .unwrap_err();

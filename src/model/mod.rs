@@ -65,7 +65,8 @@ pub struct ModelOptions {
     /// decides the stored dtypes.
     pub linear_backend: LinearBackend,
     /// How the mlx-ext ops execute (every fused primitive and the plain path's conv): `Auto` runs
-    /// the CPU kernel where the stream has one, `Portable` their plain-MLX-ops graphs.
+    /// the CPU kernel where the stream has one, `Portable` their plain-MLX-ops graphs. Fixed at build
+    /// (the linears keep it).
     pub ext_mode: ExtMode,
     /// Positions per chunk when a forward covers more tokens.
     pub prefill_chunk: usize,
@@ -182,6 +183,7 @@ impl ZayaModel {
         let f32 = Dtype::Float32;
         let h = cfg.hidden_size;
         src.set_linear_backend(options.linear_backend);
+        src.set_ext_mode(options.ext_mode);
         let embed_tokens = QLinear::load(&mut src, "model.embed_tokens", h, cfg.vocab_size, false, f32)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for n in 0..cfg.num_hidden_layers {
@@ -338,12 +340,15 @@ impl ZayaModel {
     }
 
     /// Changes the per-call options (skip semantics, chunk size, KV step, conv mode, expert backend).
-    /// The dtype and linear backend are fixed at build time; changing them here is an error.
+    /// The dtype, linear backend and mlx-ext mode are fixed at build time; changing them here is an error.
     pub fn set_options(&mut self, options: ModelOptions) -> Result<()> {
         check_options(&options)?;
-        if options.dtype != self.options.dtype || options.linear_backend != self.options.linear_backend {
+        if options.dtype != self.options.dtype
+            || options.linear_backend != self.options.linear_backend
+            || options.ext_mode != self.options.ext_mode
+        {
             return Err(ZayaError::InvalidArgument(
-                "dtype and linear backend are fixed when the model is built".into(),
+                "dtype, linear backend and mlx-ext mode are fixed when the model is built".into(),
             ));
         }
         self.options = options;

@@ -39,6 +39,8 @@ pub struct WeightSource {
     tq_luts: BTreeMap<String, Array>,
     /// Backend the linears built from this source will use (decides the stored dtypes).
     linear_backend: LinearBackend,
+    /// How the fused linears built from this source execute their mlx-ext ops.
+    ext_mode: ExtMode,
 }
 
 impl WeightSource {
@@ -52,7 +54,13 @@ impl WeightSource {
             taken: BTreeSet::new(),
             tq_luts: BTreeMap::new(),
             linear_backend: LinearBackend::Plain,
+            ext_mode: ExtMode::Auto,
         }
+    }
+
+    /// How the fused linears built from now on execute their mlx-ext ops ([`ExtMode`]).
+    pub fn set_ext_mode(&mut self, mode: ExtMode) {
+        self.ext_mode = mode;
     }
 
     /// Selects the backend of the linears built from now on ([`QLinear::load`]).
@@ -279,6 +287,8 @@ pub struct QLinear {
     pub dtype: Dtype,
     /// The backend this layer runs on (`Fused` only where a fused kernel applies).
     pub backend: LinearBackend,
+    /// How its mlx-ext ops execute on the fused backend (the model's `ext_mode` at build).
+    pub ext: ExtMode,
 }
 
 /// The MLX quantization parameters of an affine or MXFP4 format (None for float and TurboQuant).
@@ -403,6 +413,7 @@ impl QLinear {
             out_features,
             dtype,
             backend,
+            ext: src.ext_mode,
         })
     }
 
@@ -435,14 +446,14 @@ impl QLinear {
                         self.biases.value.as_ref().unwrap(),
                         bits,
                         group_size,
-                        ExtMode::Auto,
+                        self.ext,
                     )?;
                     match self.bias.value.as_ref() {
                         Some(b) => y.add(b)?,
                         None => y,
                     }
                 }
-                _ => ext::dense_matmul(&xf, &self.weight, self.bias.value.as_ref(), ExtMode::Auto)?,
+                _ => ext::dense_matmul(&xf, &self.weight, self.bias.value.as_ref(), self.ext)?,
             };
             return back(y);
         }
@@ -478,7 +489,7 @@ impl QLinear {
                 self.biases.value.as_ref().unwrap(),
                 spec.bits as u32,
                 spec.group_size as u32,
-                ExtMode::Auto,
+                self.ext,
             )?,
             (_, spec) => self.embed_plain(&flat, spec)?,
         };

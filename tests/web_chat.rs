@@ -74,6 +74,11 @@ fn chat_page_in_a_headless_browser() {
         "the stopped request still held the slot: {r}"
     );
     assert_eq!(r["after_stop_answers"], 3);
+    assert_eq!(
+        r["thinking_errors"],
+        serde_json::json!([]),
+        "the thinking request failed: {r}"
+    );
     assert_eq!(r["thinking_flag"], true);
     assert_eq!(r["reasoning_folded"], true);
     assert_eq!(r["reasoning_answer"], "The answer.");

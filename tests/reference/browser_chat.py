@@ -38,7 +38,16 @@ def wait(cond, what, timeout=30.0):
         if v:
             return v
         time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
+    # say what the page shows, so that a failure names its cause (an error box, a request never sent)
+    try:
+        page = driver.execute_script(
+            "return 'requests sent: ' + (window.__bodies ? window.__bodies.length : '?') + '; stop '"
+            " + (document.getElementById('stop').disabled ? 'disabled' : 'enabled') + '; messages: '"
+            " + Array.from(document.querySelectorAll('#messages .msg')).map("
+            "   (m) => m.className + ': ' + m.innerText.slice(0, 120).replace(/\\s+/g, ' ')).join(' || ')")
+    except Exception as e:  # the page itself is gone
+        page = f"(page unreadable: {e})"
+    raise SystemExit(f"timed out waiting for {what}; {page}")
 
 
 def boxes(cls):
@@ -110,7 +119,9 @@ try:
     driver.find_element(By.CSS_SELECTOR, "label[for=thinking]").click()
     inp.send_keys("Think first")
     inp.send_keys(Keys.ENTER)
-    wait(lambda: len(boxes("assistant")) == 4 and idle(), "the thinking answer")
+    wait(lambda: (len(boxes("assistant")) == 4 or len(boxes("error")) > len(report["after_stop_errors"])) and idle(),
+         "the thinking answer")
+    report["thinking_errors"] = [e.text for e in boxes("error")]
     bodies = driver.execute_script("return window.__bodies")
     report["thinking_flag"] = bodies[-1]["chat_template_kwargs"]["enable_thinking"]
     driver.execute_script(

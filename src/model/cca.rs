@@ -375,14 +375,7 @@ impl CcaAttention {
             &qkv.conv_qk[1].bias,
             &qkv.temp,
             &values,
-            ext::CcaQkParams {
-                q_heads: d.q_heads as u32,
-                kv_heads: d.kv_heads as u32,
-                rotary_dim: d.rotary_dim as u32,
-                rope_theta: d.rope_theta,
-                clamp_temp: d.clamp_temp,
-                offset,
-            },
+            self.qk_params(offset),
             opts.ext,
         )?;
         cache.conv_state = Some(out.conv_state);
@@ -390,6 +383,19 @@ impl CcaAttention {
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         let attn = ext::cca_attention(&out.q, &all_k, &all_v, len, scale, true, opts.ext)?;
         self.o_proj.forward(&attn)
+    }
+
+    /// The q/k chain's parameters at RoPE position `offset` (per-row positions override it).
+    fn qk_params(&self, offset: usize) -> ext::CcaQkParams {
+        let d = self.dims;
+        ext::CcaQkParams {
+            q_heads: d.q_heads as u32,
+            kv_heads: d.kv_heads as u32,
+            rotary_dim: d.rotary_dim as u32,
+            rope_theta: d.rope_theta,
+            clamp_temp: d.clamp_temp,
+            offset,
+        }
     }
 
     /// One decode step of a ragged batch on the fused path: `x [N, H]` (f32 input_norm output, one
@@ -420,14 +426,7 @@ impl CcaAttention {
             &qkv.conv_qk[1].bias,
             &qkv.temp,
             &values,
-            ext::CcaQkParams {
-                q_heads: d.q_heads as u32,
-                kv_heads: d.kv_heads as u32,
-                rotary_dim: d.rotary_dim as u32,
-                rope_theta: d.rope_theta,
-                clamp_temp: d.clamp_temp,
-                offset: 0,
-            },
+            self.qk_params(0),
             lens,
             mode,
         )?;

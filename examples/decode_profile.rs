@@ -190,6 +190,25 @@ fn main() -> anyhow::Result<()> {
             ms(p.other),
             pl.join(" ")
         );
+        // where a prefill's time goes: each primitive's task time (summed), the rest is MLX ops
+        let mut c3 = model.new_cache();
+        zaya_mlx::ext::trace_take();
+        zaya_mlx::ext::trace_enable(true);
+        let t = Instant::now();
+        model.prefill(&toks, &mut c3, None)?;
+        let wall = ms(t.elapsed());
+        zaya_mlx::ext::trace_enable(false);
+        let mut by: std::collections::BTreeMap<&'static str, (f64, usize)> = Default::default();
+        for e in zaya_mlx::ext::trace_take() {
+            let s = by.entry(e.name).or_default();
+            s.0 += (e.end_ns - e.start_ns) as f64 / 1e6;
+            s.1 += 1;
+        }
+        let traced: f64 = by.values().map(|v| v.0).sum();
+        println!("prefill traced: wall {wall:.0} ms, custom primitives {traced:.0} ms");
+        for (k, (t, c)) in by {
+            println!("  {k:<20} {t:8.1} ms in {c} tasks");
+        }
         println!("peak rss {:.3} GiB", peak_rss_bytes() as f64 / (1u64 << 30) as f64);
         return Ok(());
     }

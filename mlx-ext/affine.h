@@ -58,6 +58,7 @@ struct AffMulti {
   int64_t N;      // rows of every x
   int64_t total;  // columns of y
   AffPart part[kMaxParts];
+  int bf16;       // the bf16 matmul precision (ZAYA_EXT_BF16_DOT)
 };
 
 // y[:, off_i : off_i + out_i] = x_i · W_iᵀ for every part; inputs [x_0, w_0, s_0, b_0, x_1, ...].
@@ -70,7 +71,7 @@ class AffineMatmul : public CpuPrimitive {
   auto state() const {
     std::vector<std::tuple<decltype(AffDims{}.state()), int64_t>> parts;
     for (int i = 0; i < am_.k; ++i) parts.emplace_back(am_.part[i].d.state(), am_.part[i].offset);
-    return std::make_tuple(am_.N, am_.total, parts, tab_);
+    return std::make_tuple(am_.N, am_.total, parts, am_.bf16, tab_);
   }
   bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
 

@@ -79,6 +79,7 @@ mx::array affine_matmul(const mx::array& x, const mx::array& w, const mx::array&
     am.N = d.N;
     am.total = d.out;
     am.part[0] = AffPart{d, 0};
+    am.bf16 = mode_bf16(mode);
     return mx::array(shape, mx::float32, std::make_shared<AffineMatmul>(s, am, table_for(d)),
                      {x, weight_input(w, s), weight_input(sc, s), weight_input(bi, s)});
   }
@@ -149,6 +150,7 @@ mx::array affine_multi(const std::vector<mx::array>& xs, const std::vector<mx::a
   shape.back() = static_cast<int>(am.total);
   const bool use_prim = use_primitive(mode, s, "AffineMatmul");
   if (am.N == 0) return mx::zeros(shape, mx::float32, s);
+  am.bf16 = mode_bf16(mode);
   if (use_prim) {
     for (size_t i = 0; i < inputs.size(); ++i)
       if (i % 4 != 0) inputs[i] = weight_input(inputs[i], s);
@@ -204,12 +206,13 @@ void run_affine(const std::vector<mx::array>& in, float* y, const AffMulti& am, 
     mats.push_back(kern::AffMat{in[4 * i + 1].data<uint32_t>(), in[4 * i + 2].data<void>(), in[4 * i + 3].data<void>(),
                                 d.stype, d.bits, d.group, d.in});
   }
+  const kern::AffRowsFn aff_rows = am.bf16 ? tab->aff_rows_bf16 : tab->aff_rows;
   parallel_for(am.total, 64, [&](int64_t r0, int64_t r1) {
     for (int i = 0; i < am.k; ++i) {
       const int64_t lo = std::max<int64_t>(r0, am.part[i].offset);
       const int64_t hi = std::min<int64_t>(r1, am.part[i].offset + am.part[i].d.out);
       if (lo < hi)
-        tab->aff_rows(mats[i], (int)(lo - am.part[i].offset), (int)(hi - am.part[i].offset), xs[i].data(),
+        aff_rows(mats[i], (int)(lo - am.part[i].offset), (int)(hi - am.part[i].offset), xs[i].data(),
                       ys[i].data(), (int)N);
     }
   }, kStreamChunks);

@@ -101,12 +101,14 @@ const void* row_major(const mx::array& a, std::vector<char>& scratch) {
 }
 
 void check_mode(int mode) {
-  if (mode != ZAYA_EXT_AUTO && mode != ZAYA_EXT_PORTABLE && mode != ZAYA_EXT_PRIMITIVE)
+  const int base = mode_base(mode);
+  if (base != ZAYA_EXT_AUTO && base != ZAYA_EXT_PORTABLE && base != ZAYA_EXT_PRIMITIVE)
     fail("unknown mode " + std::to_string(mode));
 }
 
 bool use_primitive(int mode, const mx::Stream& s, const char* what) {
   check_mode(mode);
+  mode = mode_base(mode);
   if (mode == ZAYA_EXT_PRIMITIVE && !has_cpu_kernel(s))
     fail(std::string("the ") + what + " primitive has no kernel for this stream's device; use the portable mode");
   return mode == ZAYA_EXT_PRIMITIVE || (mode == ZAYA_EXT_AUTO && has_cpu_kernel(s));

@@ -67,8 +67,11 @@ void expect_ndim(const mx::array& a, int ndim, const char* name);
 // Is there a custom CPU kernel for this stream?
 inline bool has_cpu_kernel(const mx::Stream& s) { return s.device == mx::Device::cpu; }
 
-// Throws for a mode other than ZAYA_EXT_AUTO / PORTABLE / PRIMITIVE.
+// Throws for a mode other than ZAYA_EXT_AUTO / PORTABLE / PRIMITIVE, optionally | ZAYA_EXT_BF16_DOT.
 void check_mode(int mode);
+// The mode without its flags, and whether it asks for the bf16 matmul precision.
+inline int mode_base(int mode) { return mode & ~ZAYA_EXT_BF16_DOT; }
+inline bool mode_bf16(int mode) { return (mode & ZAYA_EXT_BF16_DOT) != 0; }
 
 // Whether an op built in `mode` on stream `s` uses its custom primitive (true) or its portable graph:
 // PRIMITIVE on a stream without a CPU kernel is an error naming the primitive `what`.

@@ -52,6 +52,10 @@ struct DenseMat {
   int in;
 };
 
+using TqRowsFn = void (*)(const struct TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
+using AffRowsFn = void (*)(const struct AffMat& m, int r0, int r1, const float* const* xs, float* const* ys,
+                           int nt);
+
 // The leaf kernels of one instruction set. All loop over rows [r0, r1) and any number `nt` of token
 // rows; x rows are in the kernel layout of this table (see lanes and the prep functions in the op
 // files), y rows are plain f32 and receive y[t][r] for r in [r0, r1).
@@ -72,12 +76,22 @@ struct Table {
   // s[0, n) <- softmax(s[0, n)) (max-subtracted, exp by a polynomial with relative error < 2e-7),
   // s[n, total) <- 0
   void (*softmax_row)(float* s, int n, int total);
+  // The `bf16` precision of tq_rows / aff_rows: bf16 dot products with f32 accumulation for calls with
+  // many token rows where the CPU has AVX512-BF16 (simd_avx512bf16.cpp); elsewhere (fewer rows, other
+  // ISAs) the f32 kernels above.
+  TqRowsFn tq_rows_bf16;
+  AffRowsFn aff_rows_bf16;
 };
 
 // Tables (nullptr when the ISA is not compiled in or the CPU lacks it).
 const Table* scalar_table();
 const Table* avx2_table();
 const Table* avx512_table();
+
+// The AVX512-BF16 kernels (nullptr when not compiled in) and whether this CPU and OS run them.
+TqRowsFn avx512bf16_tq_rows();
+AffRowsFn avx512bf16_aff_rows();
+bool cpu_has_avx512bf16();
 
 // The best table allowed by the current cap (set_max_isa / ZAYA_EXT_ISA) on this CPU.
 const Table* best_table();
@@ -86,6 +100,11 @@ int detected_isa();
 // Current cap; set_max_isa returns the previous cap.
 int max_isa();
 int set_max_isa(int level);
+
+// A thread-local scratch buffer of at least n floats, 64-byte aligned, reused across calls (slot 0:
+// the panel GEMM's weight panel; slot 1: its bf16 token rows). Valid until the same thread asks for
+// the same slot again.
+float* scratch_f32(int slot, size_t n);
 
 // Exact f16 -> f32 (subnormals, infinities and NaN included) and bf16 -> f32.
 static inline float f16_to_f32(uint16_t h) {

@@ -46,7 +46,7 @@ struct V {
 }  // namespace
 
 const Table* scalar_table() {
-  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl};
+  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl};
   return &t;
 }
 

@@ -183,6 +183,7 @@ mx::array tq_switch_glu(const mx::array& x, const mx::array& idx, const mx::arra
   auto d = check_tq_args(x, idx, gp, gn, up, un, dp, dn, cbgu, sgu, bits_gu, cbd, sd, bits_d);
   const bool use_prim = use_primitive(mode, s, "TqSwitchGlu");
   if (d.N == 0) return mx::zeros(TqSwitchGlu::shape(d), mx::float32, s);
+  d.bf16 = mode_bf16(mode);
   if (use_prim) {
     std::vector<mx::array> inputs{x, idx};
     for (auto* a : {&gp, &gn, &up, &un, &dp, &dn, &cbgu, &sgu, &cbd, &sd}) inputs.push_back(weight_input(*a, s));
@@ -239,6 +240,7 @@ struct TqPtrs {
 
 void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   const int L = tab->lanes;
+  const kern::TqRowsFn tq_rows = d.bf16 ? tab->tq_rows_bf16 : tab->tq_rows;
   const int64_t D = (int64_t)d.N * d.K;
   const int vpw_gu = 32 / d.bits_gu, vpw_d = 32 / d.bits_d;
   const int64_t pad_gu = (int64_t)d.cols_gu * vpw_gu, pad_d = (int64_t)d.cols_d * vpw_d;
@@ -304,8 +306,8 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
                            up_rows.second};
       const kern::TqMat mu{p.up + base * d.cols_gu, nu.data(), p.cbgu, d.bits_gu, d.cols_gu, next_gate.first,
                            next_gate.second};
-      tab->tq_rows(mg, (int)r0, (int)r1, xs.data() + start[e], ya.data() + start[e], (int)cnt[e]);
-      tab->tq_rows(mu, (int)r0, (int)r1, xs.data() + start[e], yu.data() + start[e], (int)cnt[e]);
+      tq_rows(mg, (int)r0, (int)r1, xs.data() + start[e], ya.data() + start[e], (int)cnt[e]);
+      tq_rows(mu, (int)r0, (int)r1, xs.data() + start[e], yu.data() + start[e], (int)cnt[e]);
     }
     for (int64_t q = 0; q < nv; ++q) {
       float* a = ya[q];
@@ -340,7 +342,7 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
       const auto next = k + 1 < used.size() ? rows_of(p.dp, used[k + 1], d.O, d.cols_d, r0, r1)
                                             : std::pair<const void*, const void*>{nullptr, nullptr};
       const kern::TqMat md{p.dp + base * d.cols_d, nd.data(), p.cbd, d.bits_d, d.cols_d, next.first, next.second};
-      tab->tq_rows(md, (int)r0, (int)r1, xs2.data() + start[e], yo.data() + start[e], (int)cnt[e]);
+      tq_rows(md, (int)r0, (int)r1, xs2.data() + start[e], yo.data() + start[e], (int)cnt[e]);
     }
   }, kStreamChunks);
 }

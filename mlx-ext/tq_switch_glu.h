@@ -29,6 +29,7 @@ struct TqDims {
   int cols_gu, cols_d;
   int gn_type, un_type, dn_type;
   int idx_2d;
+  int bf16;  // the bf16 matmul precision (ZAYA_EXT_BF16_DOT)
 };
 
 // Inputs in the order of the op's arguments (x, idx, gate packed/norms, up, down, codebooks, signs).
@@ -41,7 +42,7 @@ class TqSwitchGlu : public CpuPrimitive {
   static mx::Shape shape(const TqDims& d) { return d.idx_2d ? mx::Shape{d.N, d.K, d.O} : mx::Shape{d.N, d.O}; }
   auto state() const {
     return std::make_tuple(d_.N, d_.K, d_.H, d_.I, d_.O, d_.E, d_.bits_gu, d_.bits_d, d_.cols_gu, d_.cols_d,
-                           d_.gn_type, d_.un_type, d_.dn_type, d_.idx_2d, tab_);
+                           d_.gn_type, d_.un_type, d_.dn_type, d_.idx_2d, d_.bf16, tab_);
   }
   bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }
 

@@ -25,6 +25,11 @@ extern "C" {
 #endif
 
 enum { ZAYA_EXT_AUTO = 0, ZAYA_EXT_PORTABLE = 1, ZAYA_EXT_PRIMITIVE = 2 };
+// Flag OR'ed into `mode`: the `bf16` precision of the affine and TurboQuant matmuls (zaya_affine_matmul,
+// zaya_affine_multi, zaya_tq_switch_glu): their CPU kernels use bf16 dot products with f32 accumulation
+// (x and the decoded weights rounded to bf16) for calls with many token rows where the CPU has
+// AVX512-BF16, and f32 elsewhere. The portable graphs compute in f32. Other ops ignore it.
+enum { ZAYA_EXT_BF16_DOT = 16 };
 
 const char* zaya_ext_last_error(void);
 const char* zaya_ext_version(void);
@@ -60,6 +65,7 @@ size_t zaya_ext_trace_take(const char** names, int64_t* t0, int64_t* t1, size_t 
 int zaya_ext_detected_isa(void);     // best level this CPU supports
 int zaya_ext_kernel_isa(void);       // level ops built now will use
 int zaya_ext_set_max_isa(int level); // sets the cap, returns the previous cap
+int zaya_ext_bf16_dot(void);          // 1 when ops built now run ZAYA_EXT_BF16_DOT with bf16 dot products
 
 // ---- TurboQuant routed experts: fused switch-GLU ----------------------------------------------------
 // y[d] = down_e( R_d( silu(gate_e x̂) * up_e x̂ ) ) for each dispatch d = (token n, slot k), e = idx[n, k],

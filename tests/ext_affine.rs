@@ -104,6 +104,9 @@ impl Weight {
     fn run(&self, x: &Array, mode: ExtMode) -> zaya_mlx::Result<Array> {
         affine_matmul(x, &self.wa, &self.sa, &self.ba, self.bits, self.group as u32, mode)
     }
+    fn run_mode(&self, x: &Array, mode: zaya_mlx::ext::MatmulMode) -> zaya_mlx::Result<Array> {
+        affine_matmul(x, &self.wa, &self.sa, &self.ba, self.bits, self.group as u32, mode)
+    }
 }
 
 /// Every ISA's primitive, the portable graph and (when `stock`) MLX's quantized_matmul vs the f64 loop.
@@ -437,4 +440,74 @@ fn kernel_trace_records_tasks_while_on() {
     w.run(&x, ExtMode::Primitive).unwrap().eval().unwrap();
     let late: Vec<_> = trace_take().into_iter().filter(|e| e.start_ns >= t2).collect();
     assert!(late.is_empty(), "traced while off: {late:?}");
+}
+
+/// f64 of v rounded to bf16 (round to nearest even), as the bf16 kernels round x and the decoded
+/// weights.
+fn bf(v: f64) -> f64 {
+    bf16::from_f32(v as f32).to_f64()
+}
+
+/// `MatmulPrecision::Bf16` against the f64 loop over bf16-rounded operands: x and every decoded weight
+/// s·q + b (computed exactly, rounded to f32, then to bf16) rounded to bf16, products summed exactly.
+/// With ≥ 8 rows on a CPU with AVX512-BF16 the kernel must match it to f32 summation accuracy, and
+/// differ measurably from the f32 result; with fewer rows, or without the instructions (the AVX2 cap),
+/// it must equal the f32 kernel bit for bit.
+#[test]
+fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
+    use zaya_mlx::ext::{bf16_dot_available, KernelIsa, MatmulMode, MatmulPrecision};
+    let bf16_mode = MatmulMode {
+        ext: ExtMode::Primitive,
+        precision: MatmulPrecision::Bf16,
+    };
+    let mut seed = 900;
+    for (bits, group, st) in [(8u32, 64usize, SType::F16), (4, 64, SType::Bf16), (8, 32, SType::F32)] {
+        seed += 1;
+        let w = weight(seed, 70, 512, bits, group, st);
+        for n in [3usize, 8, 13, 40] {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed * 10 + n as u64);
+            let x: Vec<f32> = (0..n * w.inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let xa = Array::from_slice(&x, &[n as i32, w.inp as i32]);
+            let ctx = format!("bits={bits} G={group} {st:?} N={n}");
+            let exact = w.matmul64(&x);
+            let mut rounded = vec![0f64; n * w.out];
+            for r in 0..w.out {
+                let row: Vec<f64> = (0..w.inp).map(|j| bf(w.deq(r, j) as f32 as f64)).collect();
+                for t in 0..n {
+                    rounded[t * w.out + r] = row
+                        .iter()
+                        .zip(&x[t * w.inp..(t + 1) * w.inp])
+                        .map(|(a, b)| a * bf(*b as f64))
+                        .sum();
+                }
+            }
+            for isa in isas() {
+                let (y, y32, dot) = with_isa(isa, || {
+                    (
+                        values(&w.run_mode(&xa, bf16_mode).unwrap()),
+                        values(&w.run(&xa, ExtMode::Primitive).unwrap()),
+                        bf16_dot_available(),
+                    )
+                });
+                if isa != KernelIsa::Avx512 {
+                    assert!(!dot, "{ctx}: no bf16 dot products below the AVX-512 kernels");
+                }
+                if dot && n >= 8 {
+                    let err = rel_err(&y, &rounded);
+                    verbose(&ctx, &format!("{isa:?} bf16 vs rounded f64"), err);
+                    assert!(
+                        err <= TOL,
+                        "{ctx} {isa:?}: bf16 kernel vs the rounded f64 loop: {err:e}"
+                    );
+                    let moved = rel_err(&y, &exact);
+                    assert!(moved > 1e-4, "{ctx} {isa:?}: bf16 rounding should show ({moved:e})");
+                } else {
+                    assert_eq!(
+                        y, y32,
+                        "{ctx} {isa:?}: below the panel size or without AVX512-BF16: the f32 kernel"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -511,3 +511,122 @@ fn non_contiguous_inputs() {
     }
     drop(a);
 }
+
+/// f64 of v rounded to bf16 (round to nearest even).
+fn bf(v: f64) -> f64 {
+    half::bf16::from_f32(v as f32).to_f64()
+}
+
+/// The rotation in f32 with the kernel's operation order (signs, butterflies, 1/√n), so that the
+/// values the kernel rounds to bf16 are the same ones.
+fn rotate32(v: &[f32], signs: &[f32]) -> Vec<f64> {
+    let n = v.len();
+    let mut r: Vec<f32> = v.iter().zip(signs).map(|(a, s)| a * s).collect();
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).step_by(2 * h) {
+            for j in i..i + h {
+                let (a, b) = (r[j], r[j + h]);
+                r[j] = a + b;
+                r[j + h] = a - b;
+            }
+        }
+        h *= 2;
+    }
+    let scale = 1.0f32 / (n as f32).sqrt();
+    r.iter().map(|a| (a * scale) as f64).collect()
+}
+
+/// `MatmulPrecision::Bf16` against the f64 loop over bf16-rounded operands: x̂ and â rounded to bf16,
+/// every codebook value rounded to bf16 (the row norms and the SwiGLU stay exact), products summed
+/// exactly; the rotations in f32 in the kernel's order (`rotate32`), so that values on a bf16
+/// rounding boundary round the same way. All rows on one expert so that the expert groups reach the
+/// panel size (8 rows); with fewer rows, or without AVX512-BF16, the op must equal the f32 kernel bit
+/// for bit. The bf16 rounding itself moves the result by more than 5e-4 (checked too).
+#[test]
+fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
+    use zaya_mlx::ext::{bf16_dot_available, KernelIsa, MatmulMode, MatmulPrecision};
+    let ex = experts(31, 4, 256, 512, 256, 4, 4);
+    let a = arrays(&ex);
+    let cb_gu: Vec<f32> = ex.cb_gu.iter().map(|v| bf(*v as f64) as f32).collect();
+    let cb_d: Vec<f32> = ex.cb_d.iter().map(|v| bf(*v as f64) as f32).collect();
+    let bf16_mode = MatmulMode {
+        ext: ExtMode::Primitive,
+        precision: MatmulPrecision::Bf16,
+    };
+    for n in [3usize, 8, 21] {
+        let mut rng = ChaCha8Rng::seed_from_u64(n as u64);
+        let x: Vec<f32> = (0..n * ex.h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let idx = make_idx(&mut rng, Mix::OneExpert, n, ex.e);
+        let e = idx[0] as usize;
+        let exact = reference(&ex, &x, &idx);
+        let mut rounded = vec![0f64; n * ex.o];
+        for t in 0..n {
+            let xr: Vec<f64> = rotate32(&x[t * ex.h..(t + 1) * ex.h], &ex.s_gu)
+                .into_iter()
+                .map(bf)
+                .collect();
+            let g = proj64(&ex.gate, e, &cb_gu, ex.bits_gu, &xr);
+            let u = proj64(&ex.up, e, &cb_gu, ex.bits_gu, &xr);
+            let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let act32: Vec<f32> = act.iter().map(|v| *v as f32).collect();
+            let ar: Vec<f64> = rotate32(&act32, &ex.s_d).into_iter().map(bf).collect();
+            rounded[t * ex.o..(t + 1) * ex.o].copy_from_slice(&proj64(&ex.down, e, &cb_d, ex.bits_d, &ar));
+        }
+        let xa = Array::from_slice(&x, &[n as i32, ex.h as i32]);
+        let ia = Array::from_slice(&idx.iter().map(|v| *v as i32).collect::<Vec<_>>(), &[n as i32]);
+        for isa in isas() {
+            let (y, y32, dot) = with_isa(isa, || {
+                let y = tq_switch_glu(
+                    &xa,
+                    &ia,
+                    TqWeights {
+                        packed: &a.gp,
+                        norms: &a.gn,
+                    },
+                    TqWeights {
+                        packed: &a.up,
+                        norms: &a.un,
+                    },
+                    TqWeights {
+                        packed: &a.dp,
+                        norms: &a.dn,
+                    },
+                    TqCodec {
+                        codebook: &a.cb_gu,
+                        signs: &a.s_gu,
+                        bits: ex.bits_gu,
+                    },
+                    TqCodec {
+                        codebook: &a.cb_d,
+                        signs: &a.s_d,
+                        bits: ex.bits_d,
+                    },
+                    bf16_mode,
+                )
+                .unwrap();
+                (
+                    values(&y),
+                    values(&build(&ex, &a, &xa, &ia, ExtMode::Primitive).unwrap()),
+                    bf16_dot_available(),
+                )
+            });
+            let ctx = format!("N={n} {isa:?}");
+            if isa != KernelIsa::Avx512 {
+                assert!(!dot, "{ctx}: no bf16 dot products below the AVX-512 kernels");
+            }
+            if dot && n >= 8 {
+                let err = rel_err(&y, &rounded);
+                verbose(&ctx, "bf16 vs rounded f64", err);
+                assert!(err <= TOL, "{ctx}: bf16 kernel vs the rounded f64 loop: {err:e}");
+                let moved = rel_err(&y, &exact);
+                assert!(moved > 5e-4, "{ctx}: bf16 rounding should show ({moved:e})");
+            } else {
+                assert_eq!(
+                    y, y32,
+                    "{ctx}: below the panel size or without AVX512-BF16: the f32 kernel"
+                );
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@ use mlx_sys::mlx_array;
 
 use super::handle::*;
 use super::sys::*;
-use super::ExtMode;
+use super::{ExtMode, MatmulMode};
 use crate::error::Result;
 
 /// `y = x · Wᵀ` for an MLX affine weight (`mx.quantized_matmul(x, w, scales, biases,
@@ -16,7 +16,7 @@ use crate::error::Result;
 /// * `scales`, `biases`: `[out, in/group_size]`, float16/bfloat16/float32 (same dtype);
 /// * `group_size` divides `in` and is a multiple of `32/bits`.
 ///
-/// Returns `[..., out]` float32.
+/// Returns `[..., out]` float32. `mode`: an [`ExtMode`] (f32) or a [`MatmulMode`].
 pub fn affine_matmul(
     x: &Array,
     w: &Array,
@@ -24,8 +24,9 @@ pub fn affine_matmul(
     biases: &Array,
     bits: u32,
     group_size: u32,
-    mode: ExtMode,
+    mode: impl Into<MatmulMode>,
 ) -> Result<Array> {
+    let mode = mode.into();
     call1(|y, s| unsafe {
         zaya_affine_matmul(
             y,
@@ -52,7 +53,13 @@ pub struct AffineWeight<'a> {
 /// Several [`affine_matmul`]s as one op, outputs side by side:
 /// `y = [x_0·W_0ᵀ ‖ x_1·W_1ᵀ ‖ …]` (1 to 4 weights of one `bits` / `group_size`). Every `x_i` is
 /// float32 with the same number of rows; the output has `x_0`'s leading shape and `Σ out_i` columns.
-pub fn affine_multi(parts: &[(&Array, AffineWeight<'_>)], bits: u32, group_size: u32, mode: ExtMode) -> Result<Array> {
+pub fn affine_multi(
+    parts: &[(&Array, AffineWeight<'_>)],
+    bits: u32,
+    group_size: u32,
+    mode: impl Into<MatmulMode>,
+) -> Result<Array> {
+    let mode = mode.into();
     let xs: Vec<mlx_array> = parts.iter().map(|p| p.0.as_ptr()).collect();
     let ws: Vec<mlx_array> = parts.iter().map(|p| p.1.w.as_ptr()).collect();
     let ss: Vec<mlx_array> = parts.iter().map(|p| p.1.scales.as_ptr()).collect();

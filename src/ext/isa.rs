@@ -40,6 +40,14 @@ pub fn kernel_isa() -> KernelIsa {
     KernelIsa::from_c(unsafe { zaya_ext_kernel_isa() })
 }
 
+/// Whether ops built now with [`MatmulPrecision::Bf16`](super::MatmulPrecision) run bf16 dot
+/// products (AVX512-BF16 on this CPU and the AVX-512 kernels allowed); otherwise they run the f32
+/// kernels.
+pub fn bf16_dot_available() -> bool {
+    // SAFETY: plain query.
+    unsafe { zaya_ext_bf16_dot() != 0 }
+}
+
 /// Caps the kernel instruction set process-wide (for tests and benchmarks); returns the previous cap.
 pub fn set_max_isa(level: KernelIsa) -> KernelIsa {
     // SAFETY: atomic store in the extension.

@@ -64,6 +64,46 @@ impl ExtMode {
     }
 }
 
+/// The arithmetic of the affine and TurboQuant matmul kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulPrecision {
+    /// f32 multiply-adds (the default; the portable graphs always compute so).
+    #[default]
+    F32,
+    /// bf16 dot products with f32 accumulation (x and the decoded weights rounded to bf16) in calls
+    /// with many token rows (prefill chunks, expert groups of 8+ rows) where the CPU has
+    /// AVX512-BF16; f32 elsewhere (decode, other CPUs). See docs/performance.md.
+    Bf16,
+}
+
+/// How a matmul op is built: [`ExtMode`] plus the kernels' [`MatmulPrecision`]. An `ExtMode`
+/// converts into the f32 precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MatmulMode {
+    pub ext: ExtMode,
+    pub precision: MatmulPrecision,
+}
+
+impl From<ExtMode> for MatmulMode {
+    fn from(ext: ExtMode) -> Self {
+        MatmulMode {
+            ext,
+            precision: MatmulPrecision::F32,
+        }
+    }
+}
+
+impl MatmulMode {
+    pub(crate) fn as_c(self) -> c_int {
+        const BF16_DOT: c_int = 16; // ZAYA_EXT_BF16_DOT
+        match self.precision {
+            MatmulPrecision::F32 => self.ext.as_c(),
+            MatmulPrecision::Bf16 => self.ext.as_c() | BF16_DOT,
+        }
+    }
+}
+
 /// Version string of the compiled extension.
 pub fn version() -> String {
     // SAFETY: returns a pointer to a static NUL-terminated string.

@@ -4,7 +4,7 @@ use mlx_rs::Array;
 
 use super::handle::*;
 use super::sys::*;
-use super::ExtMode;
+use super::MatmulMode;
 use crate::error::Result;
 
 /// One stacked TurboQuant expert projection (`….tq_packed`, `….tq_norms`).
@@ -36,7 +36,8 @@ pub struct TqCodec<'a> {
 /// * `gate`, `up`: `[E, I, ·]` sharing `gate_up` (codebook keyed on H, signs `[H]`);
 ///   `down`: `[E, O, ·]` with `down_codec` (codebook keyed on I, signs `[I]`); H and I powers of two.
 ///
-/// Returns `[N, O]` (or `[N, K, O]`) float32; the router's gate weight is not applied.
+/// Returns `[N, O]` (or `[N, K, O]`) float32; the router's gate weight is not applied. `mode`: an
+/// [`ExtMode`](super::ExtMode) (f32) or a [`MatmulMode`].
 #[allow(clippy::too_many_arguments)]
 pub fn tq_switch_glu(
     x: &Array,
@@ -46,8 +47,9 @@ pub fn tq_switch_glu(
     down: TqWeights<'_>,
     gate_up: TqCodec<'_>,
     down_codec: TqCodec<'_>,
-    mode: ExtMode,
+    mode: impl Into<MatmulMode>,
 ) -> Result<Array> {
+    let mode = mode.into();
     call1(|y, s| unsafe {
         zaya_tq_switch_glu(
             y,

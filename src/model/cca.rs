@@ -303,6 +303,10 @@ impl CcaAttention {
         match (spec(a.1), spec(b.1)) {
             (Some(sa), Some(sb)) if sa == sb => {
                 if let (Some(wa), Some(wb)) = (affine_weight(a.1), affine_weight(b.1)) {
+                    let mode = ext::MatmulMode {
+                        ext: mode,
+                        precision: a.1.matmul_mode().precision,
+                    };
                     return ext::affine_multi(&[(a.0, wa), (b.0, wb)], sa.0, sa.1, mode);
                 }
                 Self::project_pair_plain(a, b)

@@ -13,6 +13,7 @@ use super::probe::Probe;
 use super::ZayaModel;
 use crate::error::{Result, ZayaError};
 use crate::ext;
+use crate::ext::MatmulPrecision;
 use crate::model::cache::ModelCache;
 use crate::model::cca::CcaOptions;
 use crate::model::plan::LayerPlan;
@@ -354,7 +355,8 @@ impl ZayaModel {
                 layer
                     .res_scale
                     .merge_norm(residual.as_ref(), &h, &layer.input_norm, plan.norms, plan.ext)?;
-            let x = if x32.dtype() == dt {
+            // (the bf16 matmul kernels round their inputs themselves)
+            let x = if x32.dtype() == dt || plan.matmul == MatmulPrecision::Bf16 {
                 x32.clone()
             } else {
                 x32.as_dtype(dt)?

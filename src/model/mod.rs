@@ -7,8 +7,12 @@
 //! Dtype policy: the residual stream, the RMSNorms, the final norm, the logits, the router (and its
 //! input, the f32 input_norm output), the q/k normalisation, attention, the CCA conv and its state
 //! are f32 always; the linear projections and the experts run in [`ModelOptions::dtype`] (f32
-//! default, bf16/f16 allowed) on the input_norm output rounded once to that dtype. Float weights
-//! are converted to their compute dtype once, when the model is built.
+//! default, bf16/f16 allowed). On the fused path bf16 means bf16 dot products inside the matmul
+//! kernels ([`MatmulPrecision::Bf16`]: x and the decoded weights rounded to bf16, f32 accumulation,
+//! f32 activations between the kernels) in calls with many token rows on CPUs with AVX512-BF16, and
+//! the f32 kernels elsewhere; on the plain path (and for f16) the input_norm output is rounded once
+//! to that dtype and MLX computes in it. Float weights are converted to their compute dtype once,
+//! when the model is built.
 //!
 //! Execution paths, decided once: [`ZayaModel::plan`] says for every half-layer whether it runs as
 //! our fused mlx-ext primitives (residual merge + norm, fused projections, CCA q/k chain, attention,
@@ -41,7 +45,7 @@ use mlx_rs::Dtype;
 use crate::bundle::{Bundle, CanonicalWeights};
 use crate::config::ZayaConfig;
 use crate::error::{Result, ZayaError};
-use crate::ext::ExtMode;
+use crate::ext::{ExtMode, MatmulPrecision};
 use crate::model::cache::{ModelCache, DEFAULT_KV_STEP};
 use crate::model::cca::CcaAttention;
 use crate::model::moe::{ExpertBackend, ModSkip, MoeStep, ZayaMoe};
@@ -177,6 +181,7 @@ impl ZayaModel {
         origin: &str,
     ) -> Result<Self> {
         check_options(&options)?;
+        crate::runtime::memory::keep_freed_memory();
         let cfg = &config;
         let mut src = WeightSource::new(weights, origin);
         let dt = options.dtype;
@@ -251,7 +256,13 @@ impl ZayaModel {
     /// weights its kernel reads, the MoE output op a fused router and experts.
     fn build_plan(&self) -> ExecutionPlan {
         let fused = self.options.fused_layers && self.options.linear_backend == LinearBackend::Fused;
-        let f32 = self.options.dtype == Dtype::Float32;
+        // bf16 on the fused path: f32 activations between the kernels, bf16 dot products inside
+        let matmul = if fused && self.options.dtype == Dtype::Bfloat16 {
+            MatmulPrecision::Bf16
+        } else {
+            MatmulPrecision::F32
+        };
+        let f32 = self.options.dtype == Dtype::Float32 || matmul == MatmulPrecision::Bf16;
         let body = &self.model;
         let norms = fused
             && body.layers.iter().all(|l| l.res_scale.fused_supported(&l.input_norm))
@@ -286,6 +297,7 @@ impl ZayaModel {
             layers,
             batching,
             ext: self.options.ext_mode,
+            matmul,
         }
     }
 
@@ -377,6 +389,7 @@ impl ZayaModel {
             combine,
             mod_skip: self.options.mod_skip,
             ext: self.plan.ext,
+            matmul: self.plan.matmul,
         }
     }
 }

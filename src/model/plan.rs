@@ -4,7 +4,7 @@
 //! holds exactly the fused primitives the plan names.
 use serde::Serialize;
 
-use crate::ext::ExtMode;
+use crate::ext::{ExtMode, MatmulPrecision};
 
 /// One implementation choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -51,6 +51,10 @@ pub struct ExecutionPlan {
     /// How the fused primitives (and the plain path's conv primitive) execute: `Auto` = the CPU
     /// kernel where the stream has one, else the op's portable graph of MLX ops.
     pub ext: ExtMode,
+    /// The arithmetic of the fused affine and TurboQuant matmuls: `Bf16` with `--dtype bf16` on the
+    /// fused path (bf16 dot products, f32 accumulation, activations kept in f32 between the
+    /// kernels; see [`MatmulPrecision`]), else `F32`.
+    pub matmul: MatmulPrecision,
 }
 
 impl std::fmt::Display for ExecutionPlan {
@@ -64,6 +68,12 @@ impl std::fmt::Display for ExecutionPlan {
             ExtMode::Primitive => "primitive (CPU kernels only)",
         };
         writeln!(f, "mlx-ext ops: {ext}")?;
+        if self.matmul == MatmulPrecision::Bf16 {
+            writeln!(
+                f,
+                "matmuls: bf16 dot products with f32 accumulation (prefill-sized calls, AVX512-BF16)"
+            )?;
+        }
         let mut seen: Vec<(LayerPlan, usize)> = Vec::new();
         for l in &self.layers {
             match seen.iter_mut().find(|(x, _)| x == l) {

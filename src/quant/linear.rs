@@ -417,6 +417,19 @@ impl QLinear {
         })
     }
 
+    /// How the fused matmul kernels run this linear: its mlx-ext mode, and bf16 dot products
+    /// ([`MatmulPrecision::Bf16`](crate::ext::MatmulPrecision)) when its compute dtype is bf16.
+    pub fn matmul_mode(&self) -> ext::MatmulMode {
+        ext::MatmulMode {
+            ext: self.ext,
+            precision: if self.dtype == Dtype::Bfloat16 {
+                ext::MatmulPrecision::Bf16
+            } else {
+                ext::MatmulPrecision::F32
+            },
+        }
+    }
+
     /// `x [.., in] → [.., out]` in the dtype of `x` (f32 accumulation on every quantized or
     /// fused path).
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -446,7 +459,7 @@ impl QLinear {
                         self.biases.value.as_ref().unwrap(),
                         bits,
                         group_size,
-                        self.ext,
+                        self.matmul_mode(),
                     )?;
                     match self.bias.value.as_ref() {
                         Some(b) => y.add(b)?,

@@ -13,7 +13,7 @@ use mlx_rs::ops::{concatenate, sigmoid, zeros_dtype};
 use mlx_rs::{Array, Dtype};
 
 use crate::error::{Result, ZayaError};
-use crate::ext::{self, ExtMode, TqCodec, TqWeights};
+use crate::ext::{self, TqCodec, TqWeights};
 use crate::quant::affine;
 use crate::quant::linear::{take_float, WeightSource};
 use crate::quant::turboquant::{rotate, TqMatrix};
@@ -267,7 +267,7 @@ impl SwitchMlp {
 
     /// All experts of the N rows through the fused primitive; rows routed to an id ≥ E (skip) get
     /// zeros. f32 `[N, H]`. Requires [`fused_supported`](Self::fused_supported).
-    pub fn forward_fused(&self, x: &Array, choice: &Array, mode: ExtMode) -> Result<Array> {
+    pub fn forward_fused(&self, x: &Array, choice: &Array, mode: impl Into<ext::MatmulMode>) -> Result<Array> {
         let (g, u, d) = (&self.gate_proj, &self.up_proj, &self.down_proj);
         ext::tq_switch_glu(
             &x.as_dtype(Dtype::Float32)?, // no node when already f32

@@ -12,7 +12,7 @@ use mlx_rs::{Array, Dtype};
 
 use crate::config::ZayaConfig;
 use crate::error::Result;
-use crate::ext::{self, ExtMode};
+use crate::ext::{self, ExtMode, MatmulMode, MatmulPrecision};
 use crate::model::plan::Path;
 use crate::quant::linear::WeightSource;
 use crate::quant::WeightFormat;
@@ -53,6 +53,8 @@ pub struct MoeStep {
     pub combine: Path,
     pub mod_skip: ModSkip,
     pub ext: ExtMode,
+    /// The arithmetic of the fused experts' matmuls.
+    pub matmul: MatmulPrecision,
 }
 
 /// Result of one MoE half-layer.
@@ -116,7 +118,14 @@ impl ZayaMoe {
         let (y, skipped) = match (step.experts, step.combine, route.skipped.as_ref()) {
             // one node each: experts (skip rows zero), then p·(experts | x | 0)
             (Path::Fused, Path::Fused, Some(skipped)) => {
-                let ey = sm.forward_fused(x, &route.choice, step.ext)?;
+                let ey = sm.forward_fused(
+                    x,
+                    &route.choice,
+                    MatmulMode {
+                        ext: step.ext,
+                        precision: step.matmul,
+                    },
+                )?;
                 let y = ext::moe_combine(
                     &ey,
                     x_router,
@@ -130,7 +139,16 @@ impl ZayaMoe {
             }
             (Path::Fused, _, _) => {
                 let score = score()?;
-                let ey = sm.forward_fused(x, &route.choice, step.ext)?.multiply(&score)?;
+                let ey = sm
+                    .forward_fused(
+                        x,
+                        &route.choice,
+                        MatmulMode {
+                            ext: step.ext,
+                            precision: step.matmul,
+                        },
+                    )?
+                    .multiply(&score)?;
                 let is_skip = route.choice.eq(Array::from_int(e as i32))?;
                 let skipped = is_skip.as_dtype(Dtype::Int32)?.sum(None)?;
                 let y = match step.mod_skip {

@@ -1,0 +1,192 @@
+// bf16 dot products (AVX512-BF16 `vdpbf16ps`, f32 accumulation) for the compute-bound calls of the
+// `bf16` precision: TurboQuant and 8/4-bit affine matrices against at least kPanelMinTokens token
+// rows (prefill chunks, large expert groups). Each block of weight rows is decoded once, exactly as
+// the f32 kernels decode it (simd_impl.inc's tq_panel / aff_panel), then rounded to bf16
+// (round-to-nearest-even) into a panel; the token rows are rounded to bf16 once per call. One
+// `vdpbf16ps` does 32 multiply-adds where an f32 FMA does 16: products of two bf16 values are exact
+// in f32, the sums are rounded in f32. Calls with fewer token rows (decode, small expert groups) are
+// bound by weight bandwidth, not arithmetic, and run the f32 kernels of this ISA unchanged.
+// Only called after a run-time CPU check (simd_isa.cpp: cpu_has_avx512bf16).
+#include "simd_kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c")
+#endif
+
+namespace zaya::kern {
+namespace {
+
+#include "simd_avx512_v.inc"
+
+// (only the TurboQuant and affine parts of the shared kernels are used here)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "simd_impl.inc"
+#pragma GCC diagnostic pop
+
+constexpr int kBfChunk = 32;  // bf16 elements per vdpbf16ps
+
+// dst[0, k) = bf16(src[0, k)), k a multiple of 32 (round to nearest even).
+inline void to_bf16(const float* src, size_t k, uint16_t* dst) {
+  for (size_t e = 0; e < k; e += kBfChunk) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + e + 16), _mm512_loadu_ps(src + e));
+    _mm512_storeu_si512(dst + e, (__m512i)v);
+  }
+}
+
+// out[r][t] = Σ_e p[r][e]·x[t][e] over e < k (bf16 rows, k a multiple of 32).
+template <int R, int T>
+__attribute__((always_inline)) inline void bf_tile(const uint16_t* const* p, size_t k, const uint16_t* const* x,
+                                                   float (&out)[R][T]) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (size_t e = 0; e < k; e += kBfChunk) {
+    __m512bh xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(x[t] + e);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh pv = (__m512bh)_mm512_loadu_si512(p[r] + e);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], pv, xv[t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) out[r][t] = V::hsum(acc[r][t]);
+}
+
+template <int T, class Fin>
+__attribute__((always_inline)) inline void bf_rows_t(const uint16_t* panel, size_t ld, int nb, size_t k,
+                                                     const uint16_t* const* x, Fin&& fin) {
+  constexpr int R = 4;
+  int r = 0;
+  for (; r + R <= nb; r += R) {
+    const uint16_t* p[R];
+    for (int i = 0; i < R; ++i) p[i] = panel + (size_t)(r + i) * ld;
+    float out[R][T];
+    bf_tile<R, T>(p, k, x, out);
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) fin(r + i, t, out[i][t]);
+  }
+  for (; r < nb; ++r) {
+    const uint16_t* p[1] = {panel + (size_t)r * ld};
+    float out[1][T];
+    bf_tile<1, T>(p, k, x, out);
+    for (int t = 0; t < T; ++t) fin(r, t, out[0][t]);
+  }
+}
+
+// Every token row (bf16 rows at xb + t·ld) against panel rows [0, nb), in tiles of 4 tokens.
+template <class Fin>
+void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t* xb, int nt, Fin&& fin) {
+  for (int t0 = 0; t0 < nt; t0 += 4) {
+    const int tn = nt - t0 < 4 ? nt - t0 : 4;
+    const uint16_t* x[4];
+    for (int t = 0; t < tn; ++t) x[t] = xb + (size_t)(t0 + t) * ld;
+    auto f = [&](int r, int t, float v) ZAYA_LAMBDA_INLINE { fin(r, t0 + t, v); };
+    switch (tn) {
+      case 1: bf_rows_t<1>(panel, ld, nb, k, x, f); break;
+      case 2: bf_rows_t<2>(panel, ld, nb, k, x, f); break;
+      case 3: bf_rows_t<3>(panel, ld, nb, k, x, f); break;
+      default: bf_rows_t<4>(panel, ld, nb, k, x, f); break;
+    }
+  }
+}
+
+// The token rows [0, k) rounded to bf16, row t at the result + t·k (scratch slot 1).
+const uint16_t* bf_tokens(const float* const* xs, int nt, size_t k) {
+  uint16_t* buf = reinterpret_cast<uint16_t*>(scratch_f32(1, (size_t)nt * k / 2));
+  for (int t = 0; t < nt; ++t) to_bf16(xs[t], k, buf + (size_t)t * k);
+  return buf;
+}
+
+// Decode rows [b0, b1) with `build` (f32, slot 0) and round them into the bf16 panel (slot 2).
+template <class Build>
+uint16_t* bf_panel(int b0, int b1, size_t ld, Build&& build) {
+  float* f = scratch_f32(0, (size_t)kPanelRows * ld);
+  uint16_t* p = reinterpret_cast<uint16_t*>(scratch_f32(2, (size_t)kPanelRows * ld / 2));
+  build(f);
+  for (int r = 0; r < b1 - b0; ++r) to_bf16(f + (size_t)r * ld, ld, p + (size_t)r * ld);
+  return p;
+}
+
+template <int BITS>
+void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  constexpr int VPW = 32 / BITS;
+  constexpr int L = V::L;
+  constexpr uint32_t mask = (1u << BITS) - 1u;
+  const int nblk = m.cols / L;
+  const size_t k = (size_t)nblk * L * VPW;  // a multiple of 16·VPW ≥ 32
+  const uint16_t* xb = bf_tokens(xs, nt, k);
+  for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
+    const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
+    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { tq_panel<BITS>(m, b0, b1, f, k); });
+    bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {
+      const int row = b0 + r;
+      const uint32_t* w = m.packed + (size_t)row * m.cols;
+      for (int c = nblk * L; c < m.cols; ++c) {  // tail words (none at ZAYA1's widths): f32
+        const uint32_t word = w[c];
+        for (int q = 0; q < VPW; ++q) v += m.codebook[(word >> (q * BITS)) & mask] * xs[t][(size_t)c * VPW + q];
+      }
+      ys[t][row] = m.norms[row] * v;
+    });
+  }
+}
+
+void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  if (nt < kPanelMinTokens) return tq_rows_impl(m, r0, r1, xs, ys, nt);
+  switch (m.bits) {
+    case 2: tq_rows_bf<2>(m, r0, r1, xs, ys, nt); break;
+    case 3: tq_rows_bf<3>(m, r0, r1, xs, ys, nt); break;
+    case 4: tq_rows_bf<4>(m, r0, r1, xs, ys, nt); break;
+    default: break;  // rejected when the op is built
+  }
+}
+
+template <int BITS>
+void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  const size_t k = (size_t)m.in;
+  const uint16_t* xb = bf_tokens(xs, nt, k);
+  for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
+    const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
+    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { aff_panel<BITS>(m, b0, b1, f, k); });
+    bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE { ys[t][b0 + r] = v; });
+  }
+}
+
+void aff_rows_bf16(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  const int chunk = m.bits == 8 ? V::L : 2 * V::L;
+  if (nt < kPanelMinTokens || m.in % kBfChunk != 0 || m.group % chunk != 0)
+    return aff_rows_impl(m, r0, r1, xs, ys, nt);
+  switch (m.bits) {
+    case 4: aff_rows_bf<4>(m, r0, r1, xs, ys, nt); break;
+    case 8: aff_rows_bf<8>(m, r0, r1, xs, ys, nt); break;
+    default: break;  // rejected when the op is built
+  }
+}
+
+}  // namespace
+}  // namespace zaya::kern
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace zaya::kern {
+TqRowsFn avx512bf16_tq_rows() { return tq_rows_bf16; }
+AffRowsFn avx512bf16_aff_rows() { return aff_rows_bf16; }
+}  // namespace zaya::kern
+
+#else
+namespace zaya::kern {
+TqRowsFn avx512bf16_tq_rows() { return nullptr; }
+AffRowsFn avx512bf16_aff_rows() { return nullptr; }
+}  // namespace zaya::kern
+#endif

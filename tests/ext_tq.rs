@@ -11,7 +11,7 @@ use mlx_rs::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use zaya_mlx::ext::{tq_switch_glu, ExtMode, TqCodec, TqWeights};
+use zaya_mlx::ext::{tq_switch_glu, ExtMode, MatmulMode, TqCodec, TqWeights};
 
 mod kernel_support;
 use kernel_support::{isas, rel_err, values, verbose, with_isa};
@@ -194,12 +194,19 @@ fn arrays(ex: &Experts) -> Arrays {
     }
 }
 
-fn build(ex: &Experts, a: &Arrays, x: &Array, idx: &Array, mode: ExtMode) -> zaya_mlx::Result<Array> {
+fn build(ex: &Experts, a: &Arrays, x: &Array, idx: &Array, mode: impl Into<MatmulMode>) -> zaya_mlx::Result<Array> {
     build_bits(a, x, idx, ex.bits_gu, ex.bits_d, mode)
 }
 
 /// [`build`] with explicit gate/up and down bit widths (which may disagree with the arrays).
-fn build_bits(a: &Arrays, x: &Array, idx: &Array, bits_gu: u32, bits_d: u32, mode: ExtMode) -> zaya_mlx::Result<Array> {
+fn build_bits(
+    a: &Arrays,
+    x: &Array,
+    idx: &Array,
+    bits_gu: u32,
+    bits_d: u32,
+    mode: impl Into<MatmulMode>,
+) -> zaya_mlx::Result<Array> {
     tq_switch_glu(
         x,
         idx,
@@ -545,7 +552,7 @@ fn rotate32(v: &[f32], signs: &[f32]) -> Vec<f64> {
 /// for bit. The bf16 rounding itself moves the result by more than 5e-4 (checked too).
 #[test]
 fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
-    use zaya_mlx::ext::{bf16_dot_available, KernelIsa, MatmulMode, MatmulPrecision};
+    use zaya_mlx::ext::{bf16_dot_available, KernelIsa, MatmulPrecision};
     let ex = experts(31, 4, 256, 512, 256, 4, 4);
     let a = arrays(&ex);
     let cb_gu: Vec<f32> = ex.cb_gu.iter().map(|v| bf(*v as f64) as f32).collect();
@@ -577,34 +584,7 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
         let ia = Array::from_slice(&idx.iter().map(|v| *v as i32).collect::<Vec<_>>(), &[n as i32]);
         for isa in isas() {
             let (y, y32, dot) = with_isa(isa, || {
-                let y = tq_switch_glu(
-                    &xa,
-                    &ia,
-                    TqWeights {
-                        packed: &a.gp,
-                        norms: &a.gn,
-                    },
-                    TqWeights {
-                        packed: &a.up,
-                        norms: &a.un,
-                    },
-                    TqWeights {
-                        packed: &a.dp,
-                        norms: &a.dn,
-                    },
-                    TqCodec {
-                        codebook: &a.cb_gu,
-                        signs: &a.s_gu,
-                        bits: ex.bits_gu,
-                    },
-                    TqCodec {
-                        codebook: &a.cb_d,
-                        signs: &a.s_d,
-                        bits: ex.bits_d,
-                    },
-                    bf16_mode,
-                )
-                .unwrap();
+                let y = build(&ex, &a, &xa, &ia, bf16_mode).unwrap();
                 (
                     values(&y),
                     values(&build(&ex, &a, &xa, &ia, ExtMode::Primitive).unwrap()),

@@ -100,7 +100,7 @@ void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t*
 
 // The token rows [0, k) rounded to bf16, row t at the result + t·k (scratch slot 1).
 const uint16_t* bf_tokens(const float* const* xs, int nt, size_t k) {
-  uint16_t* buf = reinterpret_cast<uint16_t*>(scratch_f32(1, (size_t)nt * k / 2));
+  uint16_t* buf = reinterpret_cast<uint16_t*>(scratch_f32(kScratchBf16Tokens, (size_t)nt * k / 2));
   for (int t = 0; t < nt; ++t) to_bf16(xs[t], k, buf + (size_t)t * k);
   return buf;
 }
@@ -108,8 +108,8 @@ const uint16_t* bf_tokens(const float* const* xs, int nt, size_t k) {
 // Decode rows [b0, b1) with `build` (f32, slot 0) and round them into the bf16 panel (slot 2).
 template <class Build>
 uint16_t* bf_panel(int b0, int b1, size_t ld, Build&& build) {
-  float* f = scratch_f32(0, (size_t)kPanelRows * ld);
-  uint16_t* p = reinterpret_cast<uint16_t*>(scratch_f32(2, (size_t)kPanelRows * ld / 2));
+  float* f = scratch_f32(kScratchPanel, (size_t)kPanelRows * ld);
+  uint16_t* p = reinterpret_cast<uint16_t*>(scratch_f32(kScratchBf16Panel, (size_t)kPanelRows * ld / 2));
   build(f);
   for (int r = 0; r < b1 - b0; ++r) to_bf16(f + (size_t)r * ld, ld, p + (size_t)r * ld);
   return p;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 
 #include "simd_kernels.h"
 #include "zaya_ext.h"
@@ -99,10 +100,10 @@ struct Scratch {
   size_t n = 0;
   ~Scratch() { std::free(p); }
 };
-constexpr int kScratchSlots = 2;
 }  // namespace
 
-float* scratch_f32(int slot, size_t n) {
+float* scratch_f32(ScratchSlot slot, size_t n) {
+  if (slot < 0 || slot >= kScratchSlots) throw std::out_of_range("scratch_f32: no such slot");
   thread_local Scratch s[kScratchSlots];
   Scratch& b = s[slot];
   if (b.n < n) {

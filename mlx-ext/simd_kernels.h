@@ -101,10 +101,11 @@ int detected_isa();
 int max_isa();
 int set_max_isa(int level);
 
-// A thread-local scratch buffer of at least n floats, 64-byte aligned, reused across calls (slot 0:
-// the panel GEMM's weight panel; slot 1: its bf16 token rows). Valid until the same thread asks for
-// the same slot again.
-float* scratch_f32(int slot, size_t n);
+// Thread-local scratch buffers, reused across calls: the panel GEMM's f32 weight panel, and the bf16
+// kernels' token rows and bf16 panel.
+enum ScratchSlot : int { kScratchPanel = 0, kScratchBf16Tokens = 1, kScratchBf16Panel = 2, kScratchSlots = 3 };
+// At least n floats, 64-byte aligned, valid until the same thread asks for the same slot again.
+float* scratch_f32(ScratchSlot slot, size_t n);
 
 // Exact f16 -> f32 (subnormals, infinities and NaN included) and bf16 -> f32.
 static inline float f16_to_f32(uint16_t h) {

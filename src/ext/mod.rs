@@ -72,8 +72,8 @@ pub enum MatmulPrecision {
     #[default]
     F32,
     /// bf16 dot products with f32 accumulation (x and the decoded weights rounded to bf16) in calls
-    /// with many token rows (prefill chunks, expert groups of 8+ rows) where the CPU has
-    /// AVX512-BF16; f32 elsewhere (decode, other CPUs). See docs/performance.md.
+    /// with 8 or more token rows (prefill chunks, expert groups) where the CPU has AVX512-BF16; f32
+    /// elsewhere (decode, other CPUs). See docs/performance.md §4.
     Bf16,
 }
 

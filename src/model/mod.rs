@@ -287,8 +287,10 @@ impl ZayaModel {
                 (None, None) => unreachable!("every half-layer is attention or MoE"),
             })
             .collect();
+        // f32 only: with bf16 a batch of 8+ rows would take the bf16 kernels where the same sequence
+        // alone decodes one row (f32 kernels), so batched rows would not equal the single stream
         let batching = norms
-            && f32
+            && self.options.dtype == Dtype::Float32
             && layers
                 .iter()
                 .all(|l| !matches!(l, LayerPlan::Attention { path: Path::Plain }));

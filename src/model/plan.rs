@@ -46,7 +46,7 @@ pub struct ExecutionPlan {
     /// Per half-layer, in order.
     pub layers: Vec<LayerPlan>,
     /// Whether several sequences can decode as one batch (`ZayaModel::decode_batch`): the fused
-    /// norms and attention everywhere, f32.
+    /// norms and attention everywhere, f32 (with bf16 the sequences decode in turn).
     pub batching: bool,
     /// How the fused primitives (and the plain path's conv primitive) execute: `Auto` = the CPU
     /// kernel where the stream has one, else the op's portable graph of MLX ops.

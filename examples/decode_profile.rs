@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release --example decode_profile -- BUNDLE [--steps N] [--prompt P] [--kernels fused|plain]
-//!     [--prefill-only] [--no-fused-layers] [--touch-all]
+//!     [--prefill-only] [--no-fused-layers] [--touch-all] [--dtype f32|bf16]
 //! ```
 //! A reduced-depth bundle with the real dimensions and vocabulary is a good target:
 //! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
@@ -24,6 +24,16 @@ fn ms(d: Duration) -> f64 {
 
 fn median(v: Vec<f64>) -> f64 {
     bench::median(&v)
+}
+
+/// Minor page faults of this process so far.
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u.ru_minflt
+    }
 }
 
 /// Peak RSS (VmHWM) in bytes.
@@ -113,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut dir = None;
     let (mut steps, mut prompt, mut plain, mut prefill_only, mut no_fused) = (16usize, 32usize, false, false, false);
-    let mut touch_all = false;
+    let (mut touch_all, mut bf16) = (false, false);
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -132,6 +142,14 @@ fn main() -> anyhow::Result<()> {
             "--prefill-only" => prefill_only = true,
             "--no-fused-layers" => no_fused = true,
             "--touch-all" => touch_all = true,
+            "--dtype" => {
+                bf16 = match args[i + 1].as_str() {
+                    "bf16" => true,
+                    "f32" => false,
+                    other => anyhow::bail!("--dtype must be f32 or bf16, got {other}"),
+                };
+                i += 1;
+            }
             a => dir = Some(a.to_string()),
         }
         i += 1;
@@ -139,6 +157,7 @@ fn main() -> anyhow::Result<()> {
     let dir = dir.ok_or_else(|| anyhow::anyhow!("usage: decode_profile BUNDLE [--steps N] [--prompt P]"))?;
     let mut opts = ModelOptions {
         fused_layers: !no_fused,
+        dtype: if bf16 { mlx_rs::Dtype::Bfloat16 } else { mlx_rs::Dtype::Float32 },
         ..ModelOptions::default()
     };
     if plain {
@@ -177,6 +196,19 @@ fn main() -> anyhow::Result<()> {
     let routed: u64 = cache.routed_counts().iter().sum();
     println!("  prefill routes: {routed} routed, {skipped} took the skip route");
     if prefill_only {
+        let rounds: usize = std::env::var("PREFILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        for round in 0..rounds {
+            let mut cx = model.new_cache();
+            let f0 = minor_faults();
+            let t = Instant::now();
+            model.prefill(&toks, &mut cx, None)?;
+            println!(
+                "  prefill again ({round}): {:.3} s, {} minor page faults, rss {}",
+                t.elapsed().as_secs_f64(),
+                minor_faults() - f0,
+                rss_detail()
+            );
+        }
         let mut c2 = model.new_cache();
         let (_, p) = model.prefill_profiled(&toks, &mut c2, None)?;
         let pl: Vec<String> = p.layers.iter().map(|d| format!("{:.0}", ms(*d))).collect();

@@ -117,7 +117,7 @@ fn tq_weights(rng: &mut ChaCha8Rng, e: usize) -> TqSet {
 
 impl TqSet {
     /// The 4-bit switch-GLU of `x` routed to `ids` (one codebook and signs for gate/up and down).
-    fn switch_glu(&self, x: &Array, ids: &Array, mode: ExtMode) -> Array {
+    fn switch_glu(&self, x: &Array, ids: &Array, mode: impl Into<ext::MatmulMode>) -> Array {
         let c = TqCodec {
             codebook: &self.cb,
             signs: &self.signs,
@@ -351,17 +351,50 @@ fn main() {
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
         let ids = Array::from_slice(&ids, &[n as i32]);
-        let r = time(3, || {
-            let y = set.switch_glu(&x, &ids, ExtMode::Primitive);
-            ev(&y)
-        });
-        let macs = n as f64 * 3.0 * (D * D) as f64;
-        println!(
-            "tq_switch_glu N=512 (16 experts): min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
-            r.0,
-            r.1,
-            macs / r.0 / 1e6
-        );
+        for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
+            let mode = ext::MatmulMode {
+                ext: ExtMode::Primitive,
+                precision,
+            };
+            let r = time(3, || {
+                let y = set.switch_glu(&x, &ids, mode);
+                ev(&y)
+            });
+            let macs = n as f64 * 3.0 * (D * D) as f64;
+            println!(
+                "tq_switch_glu N=512 (16 experts) {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+                r.0,
+                r.1,
+                macs / r.0 / 1e6
+            );
+        }
+    }
+
+    if want("affprefill") {
+        // 512 token rows through 16 2048x2048 8-bit projections in turn
+        let ws = affine_weights(&mut rng, 16, 0.01, 1.0);
+        let n = 512usize;
+        let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
+        for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
+            let mode = ext::MatmulMode {
+                ext: ExtMode::Primitive,
+                precision,
+            };
+            let r = time(3, || {
+                let ys: Vec<Array> = ws
+                    .iter()
+                    .map(|[w, s, b]| ext::affine_matmul(&x, w, s, b, 8, 32, mode).unwrap())
+                    .collect();
+                mlx_rs::transforms::eval(ys.iter().collect::<Vec<_>>()).unwrap();
+            });
+            let macs = 16.0 * n as f64 * (D * D) as f64;
+            println!(
+                "affine 16 x 2048x2048 N=512 {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+                r.0,
+                r.1,
+                macs / r.0 / 1e6
+            );
+        }
     }
 
     if want("conv") {

@@ -28,6 +28,17 @@ struct V {
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  // One Walsh-Hadamard butterfly pass of span H < L inside the vector (see simd_avx512_v.inc).
+  template <int H>
+  static F fwht_step(F v) {
+    F s;
+    if constexpr (H == 1) s = _mm256_permute_ps(v, 0xB1);
+    else if constexpr (H == 2) s = _mm256_permute_ps(v, 0x4E);
+    else s = _mm256_permute2f128_ps(v, v, 0x01);
+    constexpr int hi = H == 1 ? 0xAA : H == 2 ? 0xCC : 0xF0;
+    return _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), hi);
+  }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static float hmax(F a) {
     float t[8];
@@ -96,7 +107,8 @@ struct V {
 
 namespace zaya::kern {
 const Table* avx2_table() {
-  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl};
+  static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl,
+                       tq_rotate_impl};
   return &t;
 }
 }  // namespace zaya::kern

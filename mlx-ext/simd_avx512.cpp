@@ -37,7 +37,8 @@ const Table* avx512_table() {
                        tq_rows_impl,     aff_rows_impl,
                        dense_rows_impl,  pv_rows_impl,
                        softmax_row_impl, bf16 ? avx512bf16_tq_rows() : tq_rows_impl,
-                       bf16 ? avx512bf16_aff_rows() : aff_rows_impl};
+                       bf16 ? avx512bf16_aff_rows() : aff_rows_impl,
+                       tq_rotate_impl};
   return &t;
 }
 }  // namespace zaya::kern

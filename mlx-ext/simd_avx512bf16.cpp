@@ -1,8 +1,8 @@
 // bf16 dot products (AVX512-BF16 `vdpbf16ps`, f32 accumulation) for the compute-bound calls of the
 // `bf16` precision: TurboQuant and 8/4-bit affine matrices against at least kPanelMinTokens token
 // rows (prefill chunks, large expert groups). Each block of weight rows is decoded once, exactly as
-// the f32 kernels decode it (simd_impl.inc's tq_panel / aff_panel), then rounded to bf16
-// (round-to-nearest-even) into a panel; the token rows are rounded to bf16 once per call. One
+// the f32 kernels decode it (simd_impl.inc's aff_panel; TurboQuant's codebook lookup here), and
+// rounded to bf16 (round-to-nearest-even) into a panel; the token rows are rounded to bf16 once per call. One
 // `vdpbf16ps` does 32 multiply-adds where an f32 FMA does 16: products of two bf16 values are exact
 // in f32, the sums are rounded in f32. Calls with fewer token rows (decode, small expert groups) are
 // bound by weight bandwidth, not arithmetic, and run the f32 kernels of this ISA unchanged.
@@ -115,6 +115,32 @@ uint16_t* bf_panel(int b0, int b1, size_t ld, Build&& build) {
   return p;
 }
 
+// TurboQuant rows [b0, b1) decoded straight into a bf16 panel (slot 2, row stride ld) in x's kernel
+// layout: the values tq_tile decodes, rounded as bf_panel rounds them, without the f32 round trip (a TurboQuant panel serves only
+// one expert's token rows, so building it is a visible share of the call).
+template <int BITS>
+uint16_t* tq_panel_bf(const TqMat& m, int b0, int b1, size_t ld) {
+  constexpr int VPW = 32 / BITS;
+  constexpr int L = V::L;
+  static_assert(VPW % 2 == 0, "codes are rounded to bf16 in pairs of vectors");
+  uint16_t* p = reinterpret_cast<uint16_t*>(scratch_f32(kScratchBf16Panel, (size_t)kPanelRows * ld / 2));
+  const typename V::template Lut<BITS> lut(m.codebook);
+  const int nblk = m.cols / L;
+  for (int r = b0; r < b1; ++r) {
+    const uint32_t* w = m.packed + (size_t)r * m.cols;
+    uint16_t* dst = p + (size_t)(r - b0) * ld;
+    for (int b = 0; b < nblk; ++b) {
+      const typename V::I wv = V::loadw(w + (size_t)b * L);
+      static_for<0, VPW / 2>([&](auto kc) ZAYA_LAMBDA_INLINE {
+        constexpr int k = 2 * decltype(kc)::value;
+        const __m512bh v = _mm512_cvtne2ps_pbh(lut.template decode<k + 1>(wv), lut.template decode<k>(wv));
+        _mm512_storeu_si512(dst + ((size_t)b * VPW + k) * L, (__m512i)v);
+      });
+    }
+  }
+  return p;
+}
+
 template <int BITS>
 void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
   constexpr int VPW = 32 / BITS;
@@ -125,7 +151,7 @@ void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* c
   const uint16_t* xb = bf_tokens(xs, nt, k);
   for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
     const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
-    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { tq_panel<BITS>(m, b0, b1, f, k); });
+    const uint16_t* panel = tq_panel_bf<BITS>(m, b0, b1, k);
     bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {
       const int row = b0 + r;
       const uint32_t* w = m.packed + (size_t)row * m.cols;

@@ -81,6 +81,11 @@ struct Table {
   // ISAs) the f32 kernels above.
   TqRowsFn tq_rows_bf16;
   AffRowsFn aff_rows_bf16;
+  // out = x rotated for TurboQuant (H(signs ⊙ x)·scale, H the Walsh-Hadamard transform of size n, a
+  // power of two) in this table's x layout for `cols` words of `vpw` codes; tmp holds n floats.
+  // Bit-identical across tables.
+  void (*tq_rotate)(const float* x, const float* signs, int n, float scale, int vpw, int cols, float* tmp,
+                    float* out);
 };
 
 // Tables (nullptr when the ISA is not compiled in or the CPU lacks it).

@@ -17,6 +17,9 @@ struct V {
   static F fma(F a, F b, F c) { return a * b + c; }
   static F mul(F a, F b) { return a * b; }
   static F add(F a, F b) { return a + b; }
+  static F sub(F a, F b) { return a - b; }
+  template <int H>
+  static F fwht_step(F v) { return v; }  // never called: L = 1 has no span below L
   static F max(F a, F b) { return a > b ? a : b; }
   static float hmax(F a) { return a; }
   static float hsum(F a) { return a; }
@@ -46,7 +49,8 @@ struct V {
 }  // namespace
 
 const Table* scalar_table() {
-  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl};
+  static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl,
+                       tq_rotate_impl};
   return &t;
 }
 

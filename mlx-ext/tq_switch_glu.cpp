@@ -197,38 +197,6 @@ mx::array tq_switch_glu(const mx::array& x, const mx::array& idx, const mx::arra
 
 namespace {
 
-// In-place Walsh-Hadamard transform (Sylvester order, unnormalised); n a power of two.
-void fwht(float* v, int n) {
-  for (int h = 1; h < n; h *= 2)
-    for (int i = 0; i < n; i += 2 * h)
-      for (int j = i; j < i + h; ++j) {
-        const float a = v[j], b = v[j + h];
-        v[j] = a + b;
-        v[j + h] = a - b;
-      }
-}
-
-// out = H(s ⊙ v) / sqrt(n)
-void rotate(const float* v, const float* signs, int n, float* out) {
-  for (int i = 0; i < n; ++i) out[i] = v[i] * signs[i];
-  fwht(out, n);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(n));
-  for (int i = 0; i < n; ++i) out[i] *= scale;
-}
-
-// Kernel layout of a rotated row (see simd_impl.inc): blocks of L words transposed, tail natural,
-// padding codes meet zeros.
-void prep_tq_x(const float* xr, int in, int vpw, int cols, int L, float* out) {
-  const int nblk = cols / L;
-  for (int b = 0; b < nblk; ++b)
-    for (int j = 0; j < L; ++j)
-      for (int k = 0; k < vpw; ++k) {
-        const int64_t src = (int64_t)(b * L + j) * vpw + k;
-        out[(int64_t)b * L * vpw + (int64_t)k * L + j] = src < in ? xr[src] : 0.f;
-      }
-  for (int64_t i = (int64_t)nblk * L * vpw; i < (int64_t)cols * vpw; ++i) out[i] = i < in ? xr[i] : 0.f;
-}
-
 struct TqPtrs {
   const float* x;
   const uint32_t* idx;
@@ -239,7 +207,6 @@ struct TqPtrs {
 };
 
 void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
-  const int L = tab->lanes;
   const kern::TqRowsFn tq_rows = d.bf16 ? tab->tq_rows_bf16 : tab->tq_rows;
   const int64_t D = (int64_t)d.N * d.K;
   const int vpw_gu = 32 / d.bits_gu, vpw_d = 32 / d.bits_d;
@@ -263,12 +230,12 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
 
   // Rotated token rows in kernel layout.
   std::vector<float> xq((size_t)d.N * pad_gu);
+  const float scale_gu = 1.0f / std::sqrt(static_cast<float>(d.H));
+  const float scale_d = 1.0f / std::sqrt(static_cast<float>(d.I));
   parallel_for(d.N, 4, [&](int64_t n0, int64_t n1) {
     std::vector<float> tmp(d.H);
-    for (int64_t n = n0; n < n1; ++n) {
-      rotate(p.x + n * d.H, p.sgu, d.H, tmp.data());
-      prep_tq_x(tmp.data(), d.H, vpw_gu, d.cols_gu, L, xq.data() + n * pad_gu);
-    }
+    for (int64_t n = n0; n < n1; ++n)
+      tab->tq_rotate(p.x + n * d.H, p.sgu, d.H, scale_gu, vpw_gu, d.cols_gu, tmp.data(), xq.data() + n * pad_gu);
   });
 
   // gate/up + SwiGLU: a[pos] for each valid dispatch in expert order.
@@ -323,10 +290,8 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   std::vector<float> aq((size_t)nv * pad_d);
   parallel_for(nv, 4, [&](int64_t q0, int64_t q1) {
     std::vector<float> tmp(d.I);
-    for (int64_t q = q0; q < q1; ++q) {
-      rotate(ya[q], p.sd, d.I, tmp.data());
-      prep_tq_x(tmp.data(), d.I, vpw_d, d.cols_d, L, aq.data() + q * pad_d);
-    }
+    for (int64_t q = q0; q < q1; ++q)
+      tab->tq_rotate(ya[q], p.sd, d.I, scale_d, vpw_d, d.cols_d, tmp.data(), aq.data() + q * pad_d);
   });
   std::vector<const float*> xs2(nv);
   std::vector<float*> yo(nv);

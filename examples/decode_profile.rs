@@ -6,7 +6,11 @@
 //!
 //! ```text
 //! cargo run --release --example decode_profile -- BUNDLE [--steps N] [--prompt P] [--kernels fused|plain]
-//!     [--prefill-only] [--no-fused-layers] [--touch-all] [--dtype f32|bf16]
+//!     [--prefill-only] [--no-fused-layers] [--touch-all] [--dtype f32|bf16] [--batch N]
+//! ```
+//! `--batch N` prefills N prompts of P tokens, joins them into one batch and traces batched decode
+//! steps (continuous batching's step) instead of single-stream ones.
+//! ```text
 //! ```
 //! A reduced-depth bundle with the real dimensions and vocabulary is a good target:
 //! `zaya synth --preset zaya1-8b --config h8.json --out h8` with `{"num_hidden_layers": 8}`.
@@ -58,23 +62,16 @@ fn rss_detail() -> String {
 /// Decode steps with the kernel trace on: where the wall time of a step goes (each custom primitive's
 /// task time, summed per primitive; the time before the first task runs, i.e. building and
 /// scheduling the graph; the gaps between tasks; the time after the last one).
-fn trace_steps(
-    model: &ZayaModel,
-    cache: &mut zaya_mlx::model::cache::ModelCache,
-    tok: &mut u32,
-    steps: usize,
-) -> anyhow::Result<()> {
+fn trace_steps(steps: usize, mut step_once: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
     use std::collections::BTreeMap;
-    let vocab = model.config().vocab_size as u32;
     let (mut wall, mut lead, mut gaps, mut tail) = (vec![], vec![], vec![], vec![]);
     let mut by_name: BTreeMap<&'static str, (Vec<f64>, usize, Vec<f64>)> = BTreeMap::new();
     zaya_mlx::ext::trace_take();
     zaya_mlx::ext::trace_enable(true);
     for _ in 0..steps {
         let t0 = zaya_mlx::ext::now_ns();
-        model.decode_step(*tok, cache)?;
+        step_once()?;
         let t1 = zaya_mlx::ext::now_ns();
-        *tok = (*tok * 31 + 7) % vocab;
         let ev = zaya_mlx::ext::trace_take();
         let (Some(first), Some(last)) = (ev.first(), ev.last()) else {
             continue;
@@ -123,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut dir = None;
     let (mut steps, mut prompt, mut plain, mut prefill_only, mut no_fused) = (16usize, 32usize, false, false, false);
-    let (mut touch_all, mut bf16) = (false, false);
+    let (mut touch_all, mut bf16, mut batch) = (false, false, 0usize);
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -142,6 +139,10 @@ fn main() -> anyhow::Result<()> {
             "--prefill-only" => prefill_only = true,
             "--no-fused-layers" => no_fused = true,
             "--touch-all" => touch_all = true,
+            "--batch" => {
+                batch = args[i + 1].parse()?;
+                i += 1;
+            }
             "--dtype" => {
                 bf16 = match args[i + 1].as_str() {
                     "bf16" => true,
@@ -244,6 +245,38 @@ fn main() -> anyhow::Result<()> {
         println!("peak rss {:.3} GiB", peak_rss_bytes() as f64 / (1u64 << 30) as f64);
         return Ok(());
     }
+    if batch > 0 {
+        let mut bc = zaya_mlx::runtime::engine::BatchCache::new(model.config(), model.options().kv_step);
+        for i in 0..batch {
+            let p: Vec<u32> = (0..prompt as u32).map(|j| (j * 7919 + 13 + 104729 * i as u32) % vocab).collect();
+            let mut c = model.new_cache();
+            model.prefill(&p, &mut c, None)?;
+            bc.insert(&c)?;
+        }
+        bc.eval()?;
+        let mut next: Vec<u32> = (0..batch as u32).map(|i| (i * 31 + 7) % vocab).collect();
+        let mut step = |bc: &mut zaya_mlx::runtime::engine::BatchCache| -> anyhow::Result<()> {
+            model.decode_batch(&next, bc, false)?.logits.eval()?;
+            for t in next.iter_mut() {
+                *t = (*t * 31 + 7) % vocab;
+            }
+            Ok(())
+        };
+        for _ in 0..2 {
+            step(&mut bc)?;
+        }
+        let t = Instant::now();
+        for _ in 0..steps {
+            step(&mut bc)?;
+        }
+        let per = ms(t.elapsed()) / steps as f64;
+        println!(
+            "batched decode, {batch} rows: {per:.2} ms/step ({:.2} tok/s aggregate)",
+            batch as f64 * 1e3 / per
+        );
+        trace_steps(steps, || step(&mut bc))?;
+        return Ok(());
+    }
     let mut tok = 1u32;
     for _ in 0..2 {
         model.decode_step(tok, &mut cache)?;
@@ -267,7 +300,11 @@ fn main() -> anyhow::Result<()> {
         "decode: median {med:.2} ms/token, mean {mean:.2}, min {min:.2} ({:.2} tok/s at the median)",
         1e3 / med
     );
-    trace_steps(&model, &mut cache, &mut tok, steps)?;
+    trace_steps(steps, || {
+        model.decode_step(tok, &mut cache)?;
+        tok = (tok * 31 + 7) % vocab;
+        Ok(())
+    })?;
     let (mut e, mut a, mut m, mut h, mut o, mut tot) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut per_layer: Vec<Vec<f64>> = Vec::new();
     for _ in 0..steps {

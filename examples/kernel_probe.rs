@@ -345,9 +345,11 @@ fn main() {
     }
 
     if want("tqprefill") {
-        let e = 16usize;
+        // TQ_N rows (default 512) spread over TQ_E experts (default 16)
+        let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let e = env("TQ_E", 16);
         let set = tq_weights(&mut rng, e);
-        let n = 512usize;
+        let n = env("TQ_N", 512);
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
         let ids = Array::from_slice(&ids, &[n as i32]);
@@ -362,7 +364,7 @@ fn main() {
             });
             let macs = n as f64 * 3.0 * (D * D) as f64;
             println!(
-                "tq_switch_glu N=512 (16 experts) {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+                "tq_switch_glu N={n} ({e} experts) {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
                 r.0,
                 r.1,
                 macs / r.0 / 1e6
@@ -371,9 +373,9 @@ fn main() {
     }
 
     if want("affprefill") {
-        // 512 token rows through 16 2048x2048 8-bit projections in turn
+        // N token rows (AFF_N, default 512) through 16 2048x2048 8-bit projections in turn
         let ws = affine_weights(&mut rng, 16, 0.01, 1.0);
-        let n = 512usize;
+        let n: usize = std::env::var("AFF_N").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
             let mode = ext::MatmulMode {
@@ -389,7 +391,7 @@ fn main() {
             });
             let macs = 16.0 * n as f64 * (D * D) as f64;
             println!(
-                "affine 16 x 2048x2048 N=512 {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+                "affine 16 x 2048x2048 N={n} {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
                 r.0,
                 r.1,
                 macs / r.0 / 1e6

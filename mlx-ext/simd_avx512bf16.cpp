@@ -1,8 +1,9 @@
 // bf16 dot products (AVX512-BF16 `vdpbf16ps`, f32 accumulation) for the compute-bound calls of the
-// `bf16` precision: TurboQuant and 8/4-bit affine matrices against at least kPanelMinTokens token
-// rows (prefill chunks, large expert groups). Each block of weight rows is decoded once, exactly as
-// the f32 kernels decode it (simd_impl.inc's aff_panel; TurboQuant's codebook lookup here), and
-// rounded to bf16 (round-to-nearest-even) into a panel; the token rows are rounded to bf16 once per call. One
+// `bf16` precision: TurboQuant expert groups of at least kTqBf16MinRows token rows and 8/4-bit affine
+// matrices against at least kAffPanelMinRows (prefill chunks). Each block of weight rows is decoded
+// once, exactly as the f32 kernels decode it (simd_impl.inc's aff_panel; TurboQuant's codebook lookup
+// here), and rounded to bf16 (round-to-nearest-even) into a panel; the token rows are rounded to bf16
+// once per call. One
 // `vdpbf16ps` does 32 multiply-adds where an f32 FMA does 16: products of two bf16 values are exact
 // in f32, the sums are rounded in f32. Calls with fewer token rows (decode, small expert groups) are
 // bound by weight bandwidth, not arithmetic, and run the f32 kernels of this ISA unchanged.
@@ -165,7 +166,7 @@ void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* c
 }
 
 void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
-  if (nt < kPanelMinTokens) return tq_rows_impl(m, r0, r1, xs, ys, nt);
+  if (nt < kTqBf16MinRows) return tq_rows_impl(m, r0, r1, xs, ys, nt);
   switch (m.bits) {
     case 2: tq_rows_bf<2>(m, r0, r1, xs, ys, nt); break;
     case 3: tq_rows_bf<3>(m, r0, r1, xs, ys, nt); break;
@@ -187,7 +188,7 @@ void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float*
 
 void aff_rows_bf16(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
   const int chunk = m.bits == 8 ? V::L : 2 * V::L;
-  if (nt < kPanelMinTokens || m.in % kBfChunk != 0 || m.group % chunk != 0)
+  if (nt < kAffPanelMinRows || m.in % kBfChunk != 0 || m.group % chunk != 0)
     return aff_rows_impl(m, r0, r1, xs, ys, nt);
   switch (m.bits) {
     case 4: aff_rows_bf<4>(m, r0, r1, xs, ys, nt); break;

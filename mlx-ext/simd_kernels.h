@@ -106,6 +106,11 @@ int detected_isa();
 int max_isa();
 int set_max_isa(int level);
 
+// Token rows from which a call switches to the panel GEMMs (measured crossovers on Zen 4 with the
+// weights streaming from memory, examples/kernel_probe affprefill / tqprefill: below them the per-tile
+// kernels are faster): the f32 and bf16 panels of affine matrices, and the bf16 panels of TurboQuant
+// expert groups (decoding a TurboQuant panel costs less than an affine one).
+enum : int { kAffPanelMinRows = 20, kTqBf16MinRows = 8 };
 // Thread-local scratch buffers, reused across calls: the panel GEMM's f32 weight panel, and the bf16
 // kernels' token rows and bf16 panel.
 enum ScratchSlot : int { kScratchPanel = 0, kScratchBf16Tokens = 1, kScratchBf16Panel = 2, kScratchSlots = 3 };

@@ -152,6 +152,42 @@ fn matmul_bits_groups_dtypes_batch_sizes() {
     }
 }
 
+/// The rows of a many-row call are computed in tiles of 4 (the last one shorter); each tile's rows
+/// equal, bit for bit and on every ISA, a call with only that tile's rows. Below `panel_min_rows` rows
+/// that is the per-tile kernel against itself; from it on, the panel GEMM against the per-tile kernel
+/// (same values, same order of the multiply-adds), so the switch between the two at any row count
+/// changes no result. (A tile of 1 row splits its accumulators differently from tiles of 2–4, so rows
+/// are not compared one by one.)
+#[test]
+fn panel_and_tile_rows_equal_the_same_tiles_alone() {
+    use zaya_mlx::ext::{panel_min_rows, PanelKind};
+    let panel = panel_min_rows(PanelKind::Affine);
+    let mut seed = 700;
+    for (bits, group, st) in [(8u32, 32usize, SType::F16), (8, 64, SType::Bf16), (4, 64, SType::F16)] {
+        seed += 1;
+        let w = weight(seed, 70, 512, bits, group, st);
+        for n in [6usize, panel - 1, panel, panel + 5, 2 * panel + 1] {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed * 10 + n as u64);
+            let x: Vec<f32> = (0..n * w.inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let xa = Array::from_slice(&x, &[n as i32, w.inp as i32]);
+            for isa in isas() {
+                let ctx = format!("bits={bits} G={group} {st:?} N={n} {isa:?}");
+                let all = with_isa(isa, || values(&w.run(&xa, ExtMode::Primitive).unwrap()));
+                for t0 in (0..n).step_by(4) {
+                    let t1 = (t0 + 4).min(n);
+                    let tile = Array::from_slice(&x[t0 * w.inp..t1 * w.inp], &[(t1 - t0) as i32, w.inp as i32]);
+                    let alone = with_isa(isa, || values(&w.run(&tile, ExtMode::Primitive).unwrap()));
+                    let got = &all[t0 * w.out..t1 * w.out];
+                    assert!(
+                        got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ctx}: rows {t0}..{t1} differ from the same rows alone"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_model_sized_rows() {
     // in = 2048 like ZAYA's hidden size; odd row counts across two threads.
@@ -450,12 +486,14 @@ fn bf(v: f64) -> f64 {
 
 /// `MatmulPrecision::Bf16` against the f64 loop over bf16-rounded operands: x and every decoded weight
 /// s·q + b (computed exactly, rounded to f32, then to bf16) rounded to bf16, products summed exactly.
-/// With ≥ 8 rows on a CPU with AVX512-BF16 the kernel must match it to f32 summation accuracy, and
-/// differ measurably from the f32 result; with fewer rows, or without the instructions (the AVX2 cap),
-/// it must equal the f32 kernel bit for bit.
+/// With at least the panel size of rows (`panel_min_rows`) on a CPU with AVX512-BF16 the kernel must
+/// match it to f32 summation accuracy, and differ measurably from the f32 result; with fewer rows, or
+/// without the instructions (the AVX2 cap), it must equal the f32 kernel bit for bit.
 #[test]
 fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
-    use zaya_mlx::ext::{bf16_dot_available, KernelIsa, MatmulMode, MatmulPrecision};
+    use zaya_mlx::ext::{bf16_dot_available, panel_min_rows, KernelIsa, MatmulMode, MatmulPrecision, PanelKind};
+    let panel = panel_min_rows(PanelKind::Affine);
+    assert!((2..=64).contains(&panel), "panel size {panel}");
     let bf16_mode = MatmulMode {
         ext: ExtMode::Primitive,
         precision: MatmulPrecision::Bf16,
@@ -464,7 +502,7 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
     for (bits, group, st) in [(8u32, 64usize, SType::F16), (4, 64, SType::Bf16), (8, 32, SType::F32)] {
         seed += 1;
         let w = weight(seed, 70, 512, bits, group, st);
-        for n in [3usize, 8, 13, 40] {
+        for n in [3usize, panel - 1, panel, 2 * panel + 3] {
             let mut rng = ChaCha8Rng::seed_from_u64(seed * 10 + n as u64);
             let x: Vec<f32> = (0..n * w.inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let xa = Array::from_slice(&x, &[n as i32, w.inp as i32]);
@@ -492,7 +530,7 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
                 if isa != KernelIsa::Avx512 {
                     assert!(!dot, "{ctx}: no bf16 dot products below the AVX-512 kernels");
                 }
-                if dot && n >= 8 {
+                if dot && n >= panel {
                     let err = rel_err(&y, &rounded);
                     verbose(&ctx, &format!("{isa:?} bf16 vs rounded f64"), err);
                     assert!(

@@ -548,11 +548,13 @@ fn rotate32(v: &[f32], signs: &[f32]) -> Vec<f64> {
 /// every codebook value rounded to bf16 (the row norms and the SwiGLU stay exact), products summed
 /// exactly; the rotations in f32 in the kernel's order (`rotate32`), so that values on a bf16
 /// rounding boundary round the same way. All rows on one expert so that the expert groups reach the
-/// panel size (8 rows); with fewer rows, or without AVX512-BF16, the op must equal the f32 kernel bit
-/// for bit. The bf16 rounding itself moves the result by more than 5e-4 (checked too).
+/// panel size (`panel_min_rows`); with fewer rows, or without AVX512-BF16, the op must equal the f32
+/// kernel bit for bit. The bf16 rounding itself moves the result by more than 5e-4 (checked too).
 #[test]
 fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
-    use zaya_mlx::ext::{bf16_dot_available, KernelIsa, MatmulPrecision};
+    use zaya_mlx::ext::{bf16_dot_available, panel_min_rows, KernelIsa, MatmulPrecision, PanelKind};
+    let panel = panel_min_rows(PanelKind::TurboQuantBf16);
+    assert!((2..=64).contains(&panel), "panel size {panel}");
     let ex = experts(31, 4, 256, 512, 256, 4, 4);
     let a = arrays(&ex);
     let cb_gu: Vec<f32> = ex.cb_gu.iter().map(|v| bf(*v as f64) as f32).collect();
@@ -561,7 +563,7 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
         ext: ExtMode::Primitive,
         precision: MatmulPrecision::Bf16,
     };
-    for n in [3usize, 8, 21] {
+    for n in [3usize, panel - 1, panel, 2 * panel + 5] {
         let mut rng = ChaCha8Rng::seed_from_u64(n as u64);
         let x: Vec<f32> = (0..n * ex.h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let idx = make_idx(&mut rng, Mix::OneExpert, n, ex.e);
@@ -595,7 +597,7 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
             if isa != KernelIsa::Avx512 {
                 assert!(!dot, "{ctx}: no bf16 dot products below the AVX-512 kernels");
             }
-            if dot && n >= 8 {
+            if dot && n >= panel {
                 let err = rel_err(&y, &rounded);
                 verbose(&ctx, "bf16 vs rounded f64", err);
                 assert!(err <= TOL, "{ctx}: bf16 kernel vs the rounded f64 loop: {err:e}");

@@ -48,6 +48,27 @@ pub fn bf16_dot_available() -> bool {
     unsafe { zaya_ext_bf16_dot() != 0 }
 }
 
+/// Which matmul a [`panel_min_rows`] query is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanelKind {
+    /// 8/4-bit affine matrices (f32 and bf16 panels).
+    Affine,
+    /// TurboQuant expert groups with bf16 dot products.
+    TurboQuantBf16,
+}
+
+/// Token rows from which a matmul call of `kind` runs the panel GEMM (and, in
+/// [`MatmulPrecision::Bf16`](super::MatmulPrecision), bf16 dot products); fewer rows run the per-tile
+/// f32 kernels. f32 results are the same either way.
+pub fn panel_min_rows(kind: PanelKind) -> usize {
+    let k = match kind {
+        PanelKind::Affine => 0,
+        PanelKind::TurboQuantBf16 => 1,
+    };
+    // SAFETY: plain query.
+    unsafe { zaya_ext_panel_min_rows(k) }.max(0) as usize
+}
+
 /// Caps the kernel instruction set process-wide (for tests and benchmarks); returns the previous cap.
 pub fn set_max_isa(level: KernelIsa) -> KernelIsa {
     // SAFETY: atomic store in the extension.

@@ -35,6 +35,7 @@ extern "C" {
     pub(crate) fn zaya_ext_kernel_isa() -> c_int;
     pub(crate) fn zaya_ext_set_max_isa(level: c_int) -> c_int;
     pub(crate) fn zaya_ext_bf16_dot() -> c_int;
+    pub(crate) fn zaya_ext_panel_min_rows(kind: c_int) -> c_int;
     pub(crate) fn zaya_tq_switch_glu(
         y: *mut mlx_array,
         x: mlx_array,

@@ -287,8 +287,9 @@ impl ZayaModel {
                 (None, None) => unreachable!("every half-layer is attention or MoE"),
             })
             .collect();
-        // f32 only: with bf16 a batch of 8+ rows would take the bf16 kernels where the same sequence
-        // alone decodes one row (f32 kernels), so batched rows would not equal the single stream
+        // f32 only: with bf16 a large enough batch (ext::panel_min_rows) would take the bf16 kernels
+        // where the same sequence alone decodes one row (f32 kernels), so batched rows would not
+        // equal the single stream
         let batching = norms
             && self.options.dtype == Dtype::Float32
             && layers

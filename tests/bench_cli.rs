@@ -175,6 +175,44 @@ fn text_report_follows_the_mlx_lm_layout() {
     assert!(s.contains("at cache offset 8"), "{s}");
 }
 
+/// `--concurrency` with `--rounds`: every level reports each round's aggregate rate and their median
+/// (computed here), the speed-ups are ratios of those medians to level 1's, per-stream = aggregate / N.
+#[test]
+fn concurrency_rounds_report_medians() {
+    let v = bench_json(&["--concurrency", "1,2", "--rounds", "3", "-p", "8", "-g", "4", "--seed", "2"]);
+    let levels = v["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    let agg = |l: &Value| l["aggregate_tps"].as_f64().unwrap();
+    for l in levels {
+        assert_eq!(l["rounds"].as_u64().unwrap(), 3);
+        let mut r: Vec<f64> = l["aggregate_tps_rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|x| *x > 0.0));
+        r.sort_by(f64::total_cmp);
+        assert_eq!(agg(l), r[1], "the median of the rounds");
+        let n = l["concurrency"].as_u64().unwrap() as f64;
+        assert!((l["per_stream_tps"].as_f64().unwrap() - agg(l) / n).abs() < 1e-9 * agg(l));
+        assert!((l["speedup_vs_single_stream"].as_f64().unwrap() - agg(l) / agg(&levels[0])).abs() < 1e-9);
+    }
+    assert_eq!(levels[0]["speedup_vs_single_stream"].as_f64().unwrap(), 1.0);
+    let (code, err) = {
+        let o = zaya()
+            .args(["bench", "--model"])
+            .arg(tiny())
+            .args(["--concurrency", "1,2", "--rounds", "0"])
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--rounds"), "{err}");
+}
+
 #[test]
 fn bad_arguments_are_reported() {
     let run = |args: &[&str]| {

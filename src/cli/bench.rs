@@ -74,6 +74,10 @@ pub struct Args {
     /// time to first token of a request joining the busy batch, peak RSS.
     #[arg(long, value_name = "N,N,...", value_parser = super::bench_batch::parse_levels)]
     pub concurrency: Option<super::bench_batch::Levels>,
+    /// With --concurrency: sweep the levels this many times in turn and report each level's median
+    /// (the host's drift then reaches every level alike, and the ratios compare like with like).
+    #[arg(long, value_name = "R", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Print one JSON object (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -183,6 +187,7 @@ pub fn run(args: Args) -> Result<i32> {
         let (rows, hist) = super::bench_batch::run(
             &zaya,
             &levels,
+            args.rounds as usize,
             p,
             g,
             args.seed,

@@ -3,7 +3,8 @@
 //! aggregate and per-stream decode tok/s, the distinct experts each MoE layer read per step (with
 //! the uniform-routing expectation E·(1−(1−1/E)^N)), the bytes a step reads and the bandwidth bound
 //! computed from them (copy bandwidth sampled after each level), the time to first token of a
-//! request that joins the busy batch, and the peak RSS. All levels in one run, one process.
+//! request that joins the busy batch, and the peak RSS. All levels in one run, one process; with
+//! `--rounds R` the sweep repeats R times and each figure is the level's median over the rounds.
 use std::time::Instant;
 
 use zaya_mlx::config::ZayaConfig;
@@ -39,6 +40,10 @@ pub fn parse_levels(s: &str) -> std::result::Result<Levels, String> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Level {
     pub concurrency: usize,
+    /// Sweeps of the levels; the figures below are medians over them (peak RSS: the maximum).
+    pub rounds: usize,
+    /// Aggregate tok/s of each round, in order.
+    pub aggregate_tps_rounds: Vec<f64>,
     pub steps: usize,
     pub decode_s: f64,
     pub aggregate_tps: f64,
@@ -84,6 +89,7 @@ fn step_bytes(w: DecodeBytes, cfg: &ZayaConfig, n: usize, distinct: f64, ctx: us
 pub fn run(
     zaya: &Zaya,
     levels: &[usize],
+    rounds: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
     seed: u64,
@@ -104,8 +110,106 @@ pub fn run(
     }
     let e = cfg.num_experts;
     let mut hist = vec![0u64; e + 1];
-    let mut out: Vec<Level> = Vec::new();
-    for &n in levels {
+    // per_round[r][i]: level i in round r
+    let mut per_round: Vec<Vec<Level>> = Vec::new();
+    for round in 0..rounds.max(1) {
+        let mut row = Vec::with_capacity(levels.len());
+        for &n in levels {
+            let level = level_once(zaya, n, prompt_tokens, gen_tokens, seed, weight_bytes, bundle_bytes, bandwidth_mib, &mut hist)?;
+            if rounds > 1 {
+                say(format!(
+                    "round {}/{rounds}, concurrency {n}: aggregate {:.2} tok/s",
+                    round + 1,
+                    level.aggregate_tps
+                ));
+            }
+            row.push(level);
+        }
+        per_round.push(row);
+    }
+    let median = |v: Vec<f64>| bench::median(&v);
+    let mut out: Vec<Level> = Vec::with_capacity(levels.len());
+    for (i, &n) in levels.iter().enumerate() {
+        let all: Vec<&Level> = per_round.iter().map(|r| &r[i]).collect();
+        let pick = |f: fn(&Level) -> f64| median(all.iter().map(|l| f(l)).collect());
+        let aggregate_rounds: Vec<f64> = all.iter().map(|l| l.aggregate_tps).collect();
+        let aggregate = median(aggregate_rounds.clone());
+        let bw = pick(|l| l.copy_bandwidth_gbs);
+        let bytes = all[0].bytes_per_step;
+        let bound = n as f64 * bw * 1e9 / bytes as f64;
+        let peak = all.iter().filter_map(|l| l.peak_rss_bytes).max();
+        out.push(Level {
+            concurrency: n,
+            rounds: all.len(),
+            aggregate_tps_rounds: aggregate_rounds,
+            steps: all[0].steps,
+            decode_s: pick(|l| l.decode_s),
+            aggregate_tps: aggregate,
+            per_stream_tps: aggregate / n as f64,
+            speedup_vs_single_stream: 0.0,
+            distinct_experts_per_layer: pick(|l| l.distinct_experts_per_layer),
+            uniform_expectation: all[0].uniform_expectation,
+            skip_fraction: pick(|l| l.skip_fraction),
+            bytes_per_step: bytes,
+            copy_bandwidth_gbs: bw,
+            bound_aggregate_tps: bound,
+            pct_of_bound: 100.0 * aggregate / bound,
+            join_ttft_s: pick(|l| l.join_ttft_s),
+            peak_rss_bytes: peak,
+            peak_rss_over_bundle: peak.map(|p| p as f64 / bundle_bytes as f64),
+        });
+    }
+    // relative to the single-stream rate of this run (level 1, or the first level's per-stream rate)
+    let single = out
+        .iter()
+        .find(|l| l.concurrency == 1)
+        .map_or_else(|| out.first().map_or(1.0, |l| l.per_stream_tps), |l| l.aggregate_tps);
+    for level in &mut out {
+        level.speedup_vs_single_stream = level.aggregate_tps / single;
+        let n = level.concurrency;
+        let peak = level.peak_rss_bytes;
+        say(format!(
+            "concurrency {n}: aggregate {:.2} tok/s ({:.2}x), per stream {:.2} tok/s, distinct experts/layer/step {:.2} (uniform {:.2}), {:.1} MB/step, bound {:.2} tok/s at {:.1} GB/s = {:.0}%, join TTFT {:.2}s, peak RSS {}{}",
+            level.aggregate_tps,
+            level.speedup_vs_single_stream,
+            level.per_stream_tps,
+            level.distinct_experts_per_layer,
+            level.uniform_expectation,
+            level.bytes_per_step as f64 / 1e6,
+            level.bound_aggregate_tps,
+            level.copy_bandwidth_gbs,
+            level.pct_of_bound,
+            level.join_ttft_s,
+            peak.map_or("n/a".into(), |p| format!("{:.2} GB = {:.2}x the bundle", p as f64 / 1e9, p as f64 / bundle_bytes as f64)),
+            if level.rounds > 1 {
+                format!(" (medians of {} rounds; aggregate per round {:?})", level.rounds, level.aggregate_tps_rounds.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>())
+            } else {
+                String::new()
+            },
+        ));
+    }
+    Ok((out, Histogram(hist)))
+}
+
+/// One level once: N prompts prefilled alone and joined into one batch, one untimed step, the timed
+/// steps, a few routed steps for the statistics (added to `hist`), the join TTFT and the bandwidth.
+/// `speedup_vs_single_stream` is left for the caller.
+#[allow(clippy::too_many_arguments)]
+fn level_once(
+    zaya: &Zaya,
+    n: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    seed: u64,
+    weight_bytes: DecodeBytes,
+    bundle_bytes: u64,
+    bandwidth_mib: usize,
+    hist: &mut [u64],
+) -> Result<Level> {
+    let model = zaya.model();
+    let cfg = model.config().clone();
+    let e = cfg.num_experts;
+    {
         let rss_reset = memory::reset_peak_rss();
         // N sequences prefilled alone, then one batch
         let mut batch = BatchCache::new(&cfg, model.options().kv_step);
@@ -166,18 +270,15 @@ pub fn run(
         let bytes = step_bytes(weight_bytes, &cfg, n, distinct, ctx);
         let aggregate = (n * steps) as f64 / decode_s;
         let bound = n as f64 * bw * 1e9 / bytes as f64;
-        // relative to the single-stream rate of this run (level 1, or the first level's per-stream rate)
-        let single = out.iter().find(|l: &&Level| l.concurrency == 1).map_or_else(
-            || out.first().map_or(steps as f64 / decode_s, |l| l.per_stream_tps),
-            |l| l.aggregate_tps,
-        );
-        let level = Level {
+        Ok(Level {
             concurrency: n,
+            rounds: 1,
+            aggregate_tps_rounds: vec![aggregate],
             steps,
             decode_s,
             aggregate_tps: aggregate,
             per_stream_tps: steps as f64 / decode_s,
-            speedup_vs_single_stream: aggregate / single,
+            speedup_vs_single_stream: 0.0,
             distinct_experts_per_layer: distinct,
             uniform_expectation: uniform_distinct(e, n),
             skip_fraction: skips as f64 / routed.max(1) as f64,
@@ -188,24 +289,8 @@ pub fn run(
             join_ttft_s: ttft,
             peak_rss_bytes: peak,
             peak_rss_over_bundle: peak.map(|p| p as f64 / bundle_bytes as f64),
-        };
-        say(format!(
-            "concurrency {n}: aggregate {:.2} tok/s ({:.2}x), per stream {:.2} tok/s, distinct experts/layer/step {:.2} (uniform {:.2}), {:.1} MB/step, bound {:.2} tok/s at {:.1} GB/s = {:.0}%, join TTFT {:.2}s, peak RSS {}",
-            level.aggregate_tps,
-            level.speedup_vs_single_stream,
-            level.per_stream_tps,
-            level.distinct_experts_per_layer,
-            level.uniform_expectation,
-            bytes as f64 / 1e6,
-            bound,
-            bw,
-            level.pct_of_bound,
-            ttft,
-            peak.map_or("n/a".into(), |p| format!("{:.2} GB = {:.2}x the bundle", p as f64 / 1e9, p as f64 / bundle_bytes as f64)),
-        ));
-        out.push(level);
+        })
     }
-    Ok((out, Histogram(hist)))
 }
 
 /// Time to first token of a request that joins `n − 1` running sequences (an idle engine for 1).

@@ -40,7 +40,7 @@ pub fn parse_levels(s: &str) -> std::result::Result<Levels, String> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Level {
     pub concurrency: usize,
-    /// Sweeps of the levels; the figures below are medians over them (peak RSS: the maximum).
+    /// Sweeps of the levels; the figures below are medians over them (peak RSS: the first sweep's).
     pub rounds: usize,
     /// Aggregate tok/s of each round, in order.
     pub aggregate_tps_rounds: Vec<f64>,
@@ -137,7 +137,9 @@ pub fn run(
         let bw = pick(|l| l.copy_bandwidth_gbs);
         let bytes = all[0].bytes_per_step;
         let bound = n as f64 * bw * 1e9 / bytes as f64;
-        let peak = all.iter().filter_map(|l| l.peak_rss_bytes).max();
+        // the first sweep's: later rounds start with every page the earlier levels touched resident
+        // (mapped weight pages stay in the resident set), which says nothing about this level
+        let peak = all[0].peak_rss_bytes;
         out.push(Level {
             concurrency: n,
             rounds: all.len(),

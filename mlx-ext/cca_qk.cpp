@@ -209,12 +209,17 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   fill_tables(0);
   const float sqrt_d = std::sqrt((float)D);
   ConvScratch conv(d);
-  std::vector<float> Z(T * C);
+  // a batched decode step (one frame per sequence): every sequence's conv at once, each group's taps
+  // read once for all rows; otherwise sequence by sequence
+  const bool frames = T == 1 && d.B > 1;
+  std::vector<float> Z(frames ? d.B * C : T * C);
+  if (frames) causal_conv_frames(d, cw, d.B, u, st, Z.data(), o.ns, tab);
   for (int64_t b = 0; b < d.B; ++b) {
     if (b > 0 && !d.row_offsets.empty()) fill_tables(b);
     const float* ub = u + b * T * C;
+    const float* zb = frames ? Z.data() + b * C : Z.data();
     // the two-stage conv over [carried frames ‖ u] and the new state
-    causal_conv(d, cw, ub, st + b * C * S, conv, Z.data(), o.ns + b * C * S, tab);
+    if (!frames) causal_conv(d, cw, ub, st + b * C * S, conv, Z.data(), o.ns + b * C * S, tab);
     // mean paths, L2 normalisation, temperature, RoPE, output layouts
     parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
       std::vector<float> qm(Hq * D), row(D);
@@ -238,7 +243,7 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
       for (int64_t t = t0; t < t1; ++t) {
         const float* qt = ub + t * C;               // pre-conv q̃
         const float* kt = ub + t * C + Hq * D;      // pre-conv k̃
-        const float* zt = Z.data() + t * C;
+        const float* zt = zb + t * C;
         for (int h = 0; h < Hq; ++h) {
           const float* kh = kt + (h / g) * D;
           float* m = qm.data() + h * D;

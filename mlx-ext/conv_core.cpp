@@ -102,4 +102,52 @@ void causal_conv(const ConvDims& d, const ConvWeights& w, const float* u, const 
     for (int64_t c = 0; c < C; ++c) new_state[c * S + i] = P[(T + i) * C + c];
 }
 
+void causal_conv_frames(const ConvDims& d, const ConvWeights& w, int64_t B, const float* u, const float* state,
+                        float* z, float* new_state, const kern::Table* tab) {
+  const int64_t C = d.C, S = d.S, K0 = d.K0, K1 = d.K1, Cg = d.Cg;
+  const int64_t La = K1;  // conv-0 output frames for one new frame
+  std::vector<float> P((size_t)(S + 1) * C), A((size_t)B * La * C);
+  for (int64_t b = 0; b < B; ++b) {
+    // P [S + 1, C]: the carried frames then the new one; depthwise conv 0 as in causal_conv
+    const float* st = state + b * C * S;
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t c = 0; c < C; ++c) P[i * C + c] = st[c * S + i];
+    std::memcpy(P.data() + S * C, u + b * C, sizeof(float) * C);
+    float* Ab = A.data() + b * La * C;
+    for (int64_t i = 0; i < La; ++i) {
+      float* ai = Ab + i * C;
+      for (int64_t c = 0; c < C; ++c) ai[c] = w.b0[c];
+      for (int64_t k = 0; k < K0; ++k) {
+        const float* pk = P.data() + (i + k) * C;
+        const float* wk = w.w0t.data() + k * C;
+        for (int64_t c = 0; c < C; ++c) ai[c] += wk[c] * pk[c];
+      }
+    }
+    float* ns = new_state + b * C * S;
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t c = 0; c < C; ++c) ns[c * S + i] = P[(1 + i) * C + c];
+  }
+  // grouped conv 1: per group, the B windows [a_0[g] ‖ a_1[g] ‖ …] as the token rows of one GEMM
+  const float* b1 = w.b1.data();
+  const int64_t work = B * C * K1 * Cg;
+  parallel_for(d.G, work >= (1 << 18) ? 1 : d.G, [&](int64_t g0, int64_t g1) {
+    std::vector<float> X((size_t)B * K1 * Cg);
+    std::vector<const float*> xs(B);
+    std::vector<float*> ys(B);
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      const int64_t c0 = grp * Cg;
+      for (int64_t b = 0; b < B; ++b) {
+        float* xb = X.data() + b * K1 * Cg;
+        const float* Ab = A.data() + b * La * C;
+        for (int64_t k = 0; k < K1; ++k) std::memcpy(xb + k * Cg, Ab + k * C + c0, sizeof(float) * Cg);
+        xs[b] = xb;
+        ys[b] = z + b * C;
+      }
+      tab->dense_rows(w.w1, (int)c0, (int)(c0 + Cg), xs.data(), ys.data(), (int)B);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t c = c0; c < c0 + Cg; ++c) z[b * C + c] += b1[c];
+    }
+  }, kStreamChunks);
+}
+
 }  // namespace zaya

@@ -47,4 +47,12 @@ struct ConvScratch {
 void causal_conv(const ConvDims& d, const ConvWeights& w, const float* u, const float* state, ConvScratch& sc,
                  float* z, float* new_state, const kern::Table* tab);
 
+// B sequences of one new frame each (a batched decode step, d.T == 1): u [B, C], state [B, C, S] give
+// z [B, C] and new_state [B, C, S]. Each sequence's depthwise stage is causal_conv's; the grouped stage
+// is one tab->dense_rows call per group over the B windows, so each group's taps are read once for
+// every row instead of once per sequence. A row's z can differ from causal_conv's in the last bits (the
+// GEMM sums tiles of 2–4 rows in one accumulator per row where a single row splits two).
+void causal_conv_frames(const ConvDims& d, const ConvWeights& w, int64_t B, const float* u, const float* state,
+                        float* z, float* new_state, const kern::Table* tab);
+
 }  // namespace zaya

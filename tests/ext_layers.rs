@@ -630,6 +630,63 @@ fn cca_qk_matches_f64_loop_for_prefill_and_decode() {
     }
 }
 
+/// A batched decode step (B sequences, one frame each, own conv states and positions) equals each
+/// sequence's own one-frame call: the new conv states and values exactly, q and k within f32
+/// rounding (the batched grouped conv sums 2–4-row GEMM tiles in one accumulator where a single row
+/// splits two), with f32 and f16 conv taps. B = 6 covers a tile of 4 and a tail of 2.
+#[test]
+fn cca_qk_rows_batch_equals_each_sequence_alone() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let p = cca_params(&mut rng, 4, 2, 16);
+    let c = p.c();
+    let (ci, di) = (c as i32, p.d as i32);
+    let nb = 6usize;
+    let lens: Vec<usize> = (0..nb).map(|b| [0usize, 3, 9, 1, 40, 7][b]).collect();
+    let u = rv(&mut rng, nb * c, -1.0, 1.0);
+    let state = rv(&mut rng, nb * c * 2, -1.0, 1.0);
+    let values = rv(&mut rng, nb * p.hk * p.d, -1.0, 1.0);
+    for f16w in [false, true] {
+        let w1 = arr(&p.w1, &[ci, 2, di]);
+        let w1 = if f16w { w1.as_dtype(Dtype::Float16).unwrap() } else { w1 };
+        let params = |offset: usize| CcaQkParams {
+            q_heads: p.hq as u32,
+            kv_heads: p.hk as u32,
+            rotary_dim: p.rd as u32,
+            rope_theta: p.theta,
+            clamp_temp: false,
+            offset,
+        };
+        let run = |b0: usize, n: usize, offsets: &[usize]| {
+            ext::cca_qk_rows(
+                &arr(&u[b0 * c..(b0 + n) * c], &[n as i32, ci]),
+                &arr(&state[b0 * c * 2..(b0 + n) * c * 2], &[n as i32, ci, 2]),
+                &arr(&p.w0, &[ci, 2, 1]),
+                &arr(&p.b0, &[ci]),
+                &w1,
+                &arr(&p.b1, &[ci]),
+                &arr(&p.temp, &[p.hk as i32]),
+                &arr(&values[b0 * p.hk * p.d..(b0 + n) * p.hk * p.d], &[n as i32, (p.hk * p.d) as i32]),
+                params(0),
+                offsets,
+                ExtMode::Primitive,
+            )
+            .unwrap()
+        };
+        let all = run(0, nb, &lens);
+        let (q, k, v, ns) = (vals(&all.q), vals(&all.k), vals(&all.v), vals(&all.conv_state));
+        let (qn, kn) = (p.hq * p.d, p.hk * p.d);
+        for b in 0..nb {
+            let one = run(b, 1, &lens[b..b + 1]);
+            let tag = format!("f16 taps {f16w}, sequence {b} at {}", lens[b]);
+            let want = |a: &Array| vals(a).iter().map(|&x| x as f64).collect::<Vec<f64>>();
+            close(&q[b * qn..(b + 1) * qn], &want(&one.q), 1e-6, &format!("{tag}: q"));
+            close(&k[b * kn..(b + 1) * kn], &want(&one.k), 1e-6, &format!("{tag}: k"));
+            assert_eq!(v[b * kn..(b + 1) * kn], vals(&one.v)[..], "{tag}: v");
+            assert_eq!(ns[b * c * 2..(b + 1) * c * 2], vals(&one.conv_state)[..], "{tag}: conv state");
+        }
+    }
+}
+
 #[test]
 fn cca_qk_rejects_bad_arguments() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);

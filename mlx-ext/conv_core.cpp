@@ -47,43 +47,44 @@ void grouped_by_channel(const ConvDims& d, const ConvWeights& w, const float* A,
   });
 }
 
-// grouped conv 1, per group: z[t, g0 + r] = w1[g0 + r, :] · [a_t[g] ‖ a_{t+1}[g] ‖ …] + b1
-void grouped_by_group(const ConvDims& d, const ConvWeights& w, const float* A, float* z, const kern::Table* tab) {
-  const int64_t C = d.C, T = d.T, K1 = d.K1, Cg = d.Cg;
+// grouped conv 1, per group: z[r, g0 + i] = w1[g0 + i, :] · [A_r[g] ‖ A_r+C[g] ‖ …] + b1 for `rows`
+// output rows, row r's window of K1 frames starting at A + r·stride (stride C: the frames of one
+// sequence, consecutive windows overlapping; stride K1·C: one window per sequence)
+void grouped_by_group(const ConvDims& d, const ConvWeights& w, const float* A, int64_t rows, int64_t stride,
+                      float* z, const kern::Table* tab) {
+  const int64_t C = d.C, K1 = d.K1, Cg = d.Cg;
   const float* b1 = w.b1.data();
-  const int64_t work = T * C * K1 * Cg;
+  const int64_t work = rows * C * K1 * Cg;
   parallel_for(d.G, work >= (1 << 18) ? 1 : d.G, [&](int64_t g0, int64_t g1) {
-    std::vector<float> X(T * K1 * Cg);
-    std::vector<const float*> xs(T);
-    std::vector<float*> ys(T);
+    std::vector<float> X(rows * K1 * Cg);
+    std::vector<const float*> xs(rows);
+    std::vector<float*> ys(rows);
     for (int64_t grp = g0; grp < g1; ++grp) {
       const int64_t c0 = grp * Cg;
-      for (int64_t t = 0; t < T; ++t) {
-        float* xt = X.data() + t * K1 * Cg;
-        for (int64_t k = 0; k < K1; ++k) std::memcpy(xt + k * Cg, A + (t + k) * C + c0, sizeof(float) * Cg);
-        xs[t] = xt;
-        ys[t] = z + t * C;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* xr = X.data() + r * K1 * Cg;
+        for (int64_t k = 0; k < K1; ++k) std::memcpy(xr + k * Cg, A + r * stride + k * C + c0, sizeof(float) * Cg);
+        xs[r] = xr;
+        ys[r] = z + r * C;
       }
-      tab->dense_rows(w.w1, (int)c0, (int)(c0 + Cg), xs.data(), ys.data(), (int)T);
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t c = c0; c < c0 + Cg; ++c) z[t * C + c] += b1[c];
+      tab->dense_rows(w.w1, (int)c0, (int)(c0 + Cg), xs.data(), ys.data(), (int)rows);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = c0; c < c0 + Cg; ++c) z[r * C + c] += b1[c];
     }
   }, kStreamChunks);
 }
 
-}  // namespace
-
-void causal_conv(const ConvDims& d, const ConvWeights& w, const float* u, const float* state, ConvScratch& sc,
-                 float* z, float* new_state, const kern::Table* tab) {
-  const int64_t C = d.C, T = d.T, S = d.S, K0 = d.K0;
-  const int64_t La = T + d.K1 - 1;  // conv-0 output length (= T + S - K0 + 1)
-  float* P = sc.P.data();
-  float* A = sc.A.data();
-  // P, time-major [T + S, C]: the carried frames then u
+// P, time-major [S + T, C]: the carried frames (state [C, S], channel-major) then u [T, C]
+void pad_frames(const ConvDims& d, const float* state, const float* u, int64_t T, float* P) {
+  const int64_t C = d.C, S = d.S;
   for (int64_t i = 0; i < S; ++i)
     for (int64_t c = 0; c < C; ++c) P[i * C + c] = state[c * S + i];
   std::memcpy(P + S * C, u, sizeof(float) * T * C);
-  // depthwise conv 0: a_i[c] = b0[c], then + w0[c, k]·P_{i+k}[c] tap by tap
+}
+
+// depthwise conv 0 over P: a_i[c] = b0[c], then + w0[c, k]·P_{i+k}[c] tap by tap, for i < La
+void depthwise(const ConvDims& d, const ConvWeights& w, const float* P, int64_t La, float* A) {
+  const int64_t C = d.C, K0 = d.K0;
   for (int64_t i = 0; i < La; ++i) {
     float* ai = A + i * C;
     for (int64_t c = 0; c < C; ++c) ai[c] = w.b0[c];
@@ -93,61 +94,41 @@ void causal_conv(const ConvDims& d, const ConvWeights& w, const float* u, const 
       for (int64_t c = 0; c < C; ++c) ai[c] += wk[c] * pk[c];
     }
   }
-  if (tab)
-    grouped_by_group(d, w, A, z, tab);
-  else
-    grouped_by_channel(d, w, A, z);
-  // new state: the last S frames of P, channel-major
+}
+
+// the new state: the last S of the S + T frames of P, channel-major
+void carry_state(const ConvDims& d, const float* P, int64_t T, float* new_state) {
+  const int64_t C = d.C, S = d.S;
   for (int64_t i = 0; i < S; ++i)
     for (int64_t c = 0; c < C; ++c) new_state[c * S + i] = P[(T + i) * C + c];
 }
 
+}  // namespace
+
+void causal_conv(const ConvDims& d, const ConvWeights& w, const float* u, const float* state, ConvScratch& sc,
+                 float* z, float* new_state, const kern::Table* tab) {
+  const int64_t T = d.T;
+  float* P = sc.P.data();
+  float* A = sc.A.data();
+  pad_frames(d, state, u, T, P);
+  depthwise(d, w, P, T + d.K1 - 1, A);  // conv-0 output length T + S - K0 + 1
+  if (tab)
+    grouped_by_group(d, w, A, T, d.C, z, tab);
+  else
+    grouped_by_channel(d, w, A, z);
+  carry_state(d, P, T, new_state);
+}
+
 void causal_conv_frames(const ConvDims& d, const ConvWeights& w, int64_t B, const float* u, const float* state,
                         float* z, float* new_state, const kern::Table* tab) {
-  const int64_t C = d.C, S = d.S, K0 = d.K0, K1 = d.K1, Cg = d.Cg;
-  const int64_t La = K1;  // conv-0 output frames for one new frame
+  const int64_t C = d.C, S = d.S, La = d.K1;  // conv-0 output frames for one new frame
   std::vector<float> P((size_t)(S + 1) * C), A((size_t)B * La * C);
   for (int64_t b = 0; b < B; ++b) {
-    // P [S + 1, C]: the carried frames then the new one; depthwise conv 0 as in causal_conv
-    const float* st = state + b * C * S;
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t c = 0; c < C; ++c) P[i * C + c] = st[c * S + i];
-    std::memcpy(P.data() + S * C, u + b * C, sizeof(float) * C);
-    float* Ab = A.data() + b * La * C;
-    for (int64_t i = 0; i < La; ++i) {
-      float* ai = Ab + i * C;
-      for (int64_t c = 0; c < C; ++c) ai[c] = w.b0[c];
-      for (int64_t k = 0; k < K0; ++k) {
-        const float* pk = P.data() + (i + k) * C;
-        const float* wk = w.w0t.data() + k * C;
-        for (int64_t c = 0; c < C; ++c) ai[c] += wk[c] * pk[c];
-      }
-    }
-    float* ns = new_state + b * C * S;
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t c = 0; c < C; ++c) ns[c * S + i] = P[(1 + i) * C + c];
+    pad_frames(d, state + b * C * S, u + b * C, 1, P.data());
+    depthwise(d, w, P.data(), La, A.data() + b * La * C);
+    carry_state(d, P.data(), 1, new_state + b * C * S);
   }
-  // grouped conv 1: per group, the B windows [a_0[g] ‖ a_1[g] ‖ …] as the token rows of one GEMM
-  const float* b1 = w.b1.data();
-  const int64_t work = B * C * K1 * Cg;
-  parallel_for(d.G, work >= (1 << 18) ? 1 : d.G, [&](int64_t g0, int64_t g1) {
-    std::vector<float> X((size_t)B * K1 * Cg);
-    std::vector<const float*> xs(B);
-    std::vector<float*> ys(B);
-    for (int64_t grp = g0; grp < g1; ++grp) {
-      const int64_t c0 = grp * Cg;
-      for (int64_t b = 0; b < B; ++b) {
-        float* xb = X.data() + b * K1 * Cg;
-        const float* Ab = A.data() + b * La * C;
-        for (int64_t k = 0; k < K1; ++k) std::memcpy(xb + k * Cg, Ab + k * C + c0, sizeof(float) * Cg);
-        xs[b] = xb;
-        ys[b] = z + b * C;
-      }
-      tab->dense_rows(w.w1, (int)c0, (int)(c0 + Cg), xs.data(), ys.data(), (int)B);
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t c = c0; c < c0 + Cg; ++c) z[b * C + c] += b1[c];
-    }
-  }, kStreamChunks);
+  grouped_by_group(d, w, A.data(), B, La * C, z, tab);
 }
 
 }  // namespace zaya

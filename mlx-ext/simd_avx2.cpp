@@ -47,6 +47,8 @@ struct V {
     for (int i = 1; i < 8; ++i) m = t[i] > m ? t[i] : m;
     return m;
   }
+  static constexpr bool kHsum16 = false;  // hsum_n sums one vector at a time
+  static void hsum16(const F*, float*) {}
   static float hsum(F a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

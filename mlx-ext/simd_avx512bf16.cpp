@@ -57,8 +57,7 @@ __attribute__((always_inline)) inline void bf_tile(const uint16_t* const* p, siz
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], pv, xv[t]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) out[r][t] = V::hsum(acc[r][t]);
+  hsum_n(&acc[0][0], R * T, &out[0][0]);
 }
 
 template <int T, class Fin>

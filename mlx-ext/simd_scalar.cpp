@@ -22,6 +22,8 @@ struct V {
   static F fwht_step(F v) { return v; }  // never called: L = 1 has no span below L
   static F max(F a, F b) { return a > b ? a : b; }
   static float hmax(F a) { return a; }
+  static constexpr bool kHsum16 = false;  // hsum_n sums one vector at a time
+  static void hsum16(const F*, float*) {}
   static float hsum(F a) { return a; }
   static I loadw(const uint32_t* p) { return *p; }
   template <int BITS>

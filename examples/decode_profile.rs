@@ -158,7 +158,11 @@ fn main() -> anyhow::Result<()> {
     let dir = dir.ok_or_else(|| anyhow::anyhow!("usage: decode_profile BUNDLE [--steps N] [--prompt P]"))?;
     let mut opts = ModelOptions {
         fused_layers: !no_fused,
-        dtype: if bf16 { mlx_rs::Dtype::Bfloat16 } else { mlx_rs::Dtype::Float32 },
+        dtype: if bf16 {
+            mlx_rs::Dtype::Bfloat16
+        } else {
+            mlx_rs::Dtype::Float32
+        },
         ..ModelOptions::default()
     };
     if plain {
@@ -197,7 +201,10 @@ fn main() -> anyhow::Result<()> {
     let routed: u64 = cache.routed_counts().iter().sum();
     println!("  prefill routes: {routed} routed, {skipped} took the skip route");
     if prefill_only {
-        let rounds: usize = std::env::var("PREFILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        let rounds: usize = std::env::var("PREFILL_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
         for round in 0..rounds {
             let mut cx = model.new_cache();
             let f0 = minor_faults();
@@ -248,7 +255,9 @@ fn main() -> anyhow::Result<()> {
     if batch > 0 {
         let mut bc = zaya_mlx::runtime::engine::BatchCache::new(model.config(), model.options().kv_step);
         for i in 0..batch {
-            let p: Vec<u32> = (0..prompt as u32).map(|j| (j * 7919 + 13 + 104729 * i as u32) % vocab).collect();
+            let p: Vec<u32> = (0..prompt as u32)
+                .map(|j| (j * 7919 + 13 + 104729 * i as u32) % vocab)
+                .collect();
             let mut c = model.new_cache();
             model.prefill(&p, &mut c, None)?;
             bc.insert(&c)?;

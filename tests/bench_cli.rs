@@ -62,6 +62,11 @@ fn trial_greedy_tokens_match_the_python_reference() {
     }
 }
 
+/// A JSON array of numbers.
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
 fn bench_json(args: &[&str]) -> Value {
     let o = zaya()
         .args(["bench", "--model"])
@@ -126,12 +131,7 @@ fn json_report_is_complete_and_consistent() {
     let bw = b["copy_bandwidth_gbs"].as_f64().unwrap();
     assert!(bw > 0.0);
     // the bandwidth is the median of its samples (one per trial where the peak RSS can be reset)
-    let mut samples: Vec<f64> = b["copy_bandwidth_samples_gbs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let mut samples = f64s(&b["copy_bandwidth_samples_gbs"]);
     assert!(!samples.is_empty());
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
@@ -179,18 +179,24 @@ fn text_report_follows_the_mlx_lm_layout() {
 /// (computed here), the speed-ups are ratios of those medians to level 1's, per-stream = aggregate / N.
 #[test]
 fn concurrency_rounds_report_medians() {
-    let v = bench_json(&["--concurrency", "1,2", "--rounds", "3", "-p", "8", "-g", "4", "--seed", "2"]);
+    let v = bench_json(&[
+        "--concurrency",
+        "1,2",
+        "--rounds",
+        "3",
+        "-p",
+        "8",
+        "-g",
+        "4",
+        "--seed",
+        "2",
+    ]);
     let levels = v["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 2);
     let agg = |l: &Value| l["aggregate_tps"].as_f64().unwrap();
     for l in levels {
         assert_eq!(l["rounds"].as_u64().unwrap(), 3);
-        let mut r: Vec<f64> = l["aggregate_tps_rounds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let mut r = f64s(&l["aggregate_tps_rounds"]);
         assert_eq!(r.len(), 3);
         assert!(r.iter().all(|x| *x > 0.0));
         r.sort_by(f64::total_cmp);

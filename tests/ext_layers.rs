@@ -665,7 +665,10 @@ fn cca_qk_rows_batch_equals_each_sequence_alone() {
                 &w1,
                 &arr(&p.b1, &[ci]),
                 &arr(&p.temp, &[p.hk as i32]),
-                &arr(&values[b0 * p.hk * p.d..(b0 + n) * p.hk * p.d], &[n as i32, (p.hk * p.d) as i32]),
+                &arr(
+                    &values[b0 * p.hk * p.d..(b0 + n) * p.hk * p.d],
+                    &[n as i32, (p.hk * p.d) as i32],
+                ),
                 params(0),
                 offsets,
                 ExtMode::Primitive,
@@ -682,7 +685,11 @@ fn cca_qk_rows_batch_equals_each_sequence_alone() {
             close(&q[b * qn..(b + 1) * qn], &want(&one.q), 1e-6, &format!("{tag}: q"));
             close(&k[b * kn..(b + 1) * kn], &want(&one.k), 1e-6, &format!("{tag}: k"));
             assert_eq!(v[b * kn..(b + 1) * kn], vals(&one.v)[..], "{tag}: v");
-            assert_eq!(ns[b * c * 2..(b + 1) * c * 2], vals(&one.conv_state)[..], "{tag}: conv state");
+            assert_eq!(
+                ns[b * c * 2..(b + 1) * c * 2],
+                vals(&one.conv_state)[..],
+                "{tag}: conv state"
+            );
         }
     }
 }

@@ -184,18 +184,15 @@ pub fn run(args: Args) -> Result<i32> {
             args.seed,
             fmt_load(memory::load_average())
         ));
-        let (rows, hist) = super::bench_batch::run(
-            &zaya,
-            &levels,
-            args.rounds as usize,
-            p,
-            g,
-            args.seed,
+        let sweep = super::bench_batch::Sweep {
+            prompt_tokens: p,
+            gen_tokens: g,
+            seed: args.seed,
             weight_bytes,
-            summary.file_bytes,
-            args.bandwidth_mib,
-            &say,
-        )?;
+            bundle_bytes: summary.file_bytes,
+            bandwidth_mib: args.bandwidth_mib,
+        };
+        let (rows, hist) = super::bench_batch::run(&zaya, &levels, args.rounds as usize, &sweep, &say)?;
         let total: u64 = hist.0.iter().sum();
         let e = cfg.num_experts;
         let routed: u64 = hist.0[..e].iter().sum();

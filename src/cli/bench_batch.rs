@@ -85,19 +85,33 @@ fn step_bytes(w: DecodeBytes, cfg: &ZayaConfig, n: usize, distinct: f64, ctx: us
         + n as u64 * bench::state_bytes(cfg, ctx, bench::KV_BYTES_PER_ELEM)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every level of a sweep shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Sweep {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub seed: u64,
+    /// The non-expert, per-expert and state bytes a decode step reads (see `step_bytes`).
+    pub weight_bytes: DecodeBytes,
+    /// The bundle's size on disk, for the peak-RSS ratio.
+    pub bundle_bytes: u64,
+    /// Size of the copy that samples the bandwidth after each level.
+    pub bandwidth_mib: usize,
+}
+
+/// The aggregate decode rate `n` rows could reach if a step read `bytes` at `gbs`.
+fn bound_tps(n: usize, gbs: f64, bytes: u64) -> f64 {
+    n as f64 * gbs * 1e9 / bytes as f64
+}
+
 pub fn run(
     zaya: &Zaya,
     levels: &[usize],
     rounds: usize,
-    prompt_tokens: usize,
-    gen_tokens: usize,
-    seed: u64,
-    weight_bytes: DecodeBytes,
-    bundle_bytes: u64,
-    bandwidth_mib: usize,
+    sweep: &Sweep,
     say: &dyn Fn(String),
 ) -> Result<(Vec<Level>, Histogram)> {
+    let bundle_bytes = sweep.bundle_bytes;
     let model = zaya.model();
     let cfg = model.config().clone();
     if !model.supports_batching() {
@@ -105,7 +119,7 @@ pub fn run(
             "--concurrency needs the fused f32 path (--kernels fused, --dtype float32)".into(),
         ));
     }
-    if gen_tokens < 2 {
+    if sweep.gen_tokens < 2 {
         return Err(ZayaError::InvalidArgument("--concurrency needs -g ≥ 2".into()));
     }
     let e = cfg.num_experts;
@@ -115,7 +129,7 @@ pub fn run(
     for round in 0..rounds.max(1) {
         let mut row = Vec::with_capacity(levels.len());
         for &n in levels {
-            let level = level_once(zaya, n, prompt_tokens, gen_tokens, seed, weight_bytes, bundle_bytes, bandwidth_mib, &mut hist)?;
+            let level = level_once(zaya, n, sweep, &mut hist)?;
             if rounds > 1 {
                 say(format!(
                     "round {}/{rounds}, concurrency {n}: aggregate {:.2} tok/s",
@@ -136,7 +150,7 @@ pub fn run(
         let aggregate = median(aggregate_rounds.clone());
         let bw = pick(|l| l.copy_bandwidth_gbs);
         let bytes = all[0].bytes_per_step;
-        let bound = n as f64 * bw * 1e9 / bytes as f64;
+        let bound = bound_tps(n, bw, bytes);
         // the first sweep's: later rounds start with every page the earlier levels touched resident
         // (mapped weight pages stay in the resident set), which says nothing about this level
         let peak = all[0].peak_rss_bytes;
@@ -196,103 +210,98 @@ pub fn run(
 /// One level once: N prompts prefilled alone and joined into one batch, one untimed step, the timed
 /// steps, a few routed steps for the statistics (added to `hist`), the join TTFT and the bandwidth.
 /// `speedup_vs_single_stream` is left for the caller.
-#[allow(clippy::too_many_arguments)]
-fn level_once(
-    zaya: &Zaya,
-    n: usize,
-    prompt_tokens: usize,
-    gen_tokens: usize,
-    seed: u64,
-    weight_bytes: DecodeBytes,
-    bundle_bytes: u64,
-    bandwidth_mib: usize,
-    hist: &mut [u64],
-) -> Result<Level> {
+fn level_once(zaya: &Zaya, n: usize, sweep: &Sweep, hist: &mut [u64]) -> Result<Level> {
+    let Sweep {
+        prompt_tokens,
+        gen_tokens,
+        seed,
+        weight_bytes,
+        bundle_bytes,
+        bandwidth_mib,
+    } = *sweep;
     let model = zaya.model();
     let cfg = model.config().clone();
     let e = cfg.num_experts;
-    {
-        let rss_reset = memory::reset_peak_rss();
-        // N sequences prefilled alone, then one batch
-        let mut batch = BatchCache::new(&cfg, model.options().kv_step);
-        let mut next = Vec::with_capacity(n);
-        for i in 0..n {
-            let prompt = bench::random_prompt(cfg.vocab_size, prompt_tokens, seed.wrapping_add(i as u64));
-            let mut cache = model.new_cache();
-            let l = model.prefill(&prompt, &mut cache, None)?;
-            next.push(argmax(&l));
-            batch.insert(&cache)?;
-        }
-        batch.eval()?;
-        // one untimed step (first-step allocations), then timed steps
-        let step = |batch: &mut BatchCache, next: &mut Vec<u32>, routes: bool| -> Result<Option<Vec<Vec<u32>>>> {
-            let s = model.decode_batch(next, batch, routes)?;
-            for (b, t) in next.iter_mut().enumerate() {
-                *t = argmax_row(&s.logits, b)?;
-            }
-            Ok(s.routes)
-        };
-        step(&mut batch, &mut next, false)?;
-        let steps = gen_tokens - 1;
-        let t = Instant::now();
-        for _ in 0..steps {
-            step(&mut batch, &mut next, false)?;
-        }
-        let decode_s = t.elapsed().as_secs_f64();
-        // routing statistics from a few more (untimed) steps
-        let (mut distinct_sum, mut layers_seen, mut skips, mut routed) = (0usize, 0usize, 0u64, 0u64);
-        for _ in 0..4 {
-            let routes = step(&mut batch, &mut next, true)?.unwrap_or_default();
-            for layer in &routes {
-                let mut seen = vec![false; e];
-                for &r in layer {
-                    let r = r as usize;
-                    hist[r.min(e)] += 1;
-                    routed += 1;
-                    if r < e {
-                        seen[r] = true;
-                    } else {
-                        skips += 1;
-                    }
-                }
-                distinct_sum += seen.iter().filter(|&&s| s).count();
-                layers_seen += 1;
-            }
-        }
-        let distinct = distinct_sum as f64 / layers_seen.max(1) as f64;
-        let peak = if rss_reset {
-            memory::process_rss().map(|r| r.1)
-        } else {
-            None
-        };
-        drop(batch);
-        let ttft = join_ttft(zaya, n, prompt_tokens, seed)?;
-        let bw = bench::copy_bandwidth_gbs(bandwidth_mib << 20, 3);
-        let ctx = bench::mean_decode_context(prompt_tokens, gen_tokens);
-        let bytes = step_bytes(weight_bytes, &cfg, n, distinct, ctx);
-        let aggregate = (n * steps) as f64 / decode_s;
-        let bound = n as f64 * bw * 1e9 / bytes as f64;
-        Ok(Level {
-            concurrency: n,
-            rounds: 1,
-            aggregate_tps_rounds: vec![aggregate],
-            steps,
-            decode_s,
-            aggregate_tps: aggregate,
-            per_stream_tps: steps as f64 / decode_s,
-            speedup_vs_single_stream: 0.0,
-            distinct_experts_per_layer: distinct,
-            uniform_expectation: uniform_distinct(e, n),
-            skip_fraction: skips as f64 / routed.max(1) as f64,
-            bytes_per_step: bytes,
-            copy_bandwidth_gbs: bw,
-            bound_aggregate_tps: bound,
-            pct_of_bound: 100.0 * aggregate / bound,
-            join_ttft_s: ttft,
-            peak_rss_bytes: peak,
-            peak_rss_over_bundle: peak.map(|p| p as f64 / bundle_bytes as f64),
-        })
+    let rss_reset = memory::reset_peak_rss();
+    // N sequences prefilled alone, then one batch
+    let mut batch = BatchCache::new(&cfg, model.options().kv_step);
+    let mut next = Vec::with_capacity(n);
+    for i in 0..n {
+        let prompt = bench::random_prompt(cfg.vocab_size, prompt_tokens, seed.wrapping_add(i as u64));
+        let mut cache = model.new_cache();
+        let l = model.prefill(&prompt, &mut cache, None)?;
+        next.push(argmax(&l));
+        batch.insert(&cache)?;
     }
+    batch.eval()?;
+    // one untimed step (first-step allocations), then timed steps
+    let step = |batch: &mut BatchCache, next: &mut Vec<u32>, routes: bool| -> Result<Option<Vec<Vec<u32>>>> {
+        let s = model.decode_batch(next, batch, routes)?;
+        for (b, t) in next.iter_mut().enumerate() {
+            *t = argmax_row(&s.logits, b)?;
+        }
+        Ok(s.routes)
+    };
+    step(&mut batch, &mut next, false)?;
+    let steps = gen_tokens - 1;
+    let t = Instant::now();
+    for _ in 0..steps {
+        step(&mut batch, &mut next, false)?;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    // routing statistics from a few more (untimed) steps
+    let (mut distinct_sum, mut layers_seen, mut skips, mut routed) = (0usize, 0usize, 0u64, 0u64);
+    for _ in 0..4 {
+        let routes = step(&mut batch, &mut next, true)?.unwrap_or_default();
+        for layer in &routes {
+            let mut seen = vec![false; e];
+            for &r in layer {
+                let r = r as usize;
+                hist[r.min(e)] += 1;
+                routed += 1;
+                if r < e {
+                    seen[r] = true;
+                } else {
+                    skips += 1;
+                }
+            }
+            distinct_sum += seen.iter().filter(|&&s| s).count();
+            layers_seen += 1;
+        }
+    }
+    let distinct = distinct_sum as f64 / layers_seen.max(1) as f64;
+    let peak = if rss_reset {
+        memory::process_rss().map(|r| r.1)
+    } else {
+        None
+    };
+    drop(batch);
+    let ttft = join_ttft(zaya, n, prompt_tokens, seed)?;
+    let bw = bench::copy_bandwidth_gbs(bandwidth_mib << 20, 3);
+    let ctx = bench::mean_decode_context(prompt_tokens, gen_tokens);
+    let bytes = step_bytes(weight_bytes, &cfg, n, distinct, ctx);
+    let aggregate = (n * steps) as f64 / decode_s;
+    let bound = bound_tps(n, bw, bytes);
+    Ok(Level {
+        concurrency: n,
+        rounds: 1,
+        aggregate_tps_rounds: vec![aggregate],
+        steps,
+        decode_s,
+        aggregate_tps: aggregate,
+        per_stream_tps: steps as f64 / decode_s,
+        speedup_vs_single_stream: 0.0,
+        distinct_experts_per_layer: distinct,
+        uniform_expectation: uniform_distinct(e, n),
+        skip_fraction: skips as f64 / routed.max(1) as f64,
+        bytes_per_step: bytes,
+        copy_bandwidth_gbs: bw,
+        bound_aggregate_tps: bound,
+        pct_of_bound: 100.0 * aggregate / bound,
+        join_ttft_s: ttft,
+        peak_rss_bytes: peak,
+        peak_rss_over_bundle: peak.map(|p| p as f64 / bundle_bytes as f64),
+    })
 }
 
 /// Time to first token of a request that joins `n − 1` running sequences (an idle engine for 1).

@@ -372,6 +372,64 @@ fn main() {
         }
     }
 
+    if want("routerprefill") {
+        // ROUTER_N token rows (default 512) through 16 MoE layers' routers in turn (f16 weights:
+        // down 256×2048, MLP 256×256 twice and 17×256, with the depth-carried state)
+        let n: usize = std::env::var("ROUTER_N").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+        let r = 256usize;
+        let layers: Vec<[Array; 10]> = (0..16)
+            .map(|_| {
+                let a = [
+                    Array::from_slice(&f16s(&mut rng, r * D, -0.02, 0.02), &[r as i32, D as i32]),
+                    Array::from_slice(&f32s(&mut rng, r, -0.1, 0.1), &[r as i32]),
+                    Array::from_slice(&f32s(&mut rng, r, 0.5, 1.5), &[r as i32]),
+                    Array::from_slice(&f16s(&mut rng, r * r, -0.06, 0.06), &[r as i32, r as i32]),
+                    Array::from_slice(&f32s(&mut rng, r, -0.1, 0.1), &[r as i32]),
+                    Array::from_slice(&f16s(&mut rng, r * r, -0.06, 0.06), &[r as i32, r as i32]),
+                    Array::from_slice(&f32s(&mut rng, r, -0.1, 0.1), &[r as i32]),
+                    Array::from_slice(&f16s(&mut rng, 17 * r, -0.06, 0.06), &[17, r as i32]),
+                    Array::from_slice(&f32s(&mut rng, 17, -0.01, 0.01), &[17]),
+                    Array::from_slice(&f32s(&mut rng, r, 0.5, 1.5), &[r as i32]),
+                ];
+                for x in &a {
+                    ev(x);
+                }
+                a
+            })
+            .collect();
+        let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
+        let prev = Array::from_slice(&f32s(&mut rng, n * r, -1.0, 1.0), &[n as i32, r as i32]);
+        let t = time(3, || {
+            let outs: Vec<Array> = layers
+                .iter()
+                .map(|[dw, db, nw, w0, b0, w2, b2, w4, bal, ss]| {
+                    let w = ext::RouterWeights {
+                        down_w: dw,
+                        down_b: db,
+                        norm_w: nw,
+                        eps: 1e-5,
+                        w0,
+                        b0,
+                        w2,
+                        b2,
+                        w4,
+                        balancing: bal,
+                        num_experts: 16,
+                    };
+                    ext::router(&x, Some((&prev, ss)), w, ExtMode::Primitive).unwrap().state
+                })
+                .collect();
+            mlx_rs::transforms::eval(outs.iter().collect::<Vec<_>>()).unwrap();
+        });
+        let macs = 16.0 * n as f64 * (r * D + 2 * r * r + 17 * r) as f64;
+        println!(
+            "router 16 layers N={n}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+            t.0,
+            t.1,
+            macs / t.0 / 1e6
+        );
+    }
+
     if want("affprefill") {
         // N token rows (AFF_N, default 512) through 16 2048x2048 8-bit projections in turn
         let ws = affine_weights(&mut rng, 16, 0.01, 1.0);

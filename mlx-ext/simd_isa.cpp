@@ -135,6 +135,6 @@ extern "C" int zaya_ext_bf16_dot(void) {
   return t->aff_rows_bf16 != t->aff_rows;
 }
 extern "C" int zaya_ext_panel_min_rows(int kind) {
-  return kind == 0 ? zaya::kern::kAffPanelMinRows : kind == 1 ? zaya::kern::kTqBf16MinRows : -1;
+  return kind == 0 || kind == 2 ? zaya::kern::kAffPanelMinRows : kind == 1 ? zaya::kern::kTqBf16MinRows : -1;
 }
 extern "C" int zaya_ext_set_max_isa(int level) { return zaya::kern::set_max_isa(level); }

@@ -419,6 +419,42 @@ fn dense_matmul_types_bias_and_sizes() {
     }
 }
 
+/// As `panel_and_tile_rows_equal_the_same_tiles_alone` for float matrices: from `panel_min_rows(Dense)`
+/// rows the f16/bf16 rows are converted once into an f32 panel (f32 rows used in place) instead of
+/// once per tile of 4 tokens; each tile's rows equal, bit for bit and on every ISA, a call with only
+/// that tile's rows (the per-tile kernel).
+#[test]
+fn dense_panel_rows_equal_the_same_tiles_alone() {
+    use zaya_mlx::ext::{dense_matmul, panel_min_rows, PanelKind};
+    let panel = panel_min_rows(PanelKind::Dense);
+    assert!(panel > 4, "a panel threshold of {panel} rows leaves no per-tile calls to compare with");
+    let mut seed = 900;
+    for st in [SType::F16, SType::Bf16, SType::F32] {
+        seed += 1;
+        let (out, inp) = (70usize, 512usize);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let wf: Vec<f32> = (0..out * inp).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+        let (_, wa) = stored(&wf, st, &[out as i32, inp as i32]);
+        for n in [6usize, panel - 1, panel, panel + 5, 2 * panel + 1] {
+            let x: Vec<f32> = (0..n * inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let xa = Array::from_slice(&x, &[n as i32, inp as i32]);
+            for isa in isas() {
+                let ctx = format!("dense {st:?} N={n} {isa:?}");
+                let all = with_isa(isa, || values(&dense_matmul(&xa, &wa, None, ExtMode::Primitive).unwrap()));
+                for t0 in (0..n).step_by(4) {
+                    let t1 = (t0 + 4).min(n);
+                    let tile = Array::from_slice(&x[t0 * inp..t1 * inp], &[(t1 - t0) as i32, inp as i32]);
+                    let alone = with_isa(isa, || values(&dense_matmul(&tile, &wa, None, ExtMode::Primitive).unwrap()));
+                    assert!(
+                        all[t0 * out..t1 * out].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ctx}: rows {t0}..{t1} differ from the same rows alone"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn dense_matmul_bad_arguments() {
     use zaya_mlx::ext::dense_matmul;

@@ -55,6 +55,8 @@ pub enum PanelKind {
     Affine,
     /// TurboQuant expert groups with bf16 dot products.
     TurboQuantBf16,
+    /// f32/f16/bf16 matrices (`dense_matmul`, the router's layers): f32 panels.
+    Dense,
 }
 
 /// Token rows from which a matmul call of `kind` runs the panel GEMM (and, in
@@ -64,6 +66,7 @@ pub fn panel_min_rows(kind: PanelKind) -> usize {
     let k = match kind {
         PanelKind::Affine => 0,
         PanelKind::TurboQuantBf16 => 1,
+        PanelKind::Dense => 2,
     };
     // SAFETY: plain query.
     unsafe { zaya_ext_panel_min_rows(k) }.max(0) as usize

@@ -375,7 +375,10 @@ fn main() {
     if want("routerprefill") {
         // ROUTER_N token rows (default 512) through 16 MoE layers' routers in turn (f16 weights:
         // down 256×2048, MLP 256×256 twice and 17×256, with the depth-carried state)
-        let n: usize = std::env::var("ROUTER_N").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+        let n: usize = std::env::var("ROUTER_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512);
         let r = 256usize;
         let layers: Vec<[Array; 10]> = (0..16)
             .map(|_| {

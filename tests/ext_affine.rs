@@ -427,7 +427,10 @@ fn dense_matmul_types_bias_and_sizes() {
 fn dense_panel_rows_equal_the_same_tiles_alone() {
     use zaya_mlx::ext::{dense_matmul, panel_min_rows, PanelKind};
     let panel = panel_min_rows(PanelKind::Dense);
-    assert!(panel > 4, "a panel threshold of {panel} rows leaves no per-tile calls to compare with");
+    assert!(
+        panel > 4,
+        "a panel threshold of {panel} rows leaves no per-tile calls to compare with"
+    );
     let mut seed = 900;
     for st in [SType::F16, SType::Bf16, SType::F32] {
         seed += 1;
@@ -440,13 +443,20 @@ fn dense_panel_rows_equal_the_same_tiles_alone() {
             let xa = Array::from_slice(&x, &[n as i32, inp as i32]);
             for isa in isas() {
                 let ctx = format!("dense {st:?} N={n} {isa:?}");
-                let all = with_isa(isa, || values(&dense_matmul(&xa, &wa, None, ExtMode::Primitive).unwrap()));
+                let all = with_isa(isa, || {
+                    values(&dense_matmul(&xa, &wa, None, ExtMode::Primitive).unwrap())
+                });
                 for t0 in (0..n).step_by(4) {
                     let t1 = (t0 + 4).min(n);
                     let tile = Array::from_slice(&x[t0 * inp..t1 * inp], &[(t1 - t0) as i32, inp as i32]);
-                    let alone = with_isa(isa, || values(&dense_matmul(&tile, &wa, None, ExtMode::Primitive).unwrap()));
+                    let alone = with_isa(isa, || {
+                        values(&dense_matmul(&tile, &wa, None, ExtMode::Primitive).unwrap())
+                    });
                     assert!(
-                        all[t0 * out..t1 * out].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        all[t0 * out..t1 * out]
+                            .iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{ctx}: rows {t0}..{t1} differ from the same rows alone"
                     );
                 }

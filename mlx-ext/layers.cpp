@@ -364,19 +364,21 @@ void MoeCombine::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::arra
     const int32_t* c = static_cast<const int32_t*>(row_major(in[2], s2));
     const float* p = static_cast<const float*>(row_major(in[3], s3));
     const int H = d.H;
-    for (int64_t n = 0; n < d.N; ++n) {
-      float* o = y + n * H;
-      const float sc = p[n];
-      if (c[n] >= 0 && c[n] < d.E) {
-        const float* e = ey + n * H;
-        for (int i = 0; i < H; ++i) o[i] = e[i] * sc;
-      } else if (d.zero_skip) {
-        std::memset(o, 0, sizeof(float) * H);
-      } else {
-        const float* xr = x + n * H;
-        for (int i = 0; i < H; ++i) o[i] = xr[i] * sc;
+    parallel_for(d.N, 8, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        float* o = y + n * H;
+        const float sc = p[n];
+        if (c[n] >= 0 && c[n] < d.E) {
+          const float* e = ey + n * H;
+          for (int i = 0; i < H; ++i) o[i] = e[i] * sc;
+        } else if (d.zero_skip) {
+          std::memset(o, 0, sizeof(float) * H);
+        } else {
+          const float* xr = x + n * H;
+          for (int i = 0; i < H; ++i) o[i] = xr[i] * sc;
+        }
       }
-    }
+    });
   }));
 }
 

@@ -364,7 +364,8 @@ void MoeCombine::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::arra
     const int32_t* c = static_cast<const int32_t*>(row_major(in[2], s2));
     const float* p = static_cast<const float*>(row_major(in[3], s3));
     const int H = d.H;
-    parallel_for(d.N, 8, [&](int64_t n0, int64_t n1) {
+    // rows over the threads in chunks of at least 32 (prefill; a decode step's few rows cost less than a fork)
+    parallel_for(d.N, 32, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         float* o = y + n * H;
         const float sc = p[n];

@@ -285,19 +285,32 @@ fn check_router(n: usize, r: usize, seed: u64) {
     assert!(bad.to_string().contains("num_experts 99"), "{bad}");
 }
 
+/// A decode-sized call (6 rows, one thread) and a prefill-sized one (101 rows, split over the kernel
+/// threads in chunks of 32): every row scaled or skipped as its route says.
 #[test]
 fn moe_combine_scales_routed_rows_and_applies_the_skip_route() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let (n, h, e) = (6usize, 16usize, 4);
-    let ey = rv(&mut rng, n * h, -1.0, 1.0);
-    let x = rv(&mut rng, n * h, -1.0, 1.0);
-    let choice = [0i32, 4, 2, 4, 3, 1];
-    let score = rv(&mut rng, n, 0.1, 1.0);
+    let e = 4usize;
+    for (n, h) in [(6usize, 16usize), (101, 48)] {
+        let ey = rv(&mut rng, n * h, -1.0, 1.0);
+        let x = rv(&mut rng, n * h, -1.0, 1.0);
+        let choice: Vec<i32> = if n == 6 {
+            vec![0, 4, 2, 4, 3, 1]
+        } else {
+            (0..n).map(|_| rng.gen_range(0..=e as i32)).collect()
+        };
+        assert!(choice.contains(&(e as i32)) && choice.iter().any(|&c| c < e as i32));
+        let score = rv(&mut rng, n, 0.1, 1.0);
+        combine_case(n, h, e, &ey, &x, &choice, &score);
+    }
+}
+
+fn combine_case(n: usize, h: usize, e: usize, ey: &[f32], x: &[f32], choice: &[i32], score: &[f32]) {
     for zero in [false, true] {
         let want: Vec<f64> = (0..n * h)
             .map(|k| {
                 let i = k / h;
-                if choice[i] < e {
+                if choice[i] < e as i32 {
                     ey[k] as f64 * score[i] as f64
                 } else if zero {
                     0.0
@@ -308,16 +321,21 @@ fn moe_combine_scales_routed_rows_and_applies_the_skip_route() {
             .collect();
         for mode in MODES {
             let y = ext::moe_combine(
-                &arr(&ey, &[n as i32, h as i32]),
-                &arr(&x, &[n as i32, h as i32]),
-                &Array::from_slice(&choice, &[n as i32]),
-                &arr(&score, &[n as i32]),
+                &arr(ey, &[n as i32, h as i32]),
+                &arr(x, &[n as i32, h as i32]),
+                &Array::from_slice(choice, &[n as i32]),
+                &arr(score, &[n as i32]),
                 e as u32,
                 zero,
                 mode,
             )
             .unwrap();
-            close(&vals(&y), &want, 1e-6, &format!("moe_combine zero={zero} {mode:?}"));
+            close(
+                &vals(&y),
+                &want,
+                1e-6,
+                &format!("moe_combine N={n} zero={zero} {mode:?}"),
+            );
         }
     }
 }

@@ -163,9 +163,16 @@ fn panel_and_tile_rows_equal_the_same_tiles_alone() {
     use zaya_mlx::ext::{panel_min_rows, PanelKind};
     let panel = panel_min_rows(PanelKind::Affine);
     let mut seed = 700;
-    for (bits, group, st) in [(8u32, 32usize, SType::F16), (8, 64, SType::Bf16), (4, 64, SType::F16)] {
+    // 512 columns: one pass over k; 1088 = 2·512 + 64: the panel GEMM's k-blocked passes, the last short
+    for (bits, group, st, inp) in [
+        (8u32, 32usize, SType::F16, 512usize),
+        (8, 64, SType::Bf16, 512),
+        (4, 64, SType::F16, 512),
+        (8, 32, SType::F16, 1088),
+        (4, 64, SType::Bf16, 1088),
+    ] {
         seed += 1;
-        let w = weight(seed, 70, 512, bits, group, st);
+        let w = weight(seed, 70, inp, bits, group, st);
         for n in [6usize, panel - 1, panel, panel + 5, 2 * panel + 1] {
             let mut rng = ChaCha8Rng::seed_from_u64(seed * 10 + n as u64);
             let x: Vec<f32> = (0..n * w.inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
@@ -432,9 +439,15 @@ fn dense_panel_rows_equal_the_same_tiles_alone() {
         "a panel threshold of {panel} rows leaves no per-tile calls to compare with"
     );
     let mut seed = 900;
-    for st in [SType::F16, SType::Bf16, SType::F32] {
+    // 512 columns: one pass over k; 1088: the panel GEMM's k-blocked passes (2 × 512, then 64)
+    for (st, inp) in [
+        (SType::F16, 512usize),
+        (SType::Bf16, 512),
+        (SType::F32, 512),
+        (SType::F16, 1088),
+    ] {
         seed += 1;
-        let (out, inp) = (70usize, 512usize);
+        let out = 70usize;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let wf: Vec<f32> = (0..out * inp).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
         let (_, wa) = stored(&wf, st, &[out as i32, inp as i32]);

@@ -108,10 +108,20 @@ class OtherLoad:
 
 
 def cpu_model() -> str:
+    """/proc/cpuinfo's model name with its family and model numbers (one name covers several CPU
+    generations), else platform.processor()."""
     try:
+        fields: dict[str, str] = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break  # the first processor only
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            name = fields["model name"]
+            if fields.get("cpu family", "").isdigit() and fields.get("model", "").isdigit():
+                name += f" (family {fields['cpu family']}, model {fields['model']})"
+            return name
     except OSError:
         pass
     return platform.processor() or "unknown"

@@ -155,8 +155,13 @@ fn median_rate_gbs(reps: usize, bytes: usize, mut pass: impl FnMut()) -> f64 {
 /// What a benchmark report says about the machine.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MachineInfo {
-    /// `model name` from /proc/cpuinfo.
+    /// `model name` from /proc/cpuinfo, with the family and model numbers when it has them
+    /// ("AMD EPYC (family 26, model 2)"): the same name covers CPU generations of different speed.
     pub cpu: String,
+    /// `cpu family` from /proc/cpuinfo.
+    pub cpu_family: Option<u32>,
+    /// `model` from /proc/cpuinfo.
+    pub cpu_model: Option<u32>,
     /// Cores this process may use.
     pub cores: usize,
     /// MemTotal from /proc/meminfo, bytes.
@@ -165,17 +170,29 @@ pub struct MachineInfo {
     pub kernel_isa: String,
 }
 
-/// Reads [`MachineInfo`] (fields it cannot read are "unknown" / 0).
+/// The CPU of /proc/cpuinfo's text (its first processor): the description, family and model.
+pub fn cpu_from_cpuinfo(text: &str) -> (String, Option<u32>, Option<u32>) {
+    let field = |key: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let number = |key: &str| field(key).and_then(|v| v.parse::<u32>().ok());
+    let (family, model) = (number("cpu family"), number("model"));
+    let name = field("model name").unwrap_or_else(|| "unknown".into());
+    let cpu = match (family, model) {
+        (Some(f), Some(m)) => format!("{name} (family {f}, model {m})"),
+        _ => name,
+    };
+    (cpu, family, model)
+}
+
+/// Reads [`MachineInfo`] (fields it cannot read are "unknown" / 0 / `None`).
 pub fn machine_info() -> MachineInfo {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let (cpu, cpu_family, cpu_model) = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| cpu_from_cpuinfo(&s))
+        .unwrap_or_else(|_| ("unknown".into(), None, None));
     let mem_total_bytes = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -185,6 +202,8 @@ pub fn machine_info() -> MachineInfo {
         .map_or(0, |kb| kb * 1024);
     MachineInfo {
         cpu,
+        cpu_family,
+        cpu_model,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         mem_total_bytes,
         kernel_isa: format!("{:?}", crate::ext::kernel_isa()),
@@ -446,6 +465,25 @@ pub fn touch_weights(model: &crate::model::ZayaModel) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_family_and_model_are_read_apart_from_the_model_name() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n\
+                    model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 25\n";
+        assert_eq!(
+            cpu_from_cpuinfo(text),
+            ("AMD EPYC (family 26, model 2)".to_string(), Some(26), Some(2))
+        );
+        // ARM's /proc/cpuinfo has neither: the name alone, or "unknown"
+        assert_eq!(
+            cpu_from_cpuinfo("processor\t: 0\nBogoMIPS\t: 50.00\n"),
+            ("unknown".to_string(), None, None)
+        );
+        assert_eq!(
+            cpu_from_cpuinfo("model name\t: Some CPU\nmodel\t\t: x\n"),
+            ("Some CPU".to_string(), None, None)
+        );
+    }
 
     #[test]
     fn copy_bandwidth_is_positive_and_finite() {

@@ -309,7 +309,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
         for (const kern::DenseMat* m : {&m0, &m2}) {
           const size_t row = (size_t)R * (m->type == kern::kF32 ? 4 : 2);
           const char* b = static_cast<const char*>(m->w);
-          for (size_t o = (size_t)r0 * row; o < (size_t)r1 * row; o += 64) __builtin_prefetch(b + o, 0, 2);
+          kern::prefetch_l2(b + (size_t)r0 * row, b + (size_t)r1 * row);
         }
       }, kStreamChunks);
     }

@@ -154,9 +154,7 @@ void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* c
     const uint16_t* panel = tq_panel_bf<BITS>(m, b0, b1, k);
     if (b1 < r1) {  // the next block's codes into L2 while this block's GEMM runs
       const int n1 = b1 + kPanelRows < r1 ? b1 + kPanelRows : r1;
-      const char* p = reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols);
-      const char* e = reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols);
-      for (; p < e; p += 64) __builtin_prefetch(p, 0, 2);
+      prefetch_l2(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols);
     }
     bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {
       const int row = b0 + r;

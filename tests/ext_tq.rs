@@ -547,7 +547,9 @@ fn rotate32(v: &[f32], signs: &[f32]) -> Vec<f64> {
 /// `MatmulPrecision::Bf16` against the f64 loop over bf16-rounded operands: x̂ and â rounded to bf16,
 /// every codebook value rounded to bf16 (the row norms and the SwiGLU stay exact), products summed
 /// exactly; the rotations in f32 in the kernel's order (`rotate32`), so that values on a bf16
-/// rounding boundary round the same way. All rows on one expert so that the expert groups reach the
+/// rounding boundary round the same way; the SwiGLU activations come from the kernel's f32 gate/up
+/// sums, so those within that error of a boundary may round either way (an allowance per output, see
+/// below). All rows on one expert so that the expert groups reach the
 /// panel size (`panel_min_rows`); with fewer rows, or without AVX512-BF16, the op must equal the f32
 /// kernel bit for bit. The bf16 rounding itself moves the result by more than 5e-4 (checked too).
 #[test]
@@ -570,6 +572,7 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
         let e = idx[0] as usize;
         let exact = reference(&ex, &x, &idx);
         let mut rounded = vec![0f64; n * ex.o];
+        let (mut slack, mut flips) = (vec![0f64; n * ex.o], 0usize);
         for t in 0..n {
             let xr: Vec<f64> = rotate32(&x[t * ex.h..(t + 1) * ex.h], &ex.s_gu)
                 .into_iter()
@@ -579,8 +582,25 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
             let u = proj64(&ex.up, e, &cb_gu, ex.bits_gu, &xr);
             let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
             let act32: Vec<f32> = act.iter().map(|v| *v as f32).collect();
-            let ar: Vec<f64> = rotate32(&act32, &ex.s_d).into_iter().map(bf).collect();
+            let ar32 = rotate32(&act32, &ex.s_d);
+            let ar: Vec<f64> = ar32.iter().copied().map(bf).collect();
             rounded[t * ex.o..(t + 1) * ex.o].copy_from_slice(&proj64(&ex.down, e, &cb_d, ex.bits_d, &ar));
+            // The kernel's gate/up sums are f32 (their order is the kernel's), so an activation within
+            // their error of a bf16 rounding boundary may round to the neighbour: down may then differ
+            // by Σ|w|·(that ulp) over those activations, no more. The error is taken as 1e-6 of the
+            // largest activation (the 4-bit kernel needs 5e-7 here; ≈ 0.4% of activations qualify).
+            let near = 1e-6 * ar32.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let ulp: Vec<f64> = ar32
+                .iter()
+                .zip(&ar)
+                .map(|(v, r)| (bf(v - near) - r).abs().max((bf(v + near) - r).abs()))
+                .collect();
+            flips += ulp.iter().filter(|u| **u > 0.0).count();
+            let cb_abs: Vec<f32> = cb_d.iter().map(|v| v.abs()).collect();
+            let bound = proj64(&ex.down, e, &cb_abs, ex.bits_d, &ulp);
+            for (s, b) in slack[t * ex.o..(t + 1) * ex.o].iter_mut().zip(bound) {
+                *s = b.abs();
+            }
         }
         let xa = Array::from_slice(&x, &[n as i32, ex.h as i32]);
         let ia = Array::from_slice(&idx.iter().map(|v| *v as i32).collect::<Vec<_>>(), &[n as i32]);
@@ -598,8 +618,20 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
                 assert!(!dot, "{ctx}: no bf16 dot products below the AVX-512 kernels");
             }
             if dot && n >= panel {
-                let err = rel_err(&y, &rounded);
-                verbose(&ctx, "bf16 vs rounded f64", err);
+                // rel_err after taking off each output's allowance for boundary activations
+                let scale = rounded.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let err = y
+                    .iter()
+                    .zip(&rounded)
+                    .zip(&slack)
+                    .map(|((a, b), s)| ((*a as f64 - b).abs() - s).max(0.0))
+                    .fold(0.0, f64::max)
+                    / scale;
+                verbose(
+                    &ctx,
+                    &format!("bf16 vs rounded f64 ({flips} boundary activations)"),
+                    err,
+                );
                 assert!(err <= TOL, "{ctx}: bf16 kernel vs the rounded f64 loop: {err:e}");
                 let moved = rel_err(&y, &exact);
                 assert!(moved > 5e-4, "{ctx}: bf16 rounding should show ({moved:e})");

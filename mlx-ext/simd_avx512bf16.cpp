@@ -118,6 +118,12 @@ uint16_t* bf_panel(int b0, int b1, size_t ld, Build&& build) {
 // TurboQuant rows [b0, b1) decoded straight into a bf16 panel (slot 2, row stride ld) in x's kernel
 // layout: the values tq_tile decodes, rounded as bf_panel rounds them, without the f32 round trip (a TurboQuant panel serves only
 // one expert's token rows, so building it is a visible share of the call).
+// Weight rows per TurboQuant bf16 panel: 8 rows × 2048 bf16 (32 KiB) stay in L1 while they are
+// written and while every token tile reads them, where kPanelRows' 128 KiB spilled to L2 on both
+// sides (an expert gets only ≈ 32 token rows of a 512-token chunk, so its panel is built often).
+constexpr int kTqBfPanelRows = 8;
+static_assert(kTqBfPanelRows <= kPanelRows, "the panel scratch holds kPanelRows rows");
+
 template <int BITS>
 uint16_t* tq_panel_bf(const TqMat& m, int b0, int b1, size_t ld) {
   constexpr int VPW = 32 / BITS;
@@ -149,11 +155,11 @@ void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* c
   const int nblk = m.cols / L;
   const size_t k = (size_t)nblk * L * VPW;  // a multiple of 16·VPW ≥ 32
   const uint16_t* xb = bf_tokens(xs, nt, k);
-  for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
-    const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
+  for (int b0 = r0; b0 < r1; b0 += kTqBfPanelRows) {
+    const int b1 = b0 + kTqBfPanelRows < r1 ? b0 + kTqBfPanelRows : r1;
     const uint16_t* panel = tq_panel_bf<BITS>(m, b0, b1, k);
     if (b1 < r1) {  // the next block's codes into L2 while this block's GEMM runs
-      const int n1 = b1 + kPanelRows < r1 ? b1 + kPanelRows : r1;
+      const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
       prefetch_l2(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols);
     }
     bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {

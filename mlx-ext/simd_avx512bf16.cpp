@@ -174,8 +174,71 @@ void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* c
   }
 }
 
+// 4-bit codes straight to bf16 pairs: a vpermw looks up 32 16-bit indices at once against a table of
+// the bf16 codebook written twice (it reads 5 index bits). The low and high 16 bits of a word shifted
+// right by 4q hold codes q and q + 4 in their low 4 bits (the fifth bit is the next code's lowest,
+// which the doubled table ignores), so four shifts of 16 words give all 128 codes as pairs: pair j of
+// vector (wb, q) = codes (q, q + 4) of word 16·wb + j, i.e. elements (x's kernel layout)
+// e(q) = (8·wb + q)·16 + j and e(q + 4). The token rows are rounded into the same pairs. Same
+// products as tq_panel_bf, summed in another order.
+inline __m512i tq4_lut_bf(const float* codebook) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(codebook));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1);
+}
+
+uint16_t* tq4_panel_bf(const TqMat& m, int b0, int b1, size_t ld, __m512i lut) {
+  uint16_t* p = reinterpret_cast<uint16_t*>(scratch_f32(kScratchBf16Panel, (size_t)kPanelRows * ld / 2));
+  const int nblk = m.cols / 16;
+  for (int r = b0; r < b1; ++r) {
+    const uint32_t* w = m.packed + (size_t)r * m.cols;
+    uint16_t* dst = p + (size_t)(r - b0) * ld;
+    for (int b = 0; b < nblk; ++b) {
+      const __m512i wv = _mm512_loadu_si512(w + (size_t)b * 16);
+      uint16_t* d = dst + (size_t)b * 128;
+      _mm512_storeu_si512(d, _mm512_permutexvar_epi16(wv, lut));
+      _mm512_storeu_si512(d + 32, _mm512_permutexvar_epi16(_mm512_srli_epi32(wv, 4), lut));
+      _mm512_storeu_si512(d + 64, _mm512_permutexvar_epi16(_mm512_srli_epi32(wv, 8), lut));
+      _mm512_storeu_si512(d + 96, _mm512_permutexvar_epi16(_mm512_srli_epi32(wv, 12), lut));
+    }
+  }
+  return p;
+}
+
+const uint16_t* tq4_tokens_bf(const float* const* xs, int nt, size_t k) {
+  uint16_t* buf = reinterpret_cast<uint16_t*>(scratch_f32(kScratchBf16Tokens, (size_t)nt * k / 2));
+  // word i of the result = word (i even: i/2, odd: 16 + i/2) of [A | B]: A and B interleaved
+  const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                         6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int t = 0; t < nt; ++t)
+    for (size_t b = 0; b < k / 128; ++b)
+      for (int q = 0; q < 4; ++q) {
+        const float* x = xs[t] + b * 128 + (size_t)q * 16;
+        const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 64), _mm512_loadu_ps(x));
+        _mm512_storeu_si512(buf + (size_t)t * k + b * 128 + (size_t)q * 32, _mm512_permutexvar_epi16(inter, v));
+      }
+  return buf;
+}
+
+void tq4_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  const size_t k = (size_t)m.cols * 8;
+  const __m512i lut = tq4_lut_bf(m.codebook);
+  const uint16_t* xb = tq4_tokens_bf(xs, nt, k);
+  for (int b0 = r0; b0 < r1; b0 += kTqBfPanelRows) {
+    const int b1 = b0 + kTqBfPanelRows < r1 ? b0 + kTqBfPanelRows : r1;
+    const uint16_t* panel = tq4_panel_bf(m, b0, b1, k, lut);
+    if (b1 < r1) {  // the next block's codes into L2 while this block's GEMM runs
+      const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
+      prefetch_l2(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols);
+    }
+    bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {
+      ys[t][b0 + r] = m.norms[b0 + r] * v;
+    });
+  }
+}
+
 void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
   if (nt < kTqBf16MinRows) return tq_rows_impl(m, r0, r1, xs, ys, nt);
+  if (m.bits == 4 && m.cols % 16 == 0) return tq4_rows_bf(m, r0, r1, xs, ys, nt);
   switch (m.bits) {
     case 2: tq_rows_bf<2>(m, r0, r1, xs, ys, nt); break;
     case 3: tq_rows_bf<3>(m, r0, r1, xs, ys, nt); break;

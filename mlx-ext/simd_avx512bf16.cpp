@@ -82,9 +82,17 @@ __attribute__((always_inline)) inline void bf_rows_t(const uint16_t* panel, size
 }
 
 // Every token row (bf16 rows at xb + t·ld) against panel rows [0, nb), in tiles of 4 tokens.
+// pf_begin/pf_end: bytes to hint into L2 meanwhile, spread over the token tiles.
 template <class Fin>
-void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t* xb, int nt, Fin&& fin) {
+void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t* xb, int nt, Fin&& fin,
+             const char* pf_begin = nullptr, const char* pf_end = nullptr) {
+  const size_t pf_step = pf_begin ? ((size_t)(pf_end - pf_begin) / ((nt + 3) / 4) + 63) / 64 * 64 : 0;
   for (int t0 = 0; t0 < nt; t0 += 4) {
+    if (pf_begin < pf_end) {
+      const char* e = pf_begin + pf_step < pf_end ? pf_begin + pf_step : pf_end;
+      prefetch_l2(pf_begin, e);
+      pf_begin = e;
+    }
     const int tn = nt - t0 < 4 ? nt - t0 : 4;
     const uint16_t* x[4];
     for (int t = 0; t < tn; ++t) x[t] = xb + (size_t)(t0 + t) * ld;
@@ -226,13 +234,15 @@ void tq4_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* 
   for (int b0 = r0; b0 < r1; b0 += kTqBfPanelRows) {
     const int b1 = b0 + kTqBfPanelRows < r1 ? b0 + kTqBfPanelRows : r1;
     const uint16_t* panel = tq4_panel_bf(m, b0, b1, k, lut);
-    if (b1 < r1) {  // the next block's codes into L2 while this block's GEMM runs
-      const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
-      prefetch_l2(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols);
-    }
-    bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {
-      ys[t][b0 + r] = m.norms[b0 + r] * v;
-    });
+    // The next block's codes into L2 while this block's GEMM runs, a share before each token tile
+    // (a burst of prefetches before the GEMM stalled on the prefetches and left the decoding waiting
+    // on its loads).
+    const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
+    const char* pf0 = reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols);
+    const char* pf1 = reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols);
+    bf_rows(
+        panel, k, b1 - b0, k, xb, nt,
+        [&](int r, int t, float v) ZAYA_LAMBDA_INLINE { ys[t][b0 + r] = m.norms[b0 + r] * v; }, pf0, pf1);
   }
 }
 

@@ -112,8 +112,14 @@ int set_max_isa(int level);
 // expert groups (decoding a TurboQuant panel costs less than an affine one).
 enum : int { kAffPanelMinRows = 20, kTqBf16MinRows = 8 };
 // Thread-local scratch buffers, reused across calls: the panel GEMM's f32 weight panel, and the bf16
-// kernels' token rows and bf16 panel.
-enum ScratchSlot : int { kScratchPanel = 0, kScratchBf16Tokens = 1, kScratchBf16Panel = 2, kScratchSlots = 3 };
+// kernels' token rows, bf16 panel and the panel transposed to lanes over rows.
+enum ScratchSlot : int {
+  kScratchPanel = 0,
+  kScratchBf16Tokens = 1,
+  kScratchBf16Panel = 2,
+  kScratchBf16Lanes = 3,
+  kScratchSlots = 4
+};
 // At least n floats, 64-byte aligned, valid until the same thread asks for the same slot again.
 float* scratch_f32(ScratchSlot slot, size_t n);
 

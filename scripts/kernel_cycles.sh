@@ -10,7 +10,9 @@
 # set AFF_N, TQ_N, ROUTER_N in the environment as usual); SYMBOL_REGEX: an extended regex over the
 # symbol names whose samples are summed (e.g. 'bf_rows<.*tq_rows_bf'); PAIRS: alternating runs
 # (default 3). Prints, per run, the summed samples (one per million user-mode cycles) and the probe's
-# own line. Needs `perf` with access to the cycles event.
+# own line. Needs `perf`; where the virtual machine exposes no cycle counter (the project's Zen 5
+# machines), perf samples the cpu-clock event instead (time on the CPU, 1 ms per sample): still the
+# time spent in those functions, but a slower host phase inflates it as it inflates wall time.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'

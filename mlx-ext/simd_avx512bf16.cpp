@@ -83,12 +83,12 @@ __attribute__((always_inline)) inline void bf_rows_t(const uint16_t* panel, size
   }
 }
 
-// Every token row (bf16 rows at xb + t·ld) against panel rows [0, nb), in tiles of 4 tokens.
-// pf_begin/pf_end: bytes to hint into L2 meanwhile, spread over the token tiles.
+// Every token row (bf16 rows at xb + t·ld) against panel rows [0, nb), in tiles of 4 tokens; the
+// bytes [pf_begin, pf_end) are hinted into L2 meanwhile, a share before each tile.
 template <class Fin>
 void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t* xb, int nt, Fin&& fin,
-             const char* pf_begin = nullptr, const char* pf_end = nullptr) {
-  const size_t pf_step = pf_begin ? ((size_t)(pf_end - pf_begin) / ((nt + 3) / 4) + 63) / 64 * 64 : 0;
+             const char* pf_begin, const char* pf_end) {
+  const size_t pf_step = ((size_t)(pf_end - pf_begin) / ((nt + 3) / 4) + 63) / 64 * 64;
   for (int t0 = 0; t0 < nt; t0 += 4) {
     if (pf_begin < pf_end) {
       const char* e = pf_begin + pf_step < pf_end ? pf_begin + pf_step : pf_end;
@@ -125,15 +125,34 @@ uint16_t* bf_panel(int b0, int b1, size_t ld, Build&& build) {
   return p;
 }
 
-// TurboQuant rows [b0, b1) decoded straight into a bf16 panel (slot 2, row stride ld) in x's kernel
-// layout: the values tq_tile decodes, rounded as bf_panel rounds them, without the f32 round trip (a TurboQuant panel serves only
-// one expert's token rows, so building it is a visible share of the call).
 // Weight rows per TurboQuant bf16 panel: 8 rows × 2048 bf16 (32 KiB) stay in L1 while they are
 // written and while every token tile reads them, where kPanelRows' 128 KiB spilled to L2 on both
 // sides (an expert gets only ≈ 32 token rows of a 512-token chunk, so its panel is built often).
 constexpr int kTqBfPanelRows = 8;
 static_assert(kTqBfPanelRows <= kPanelRows, "the panel scratch holds kPanelRows rows");
 
+// Rows [r0, r1) of a TurboQuant matrix in panels of kTqBfPanelRows: build(b0, b1) returns the block's
+// bf16 panel (row stride k), every token tile of xb runs over it, fin(row, t, sum) stores. The next
+// block's codes are hinted into L2 while this block's GEMM runs, a share before each token tile (a
+// burst of prefetches before the GEMM stalled on the prefetches and left the decoding waiting on its
+// loads).
+template <class Build, class Fin>
+void tq_panel_blocks(const TqMat& m, int r0, int r1, size_t k, const uint16_t* xb, int nt, Build&& build,
+                     Fin&& fin) {
+  for (int b0 = r0; b0 < r1; b0 += kTqBfPanelRows) {
+    const int b1 = b0 + kTqBfPanelRows < r1 ? b0 + kTqBfPanelRows : r1;
+    const uint16_t* panel = build(b0, b1);
+    const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
+    bf_rows(
+        panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE { fin(b0 + r, t, v); },
+        reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols),
+        reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols));
+  }
+}
+
+// TurboQuant rows [b0, b1) decoded straight into a bf16 panel (slot 2, row stride ld) in x's kernel
+// layout: the values tq_tile decodes, rounded as bf_panel rounds them, without the f32 round trip (a
+// TurboQuant panel serves only one expert's token rows, so building it is a visible share of the call).
 template <int BITS>
 uint16_t* tq_panel_bf(const TqMat& m, int b0, int b1, size_t ld) {
   constexpr int VPW = 32 / BITS;
@@ -165,23 +184,16 @@ void tq_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* c
   const int nblk = m.cols / L;
   const size_t k = (size_t)nblk * L * VPW;  // a multiple of 16·VPW ≥ 32
   const uint16_t* xb = bf_tokens(xs, nt, k);
-  for (int b0 = r0; b0 < r1; b0 += kTqBfPanelRows) {
-    const int b1 = b0 + kTqBfPanelRows < r1 ? b0 + kTqBfPanelRows : r1;
-    const uint16_t* panel = tq_panel_bf<BITS>(m, b0, b1, k);
-    if (b1 < r1) {  // the next block's codes into L2 while this block's GEMM runs
-      const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
-      prefetch_l2(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols);
-    }
-    bf_rows(panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE {
-      const int row = b0 + r;
-      const uint32_t* w = m.packed + (size_t)row * m.cols;
-      for (int c = nblk * L; c < m.cols; ++c) {  // tail words (none at ZAYA1's widths): f32
-        const uint32_t word = w[c];
-        for (int q = 0; q < VPW; ++q) v += m.codebook[(word >> (q * BITS)) & mask] * xs[t][(size_t)c * VPW + q];
-      }
-      ys[t][row] = m.norms[row] * v;
-    });
-  }
+  tq_panel_blocks(
+      m, r0, r1, k, xb, nt, [&](int b0, int b1) { return tq_panel_bf<BITS>(m, b0, b1, k); },
+      [&](int row, int t, float v) ZAYA_LAMBDA_INLINE {
+        const uint32_t* w = m.packed + (size_t)row * m.cols;
+        for (int c = nblk * L; c < m.cols; ++c) {  // tail words (none at ZAYA1's widths): f32
+          const uint32_t word = w[c];
+          for (int q = 0; q < VPW; ++q) v += m.codebook[(word >> (q * BITS)) & mask] * xs[t][(size_t)c * VPW + q];
+        }
+        ys[t][row] = m.norms[row] * v;
+      });
 }
 
 // 4-bit codes straight to bf16 pairs: a vpermw looks up 32 16-bit indices at once against a table of
@@ -233,19 +245,9 @@ void tq4_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* 
   const size_t k = (size_t)m.cols * 8;
   const __m512i lut = tq4_lut_bf(m.codebook);
   const uint16_t* xb = tq4_tokens_bf(xs, nt, k);
-  for (int b0 = r0; b0 < r1; b0 += kTqBfPanelRows) {
-    const int b1 = b0 + kTqBfPanelRows < r1 ? b0 + kTqBfPanelRows : r1;
-    const uint16_t* panel = tq4_panel_bf(m, b0, b1, k, lut);
-    // The next block's codes into L2 while this block's GEMM runs, a share before each token tile
-    // (a burst of prefetches before the GEMM stalled on the prefetches and left the decoding waiting
-    // on its loads).
-    const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
-    const char* pf0 = reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols);
-    const char* pf1 = reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols);
-    bf_rows(
-        panel, k, b1 - b0, k, xb, nt,
-        [&](int r, int t, float v) ZAYA_LAMBDA_INLINE { ys[t][b0 + r] = m.norms[b0 + r] * v; }, pf0, pf1);
-  }
+  tq_panel_blocks(
+      m, r0, r1, k, xb, nt, [&](int b0, int b1) { return tq4_panel_bf(m, b0, b1, k, lut); },
+      [&](int row, int t, float v) ZAYA_LAMBDA_INLINE { ys[t][row] = m.norms[row] * v; });
 }
 
 void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {

@@ -30,6 +30,17 @@ fn median(v: Vec<f64>) -> f64 {
     bench::median(&v)
 }
 
+/// User + system CPU seconds of this process so far (all threads).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        tv(u.ru_utime) + tv(u.ru_stime)
+    }
+}
+
 /// Minor page faults of this process so far.
 fn minor_faults() -> i64 {
     // SAFETY: getrusage fills the struct it is given.
@@ -230,14 +241,23 @@ fn main() -> anyhow::Result<()> {
             ms(p.other),
             pl.join(" ")
         );
-        // where a prefill's time goes: each primitive's task time (summed), the rest is MLX ops
+        // where a prefill's time goes: each primitive's task time (summed), the rest is MLX ops; an
+        // untraced prefill first, since the per-phase one above leaves the allocator with other sizes
+        // (the next prefill would fault in fresh pages)
+        model.prefill(&toks, &mut model.new_cache(), None)?;
         let mut c3 = model.new_cache();
         zaya_mlx::ext::trace_take();
         zaya_mlx::ext::trace_enable(true);
+        let (f0, cpu0) = (minor_faults(), cpu_seconds());
         let t = Instant::now();
         model.prefill(&toks, &mut c3, None)?;
         let wall = ms(t.elapsed());
         zaya_mlx::ext::trace_enable(false);
+        println!(
+            "  (traced prefill: {} minor page faults, {:.2} CPU-seconds per wall-second)",
+            minor_faults() - f0,
+            (cpu_seconds() - cpu0) * 1e3 / wall
+        );
         let mut by: std::collections::BTreeMap<&'static str, (f64, usize)> = Default::default();
         for e in zaya_mlx::ext::trace_take() {
             let s = by.entry(e.name).or_default();

@@ -4,10 +4,14 @@
 //! affine projection, the CCA conv step, and a tiny op (fork-join and graph overhead).
 //!
 //! `cargo run --release --example kernel_probe [-- FILTER]`; prints min and median over repetitions.
+//! `tqprefill` (one MoE layer's experts over a prefill chunk) takes TQ_N token rows (default 512) over
+//! TQ_E experts (default 16), routed uniformly at random or by TQ_COUNTS="c0,c1,…" rows per expert
+//! (a synthetic bundle's chunk routes unevenly, e.g. "9,14,48,10,15,6,4,33,26,13,8,76,11,222,14,3").
 use std::time::Instant;
 
 use half::f16;
 use mlx_rs::Array;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zaya_mlx::ext::{self, ExtMode, TqCodec, TqWeights};
@@ -351,7 +355,24 @@ fn main() {
         let set = tq_weights(&mut rng, e);
         let n = env("TQ_N", 512);
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
-        let ids: Vec<i32> = (0..n).map(|_| rng.gen_range(0..e as i32)).collect();
+        // TQ_COUNTS="c0,c1,…": rows per expert (an uneven prefill chunk's routes; they sum to TQ_N),
+        // otherwise uniform at random
+        let ids: Vec<i32> = match std::env::var("TQ_COUNTS") {
+            Ok(c) => {
+                let mut v: Vec<i32> = c
+                    .split(',')
+                    .enumerate()
+                    .flat_map(|(i, k)| std::iter::repeat(i as i32).take(k.trim().parse().unwrap_or(0)))
+                    .collect();
+                assert!(
+                    v.len() == n && v.iter().all(|&i| (i as usize) < e),
+                    "TQ_COUNTS must sum to TQ_N over TQ_E experts"
+                );
+                v.shuffle(&mut rng);
+                v
+            }
+            Err(_) => (0..n).map(|_| rng.gen_range(0..e as i32)).collect(),
+        };
         let ids = Array::from_slice(&ids, &[n as i32]);
         for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
             let mode = ext::MatmulMode {

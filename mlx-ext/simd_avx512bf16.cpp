@@ -5,10 +5,11 @@
 // here, 4-bit codes by vpermw straight to bf16), and rounded to bf16 (round-to-nearest-even) into a
 // panel; the token rows are rounded to bf16 once per call. One `vdpbf16ps` does 32 multiply-adds
 // where an f32 FMA does 16: products of two bf16 values are exact in f32, the sums are rounded in
-// f32. Two GEMM shapes: TurboQuant panels (≈ 32 token rows per expert) take dot products along k
-// with horizontal sums (bf_rows); affine panels (hundreds of token rows) are transposed to lanes over
-// weight rows (lanes_block). Calls with fewer token rows (decode, small expert groups) are bound by
-// weight bandwidth, not arithmetic, and run the f32 kernels of this ISA unchanged.
+// f32. Two GEMM shapes: TurboQuant panels of experts with tens of token rows take dot products along
+// k with horizontal sums (bf_rows); affine panels and the experts with many token rows (at least
+// kTqLanesMinRows) are transposed to lanes over weight rows (lanes_block). Calls with fewer token
+// rows (decode, small expert groups) are bound by weight bandwidth, not arithmetic, and run the f32
+// kernels of this ISA unchanged.
 // Only called after a run-time CPU check (simd_isa.cpp: cpu_has_avx512bf16).
 #include "simd_kernels.h"
 
@@ -250,17 +251,6 @@ void tq4_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* 
       [&](int row, int t, float v) ZAYA_LAMBDA_INLINE { ys[t][row] = m.norms[row] * v; });
 }
 
-void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
-  if (nt < kTqBf16MinRows) return tq_rows_impl(m, r0, r1, xs, ys, nt);
-  if (m.bits == 4 && m.cols % 16 == 0) return tq4_rows_bf(m, r0, r1, xs, ys, nt);
-  switch (m.bits) {
-    case 2: tq_rows_bf<2>(m, r0, r1, xs, ys, nt); break;
-    case 3: tq_rows_bf<3>(m, r0, r1, xs, ys, nt); break;
-    case 4: tq_rows_bf<4>(m, r0, r1, xs, ys, nt); break;
-    default: break;  // rejected when the op is built
-  }
-}
-
 // ---- 8-bit affine panels: lanes over weight rows ----------------------------------------------------
 // With a prefill chunk's token rows (hundreds) on every panel, the panel is worth transposing: blocks
 // of 16 rows × 16 bf16 pairs (32-bit words) are transposed so that a vector holds one pair of k for
@@ -335,37 +325,45 @@ __attribute__((always_inline)) inline void lanes_tile(const __m512i* strips, siz
   }
 }
 
-// ys[t][row0 + r] for r < nr (≤ S·16) and the tile's T tokens.
+// ys[t][row0 + r] for r < nr (≤ S·16) and the tile's T tokens, times rs[row0 + r] where rs is given.
 template <int S, int T>
 __attribute__((always_inline)) inline void lanes_block_t(const __m512i* strips, size_t np, int row0, int nr,
-                                                         const uint32_t* const* x, float* const* ys) {
+                                                         const uint32_t* const* x, float* const* ys,
+                                                         const float* rs) {
   __m512 acc[S][T];
   lanes_tile<S, T>(strips, np, x, acc);
   for (int s = 0; s < S; ++s) {
     const int left = nr - s * kLaneStrip;
     const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    if (rs) {
+      const __m512 sc = _mm512_maskz_loadu_ps(m, rs + row0 + s * kLaneStrip);
+      for (int t = 0; t < T; ++t) acc[s][t] = _mm512_mul_ps(sc, acc[s][t]);
+    }
     for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(ys[t] + row0 + s * kLaneStrip, m, acc[s][t]);
   }
 }
 
-template <int S>
+// Every token row (bf16 pairs at xb + t·ld) against the strips, in tiles of up to 12 tokens, the
+// outputs scaled by rs where given; pf() runs before each tile (the caller's share of prefetch).
+template <int S, class Pf>
 void lanes_block(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
-                 float* const* ys) {
+                 float* const* ys, const float* rs, Pf&& pf) {
   constexpr int TT = 12;  // tokens per tile: 2 × 12 accumulators
   for (int t0 = 0; t0 < nt;) {
+    pf();
     const uint32_t* x[TT];
     const int left = nt - t0;
     const int tn = left >= TT ? TT : left >= 6 ? 6 : left;
     for (int t = 0; t < tn; ++t) x[t] = reinterpret_cast<const uint32_t*>(xb + (size_t)(t0 + t) * ld);
     float* const* y = ys + t0;
     switch (tn) {
-      case 1: lanes_block_t<S, 1>(strips, np, row0, nr, x, y); break;
-      case 2: lanes_block_t<S, 2>(strips, np, row0, nr, x, y); break;
-      case 3: lanes_block_t<S, 3>(strips, np, row0, nr, x, y); break;
-      case 4: lanes_block_t<S, 4>(strips, np, row0, nr, x, y); break;
-      case 5: lanes_block_t<S, 5>(strips, np, row0, nr, x, y); break;
-      case 6: lanes_block_t<S, 6>(strips, np, row0, nr, x, y); break;
-      default: lanes_block_t<S, TT>(strips, np, row0, nr, x, y); break;
+      case 1: lanes_block_t<S, 1>(strips, np, row0, nr, x, y, rs); break;
+      case 2: lanes_block_t<S, 2>(strips, np, row0, nr, x, y, rs); break;
+      case 3: lanes_block_t<S, 3>(strips, np, row0, nr, x, y, rs); break;
+      case 4: lanes_block_t<S, 4>(strips, np, row0, nr, x, y, rs); break;
+      case 5: lanes_block_t<S, 5>(strips, np, row0, nr, x, y, rs); break;
+      case 6: lanes_block_t<S, 6>(strips, np, row0, nr, x, y, rs); break;
+      default: lanes_block_t<S, TT>(strips, np, row0, nr, x, y, rs); break;
     }
     t0 += tn;
   }
@@ -379,10 +377,11 @@ void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float*
     const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
     const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { aff_panel<BITS>(m, b0, b1, f, k); });
     const __m512i* strips = lanes_panel(panel, b1 - b0, k);
+    auto no_prefetch = []() ZAYA_LAMBDA_INLINE {};
     if (b1 - b0 > kLaneStrip)
-      lanes_block<2>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys);
+      lanes_block<2>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr, no_prefetch);
     else
-      lanes_block<1>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys);
+      lanes_block<1>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr, no_prefetch);
   }
 }
 
@@ -393,6 +392,84 @@ void aff_rows_bf16(const AffMat& m, int r0, int r1, const float* const* xs, floa
   switch (m.bits) {
     case 4: aff_rows_bf<4>(m, r0, r1, xs, ys, nt); break;
     case 8: aff_rows_bf<8>(m, r0, r1, xs, ys, nt); break;
+    default: break;  // rejected when the op is built
+  }
+}
+
+// ---- TurboQuant experts with many token rows: lanes ---------------------------------------------------
+// A prefill chunk's routes are uneven (of 512 tokens, one expert may get 200–350 and others a handful).
+// For an expert with at least kTqLanesMinRows token rows, the lanes GEMM of the affine panels (no
+// horizontal sums, 2 × 12 tiles) beats tq_panel_blocks' dot-product tiles; below that its tile tails
+// and the panel's L2 reads cost more than they save (examples/kernel_probe tqprefill with TQ_COUNTS).
+// The panel is built without a transposition of decoded values: 16 rows' code words are transposed
+// first (a vector then holds one word of 16 rows), and tq4_panel_bf's vpermw lookup of such a vector
+// gives one pair of all 16 rows, so the codes, not the 4 times as many decoded vectors, go through
+// transpose16. Pair (q, q + 4) of word 16·wb + j lands at wb·64 + q·16 + j, the pair order of
+// tq4_tokens_bf's rows. Same products as tq4_rows_bf, summed in another order.
+
+// Rows [b0, b0 + nb) (nb ≤ kPanelRows) of a 4-bit matrix (cols a multiple of 16) into strips of
+// cols·4 vectors (scratch slot 3); a short last strip repeats row nb − 1.
+const __m512i* tq4_lanes_panel(const TqMat& m, int b0, int nb, __m512i lut) {
+  const size_t np = (size_t)m.cols * 4;
+  __m512i* out = reinterpret_cast<__m512i*>(scratch_f32(kScratchBf16Lanes, (size_t)kLaneStrips * np * 16));
+  for (int s = 0; s * kLaneStrip < nb; ++s) {
+    const uint32_t* rows[kLaneStrip];
+    for (int i = 0; i < kLaneStrip; ++i) {
+      const int r = s * kLaneStrip + i < nb ? s * kLaneStrip + i : nb - 1;
+      rows[i] = m.packed + (size_t)(b0 + r) * m.cols;
+    }
+    __m512i* dst = out + (size_t)s * np;
+    for (int wb = 0; wb < m.cols / 16; ++wb) {
+      __m512i w[16];
+      for (int i = 0; i < 16; ++i) w[i] = _mm512_loadu_si512(rows[i] + (size_t)wb * 16);
+      transpose16(w);
+      __m512i* d = dst + (size_t)wb * 64;
+      for (int j = 0; j < 16; ++j) {
+        _mm512_store_si512(d + j, _mm512_permutexvar_epi16(w[j], lut));
+        _mm512_store_si512(d + 16 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 4), lut));
+        _mm512_store_si512(d + 32 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 8), lut));
+        _mm512_store_si512(d + 48 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 12), lut));
+      }
+    }
+  }
+  return out;
+}
+
+// Rows [r0, r1) in lanes panels of kPanelRows rows; the next panel's codes are hinted into L2 meanwhile,
+// a share before each token tile.
+void tq4_rows_lanes(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  const size_t k = (size_t)m.cols * 8;
+  const __m512i lut = tq4_lut_bf(m.codebook);
+  const uint16_t* xb = tq4_tokens_bf(xs, nt, k);
+  for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
+    const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
+    const int n1 = b1 + kPanelRows < r1 ? b1 + kPanelRows : r1;
+    const char* pf_begin = reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols);
+    const char* const pf_end = reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols);
+    const size_t pf_step = ((size_t)(pf_end - pf_begin) / ((nt + 11) / 12) + 63) / 64 * 64;
+    auto prefetch = [&]() ZAYA_LAMBDA_INLINE {
+      if (pf_begin < pf_end) {
+        const char* e = pf_begin + pf_step < pf_end ? pf_begin + pf_step : pf_end;
+        prefetch_l2(pf_begin, e);
+        pf_begin = e;
+      }
+    };
+    const __m512i* strips = tq4_lanes_panel(m, b0, b1 - b0, lut);
+    if (b1 - b0 > kLaneStrip)
+      lanes_block<2>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, m.norms, prefetch);
+    else
+      lanes_block<1>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, m.norms, prefetch);
+  }
+}
+
+void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  if (nt < kTqBf16MinRows) return tq_rows_impl(m, r0, r1, xs, ys, nt);
+  if (m.bits == 4 && m.cols % 16 == 0)
+    return nt >= kTqLanesMinRows ? tq4_rows_lanes(m, r0, r1, xs, ys, nt) : tq4_rows_bf(m, r0, r1, xs, ys, nt);
+  switch (m.bits) {
+    case 2: tq_rows_bf<2>(m, r0, r1, xs, ys, nt); break;
+    case 3: tq_rows_bf<3>(m, r0, r1, xs, ys, nt); break;
+    case 4: tq_rows_bf<4>(m, r0, r1, xs, ys, nt); break;
     default: break;  // rejected when the op is built
   }
 }

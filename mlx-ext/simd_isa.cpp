@@ -135,6 +135,12 @@ extern "C" int zaya_ext_bf16_dot(void) {
   return t->aff_rows_bf16 != t->aff_rows;
 }
 extern "C" int zaya_ext_panel_min_rows(int kind) {
-  return kind == 0 || kind == 2 ? zaya::kern::kAffPanelMinRows : kind == 1 ? zaya::kern::kTqBf16MinRows : -1;
+  switch (kind) {
+    case 0:
+    case 2: return zaya::kern::kAffPanelMinRows;
+    case 1: return zaya::kern::kTqBf16MinRows;
+    case 3: return zaya::kern::kTqLanesMinRows;
+    default: return -1;
+  }
 }
 extern "C" int zaya_ext_set_max_isa(int level) { return zaya::kern::set_max_isa(level); }

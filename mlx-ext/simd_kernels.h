@@ -111,6 +111,9 @@ int set_max_isa(int level);
 // kernels are faster): the f32 and bf16 panels of affine matrices, and the bf16 panels of TurboQuant
 // expert groups (decoding a TurboQuant panel costs less than an affine one).
 enum : int { kAffPanelMinRows = 20, kTqBf16MinRows = 8 };
+// Token rows from which a TurboQuant expert group's bf16 panels are transposed to lanes over weight
+// rows (simd_avx512bf16.cpp; kernel_probe tqprefill with TQ_COUNTS: 48–96 measured alike).
+enum : int { kTqLanesMinRows = 64 };
 // Thread-local scratch buffers, reused across calls: the panel GEMM's f32 weight panel, and the bf16
 // kernels' token rows, bf16 panel and the panel transposed to lanes over rows.
 enum ScratchSlot : int {

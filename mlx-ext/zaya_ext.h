@@ -67,8 +67,8 @@ int zaya_ext_kernel_isa(void);       // level ops built now will use
 int zaya_ext_set_max_isa(int level); // sets the cap, returns the previous cap
 int zaya_ext_bf16_dot(void);          // 1 when ops built now run ZAYA_EXT_BF16_DOT with bf16 dot products
 // Token rows from which a call takes the panel GEMM: 0 = affine (f32 and bf16 panels), 1 = TurboQuant
-// expert groups with bf16 dot products, 2 = float (f32/f16/bf16) matrices (f32 panels); -1 for another
-// kind.
+// expert groups with bf16 dot products, 2 = float (f32/f16/bf16) matrices (f32 panels), 3 = TurboQuant
+// expert groups whose bf16 panels are transposed to lanes (4-bit codes); -1 for another kind.
 int zaya_ext_panel_min_rows(int kind);
 
 // ---- TurboQuant routed experts: fused switch-GLU ----------------------------------------------------

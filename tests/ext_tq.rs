@@ -550,13 +550,17 @@ fn rotate32(v: &[f32], signs: &[f32]) -> Vec<f64> {
 /// rounding boundary round the same way; the SwiGLU activations come from the kernel's f32 gate/up
 /// sums, so those within that error of a boundary may round either way (an allowance per output, see
 /// below). All rows on one expert so that the expert groups reach the
-/// panel size (`panel_min_rows`); with fewer rows, or without AVX512-BF16, the op must equal the f32
-/// kernel bit for bit. The bf16 rounding itself moves the result by more than 5e-4 (checked too).
+/// panel size (`panel_min_rows`) and, with 4-bit codes, the lanes size (both GEMM shapes, and the
+/// lanes GEMM's tile tails of 4 and 5 tokens); with fewer rows, or without AVX512-BF16, the op must
+/// equal the f32 kernel bit for bit. The bf16 rounding itself moves the result by more than 5e-4
+/// (checked too).
 #[test]
 fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
     use zaya_mlx::ext::{bf16_dot_available, panel_min_rows, KernelIsa, MatmulPrecision, PanelKind};
     let panel = panel_min_rows(PanelKind::TurboQuantBf16);
     assert!((2..=64).contains(&panel), "panel size {panel}");
+    let lanes = panel_min_rows(PanelKind::TurboQuantBf16Lanes);
+    assert!((panel..=256).contains(&lanes), "lanes size {lanes}");
     let ex = experts(31, 4, 256, 512, 256, 4, 4);
     let a = arrays(&ex);
     let cb_gu: Vec<f32> = ex.cb_gu.iter().map(|v| bf(*v as f64) as f32).collect();
@@ -565,7 +569,10 @@ fn bf16_precision_rounds_operands_and_accumulates_in_f32() {
         ext: ExtMode::Primitive,
         precision: MatmulPrecision::Bf16,
     };
-    for n in [3usize, panel - 1, panel, 2 * panel + 5] {
+    // lanes tiles are of 12 tokens with tails of 6 or fewer: 12·k + 4 and 12·k + 5 rows end in tails
+    // of 4 and 5
+    let tail = |r: usize| lanes + (r + 12 - lanes % 12) % 12;
+    for n in [3usize, panel - 1, panel, 2 * panel + 5, tail(4), tail(5)] {
         let mut rng = ChaCha8Rng::seed_from_u64(n as u64);
         let x: Vec<f32> = (0..n * ex.h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let idx = make_idx(&mut rng, Mix::OneExpert, n, ex.e);

@@ -55,6 +55,9 @@ pub enum PanelKind {
     Affine,
     /// TurboQuant expert groups with bf16 dot products.
     TurboQuantBf16,
+    /// TurboQuant expert groups whose bf16 panels are transposed to lanes over weight rows (the
+    /// 4-bit layout; experts with many token rows of a prefill chunk).
+    TurboQuantBf16Lanes,
     /// f32/f16/bf16 matrices (`dense_matmul`, the router's layers): f32 panels.
     Dense,
 }
@@ -67,6 +70,7 @@ pub fn panel_min_rows(kind: PanelKind) -> usize {
         PanelKind::Affine => 0,
         PanelKind::TurboQuantBf16 => 1,
         PanelKind::Dense => 2,
+        PanelKind::TurboQuantBf16Lanes => 3,
     };
     // SAFETY: plain query.
     unsafe { zaya_ext_panel_min_rows(k) }.max(0) as usize

@@ -84,18 +84,35 @@ __attribute__((always_inline)) inline void bf_rows_t(const uint16_t* panel, size
   }
 }
 
-// Every token row (bf16 rows at xb + t·ld) against panel rows [0, nb), in tiles of 4 tokens; the
-// bytes [pf_begin, pf_end) are hinted into L2 meanwhile, a share before each tile.
-template <class Fin>
-void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t* xb, int nt, Fin&& fin,
-             const char* pf_begin, const char* pf_end) {
-  const size_t pf_step = ((size_t)(pf_end - pf_begin) / ((nt + 3) / 4) + 63) / 64 * 64;
-  for (int t0 = 0; t0 < nt; t0 += 4) {
-    if (pf_begin < pf_end) {
-      const char* e = pf_begin + pf_step < pf_end ? pf_begin + pf_step : pf_end;
-      prefetch_l2(pf_begin, e);
-      pf_begin = e;
+// The next weight block's bytes [begin, end) hinted into L2 while this block's GEMM runs, a share of
+// whole lines before each of its `tiles` token tiles (a burst of prefetches before the GEMM stalled on
+// the prefetches and left the next block's decoding waiting on its loads).
+class SpreadPrefetch {
+ public:
+  SpreadPrefetch(const void* begin, const void* end, int tiles)
+      : p_(static_cast<const char*>(begin)),
+        end_(static_cast<const char*>(end)),
+        step_(((size_t)(end_ - p_) / (size_t)(tiles > 0 ? tiles : 1) + 63) / 64 * 64) {}
+  __attribute__((always_inline)) void operator()() {
+    if (p_ < end_) {
+      const char* e = p_ + step_ < end_ ? p_ + step_ : end_;
+      prefetch_l2(p_, e);
+      p_ = e;
     }
+  }
+
+ private:
+  const char* p_;
+  const char* end_;
+  size_t step_;
+};
+
+// Every token row (bf16 rows at xb + t·ld) against panel rows [0, nb), in tiles of 4 tokens; pf() runs
+// before each tile (the caller's share of prefetch).
+template <class Fin, class Pf>
+void bf_rows(const uint16_t* panel, size_t ld, int nb, size_t k, const uint16_t* xb, int nt, Fin&& fin, Pf&& pf) {
+  for (int t0 = 0; t0 < nt; t0 += 4) {
+    pf();
     const int tn = nt - t0 < 4 ? nt - t0 : 4;
     const uint16_t* x[4];
     for (int t = 0; t < tn; ++t) x[t] = xb + (size_t)(t0 + t) * ld;
@@ -133,10 +150,8 @@ constexpr int kTqBfPanelRows = 8;
 static_assert(kTqBfPanelRows <= kPanelRows, "the panel scratch holds kPanelRows rows");
 
 // Rows [r0, r1) of a TurboQuant matrix in panels of kTqBfPanelRows: build(b0, b1) returns the block's
-// bf16 panel (row stride k), every token tile of xb runs over it, fin(row, t, sum) stores. The next
-// block's codes are hinted into L2 while this block's GEMM runs, a share before each token tile (a
-// burst of prefetches before the GEMM stalled on the prefetches and left the decoding waiting on its
-// loads).
+// bf16 panel (row stride k), every token tile of xb runs over it, fin(row, t, sum) stores; the next
+// block's codes are hinted into L2 meanwhile (SpreadPrefetch).
 template <class Build, class Fin>
 void tq_panel_blocks(const TqMat& m, int r0, int r1, size_t k, const uint16_t* xb, int nt, Build&& build,
                      Fin&& fin) {
@@ -146,8 +161,7 @@ void tq_panel_blocks(const TqMat& m, int r0, int r1, size_t k, const uint16_t* x
     const int n1 = b1 + kTqBfPanelRows < r1 ? b1 + kTqBfPanelRows : r1;
     bf_rows(
         panel, k, b1 - b0, k, xb, nt, [&](int r, int t, float v) ZAYA_LAMBDA_INLINE { fin(b0 + r, t, v); },
-        reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols),
-        reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols));
+        SpreadPrefetch(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols, (nt + 3) / 4));
   }
 }
 
@@ -287,6 +301,15 @@ constexpr int kLaneStrip = 16;                       // rows per strip (lanes)
 constexpr int kLaneStrips = kPanelRows / kLaneStrip;  // strips per panel
 static_assert(kLaneStrips == 2, "aff_rows_bf runs one or two strips");
 
+// rows[i] = row 16s + i of the nb rows at base (row stride ld); a short last strip repeats row nb − 1.
+template <class E>
+inline void strip_rows(const E* base, size_t ld, int s, int nb, const E* (&rows)[kLaneStrip]) {
+  for (int i = 0; i < kLaneStrip; ++i) {
+    const int r = s * kLaneStrip + i < nb ? s * kLaneStrip + i : nb - 1;
+    rows[i] = base + (size_t)r * ld;
+  }
+}
+
 // Rows [0, nb) of a bf16 panel (row stride k) into strips of k/2 vectors: vector p of strip s = pair p
 // (elements 2p, 2p + 1) of rows 16s .. 16s + 15 (a short last strip repeats row nb − 1).
 const __m512i* lanes_panel(const uint16_t* panel, int nb, size_t k) {
@@ -294,10 +317,7 @@ const __m512i* lanes_panel(const uint16_t* panel, int nb, size_t k) {
   __m512i* out = reinterpret_cast<__m512i*>(scratch_f32(kScratchBf16Lanes, (size_t)kLaneStrips * np * 16));
   for (int s = 0; s * kLaneStrip < nb; ++s) {
     const uint16_t* rows[kLaneStrip];
-    for (int i = 0; i < kLaneStrip; ++i) {
-      const int r = s * kLaneStrip + i < nb ? s * kLaneStrip + i : nb - 1;
-      rows[i] = panel + (size_t)r * k;
-    }
+    strip_rows(panel, k, s, nb, rows);
     __m512i* dst = out + (size_t)s * np;
     for (size_t b = 0; b < np; b += 16) {
       __m512i w[16];
@@ -343,11 +363,9 @@ __attribute__((always_inline)) inline void lanes_block_t(const __m512i* strips, 
   }
 }
 
-// Every token row (bf16 pairs at xb + t·ld) against the strips, in tiles of up to 12 tokens, the
-// outputs scaled by rs where given; pf() runs before each tile (the caller's share of prefetch).
 template <int S, class Pf>
-void lanes_block(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
-                 float* const* ys, const float* rs, Pf&& pf) {
+void lanes_block_s(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
+                   float* const* ys, const float* rs, Pf&& pf) {
   constexpr int TT = 12;  // tokens per tile: 2 × 12 accumulators
   for (int t0 = 0; t0 < nt;) {
     pf();
@@ -369,6 +387,18 @@ void lanes_block(const __m512i* strips, size_t np, int row0, int nr, const uint1
   }
 }
 
+// Every token row (bf16 pairs at xb + t·ld) against the nr ≤ kPanelRows rows in the strips (one or two),
+// in tiles of up to 12 tokens, the outputs scaled by rs where given; pf() runs before each tile (the
+// caller's share of prefetch).
+template <class Pf>
+void lanes_block(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
+                 float* const* ys, const float* rs, Pf&& pf) {
+  if (nr > kLaneStrip)
+    lanes_block_s<2>(strips, np, row0, nr, xb, ld, nt, ys, rs, pf);
+  else
+    lanes_block_s<1>(strips, np, row0, nr, xb, ld, nt, ys, rs, pf);
+}
+
 template <int BITS>
 void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
   const size_t k = (size_t)m.in;
@@ -377,11 +407,7 @@ void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float*
     const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
     const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { aff_panel<BITS>(m, b0, b1, f, k); });
     const __m512i* strips = lanes_panel(panel, b1 - b0, k);
-    auto no_prefetch = []() ZAYA_LAMBDA_INLINE {};
-    if (b1 - b0 > kLaneStrip)
-      lanes_block<2>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr, no_prefetch);
-    else
-      lanes_block<1>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr, no_prefetch);
+    lanes_block(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr, []() ZAYA_LAMBDA_INLINE {});
   }
 }
 
@@ -414,10 +440,7 @@ const __m512i* tq4_lanes_panel(const TqMat& m, int b0, int nb, __m512i lut) {
   __m512i* out = reinterpret_cast<__m512i*>(scratch_f32(kScratchBf16Lanes, (size_t)kLaneStrips * np * 16));
   for (int s = 0; s * kLaneStrip < nb; ++s) {
     const uint32_t* rows[kLaneStrip];
-    for (int i = 0; i < kLaneStrip; ++i) {
-      const int r = s * kLaneStrip + i < nb ? s * kLaneStrip + i : nb - 1;
-      rows[i] = m.packed + (size_t)(b0 + r) * m.cols;
-    }
+    strip_rows(m.packed + (size_t)b0 * m.cols, (size_t)m.cols, s, nb, rows);
     __m512i* dst = out + (size_t)s * np;
     for (int wb = 0; wb < m.cols / 16; ++wb) {
       __m512i w[16];
@@ -444,21 +467,8 @@ void tq4_rows_lanes(const TqMat& m, int r0, int r1, const float* const* xs, floa
   for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
     const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
     const int n1 = b1 + kPanelRows < r1 ? b1 + kPanelRows : r1;
-    const char* pf_begin = reinterpret_cast<const char*>(m.packed + (size_t)b1 * m.cols);
-    const char* const pf_end = reinterpret_cast<const char*>(m.packed + (size_t)n1 * m.cols);
-    const size_t pf_step = ((size_t)(pf_end - pf_begin) / ((nt + 11) / 12) + 63) / 64 * 64;
-    auto prefetch = [&]() ZAYA_LAMBDA_INLINE {
-      if (pf_begin < pf_end) {
-        const char* e = pf_begin + pf_step < pf_end ? pf_begin + pf_step : pf_end;
-        prefetch_l2(pf_begin, e);
-        pf_begin = e;
-      }
-    };
-    const __m512i* strips = tq4_lanes_panel(m, b0, b1 - b0, lut);
-    if (b1 - b0 > kLaneStrip)
-      lanes_block<2>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, m.norms, prefetch);
-    else
-      lanes_block<1>(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, m.norms, prefetch);
+    lanes_block(tq4_lanes_panel(m, b0, b1 - b0, lut), k / 2, b0, b1 - b0, xb, k, nt, ys, m.norms,
+                SpreadPrefetch(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols, (nt + 11) / 12));
   }
 }
 

@@ -362,7 +362,10 @@ fn main() {
                 let mut v: Vec<i32> = c
                     .split(',')
                     .enumerate()
-                    .flat_map(|(i, k)| std::iter::repeat(i as i32).take(k.trim().parse().unwrap_or(0)))
+                    .flat_map(|(i, k)| {
+                        let k: usize = k.trim().parse().expect("TQ_COUNTS: comma-separated row counts");
+                        std::iter::repeat(i as i32).take(k)
+                    })
                     .collect();
                 assert!(
                     v.len() == n && v.iter().all(|&i| (i as usize) < e),

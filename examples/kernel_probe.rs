@@ -426,35 +426,41 @@ fn main() {
             .collect();
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let prev = Array::from_slice(&f32s(&mut rng, n * r, -1.0, 1.0), &[n as i32, r as i32]);
-        let t = time(3, || {
-            let outs: Vec<Array> = layers
-                .iter()
-                .map(|[dw, db, nw, w0, b0, w2, b2, w4, bal, ss]| {
-                    let w = ext::RouterWeights {
-                        down_w: dw,
-                        down_b: db,
-                        norm_w: nw,
-                        eps: 1e-5,
-                        w0,
-                        b0,
-                        w2,
-                        b2,
-                        w4,
-                        balancing: bal,
-                        num_experts: 16,
-                    };
-                    ext::router(&x, Some((&prev, ss)), w, ExtMode::Primitive).unwrap().state
-                })
-                .collect();
-            mlx_rs::transforms::eval(outs.iter().collect::<Vec<_>>()).unwrap();
-        });
         let macs = 16.0 * n as f64 * (r * D + 2 * r * r + 17 * r) as f64;
-        println!(
-            "router 16 layers N={n}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
-            t.0,
-            t.1,
-            macs / t.0 / 1e6
-        );
+        for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
+            let mode = ext::MatmulMode {
+                ext: ExtMode::Primitive,
+                precision,
+            };
+            let t = time(5, || {
+                let outs: Vec<Array> = layers
+                    .iter()
+                    .map(|[dw, db, nw, w0, b0, w2, b2, w4, bal, ss]| {
+                        let w = ext::RouterWeights {
+                            down_w: dw,
+                            down_b: db,
+                            norm_w: nw,
+                            eps: 1e-5,
+                            w0,
+                            b0,
+                            w2,
+                            b2,
+                            w4,
+                            balancing: bal,
+                            num_experts: 16,
+                        };
+                        ext::router(&x, Some((&prev, ss)), w, mode).unwrap().state
+                    })
+                    .collect();
+                mlx_rs::transforms::eval(outs.iter().collect::<Vec<_>>()).unwrap();
+            });
+            println!(
+                "router 16 layers N={n} {name}: min {:.1} ms median {:.1} ms ({:.1} GMAC/s)",
+                t.0,
+                t.1,
+                macs / t.0 / 1e6
+            );
+        }
     }
 
     if want("affprefill") {

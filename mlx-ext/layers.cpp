@@ -5,7 +5,8 @@
 //   * res_norm:    R' = (h + b_h)·s_h + [(R + b_r)·s_r | R],  x = RMSNorm(R')·w   (two outputs)
 //   * router:      the MoE router: down_proj (+ EDA state), RMSNorm, MLP with exact GELUs, softmax,
 //                  biased argmax; outputs the route, its probability, the EDA state, the probabilities
-//                  and the number of skip-route tokens
+//                  and the number of skip-route tokens; with the bf16 precision (ZAYA_EXT_BF16_DOT) the
+//                  three layers' GEMMs take bf16 dot products (the table's dense_rows_bf16), the rest f32
 //   * moe_combine: y = p·(expert output) for routed tokens, p·x or 0 for the skip route
 //
 // Each has a portable plain-MLX-ops graph (the reference in tests, and the path on GPU streams).
@@ -137,6 +138,7 @@ std::vector<mx::array> router(const mx::array& x, const mx::array* prev, const m
          "] (the router's logits)");
   d.E = num_experts;
   d.eps = eps;
+  d.bf16 = mode_bf16(mode);
   if ((prev == nullptr) != (ss == nullptr)) fail("the previous router state and router_states_scale go together");
   if (prev) {
     expect_dtype(*prev, mx::float32, "previous router state");
@@ -292,6 +294,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
     const kern::DenseMat m4{in[8].data<void>(), d.w4_t, d.R};
     const int64_t N = d.N;
     const int R = d.R, L = d.L;
+    const kern::DenseRowsFn dense_rows = d.bf16 ? tab->dense_rows_bf16 : tab->dense_rows;
 
     // r = W_d x + b_d over all tokens, threads splitting the rows of W_d
     {
@@ -302,7 +305,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
         ys[n] = state + n * R;
       }
       parallel_for(R, 32, [&](int64_t r0, int64_t r1) {
-        tab->dense_rows(down, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
+        dense_rows(down, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
         for (int64_t n = 0; n < N; ++n)
           for (int64_t r = r0; r < r1; ++r) ys[n][r] += db[r];
         // the same share of the MLP's rows into this core's cache: the split below is the same
@@ -335,7 +338,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
         ys[n] = dst + n * rows;
       }
       parallel_for(rows, 32, [&](int64_t r0, int64_t r1) {
-        tab->dense_rows(m, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
+        dense_rows(m, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
         if (bias)
           for (int64_t n = 0; n < N; ++n)
             for (int64_t i = r0; i < r1; ++i) ys[n][i] = gelu(ys[n][i] + bias[i]);

@@ -65,6 +65,7 @@ struct RouterDims {
   int has_prev;
   int down_t, w0_t, w2_t, w4_t;
   float eps;
+  int bf16;  // the bf16 matmul precision (ZAYA_EXT_BF16_DOT): the three layers' GEMMs in bf16
 };
 
 // Inputs: x, down_w, down_b, norm_w, w0, b0, w2, b2, w4, balancing, [prev, states_scale]. Outputs as
@@ -80,7 +81,7 @@ class Router : public CpuPrimitive {
     return {{n}, {n}, {n, d.R}, {n, d.L}, {}};
   }
   auto state() const {
-    return std::make_tuple(d_.N, d_.H, d_.R, d_.L, d_.E, d_.has_prev, d_.down_t, d_.w0_t, d_.w2_t, d_.w4_t, d_.eps,
+    return std::make_tuple(d_.N, d_.H, d_.R, d_.L, d_.E, d_.has_prev, d_.down_t, d_.w0_t, d_.w2_t, d_.w4_t, d_.eps, d_.bf16,
                            tab_);
   }
   bool is_equivalent(const mx::Primitive& other) const override { return same_state(*this, other); }

@@ -32,12 +32,14 @@ namespace {
 
 namespace zaya::kern {
 const Table* avx512_table() {
-  static const bool bf16 = cpu_has_avx512bf16() && avx512bf16_tq_rows() && avx512bf16_aff_rows();
+  static const bool bf16 =
+      cpu_has_avx512bf16() && avx512bf16_tq_rows() && avx512bf16_aff_rows() && avx512bf16_dense_rows();
   static const Table t{kAvx512,          16,
                        tq_rows_impl,     aff_rows_impl,
                        dense_rows_impl,  pv_rows_impl,
                        softmax_row_impl, bf16 ? avx512bf16_tq_rows() : tq_rows_impl,
                        bf16 ? avx512bf16_aff_rows() : aff_rows_impl,
+                       bf16 ? avx512bf16_dense_rows() : dense_rows_impl,
                        tq_rotate_impl};
   return &t;
 }

@@ -422,6 +422,37 @@ void aff_rows_bf16(const AffMat& m, int r0, int r1, const float* const* xs, floa
   }
 }
 
+// ---- float matrices (the router's layers): lanes ------------------------------------------------------
+// f16/bf16/f32 rows converted to f32 as dense_rows_panel converts them, rounded to bf16 into the panel,
+// and run as the affine panels are (lanes, 2 × 12 tiles).
+
+template <int TYPE>
+void dense_rows_bf(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  constexpr size_t esz = TYPE == kF32 ? 4 : 2;
+  const size_t k = (size_t)m.in;
+  const uint16_t* xb = bf_tokens(xs, nt, k);
+  for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
+    const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
+    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) {
+      for (int r = b0; r < b1; ++r) {
+        const void* w = static_cast<const char*>(m.w) + (size_t)r * k * esz;
+        for (size_t j = 0; j < k; j += V::L) V::storef(f + (size_t)(r - b0) * k + j, dense_load<TYPE>(w, j));
+      }
+    });
+    lanes_block(lanes_panel(panel, b1 - b0, k), k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr,
+                []() ZAYA_LAMBDA_INLINE {});
+  }
+}
+
+void dense_rows_bf16(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  if (nt < kAffPanelMinRows || m.in % kBfChunk != 0) return dense_rows_impl(m, r0, r1, xs, ys, nt);
+  switch (m.type) {
+    case kF16: dense_rows_bf<kF16>(m, r0, r1, xs, ys, nt); break;
+    case kBF16: dense_rows_bf<kBF16>(m, r0, r1, xs, ys, nt); break;
+    default: dense_rows_bf<kF32>(m, r0, r1, xs, ys, nt); break;
+  }
+}
+
 // ---- TurboQuant experts with many token rows: lanes ---------------------------------------------------
 // A prefill chunk's routes are uneven (of 512 tokens, one expert may get 200–350 and others a handful).
 // For an expert with at least kTqLanesMinRows token rows, the lanes GEMM of the affine panels (no
@@ -496,11 +527,13 @@ void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float*
 namespace zaya::kern {
 TqRowsFn avx512bf16_tq_rows() { return tq_rows_bf16; }
 AffRowsFn avx512bf16_aff_rows() { return aff_rows_bf16; }
+DenseRowsFn avx512bf16_dense_rows() { return dense_rows_bf16; }
 }  // namespace zaya::kern
 
 #else
 namespace zaya::kern {
 TqRowsFn avx512bf16_tq_rows() { return nullptr; }
 AffRowsFn avx512bf16_aff_rows() { return nullptr; }
+DenseRowsFn avx512bf16_dense_rows() { return nullptr; }
 }  // namespace zaya::kern
 #endif

@@ -55,6 +55,8 @@ struct DenseMat {
 using TqRowsFn = void (*)(const struct TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt);
 using AffRowsFn = void (*)(const struct AffMat& m, int r0, int r1, const float* const* xs, float* const* ys,
                            int nt);
+using DenseRowsFn = void (*)(const struct DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys,
+                             int nt);
 
 // The leaf kernels of one instruction set. All loop over rows [r0, r1) and any number `nt` of token
 // rows; x rows are in the kernel layout of this table (see lanes and the prep functions in the op
@@ -76,11 +78,12 @@ struct Table {
   // s[0, n) <- softmax(s[0, n)) (max-subtracted, exp by a polynomial with relative error < 2e-7),
   // s[n, total) <- 0
   void (*softmax_row)(float* s, int n, int total);
-  // The `bf16` precision of tq_rows / aff_rows: bf16 dot products with f32 accumulation for calls with
-  // many token rows where the CPU has AVX512-BF16 (simd_avx512bf16.cpp); elsewhere (fewer rows, other
-  // ISAs) the f32 kernels above.
+  // The `bf16` precision of tq_rows / aff_rows / dense_rows: bf16 dot products with f32 accumulation
+  // for calls with many token rows where the CPU has AVX512-BF16 (simd_avx512bf16.cpp); elsewhere
+  // (fewer rows, other ISAs) the f32 kernels above.
   TqRowsFn tq_rows_bf16;
   AffRowsFn aff_rows_bf16;
+  DenseRowsFn dense_rows_bf16;
   // out = x rotated for TurboQuant (H(signs ⊙ x)·scale, H the Walsh-Hadamard transform of size n, a
   // power of two) in this table's x layout for `cols` words of `vpw` codes; tmp holds n floats.
   // Bit-identical across tables.
@@ -96,6 +99,7 @@ const Table* avx512_table();
 // The AVX512-BF16 kernels (nullptr when not compiled in) and whether this CPU and OS run them.
 TqRowsFn avx512bf16_tq_rows();
 AffRowsFn avx512bf16_aff_rows();
+DenseRowsFn avx512bf16_dense_rows();
 bool cpu_has_avx512bf16();
 
 // The best table allowed by the current cap (set_max_isa / ZAYA_EXT_ISA) on this CPU.

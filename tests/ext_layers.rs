@@ -157,85 +157,112 @@ fn router_matches_f64_loop_and_portable_graph() {
     check_router(1, 32, 4);
 }
 
-fn check_router(n: usize, r: usize, seed: u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (h, e) = (64usize, 6usize);
-    let l = e + 1;
-    let x = rv(&mut rng, n * h, -1.0, 1.0);
-    let prev = rv(&mut rng, n * r, -1.0, 1.0);
-    let ss = rv(&mut rng, r, 0.0, 1.0);
-    // f16 matrices (as the bundle stores them), f32 vectors
-    let f16v = |rng: &mut ChaCha8Rng, k: usize, s: f32| -> Vec<f32> {
-        rv(rng, k, -s, s)
-            .into_iter()
-            .map(|v| f16::from_f32(v).to_f32())
-            .collect()
-    };
-    let dw = f16v(&mut rng, r * h, 0.2);
-    let w0 = f16v(&mut rng, r * r, 0.3);
-    let w2 = f16v(&mut rng, r * r, 0.3);
-    let w4 = f16v(&mut rng, l * r, 2.0);
-    let (db, nw, b0, b2) = (
-        rv(&mut rng, r, -0.1, 0.1),
-        rv(&mut rng, r, 0.5, 1.5),
-        rv(&mut rng, r, -0.1, 0.1),
-        rv(&mut rng, r, -0.1, 0.1),
-    );
-    let mut bal = rv(&mut rng, l, -0.05, 0.05);
-    bal[e] = -0.2;
-    let eps = 1e-5f32;
-    let f16a = |v: &[f32], s: &[i32]| arr(v, s).as_dtype(Dtype::Float16).unwrap();
-    let (dw_a, w0_a, w2_a, w4_a) = (
-        f16a(&dw, &[r as i32, h as i32]),
-        f16a(&w0, &[r as i32, r as i32]),
-        f16a(&w2, &[r as i32, r as i32]),
-        f16a(&w4, &[l as i32, r as i32]),
-    );
-    let (db_a, nw_a, b0_a, b2_a, bal_a) = (
-        arr(&db, &[r as i32]),
-        arr(&nw, &[r as i32]),
-        arr(&b0, &[r as i32]),
-        arr(&b2, &[r as i32]),
-        arr(&bal, &[l as i32]),
-    );
-    let weights = RouterWeights {
-        down_w: &dw_a,
-        down_b: &db_a,
-        norm_w: &nw_a,
-        eps,
-        w0: &w0_a,
-        b0: &b0_a,
-        w2: &w2_a,
-        b2: &b2_a,
-        w4: &w4_a,
-        balancing: &bal_a,
-        num_experts: e as u32,
-    };
-    let gelu = |v: f64| v * (1.0 + erf(v / 2f64.sqrt())) / 2.0;
-    for with_prev in [false, true] {
-        let mut probs_ref = Vec::new();
-        let mut state_ref = Vec::new();
-        let mut choice_ref = Vec::new();
-        for i in 0..n {
-            let xi = to64(&x[i * h..(i + 1) * h]);
-            let mut rr = dense64(&xi, &dw, Some(&db), r, h);
+/// One router's f16 matrices (as the bundle stores them) and f32 vectors, for n token rows of width h.
+struct RouterCase {
+    n: usize,
+    h: usize,
+    r: usize,
+    e: usize,
+    x: Vec<f32>,
+    prev: Vec<f32>,
+    ss: Vec<f32>,
+    dw: Vec<f32>,
+    w0: Vec<f32>,
+    w2: Vec<f32>,
+    w4: Vec<f32>,
+    db: Vec<f32>,
+    nw: Vec<f32>,
+    b0: Vec<f32>,
+    b2: Vec<f32>,
+    bal: Vec<f32>,
+    eps: f32,
+}
+
+impl RouterCase {
+    fn new(n: usize, r: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (h, e) = (64usize, 6usize);
+        let l = e + 1;
+        let x = rv(&mut rng, n * h, -1.0, 1.0);
+        let prev = rv(&mut rng, n * r, -1.0, 1.0);
+        let ss = rv(&mut rng, r, 0.0, 1.0);
+        let f16v = |rng: &mut ChaCha8Rng, k: usize, s: f32| -> Vec<f32> {
+            rv(rng, k, -s, s)
+                .into_iter()
+                .map(|v| f16::from_f32(v).to_f32())
+                .collect()
+        };
+        let dw = f16v(&mut rng, r * h, 0.2);
+        let w0 = f16v(&mut rng, r * r, 0.3);
+        let w2 = f16v(&mut rng, r * r, 0.3);
+        let w4 = f16v(&mut rng, l * r, 2.0);
+        let (db, nw, b0, b2) = (
+            rv(&mut rng, r, -0.1, 0.1),
+            rv(&mut rng, r, 0.5, 1.5),
+            rv(&mut rng, r, -0.1, 0.1),
+            rv(&mut rng, r, -0.1, 0.1),
+        );
+        let mut bal = rv(&mut rng, l, -0.05, 0.05);
+        bal[e] = -0.2;
+        RouterCase {
+            n,
+            h,
+            r,
+            e,
+            x,
+            prev,
+            ss,
+            dw,
+            w0,
+            w2,
+            w4,
+            db,
+            nw,
+            b0,
+            b2,
+            bal,
+            eps: 1e-5,
+        }
+    }
+
+    /// The router in f64 (docs/model.md §4.2): (state, probs, choice). `round` is applied to both
+    /// operands of every product of the three layers' matmuls (identity: exact; bf16: as the bf16
+    /// kernels round them).
+    fn reference(&self, with_prev: bool, round: impl Fn(f64) -> f64) -> (Vec<f64>, Vec<f64>, Vec<i32>) {
+        let (h, r, e) = (self.h, self.r, self.e);
+        let l = e + 1;
+        let gelu = |v: f64| v * (1.0 + erf(v / 2f64.sqrt())) / 2.0;
+        let rnd = |v: &[f64]| -> Vec<f64> { v.iter().map(|&a| round(a)).collect() };
+        let rw = |w: &[f32]| -> Vec<f32> { w.iter().map(|&a| round(a as f64) as f32).collect() };
+        let (dw, w0, w2, w4) = (rw(&self.dw), rw(&self.w0), rw(&self.w2), rw(&self.w4));
+        let (mut probs, mut state, mut choice) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..self.n {
+            let xi = rnd(&to64(&self.x[i * h..(i + 1) * h]));
+            let mut rr = dense64(&xi, &dw, Some(&self.db), r, h);
             if with_prev {
                 for k in 0..r {
-                    rr[k] += prev[i * r + k] as f64 * ss[k] as f64;
+                    rr[k] += self.prev[i * r + k] as f64 * self.ss[k] as f64;
                 }
             }
-            state_ref.extend_from_slice(&rr);
+            state.extend_from_slice(&rr);
             let ms = rr.iter().map(|v| v * v).sum::<f64>() / r as f64;
             let nn: Vec<f64> = (0..r)
-                .map(|k| rr[k] / (ms + eps as f64).sqrt() * nw[k] as f64)
+                .map(|k| rr[k] / (ms + self.eps as f64).sqrt() * self.nw[k] as f64)
                 .collect();
-            let a1: Vec<f64> = dense64(&nn, &w0, Some(&b0), r, r).into_iter().map(gelu).collect();
-            let a2: Vec<f64> = dense64(&a1, &w2, Some(&b2), r, r).into_iter().map(gelu).collect();
-            let lg = dense64(&a2, &w4, None, l, r);
+            let a1: Vec<f64> = dense64(&rnd(&nn), &w0, Some(&self.b0), r, r)
+                .into_iter()
+                .map(gelu)
+                .collect();
+            let a2: Vec<f64> = dense64(&rnd(&a1), &w2, Some(&self.b2), r, r)
+                .into_iter()
+                .map(gelu)
+                .collect();
+            let lg = dense64(&rnd(&a2), &w4, None, l, r);
             let mx = lg.iter().cloned().fold(f64::MIN, f64::max);
             let ex: Vec<f64> = lg.iter().map(|v| (v - mx).exp()).collect();
             let sum: f64 = ex.iter().sum();
             let p: Vec<f64> = ex.iter().map(|v| v / sum).collect();
+            let bal = &self.bal;
             let c = (0..l).fold(0, |best, k| {
                 if p[k] + bal[k] as f64 > p[best] + bal[best] as f64 {
                     k
@@ -243,19 +270,54 @@ fn check_router(n: usize, r: usize, seed: u64) {
                     best
                 }
             });
-            choice_ref.push(c as i32);
-            probs_ref.extend_from_slice(&p);
+            choice.push(c as i32);
+            probs.extend_from_slice(&p);
         }
-        let prev_a = arr(&prev, &[n as i32, r as i32]);
-        let ss_a = arr(&ss, &[r as i32]);
+        (state, probs, choice)
+    }
+
+    /// Runs the op with the case's weights (f16 matrices) on `mode`.
+    fn run(&self, with_prev: bool, mode: impl Into<ext::MatmulMode>) -> zaya_mlx::error::Result<ext::RouterOut> {
+        let (n, h, r, l) = (self.n as i32, self.h as i32, self.r as i32, self.e as i32 + 1);
+        let f16a = |v: &[f32], s: &[i32]| arr(v, s).as_dtype(Dtype::Float16).unwrap();
+        let (dw, w0, w2, w4) = (
+            f16a(&self.dw, &[r, h]),
+            f16a(&self.w0, &[r, r]),
+            f16a(&self.w2, &[r, r]),
+            f16a(&self.w4, &[l, r]),
+        );
+        let (db, nw, b0, b2, bal) = (
+            arr(&self.db, &[r]),
+            arr(&self.nw, &[r]),
+            arr(&self.b0, &[r]),
+            arr(&self.b2, &[r]),
+            arr(&self.bal, &[l]),
+        );
+        let (prev, ss) = (arr(&self.prev, &[n, r]), arr(&self.ss, &[r]));
+        let weights = RouterWeights {
+            down_w: &dw,
+            down_b: &db,
+            norm_w: &nw,
+            eps: self.eps,
+            w0: &w0,
+            b0: &b0,
+            w2: &w2,
+            b2: &b2,
+            w4: &w4,
+            balancing: &bal,
+            num_experts: self.e as u32,
+        };
+        ext::router(&arr(&self.x, &[n, h]), with_prev.then_some((&prev, &ss)), weights, mode)
+    }
+}
+
+fn check_router(n: usize, r: usize, seed: u64) {
+    let case = RouterCase::new(n, r, seed);
+    let (l, e) = (case.e + 1, case.e);
+    for with_prev in [false, true] {
+        let (state_ref, probs_ref, choice_ref) = case.reference(with_prev, |v| v);
         for mode in MODES {
-            let o = ext::router(
-                &arr(&x, &[n as i32, h as i32]),
-                with_prev.then_some((&prev_a, &ss_a)),
-                weights,
-                mode,
-            )
-            .unwrap();
+            let o = case.run(with_prev, mode).unwrap();
             let tag = format!("router prev={with_prev} {mode:?}");
             close(&vals(&o.state), &state_ref, 1e-5, &format!("{tag}: state"));
             close(&vals(&o.probs), &probs_ref, 1e-5, &format!("{tag}: probs"));
@@ -272,17 +334,88 @@ fn check_router(n: usize, r: usize, seed: u64) {
         }
     }
     // bad shapes are typed errors
+    let (h, r) = (case.h as i32, case.r as i32);
+    let f16a = |v: &[f32], s: &[i32]| arr(v, s).as_dtype(Dtype::Float16).unwrap();
+    let (dw, w0, w4) = (
+        f16a(&case.dw, &[r, h]),
+        f16a(&case.w0, &[r, r]),
+        f16a(&case.w4, &[e as i32 + 1, r]),
+    );
+    let (v_r, v_l) = (arr(&case.db, &[r]), arr(&case.bal, &[e as i32 + 1]));
     let bad = ext::router(
-        &arr(&x[..h], &[1, h as i32]),
+        &arr(&case.x[..case.h], &[1, h]),
         None,
         RouterWeights {
+            down_w: &dw,
+            down_b: &v_r,
+            norm_w: &v_r,
+            eps: case.eps,
+            w0: &w0,
+            b0: &v_r,
+            w2: &w0,
+            b2: &v_r,
+            w4: &w4,
+            balancing: &v_l,
             num_experts: 99,
-            ..weights
         },
         ExtMode::Primitive,
     )
     .unwrap_err();
     assert!(bad.to_string().contains("num_experts 99"), "{bad}");
+}
+
+/// f64 of v rounded to bf16 (round to nearest even), as the bf16 kernels round their operands.
+fn bf(v: f64) -> f64 {
+    half::bf16::from_f32(v as f32).to_f64()
+}
+
+/// `MatmulPrecision::Bf16`: with at least the panel size of token rows on a CPU with AVX512-BF16 the
+/// three layers' GEMMs round both operands to bf16 and accumulate in f32 (against the f64 router
+/// over bf16-rounded operands: the state, whose operands are the inputs, to f32 summation accuracy;
+/// the probabilities, whose operands the kernel computes in f32 before rounding, within 2e-4), and
+/// the rounding shows against the exact router; with fewer rows, or without the instructions, the
+/// f32 kernel bit for bit.
+#[test]
+fn router_bf16_precision_rounds_the_matmul_operands() {
+    use zaya_mlx::ext::{bf16_dot_available, panel_min_rows, MatmulMode, MatmulPrecision, PanelKind};
+    let panel = panel_min_rows(PanelKind::Affine) as usize;
+    let bf16_mode = MatmulMode {
+        ext: ExtMode::Primitive,
+        precision: MatmulPrecision::Bf16,
+    };
+    for (n, seed) in [(3usize, 31u64), (panel - 1, 32), (panel, 33), (2 * panel + 5, 34)] {
+        let case = RouterCase::new(n, 32, seed);
+        let o = case.run(true, bf16_mode).unwrap();
+        let o32 = case.run(true, ExtMode::Primitive).unwrap();
+        let (state, probs) = (vals(&o.state), vals(&o.probs));
+        let ctx = format!("N={n}");
+        if bf16_dot_available() && n >= panel {
+            let (state_bf, probs_bf, _) = case.reference(true, bf);
+            let (state_ex, _, _) = case.reference(true, |v| v);
+            close(
+                &state,
+                &state_bf,
+                1e-5,
+                &format!("{ctx}: bf16 state vs the rounded f64 router"),
+            );
+            close(
+                &probs,
+                &probs_bf,
+                2e-4,
+                &format!("{ctx}: bf16 probs vs the rounded f64 router"),
+            );
+            let m = state_ex.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let moved = state
+                .iter()
+                .zip(&state_ex)
+                .fold(0f64, |d, (a, b)| d.max((*a as f64 - b).abs()))
+                / m;
+            assert!(moved > 1e-4, "{ctx}: bf16 rounding should show ({moved:e})");
+        } else {
+            assert_eq!(state, vals(&o32.state), "{ctx}: the f32 kernel's state");
+            assert_eq!(probs, vals(&o32.probs), "{ctx}: the f32 kernel's probs");
+        }
+    }
 }
 
 /// A decode-sized call (6 rows, one thread) and a prefill-sized one (101 rows, split over the kernel

@@ -5,7 +5,7 @@ use mlx_rs::{Array, Stream};
 
 use super::handle::*;
 use super::sys::*;
-use super::ExtMode;
+use super::{ExtMode, MatmulMode};
 use crate::error::Result;
 
 /// The residual scaling of one half-layer merged with its RMSNorm (docs/model.md §2.3, §2.5):
@@ -83,7 +83,16 @@ pub struct RouterOut {
 
 /// The MoE router as one op: `r = x·W_dᵀ + b_d (+ prev ⊙ states_scale)`, RMSNorm, the GELU MLP,
 /// softmax, `argmax(p + balancing)`. `x`: `[N, H]` f32; `prev`: `(state [N, R], router_states_scale [R])`.
-pub fn router(x: &Array, prev: Option<(&Array, &Array)>, w: RouterWeights<'_>, mode: ExtMode) -> Result<RouterOut> {
+/// With [`MatmulPrecision::Bf16`](super::MatmulPrecision) the three layers' GEMMs take bf16 dot
+/// products (f32 accumulation) in calls of 20 or more token rows on CPUs with AVX512-BF16; the rest
+/// (bias, norm, GELU, softmax, the choice) stays f32.
+pub fn router(
+    x: &Array,
+    prev: Option<(&Array, &Array)>,
+    w: RouterWeights<'_>,
+    mode: impl Into<MatmulMode>,
+) -> Result<RouterOut> {
+    let mode = mode.into();
     let none = OutHandle::new();
     let stream = Stream::thread_local_or_default();
     let mut o: Vec<OutHandle> = (0..5).map(|_| OutHandle::new()).collect();

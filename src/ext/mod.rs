@@ -64,7 +64,7 @@ impl ExtMode {
     }
 }
 
-/// The arithmetic of the affine and TurboQuant matmul kernels.
+/// The arithmetic of the affine, TurboQuant and router matmul kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {

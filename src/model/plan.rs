@@ -51,7 +51,7 @@ pub struct ExecutionPlan {
     /// How the fused primitives (and the plain path's conv primitive) execute: `Auto` = the CPU
     /// kernel where the stream has one, else the op's portable graph of MLX ops.
     pub ext: ExtMode,
-    /// The arithmetic of the fused affine and TurboQuant matmuls: `Bf16` with `--dtype bf16` on the
+    /// The arithmetic of the fused affine, TurboQuant and router matmuls: `Bf16` with `--dtype bf16` on the
     /// fused path (bf16 dot products, f32 accumulation, activations kept in f32 between the
     /// kernels; see [`MatmulPrecision`]), else `F32`.
     pub matmul: MatmulPrecision,

@@ -105,11 +105,18 @@ impl ZayaMoe {
     }
 
     /// `x [N, H]` (the input_norm output in the compute dtype) → `h_n [N, H]`, given the previous
-    /// MoE layer's state. `x_router` is the same input in f32 (the router always runs in f32; pass
-    /// `x` itself when it is f32).
+    /// MoE layer's state. `x_router` is the same input in f32 (the router reads f32, and its fused
+    /// matmuls follow `step.matmul`; pass `x` itself when it is f32).
     pub fn forward(&self, x: &Array, x_router: &Array, prev_state: Option<&Array>, step: MoeStep) -> Result<MoeOut> {
         let route = match step.router {
-            Path::Fused => self.router.forward_fused(x_router, prev_state, step.ext)?,
+            Path::Fused => self.router.forward_fused(
+                x_router,
+                prev_state,
+                MatmulMode {
+                    ext: step.ext,
+                    precision: step.matmul,
+                },
+            )?,
             Path::Plain => self.router.forward(x_router, prev_state)?,
         };
         let sm = &self.experts.switch_mlp;

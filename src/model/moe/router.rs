@@ -1,4 +1,4 @@
-//! The MoE router (docs/model.md §4), all f32: `r = W_d x + b_d (+ ρ ⊙ router_states_scale)` with
+//! The MoE router (docs/model.md §4), in f32 (the fused op's matmuls in bf16 under `--dtype bf16`): `r = W_d x + b_d (+ ρ ⊙ router_states_scale)` with
 //! the previous MoE layer's EDA state ρ, `ρ_next = r`, `p = softmax(W₄ GELU(W₂ GELU(W₀ RMSNorm(r) +
 //! b₀) + b₂))`, choice `e* = argmax(p + balancing_biases)` (index E = the MOD skip route), gate weight
 //! `w = p[e*]`. Plain MLX ops ([`Router::forward`]) or one fused op ([`Router::forward_fused`]).
@@ -13,7 +13,7 @@ use mlx_rs::{Array, Dtype};
 
 use crate::config::ZayaConfig;
 use crate::error::Result;
-use crate::ext::{self, ExtMode};
+use crate::ext::{self, MatmulMode};
 use crate::model::norm::RmsNorm;
 use crate::quant::linear::{take_float, take_float_opt, LinearBackend, QLinear, WeightSource};
 use crate::quant::WeightFormat;
@@ -116,7 +116,9 @@ pub struct RouteOut {
     pub skipped: Option<Array>,
 }
 
-/// The MoE router (`zaya_block.router`). Everything is computed in f32.
+/// The MoE router (`zaya_block.router`). Computed in f32; [`forward_fused`](Self::forward_fused) with
+/// [`MatmulPrecision::Bf16`](crate::ext::MatmulPrecision) takes bf16 dot products for the matmuls of
+/// prefill-sized calls (f32 accumulation; bias, norm, GELU, softmax and the choice stay f32).
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Router {
     #[param]
@@ -198,7 +200,12 @@ impl Router {
 
     /// The router as one fused op ([`ext::router`]); same results as [`forward`](Self::forward).
     /// `x`: f32 `[N, H]`. Requires [`fused_supported`](Self::fused_supported).
-    pub fn forward_fused(&self, x: &Array, prev_state: Option<&Array>, mode: ExtMode) -> Result<RouteOut> {
+    pub fn forward_fused(
+        &self,
+        x: &Array,
+        prev_state: Option<&Array>,
+        mode: impl Into<MatmulMode>,
+    ) -> Result<RouteOut> {
         let prev = match (self.use_eda, prev_state, self.router_states_scale.value.as_ref()) {
             (true, Some(p), Some(s)) => Some((p, s)),
             _ => None,

@@ -193,18 +193,24 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   // one table for all sequences, or per sequence when each has its own position
   const int half = d.rd / 2;
   std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
+  std::vector<float> inv(half);
+  if (half > 0) {
+    const float coef = std::log(d.theta) / (float)half;
+    for (int i = 0; i < half; ++i) inv[i] = std::exp((float)(-i) * coef);
+  }
   auto fill_tables = [&](int64_t b) {
     if (half == 0) return;
-    const float coef = std::log(d.theta) / (float)half;
-    for (int64_t t = 0; t < T; ++t) {
-      const float pos = (float)t + (float)d.offset_of(b);
-      for (int i = 0; i < half; ++i) {
-        const float inv = std::exp((float)(-i) * coef);
-        const float ang = pos * inv;
-        cs[t * half + i] = std::cos(ang);
-        sn[t * half + i] = std::sin(ang);
+    // a prefill chunk's T·half cos/sin pairs (16,384 at 512 tokens) over the threads
+    parallel_for(T, 64, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const float pos = (float)t + (float)d.offset_of(b);
+        for (int i = 0; i < half; ++i) {
+          const float ang = pos * inv[i];
+          cs[t * half + i] = std::cos(ang);
+          sn[t * half + i] = std::sin(ang);
+        }
       }
-    }
+    });
   };
   fill_tables(0);
   const float sqrt_d = std::sqrt((float)D);

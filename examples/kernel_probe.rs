@@ -7,6 +7,7 @@
 //! `tqprefill` (one MoE layer's experts over a prefill chunk) takes TQ_N token rows (default 512) over
 //! TQ_E experts (default 16), routed uniformly at random or by TQ_COUNTS="c0,c1,…" rows per expert
 //! (a synthetic bundle's chunk routes unevenly, e.g. "9,14,48,10,15,6,4,33,26,13,8,76,11,222,14,3").
+//! `tqprefill`, `affprefill` and `router` run f32 and bf16, or the one PROBE_PRECISION names.
 use std::time::Instant;
 
 use half::f16;
@@ -55,6 +56,19 @@ fn f16s(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f16> {
 }
 fn f32s(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+}
+
+/// The matmul precisions a probe runs: both, or the one PROBE_PRECISION names (f32 | bf16).
+fn precisions() -> Vec<(&'static str, ext::MatmulPrecision)> {
+    let all = [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)];
+    match std::env::var("PROBE_PRECISION") {
+        Ok(p) => {
+            let one: Vec<_> = all.into_iter().filter(|(name, _)| *name == p).collect();
+            assert!(!one.is_empty(), "PROBE_PRECISION must be f32 or bf16, got {p:?}");
+            one
+        }
+        Err(_) => all.to_vec(),
+    }
 }
 
 fn ev(a: &Array) {
@@ -377,7 +391,7 @@ fn main() {
             Err(_) => (0..n).map(|_| rng.gen_range(0..e as i32)).collect(),
         };
         let ids = Array::from_slice(&ids, &[n as i32]);
-        for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
+        for (name, precision) in precisions() {
             let mode = ext::MatmulMode {
                 ext: ExtMode::Primitive,
                 precision,
@@ -427,7 +441,7 @@ fn main() {
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let prev = Array::from_slice(&f32s(&mut rng, n * r, -1.0, 1.0), &[n as i32, r as i32]);
         let macs = 16.0 * n as f64 * (r * D + 2 * r * r + 17 * r) as f64;
-        for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
+        for (name, precision) in precisions() {
             let mode = ext::MatmulMode {
                 ext: ExtMode::Primitive,
                 precision,
@@ -468,7 +482,7 @@ fn main() {
         let ws = affine_weights(&mut rng, 16, 0.01, 1.0);
         let n: usize = std::env::var("AFF_N").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
-        for (name, precision) in [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)] {
+        for (name, precision) in precisions() {
             let mode = ext::MatmulMode {
                 ext: ExtMode::Primitive,
                 precision,

@@ -126,7 +126,7 @@ struct V {
 namespace zaya::kern {
 const Table* avx2_table() {
   static const Table t{kAvx2, 8, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl,
-                       dense_rows_impl, tq_rotate_impl};
+                       dense_rows_impl, nullptr, nullptr, tq_rotate_impl};
   return &t;
 }
 }  // namespace zaya::kern

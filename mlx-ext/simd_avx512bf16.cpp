@@ -453,6 +453,44 @@ void dense_rows_bf16(const DenseMat& m, int r0, int r1, const float* const* xs, 
   }
 }
 
+// ---- element-wise steps beside the bf16 matmuls --------------------------------------------------------
+
+// a[i] ← silu(a[i])·u[i]: silu(g) = g·σ(g), σ(g) = 1/(1 + t) for g ≥ 0 and t/(1 + t) below, t = exp(−|g|)
+// (so exp's argument is never positive).
+void silu_mul_bf16(float* a, const float* u, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+    const __m512 g = _mm512_maskz_loadu_ps(m, a + i);
+    const __m512 t = V::exp_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+    const __mmask16 neg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 s = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, t), _mm512_add_ps(one, t));
+    _mm512_mask_storeu_ps(a + i, m, _mm512_mul_ps(_mm512_mul_ps(g, s), _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+
+// y[i] ← gelu(y[i] + bias[i]) = v·(1 + erf(v/√2))/2, erf(x) = 1 − P(s)·s·exp(−x²) for x ≥ 0, s = 1/(1 + p·x)
+// (Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7), odd.
+void gelu_bias_bf16(float* y, const float* bias, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + i), _mm512_maskz_loadu_ps(m, bias + i));
+    const __m512 x = _mm512_abs_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752440f)));
+    const __m512 s = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), x, one));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-1.453152027f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.421413741f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-0.284496736f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.254829592f));
+    const __m512 e = V::exp_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(x, x)));
+    const __m512 erf_abs = _mm512_fnmadd_ps(_mm512_mul_ps(p, s), e, one);  // 1 − P(s)·s·exp(−x²)
+    const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 erf = _mm512_mask_sub_ps(erf_abs, neg, _mm512_setzero_ps(), erf_abs);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_mul_ps(v, _mm512_add_ps(one, erf)), half));
+  }
+}
+
 // ---- TurboQuant experts with many token rows: lanes ---------------------------------------------------
 // A prefill chunk's routes are uneven (of 512 tokens, one expert may get 200–350 and others a handful).
 // For an expert with at least kTqLanesMinRows token rows, the lanes GEMM of the affine panels (no
@@ -528,6 +566,8 @@ namespace zaya::kern {
 TqRowsFn avx512bf16_tq_rows() { return tq_rows_bf16; }
 AffRowsFn avx512bf16_aff_rows() { return aff_rows_bf16; }
 DenseRowsFn avx512bf16_dense_rows() { return dense_rows_bf16; }
+SiluMulFn avx512bf16_silu_mul() { return silu_mul_bf16; }
+GeluBiasFn avx512bf16_gelu_bias() { return gelu_bias_bf16; }
 }  // namespace zaya::kern
 
 #else
@@ -535,5 +575,7 @@ namespace zaya::kern {
 TqRowsFn avx512bf16_tq_rows() { return nullptr; }
 AffRowsFn avx512bf16_aff_rows() { return nullptr; }
 DenseRowsFn avx512bf16_dense_rows() { return nullptr; }
+SiluMulFn avx512bf16_silu_mul() { return nullptr; }
+GeluBiasFn avx512bf16_gelu_bias() { return nullptr; }
 }  // namespace zaya::kern
 #endif

@@ -57,6 +57,8 @@ using AffRowsFn = void (*)(const struct AffMat& m, int r0, int r1, const float* 
                            int nt);
 using DenseRowsFn = void (*)(const struct DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys,
                              int nt);
+using SiluMulFn = void (*)(float* a, const float* u, int64_t n);
+using GeluBiasFn = void (*)(float* y, const float* bias, int64_t n);
 
 // The leaf kernels of one instruction set. All loop over rows [r0, r1) and any number `nt` of token
 // rows; x rows are in the kernel layout of this table (see lanes and the prep functions in the op
@@ -84,6 +86,12 @@ struct Table {
   TqRowsFn tq_rows_bf16;
   AffRowsFn aff_rows_bf16;
   DenseRowsFn dense_rows_bf16;
+  // The element-wise steps beside those bf16 matmuls, in vectors (nullptr where the table has no bf16
+  // kernels: the callers' scalar libm loops run instead): a[i] ← silu(a[i])·u[i] (the experts' SwiGLU)
+  // and y[i] ← gelu(y[i] + bias[i]) (the router's MLP), exp and erf by polynomials (relative error of
+  // exp < 2e-7, absolute of erf < 2e-7) where the f32 precision calls libm.
+  SiluMulFn silu_mul_bf16;
+  GeluBiasFn gelu_bias_bf16;
   // out = x rotated for TurboQuant (H(signs ⊙ x)·scale, H the Walsh-Hadamard transform of size n, a
   // power of two) in this table's x layout for `cols` words of `vpw` codes; tmp holds n floats.
   // Bit-identical across tables.
@@ -100,6 +108,8 @@ const Table* avx512_table();
 TqRowsFn avx512bf16_tq_rows();
 AffRowsFn avx512bf16_aff_rows();
 DenseRowsFn avx512bf16_dense_rows();
+SiluMulFn avx512bf16_silu_mul();
+GeluBiasFn avx512bf16_gelu_bias();
 bool cpu_has_avx512bf16();
 
 // The best table allowed by the current cap (set_max_isa / ZAYA_EXT_ISA) on this CPU.

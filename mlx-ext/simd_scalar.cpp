@@ -52,7 +52,7 @@ struct V {
 
 const Table* scalar_table() {
   static const Table t{kScalar, 1, tq_rows_impl, aff_rows_impl, dense_rows_impl, pv_rows_impl, softmax_row_impl, tq_rows_impl, aff_rows_impl,
-                       dense_rows_impl, tq_rotate_impl};
+                       dense_rows_impl, nullptr, nullptr, tq_rotate_impl};
   return &t;
 }
 

@@ -527,8 +527,14 @@ fn main() {
     }
 
     if want("attn") {
-        // prefill chunk of 512 queries at the end of a 2048-position context, and one decode query
-        let (cap, d) = (2048i32, 128i32);
+        // prefill chunk of 512 queries at the end of an ATTN_LEN-position context (default 2048; 512 is
+        // a first chunk), and one decode query
+        let cap: i32 = std::env::var("ATTN_LEN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048);
+        assert!(cap >= 512, "ATTN_LEN must be at least the chunk's 512 queries");
+        let d = 128i32;
         let k = Array::from_slice(&f32s(&mut rng, (2 * cap * d) as usize, -1.0, 1.0), &[1, 2, cap, d]);
         let v = Array::from_slice(&f32s(&mut rng, (2 * cap * d) as usize, -1.0, 1.0), &[1, 2, cap, d]);
         ev(&k);

@@ -24,10 +24,10 @@ pub struct ModelArgs {
     /// when missing (unless HF_HUB_OFFLINE=1). Default: a tiny demo bundle with random weights.
     #[arg(long, value_name = "DIR|REPO")]
     pub model: Option<String>,
-    /// Compute dtype of the projections and experts (the residual stream, norms, router,
-    /// attention and logits are always f32). With the fused kernels, bf16 = bf16 dot products with
-    /// f32 accumulation in prefill-sized matmuls on CPUs with AVX512-BF16 (faster prefill, logits
-    /// within ~1e-2 relative of f32).
+    /// Compute dtype of the projections and experts (the residual stream, norms, attention and
+    /// logits are always f32). With the fused kernels, bf16 = bf16 dot products with f32
+    /// accumulation in prefill-sized matmuls (projections, experts, the router's layers) on CPUs
+    /// with AVX512-BF16 (faster prefill, logits within ~1e-2 relative of f32).
     #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     pub dtype: String,
     /// Prompt positions per prefill chunk (default 512; mlx_lm's name --prefill-step-size also works).

@@ -16,10 +16,10 @@ pub struct RunOpts {
     /// Bundle directory, or a Hugging Face repo id (local HF cache first, downloaded when missing).
     #[arg(long, value_name = "DIR|REPO")]
     pub model: String,
-    /// Compute dtype of projections and experts (the residual stream, norms, router, q/k
-    /// normalisation, attention and logits are always f32). With the fused kernels, bf16 = bf16
-    /// dot products with f32 accumulation in prefill-sized matmuls on CPUs with AVX512-BF16 (faster
-    /// prefill, logits within ~1e-2 relative of f32).
+    /// Compute dtype of projections and experts (the residual stream, norms, q/k normalisation,
+    /// attention and logits are always f32). With the fused kernels, bf16 = bf16 dot products with
+    /// f32 accumulation in prefill-sized matmuls (projections, experts, the router's layers) on CPUs
+    /// with AVX512-BF16 (faster prefill, logits within ~1e-2 relative of f32).
     #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     pub dtype: String,
     /// MOD skip route: `px` = p_skip·x (legacy reference semantics), `zero` = no contribution.

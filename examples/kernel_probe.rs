@@ -58,9 +58,17 @@ fn f32s(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(lo..hi)).collect()
 }
 
-/// The matmul precisions a probe runs: both, or the one PROBE_PRECISION names (f32 | bf16).
-fn precisions() -> Vec<(&'static str, ext::MatmulPrecision)> {
-    let all = [("f32", ext::MatmulPrecision::F32), ("bf16", ext::MatmulPrecision::Bf16)];
+/// The kernel modes a probe runs (the CPU kernels in each matmul precision): both precisions, or the
+/// one PROBE_PRECISION names (f32 | bf16).
+fn precisions() -> Vec<(&'static str, ext::MatmulMode)> {
+    let mode = |precision| ext::MatmulMode {
+        ext: ExtMode::Primitive,
+        precision,
+    };
+    let all = [
+        ("f32", mode(ext::MatmulPrecision::F32)),
+        ("bf16", mode(ext::MatmulPrecision::Bf16)),
+    ];
     match std::env::var("PROBE_PRECISION") {
         Ok(p) => {
             let one: Vec<_> = all.into_iter().filter(|(name, _)| *name == p).collect();
@@ -391,11 +399,7 @@ fn main() {
             Err(_) => (0..n).map(|_| rng.gen_range(0..e as i32)).collect(),
         };
         let ids = Array::from_slice(&ids, &[n as i32]);
-        for (name, precision) in precisions() {
-            let mode = ext::MatmulMode {
-                ext: ExtMode::Primitive,
-                precision,
-            };
+        for (name, mode) in precisions() {
             let r = time(3, || {
                 let y = set.switch_glu(&x, &ids, mode);
                 ev(&y)
@@ -441,11 +445,7 @@ fn main() {
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
         let prev = Array::from_slice(&f32s(&mut rng, n * r, -1.0, 1.0), &[n as i32, r as i32]);
         let macs = 16.0 * n as f64 * (r * D + 2 * r * r + 17 * r) as f64;
-        for (name, precision) in precisions() {
-            let mode = ext::MatmulMode {
-                ext: ExtMode::Primitive,
-                precision,
-            };
+        for (name, mode) in precisions() {
             let t = time(5, || {
                 let outs: Vec<Array> = layers
                     .iter()
@@ -482,11 +482,7 @@ fn main() {
         let ws = affine_weights(&mut rng, 16, 0.01, 1.0);
         let n: usize = std::env::var("AFF_N").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
         let x = Array::from_slice(&f32s(&mut rng, n * D, -1.0, 1.0), &[n as i32, D as i32]);
-        for (name, precision) in precisions() {
-            let mode = ext::MatmulMode {
-                ext: ExtMode::Primitive,
-                precision,
-            };
+        for (name, mode) in precisions() {
             let r = time(3, || {
                 let ys: Vec<Array> = ws
                     .iter()

@@ -296,7 +296,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
     const int R = d.R, L = d.L;
     const kern::DenseRowsFn dense_rows = d.bf16 ? tab->dense_rows_bf16 : tab->dense_rows;
     // the bf16 precision's vector GELU where its matmuls run bf16 (prefill-sized calls)
-    const kern::GeluBiasFn gelu_bias = d.bf16 && N >= kern::kAffPanelMinRows ? tab->gelu_bias_bf16 : nullptr;
+    const kern::GeluBiasFn gelu_bias = d.bf16 ? tab->gelu_bias_bf16 : nullptr;
 
     // r = W_d x + b_d over all tokens, threads splitting the rows of W_d
     {
@@ -341,7 +341,7 @@ void Router::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& 
       }
       parallel_for(rows, 32, [&](int64_t r0, int64_t r1) {
         dense_rows(m, (int)r0, (int)r1, xs.data(), ys.data(), (int)N);
-        if (bias && gelu_bias)
+        if (bias && gelu_bias && kern::dense_bf16_rows((int)N, m.in))
           for (int64_t n = 0; n < N; ++n) gelu_bias(ys[n] + r0, bias + r0, r1 - r0);
         else if (bias)
           for (int64_t n = 0; n < N; ++n)

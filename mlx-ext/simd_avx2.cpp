@@ -40,22 +40,10 @@ struct V {
     return _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), hi);
   }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
-  // simd_impl.inc's exp_nonpos lane by lane (see simd_avx512_v.inc: the same bits, checked exhaustively)
-  static F exp_nonpos(F x) {
-    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-    const __m256i k = _mm256_cvttps_epi32(_mm256_fmadd_ps(x, _mm256_set1_ps(-1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    const F kf = _mm256_cvtepi32_ps(k);
-    const F r = _mm256_fmadd_ps(kf, _mm256_set1_ps(1.428606765330187e-06f),
-                                _mm256_fmadd_ps(kf, _mm256_set1_ps(0.693145751953125f), x));
-    F p = _mm256_set1_ps(1.0f / 720.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), k), 23)));
-  }
+  // exp_nonpos_v's integer steps (simd_impl.inc): truncation to int, int to float, 2^-k for 0 ≤ k < 127
+  static I cvtt(F a) { return _mm256_cvttps_epi32(a); }
+  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static F exp2_neg(I k) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), k), 23)); }
   static float hmax(F a) {
     float t[8];
     _mm256_storeu_ps(t, a);

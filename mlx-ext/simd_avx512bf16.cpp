@@ -404,16 +404,24 @@ void lanes_block(const __m512i* strips, size_t np, int row0, int nr, const uint1
     lanes_block_s<1>(strips, np, row0, nr, xb, ld, nt, ys, rs, pf);
 }
 
-template <int BITS>
-void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
-  const size_t k = (size_t)m.in;
+// Rows [r0, r1) of a matrix of width k in lanes panels of kPanelRows rows: build(b0, b1, f) decodes rows
+// [b0, b1) as f32 into f (row stride k), which is rounded to bf16 and transposed; every token row
+// (rounded to bf16 once) runs over each panel.
+template <class Build>
+void lanes_rows(int r0, int r1, size_t k, const float* const* xs, float* const* ys, int nt, Build&& build) {
   const uint16_t* xb = bf_tokens(xs, nt, k);
   for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
     const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
-    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { aff_panel<BITS>(m, b0, b1, f, k); });
-    const __m512i* strips = lanes_panel(panel, b1 - b0, k);
-    lanes_block(strips, k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr, []() ZAYA_LAMBDA_INLINE {});
+    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) { build(b0, b1, f); });
+    lanes_block(lanes_panel(panel, b1 - b0, k), k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr,
+                []() ZAYA_LAMBDA_INLINE {});
   }
+}
+
+template <int BITS>
+void aff_rows_bf(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+  const size_t k = (size_t)m.in;
+  lanes_rows(r0, r1, k, xs, ys, nt, [&](int b0, int b1, float* f) { aff_panel<BITS>(m, b0, b1, f, k); });
 }
 
 void aff_rows_bf16(const AffMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
@@ -433,24 +441,12 @@ void aff_rows_bf16(const AffMat& m, int r0, int r1, const float* const* xs, floa
 
 template <int TYPE>
 void dense_rows_bf(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
-  constexpr size_t esz = TYPE == kF32 ? 4 : 2;
   const size_t k = (size_t)m.in;
-  const uint16_t* xb = bf_tokens(xs, nt, k);
-  for (int b0 = r0; b0 < r1; b0 += kPanelRows) {
-    const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
-    const uint16_t* panel = bf_panel(b0, b1, k, [&](float* f) {
-      for (int r = b0; r < b1; ++r) {
-        const void* w = static_cast<const char*>(m.w) + (size_t)r * k * esz;
-        for (size_t j = 0; j < k; j += V::L) V::storef(f + (size_t)(r - b0) * k + j, dense_load<TYPE>(w, j));
-      }
-    });
-    lanes_block(lanes_panel(panel, b1 - b0, k), k / 2, b0, b1 - b0, xb, k, nt, ys, nullptr,
-                []() ZAYA_LAMBDA_INLINE {});
-  }
+  lanes_rows(r0, r1, k, xs, ys, nt, [&](int b0, int b1, float* f) { dense_panel<TYPE>(m, b0, b1, f, k); });
 }
 
 void dense_rows_bf16(const DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
-  if (nt < kAffPanelMinRows || m.in % kBfChunk != 0) return dense_rows_impl(m, r0, r1, xs, ys, nt);
+  if (!dense_bf16_rows(nt, m.in)) return dense_rows_impl(m, r0, r1, xs, ys, nt);
   switch (m.type) {
     case kF16: dense_rows_bf<kF16>(m, r0, r1, xs, ys, nt); break;
     case kBF16: dense_rows_bf<kBF16>(m, r0, r1, xs, ys, nt); break;
@@ -467,7 +463,7 @@ void silu_mul_bf16(float* a, const float* u, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
     const __m512 g = _mm512_maskz_loadu_ps(m, a + i);
-    const __m512 t = V::exp_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+    const __m512 t = exp_nonpos_v<V>(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
     const __mmask16 neg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
     const __m512 s = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, t), _mm512_add_ps(one, t));
     _mm512_mask_storeu_ps(a + i, m, _mm512_mul_ps(_mm512_mul_ps(g, s), _mm512_maskz_loadu_ps(m, u + i)));
@@ -488,7 +484,7 @@ void gelu_bias_bf16(float* y, const float* bias, int64_t n) {
     p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.421413741f));
     p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-0.284496736f));
     p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.254829592f));
-    const __m512 e = V::exp_nonpos(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(x, x)));
+    const __m512 e = exp_nonpos_v<V>(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(x, x)));
     const __m512 erf_abs = _mm512_fnmadd_ps(_mm512_mul_ps(p, s), e, one);  // 1 − P(s)·s·exp(−x²)
     const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
     const __m512 erf = _mm512_mask_sub_ps(erf_abs, neg, _mm512_setzero_ps(), erf_abs);
@@ -547,7 +543,7 @@ void tq4_rows_lanes(const TqMat& m, int r0, int r1, const float* const* xs, floa
 }
 
 void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
-  if (nt < kTqBf16MinRows) return tq_rows_impl(m, r0, r1, xs, ys, nt);
+  if (!tq_bf16_rows(nt)) return tq_rows_impl(m, r0, r1, xs, ys, nt);
   if (m.bits == 4 && m.cols % 16 == 0)
     return nt >= kTqLanesMinRows ? tq4_rows_lanes(m, r0, r1, xs, ys, nt) : tq4_rows_bf(m, r0, r1, xs, ys, nt);
   switch (m.bits) {

@@ -129,6 +129,12 @@ enum : int { kAffPanelMinRows = 20, kTqBf16MinRows = 8 };
 // Token rows from which a TurboQuant expert group's bf16 panels are transposed to lanes over weight
 // rows (simd_avx512bf16.cpp; kernel_probe tqprefill with TQ_COUNTS: 48–96 measured alike).
 enum : int { kTqLanesMinRows = 64 };
+
+// Whether the bf16 tables' kernels take bf16 dot products for a call of nt token rows (else they run
+// the f32 kernels): TurboQuant rows, and float matrices of width `in`. The callers' element-wise steps
+// beside those matmuls (silu_mul_bf16, gelu_bias_bf16) follow the same decision.
+static inline bool tq_bf16_rows(int nt) { return nt >= kTqBf16MinRows; }
+static inline bool dense_bf16_rows(int nt, int in) { return nt >= kAffPanelMinRows && in % 32 == 0; }
 // Thread-local scratch buffers, reused across calls: the panel GEMM's f32 weight panel, and the bf16
 // kernels' token rows, bf16 panel and the panel transposed to lanes over rows.
 enum ScratchSlot : int {

@@ -283,7 +283,7 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
     }
     // SwiGLU; the bf16 precision's vector SiLU for the experts whose matmuls ran bf16
     for (int e : used) {
-      const bool vec = silu_mul && cnt[e] >= kern::kTqBf16MinRows;
+      const bool vec = silu_mul && kern::tq_bf16_rows((int)cnt[e]);
       for (int64_t q = start[e]; q < start[e + 1]; ++q) {
         float* a = ya[q];
         const float* u = yu[q];

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "cca.h"
 
@@ -218,14 +219,15 @@ void run_cca_qk(const std::vector<mx::array>& in, QkOut o, const QkDims& d, cons
   // a batched decode step (one frame per sequence): every sequence's conv at once, each group's taps
   // read once for all rows; otherwise sequence by sequence
   const bool frames = T == 1 && d.B > 1;
-  std::vector<float> Z(frames ? d.B * C : T * C);
-  if (frames) causal_conv_frames(d, cw, d.B, u, st, Z.data(), o.ns, tab);
+  // (written whole by the conv before it is read)
+  const auto Z = std::make_unique_for_overwrite<float[]>(frames ? d.B * C : T * C);
+  if (frames) causal_conv_frames(d, cw, d.B, u, st, Z.get(), o.ns, tab);
   for (int64_t b = 0; b < d.B; ++b) {
     if (b > 0 && !d.row_offsets.empty()) fill_tables(b);
     const float* ub = u + b * T * C;
-    const float* zb = frames ? Z.data() + b * C : Z.data();
+    const float* zb = frames ? Z.get() + b * C : Z.get();
     // the two-stage conv over [carried frames ‖ u] and the new state
-    if (!frames) causal_conv(d, cw, ub, st + b * C * S, conv, Z.data(), o.ns + b * C * S, tab);
+    if (!frames) causal_conv(d, cw, ub, st + b * C * S, conv, Z.get(), o.ns + b * C * S, tab);
     // mean paths, L2 normalisation, temperature, RoPE, output layouts
     parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
       std::vector<float> qm(Hq * D), row(D);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "simd_kernels.h"
@@ -30,9 +31,11 @@ struct ConvWeights {
               int w1_type, const void* b1, int b1_type);
 };
 
-// The per-call buffers: P [T+S, C] and the depthwise output A [T+K1-1, C], both time-major.
+// The per-call buffers: P [T+S, C] time-major and the depthwise output A of T+K1-1 frames (time-major
+// [T+K1-1, C] for the per-channel order, group-major [G, T+K1-1, Cg] for the per-group GEMMs).
+// Left uninitialised: every element is written before it is read.
 struct ConvScratch {
-  std::vector<float> P, A;
+  std::unique_ptr<float[]> P, A;
   explicit ConvScratch(const ConvDims& d);
 };
 

@@ -34,14 +34,14 @@ namespace zaya::kern {
 const Table* avx512_table() {
   static const bool bf16 =
       cpu_has_avx512bf16() && avx512bf16_tq_rows() && avx512bf16_aff_rows() && avx512bf16_dense_rows() &&
-      avx512bf16_silu_mul() && avx512bf16_gelu_bias();
+      avx512bf16_tq_glu() && avx512bf16_gelu_bias();
   static const Table t{kAvx512,          16,
                        tq_rows_impl,     aff_rows_impl,
                        dense_rows_impl,  pv_rows_impl,
                        softmax_row_impl, bf16 ? avx512bf16_tq_rows() : tq_rows_impl,
                        bf16 ? avx512bf16_aff_rows() : aff_rows_impl,
                        bf16 ? avx512bf16_dense_rows() : dense_rows_impl,
-                       bf16 ? avx512bf16_silu_mul() : nullptr,
+                       bf16 ? avx512bf16_tq_glu() : nullptr,
                        bf16 ? avx512bf16_gelu_bias() : nullptr,
                        tq_rotate_impl};
   return &t;

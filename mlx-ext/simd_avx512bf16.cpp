@@ -261,10 +261,10 @@ const uint16_t* tq4_tokens_bf(const float* const* xs, int nt, size_t k) {
   return buf;
 }
 
-void tq4_rows_bf(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
+// xb: the token rows as tq4_tokens_bf rounds them.
+void tq4_rows_bf(const TqMat& m, int r0, int r1, const uint16_t* xb, float* const* ys, int nt) {
   const size_t k = (size_t)m.cols * 8;
   const __m512i lut = tq4_lut_bf(m.codebook);
-  const uint16_t* xb = tq4_tokens_bf(xs, nt, k);
   tq_panel_blocks(
       m, r0, r1, k, xb, nt, [&](int b0, int b1) { return tq4_panel_bf(m, b0, b1, k, lut); },
       [&](int row, int t, float v) ZAYA_LAMBDA_INLINE { ys[t][row] = m.norms[row] * v; });
@@ -350,27 +350,66 @@ __attribute__((always_inline)) inline void lanes_tile(const __m512i* strips, siz
   }
 }
 
-// ys[t][row0 + r] for r < nr (≤ S·16) and the tile's T tokens, times rs[row0 + r] where rs is given.
-template <int S, int T>
-__attribute__((always_inline)) inline void lanes_block_t(const __m512i* strips, size_t np, int row0, int nr,
-                                                         const uint32_t* const* x, float* const* ys,
-                                                         const float* rs) {
-  __m512 acc[S][T];
-  lanes_tile<S, T>(strips, np, x, acc);
-  for (int s = 0; s < S; ++s) {
-    const int left = nr - s * kLaneStrip;
-    const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-    if (rs) {
-      const __m512 sc = _mm512_maskz_loadu_ps(m, rs + row0 + s * kLaneStrip);
-      for (int t = 0; t < T; ++t) acc[s][t] = _mm512_mul_ps(sc, acc[s][t]);
-    }
-    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(ys[t] + row0 + s * kLaneStrip, m, acc[s][t]);
-  }
+// a·σ(a)·u: σ(g) = 1/(1 + t) for g ≥ 0 and t/(1 + t) below, t = exp(−|g|) (so exp's argument is never
+// positive).
+__attribute__((always_inline)) inline __m512 silu_mul_v(__m512 g, __m512 u) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 t = exp_nonpos_v<V>(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+  const __mmask16 neg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+  const __m512 s = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, t), _mm512_add_ps(one, t));
+  return _mm512_mul_ps(_mm512_mul_ps(g, s), u);
 }
 
-template <int S, class Pf>
+inline __mmask16 rows_mask(int left) {
+  return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
+// The lanes tiles' plain epilogue: ys[t][row0 + r] for r < nr (≤ S·16) and the tile's T tokens, times
+// rs[row0 + r] where rs is given.
+struct StoreRows {
+  const float* rs;
+  template <int S, int T>
+  __attribute__((always_inline)) void operator()(__m512 (&acc)[S][T], int row0, int nr, float* const* ys) const {
+    for (int s = 0; s < S; ++s) {
+      const __mmask16 m = rows_mask(nr - s * kLaneStrip);
+      if (rs) {
+        const __m512 sc = _mm512_maskz_loadu_ps(m, rs + row0 + s * kLaneStrip);
+        for (int t = 0; t < T; ++t) acc[s][t] = _mm512_mul_ps(sc, acc[s][t]);
+      }
+      for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(ys[t] + row0 + s * kLaneStrip, m, acc[s][t]);
+    }
+  }
+};
+
+// The SwiGLU epilogue of a gate strip (0) and an up strip (1) over the same nr ≤ 16 rows:
+// ys[t][row0 + r] = silu(gn·gate)·(un·up), the values (and bits) the stored gate and up rows would give
+// silu_mul_bf16.
+struct GluRows {
+  const float *gn, *un;
+  // (not inlined: its constants would stay in registers across the tile loop and spill its accumulators)
+  template <int S, int T>
+  __attribute__((noinline)) void operator()(__m512 (&acc)[S][T], int row0, int nr, float* const* ys) const {
+    static_assert(S == 2, "a gate strip and an up strip");
+    const __mmask16 m = rows_mask(nr);
+    const __m512 sg = _mm512_maskz_loadu_ps(m, gn + row0), su = _mm512_maskz_loadu_ps(m, un + row0);
+    for (int t = 0; t < T; ++t)
+      _mm512_mask_storeu_ps(ys[t] + row0, m, silu_mul_v(_mm512_mul_ps(sg, acc[0][t]), _mm512_mul_ps(su, acc[1][t])));
+  }
+};
+
+// One tile of T tokens over the strips, finished by epi.
+template <int S, int T, class Epi>
+__attribute__((always_inline)) inline void lanes_block_t(const __m512i* strips, size_t np, int row0, int nr,
+                                                         const uint32_t* const* x, float* const* ys,
+                                                         const Epi& epi) {
+  __m512 acc[S][T];
+  lanes_tile<S, T>(strips, np, x, acc);
+  epi.template operator()<S, T>(acc, row0, nr, ys);
+}
+
+template <int S, class Epi, class Pf>
 void lanes_block_s(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
-                   float* const* ys, const float* rs, Pf&& pf) {
+                   float* const* ys, const Epi& epi, Pf&& pf) {
   constexpr int TT = 12;  // tokens per tile: 2 × 12 accumulators
   for (int t0 = 0; t0 < nt;) {
     pf();
@@ -380,13 +419,13 @@ void lanes_block_s(const __m512i* strips, size_t np, int row0, int nr, const uin
     for (int t = 0; t < tn; ++t) x[t] = reinterpret_cast<const uint32_t*>(xb + (size_t)(t0 + t) * ld);
     float* const* y = ys + t0;
     switch (tn) {
-      case 1: lanes_block_t<S, 1>(strips, np, row0, nr, x, y, rs); break;
-      case 2: lanes_block_t<S, 2>(strips, np, row0, nr, x, y, rs); break;
-      case 3: lanes_block_t<S, 3>(strips, np, row0, nr, x, y, rs); break;
-      case 4: lanes_block_t<S, 4>(strips, np, row0, nr, x, y, rs); break;
-      case 5: lanes_block_t<S, 5>(strips, np, row0, nr, x, y, rs); break;
-      case 6: lanes_block_t<S, 6>(strips, np, row0, nr, x, y, rs); break;
-      default: lanes_block_t<S, TT>(strips, np, row0, nr, x, y, rs); break;
+      case 1: lanes_block_t<S, 1>(strips, np, row0, nr, x, y, epi); break;
+      case 2: lanes_block_t<S, 2>(strips, np, row0, nr, x, y, epi); break;
+      case 3: lanes_block_t<S, 3>(strips, np, row0, nr, x, y, epi); break;
+      case 4: lanes_block_t<S, 4>(strips, np, row0, nr, x, y, epi); break;
+      case 5: lanes_block_t<S, 5>(strips, np, row0, nr, x, y, epi); break;
+      case 6: lanes_block_t<S, 6>(strips, np, row0, nr, x, y, epi); break;
+      default: lanes_block_t<S, TT>(strips, np, row0, nr, x, y, epi); break;
     }
     t0 += tn;
   }
@@ -399,9 +438,9 @@ template <class Pf>
 void lanes_block(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
                  float* const* ys, const float* rs, Pf&& pf) {
   if (nr > kLaneStrip)
-    lanes_block_s<2>(strips, np, row0, nr, xb, ld, nt, ys, rs, pf);
+    lanes_block_s<2>(strips, np, row0, nr, xb, ld, nt, ys, StoreRows{rs}, pf);
   else
-    lanes_block_s<1>(strips, np, row0, nr, xb, ld, nt, ys, rs, pf);
+    lanes_block_s<1>(strips, np, row0, nr, xb, ld, nt, ys, StoreRows{rs}, pf);
 }
 
 // Rows [r0, r1) of a matrix of width k in lanes panels of kPanelRows rows: build(b0, b1, f) decodes rows
@@ -456,17 +495,11 @@ void dense_rows_bf16(const DenseMat& m, int r0, int r1, const float* const* xs, 
 
 // ---- element-wise steps beside the bf16 matmuls --------------------------------------------------------
 
-// a[i] ← silu(a[i])·u[i]: silu(g) = g·σ(g), σ(g) = 1/(1 + t) for g ≥ 0 and t/(1 + t) below, t = exp(−|g|)
-// (so exp's argument is never positive).
+// a[i] ← silu(a[i])·u[i] (silu_mul_v).
 void silu_mul_bf16(float* a, const float* u, int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-    const __m512 g = _mm512_maskz_loadu_ps(m, a + i);
-    const __m512 t = exp_nonpos_v<V>(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
-    const __mmask16 neg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
-    const __m512 s = _mm512_div_ps(_mm512_mask_blend_ps(neg, one, t), _mm512_add_ps(one, t));
-    _mm512_mask_storeu_ps(a + i, m, _mm512_mul_ps(_mm512_mul_ps(g, s), _mm512_maskz_loadu_ps(m, u + i)));
+    const __mmask16 m = rows_mask((int)(n - i < 16 ? n - i : 16));
+    _mm512_mask_storeu_ps(a + i, m, silu_mul_v(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, u + i)));
   }
 }
 
@@ -503,28 +536,32 @@ void gelu_bias_bf16(float* y, const float* bias, int64_t n) {
 // transpose16. Pair (q, q + 4) of word 16·wb + j lands at wb·64 + q·16 + j, the pair order of
 // tq4_tokens_bf's rows. Same products as tq4_rows_bf, summed in another order.
 
-// Rows [b0, b0 + nb) (nb ≤ kPanelRows) of a 4-bit matrix (cols a multiple of 16) into strips of
-// cols·4 vectors (scratch slot 3); a short last strip repeats row nb − 1.
+// Rows [row0, row0 + nb) (nb ≤ 16) of a 4-bit matrix (cols a multiple of 16) into one strip of cols·4
+// vectors at dst; a short strip repeats row nb − 1.
+void tq4_lanes_strip(const TqMat& m, int row0, int nb, __m512i lut, __m512i* dst) {
+  const uint32_t* rows[kLaneStrip];
+  strip_rows(m.packed + (size_t)row0 * m.cols, (size_t)m.cols, 0, nb, rows);
+  for (int wb = 0; wb < m.cols / 16; ++wb) {
+    __m512i w[16];
+    for (int i = 0; i < 16; ++i) w[i] = _mm512_loadu_si512(rows[i] + (size_t)wb * 16);
+    transpose16(w);
+    __m512i* d = dst + (size_t)wb * 64;
+    for (int j = 0; j < 16; ++j) {
+      _mm512_store_si512(d + j, _mm512_permutexvar_epi16(w[j], lut));
+      _mm512_store_si512(d + 16 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 4), lut));
+      _mm512_store_si512(d + 32 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 8), lut));
+      _mm512_store_si512(d + 48 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 12), lut));
+    }
+  }
+}
+
+// Rows [b0, b0 + nb) (nb ≤ kPanelRows) into strips of cols·4 vectors (scratch slot 3).
 const __m512i* tq4_lanes_panel(const TqMat& m, int b0, int nb, __m512i lut) {
   const size_t np = (size_t)m.cols * 4;
   __m512i* out = reinterpret_cast<__m512i*>(scratch_f32(kScratchBf16Lanes, (size_t)kLaneStrips * np * 16));
-  for (int s = 0; s * kLaneStrip < nb; ++s) {
-    const uint32_t* rows[kLaneStrip];
-    strip_rows(m.packed + (size_t)b0 * m.cols, (size_t)m.cols, s, nb, rows);
-    __m512i* dst = out + (size_t)s * np;
-    for (int wb = 0; wb < m.cols / 16; ++wb) {
-      __m512i w[16];
-      for (int i = 0; i < 16; ++i) w[i] = _mm512_loadu_si512(rows[i] + (size_t)wb * 16);
-      transpose16(w);
-      __m512i* d = dst + (size_t)wb * 64;
-      for (int j = 0; j < 16; ++j) {
-        _mm512_store_si512(d + j, _mm512_permutexvar_epi16(w[j], lut));
-        _mm512_store_si512(d + 16 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 4), lut));
-        _mm512_store_si512(d + 32 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 8), lut));
-        _mm512_store_si512(d + 48 + j, _mm512_permutexvar_epi16(_mm512_srli_epi32(w[j], 12), lut));
-      }
-    }
-  }
+  for (int s = 0; s * kLaneStrip < nb; ++s)
+    tq4_lanes_strip(m, b0 + s * kLaneStrip, nb - s * kLaneStrip < kLaneStrip ? nb - s * kLaneStrip : kLaneStrip,
+                    lut, out + (size_t)s * np);
   return out;
 }
 
@@ -545,13 +582,57 @@ void tq4_rows_lanes(const TqMat& m, int r0, int r1, const float* const* xs, floa
 void tq_rows_bf16(const TqMat& m, int r0, int r1, const float* const* xs, float* const* ys, int nt) {
   if (!tq_bf16_rows(nt)) return tq_rows_impl(m, r0, r1, xs, ys, nt);
   if (m.bits == 4 && m.cols % 16 == 0)
-    return nt >= kTqLanesMinRows ? tq4_rows_lanes(m, r0, r1, xs, ys, nt) : tq4_rows_bf(m, r0, r1, xs, ys, nt);
+    return nt >= kTqLanesMinRows ? tq4_rows_lanes(m, r0, r1, xs, ys, nt)
+                                 : tq4_rows_bf(m, r0, r1, tq4_tokens_bf(xs, nt, (size_t)m.cols * 8), ys, nt);
   switch (m.bits) {
     case 2: tq_rows_bf<2>(m, r0, r1, xs, ys, nt); break;
     case 3: tq_rows_bf<3>(m, r0, r1, xs, ys, nt); break;
     case 4: tq_rows_bf<4>(m, r0, r1, xs, ys, nt); break;
     default: break;  // rejected when the op is built
   }
+}
+
+// ---- the experts' gate, up and SwiGLU in one call ----------------------------------------------------
+// ya[t][r] = silu(gate·x_t)[r]·(up·x_t)[r] for r in [r0, r1), for an expert group with tq_bf16_rows(nt)
+// (the caller's f32 path below that). The token rows are rounded to bf16 once for both matrices. With
+// 4-bit codes and at least kTqLanesMinRows rows, the lanes panels hold 16 gate rows and the same 16 up
+// rows and the SwiGLU runs in the tiles' epilogue (GluRows): the up rows never reach memory and there is
+// no SiLU pass over the rows afterwards. Otherwise gate into ya and up into yu, then silu_mul_bf16.
+// Every value is the one tq_rows_bf16 gives for gate and up, then silu_mul_bf16: the same bits.
+
+void tq4_glu_lanes(const TqMat& mg, const TqMat& mu, int r0, int r1, const uint16_t* xb, float* const* ya, int nt) {
+  const size_t k = (size_t)mg.cols * 8, np = (size_t)mg.cols * 4;
+  const __m512i lg = tq4_lut_bf(mg.codebook), lu = tq4_lut_bf(mu.codebook);
+  __m512i* strips = reinterpret_cast<__m512i*>(scratch_f32(kScratchBf16Lanes, (size_t)kLaneStrips * np * 16));
+  const int tiles = (nt + 11) / 12;
+  for (int b0 = r0; b0 < r1; b0 += kLaneStrip) {
+    const int b1 = b0 + kLaneStrip < r1 ? b0 + kLaneStrip : r1;
+    const int n1 = b1 + kLaneStrip < r1 ? b1 + kLaneStrip : r1;
+    tq4_lanes_strip(mg, b0, b1 - b0, lg, strips);
+    tq4_lanes_strip(mu, b0, b1 - b0, lu, strips + np);
+    SpreadPrefetch pg(mg.packed + (size_t)b1 * mg.cols, mg.packed + (size_t)n1 * mg.cols, tiles);
+    SpreadPrefetch pu(mu.packed + (size_t)b1 * mu.cols, mu.packed + (size_t)n1 * mu.cols, tiles);
+    lanes_block_s<2>(strips, np, b0, b1 - b0, xb, k, nt, ya, GluRows{mg.norms, mu.norms},
+                     [&]() ZAYA_LAMBDA_INLINE {
+                       pg();
+                       pu();
+                     });
+  }
+}
+
+void tq_glu_bf16(const TqMat& mg, const TqMat& mu, int r0, int r1, const float* const* xs, float* const* ya,
+                 float* const* yu, int nt) {
+  if (mg.bits == 4 && mu.bits == 4 && mg.cols % 16 == 0 && mu.cols == mg.cols) {
+    const size_t k = (size_t)mg.cols * 8;
+    const uint16_t* xb = tq4_tokens_bf(xs, nt, k);
+    if (nt >= kTqLanesMinRows) return tq4_glu_lanes(mg, mu, r0, r1, xb, ya, nt);
+    tq4_rows_bf(mg, r0, r1, xb, ya, nt);
+    tq4_rows_bf(mu, r0, r1, xb, yu, nt);
+  } else {
+    tq_rows_bf16(mg, r0, r1, xs, ya, nt);
+    tq_rows_bf16(mu, r0, r1, xs, yu, nt);
+  }
+  for (int t = 0; t < nt; ++t) silu_mul_bf16(ya[t] + r0, yu[t] + r0, r1 - r0);
 }
 
 }  // namespace
@@ -567,7 +648,7 @@ namespace zaya::kern {
 TqRowsFn avx512bf16_tq_rows() { return tq_rows_bf16; }
 AffRowsFn avx512bf16_aff_rows() { return aff_rows_bf16; }
 DenseRowsFn avx512bf16_dense_rows() { return dense_rows_bf16; }
-SiluMulFn avx512bf16_silu_mul() { return silu_mul_bf16; }
+TqGluFn avx512bf16_tq_glu() { return tq_glu_bf16; }
 GeluBiasFn avx512bf16_gelu_bias() { return gelu_bias_bf16; }
 }  // namespace zaya::kern
 
@@ -576,7 +657,7 @@ namespace zaya::kern {
 TqRowsFn avx512bf16_tq_rows() { return nullptr; }
 AffRowsFn avx512bf16_aff_rows() { return nullptr; }
 DenseRowsFn avx512bf16_dense_rows() { return nullptr; }
-SiluMulFn avx512bf16_silu_mul() { return nullptr; }
+TqGluFn avx512bf16_tq_glu() { return nullptr; }
 GeluBiasFn avx512bf16_gelu_bias() { return nullptr; }
 }  // namespace zaya::kern
 #endif

@@ -57,7 +57,8 @@ using AffRowsFn = void (*)(const struct AffMat& m, int r0, int r1, const float* 
                            int nt);
 using DenseRowsFn = void (*)(const struct DenseMat& m, int r0, int r1, const float* const* xs, float* const* ys,
                              int nt);
-using SiluMulFn = void (*)(float* a, const float* u, int64_t n);
+using TqGluFn = void (*)(const struct TqMat& gate, const struct TqMat& up, int r0, int r1, const float* const* xs,
+                        float* const* ya, float* const* yu, int nt);
 using GeluBiasFn = void (*)(float* y, const float* bias, int64_t n);
 
 // The leaf kernels of one instruction set. All loop over rows [r0, r1) and any number `nt` of token
@@ -86,12 +87,13 @@ struct Table {
   TqRowsFn tq_rows_bf16;
   AffRowsFn aff_rows_bf16;
   DenseRowsFn dense_rows_bf16;
-  // The element-wise steps beside those bf16 matmuls, in vectors (nullptr where the table has no bf16
-  // kernels: the callers' scalar libm loops run instead): a[i] ← silu(a[i])·u[i] (the experts' SwiGLU)
-  // and y[i] ← gelu(y[i] + bias[i]) (the router's MLP), exp and erf by polynomials where the f32
-  // precision calls libm (against f64 on a dense grid: SiLU within 3.4e-7 relative, GELU within
-  // 4.7e-7 absolute).
-  SiluMulFn silu_mul_bf16;
+  // The experts' gate and up projections with the SwiGLU after them, in the `bf16` precision, for an
+  // expert group of nt rows with tq_bf16_rows(nt) (nullptr where the table has no bf16 kernels):
+  // ya[t][r] = silu(gate·x_t)[r]·(up·x_t)[r] for r in [r0, r1); yu rows are scratch for up. And the
+  // router's y[i] ← gelu(y[i] + bias[i]) beside its bf16 matmuls. Both in vectors where the f32 precision
+  // runs libm loops: exp and erf by polynomials (against f64 on a dense grid: SiLU within 3.4e-7
+  // relative, GELU within 4.7e-7 absolute).
+  TqGluFn tq_glu_bf16;
   GeluBiasFn gelu_bias_bf16;
   // out = x rotated for TurboQuant (H(signs ⊙ x)·scale, H the Walsh-Hadamard transform of size n, a
   // power of two) in this table's x layout for `cols` words of `vpw` codes; tmp holds n floats.
@@ -109,7 +111,7 @@ const Table* avx512_table();
 TqRowsFn avx512bf16_tq_rows();
 AffRowsFn avx512bf16_aff_rows();
 DenseRowsFn avx512bf16_dense_rows();
-SiluMulFn avx512bf16_silu_mul();
+TqGluFn avx512bf16_tq_glu();
 GeluBiasFn avx512bf16_gelu_bias();
 bool cpu_has_avx512bf16();
 
@@ -132,7 +134,7 @@ enum : int { kTqLanesMinRows = 64 };
 
 // Whether the bf16 tables' kernels take bf16 dot products for a call of nt token rows (else they run
 // the f32 kernels): TurboQuant rows, and float matrices of width `in`. The callers' element-wise steps
-// beside those matmuls (silu_mul_bf16, gelu_bias_bf16) follow the same decision.
+// beside those matmuls (tq_glu_bf16's SwiGLU, gelu_bias_bf16) follow the same decision.
 static inline bool tq_bf16_rows(int nt) { return nt >= kTqBf16MinRows; }
 static inline bool dense_bf16_rows(int nt, int in) { return nt >= kAffPanelMinRows && in % 32 == 0; }
 // Thread-local scratch buffers, reused across calls: the panel GEMM's f32 weight panel, and the bf16

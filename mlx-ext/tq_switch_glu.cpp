@@ -209,7 +209,7 @@ struct TqPtrs {
 
 void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
   const kern::TqRowsFn tq_rows = d.bf16 ? tab->tq_rows_bf16 : tab->tq_rows;
-  const kern::SiluMulFn silu_mul = d.bf16 ? tab->silu_mul_bf16 : nullptr;
+  const kern::TqGluFn glu = d.bf16 ? tab->tq_glu_bf16 : nullptr;
   const int64_t D = (int64_t)d.N * d.K;
   const int vpw_gu = 32 / d.bits_gu, vpw_d = 32 / d.bits_d;
   const int64_t pad_gu = (int64_t)d.cols_gu * vpw_gu, pad_d = (int64_t)d.cols_d * vpw_d;
@@ -278,19 +278,19 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
                            up_rows.second};
       const kern::TqMat mu{p.up + base * d.cols_gu, nu.data(), p.cbgu, d.bits_gu, d.cols_gu, next_gate.first,
                            next_gate.second};
+      if (glu && kern::tq_bf16_rows((int)cnt[e])) {  // gate, up and the SwiGLU (bf16)
+        glu(mg, mu, (int)r0, (int)r1, xs.data() + start[e], ya.data() + start[e], yu.data() + start[e], (int)cnt[e]);
+        continue;
+      }
       tq_rows(mg, (int)r0, (int)r1, xs.data() + start[e], ya.data() + start[e], (int)cnt[e]);
       tq_rows(mu, (int)r0, (int)r1, xs.data() + start[e], yu.data() + start[e], (int)cnt[e]);
     }
-    // SwiGLU; the bf16 precision's vector SiLU for the experts whose matmuls ran bf16
+    // SwiGLU of the experts the f32 kernels ran
     for (int e : used) {
-      const bool vec = silu_mul && kern::tq_bf16_rows((int)cnt[e]);
+      if (glu && kern::tq_bf16_rows((int)cnt[e])) continue;
       for (int64_t q = start[e]; q < start[e + 1]; ++q) {
         float* a = ya[q];
         const float* u = yu[q];
-        if (vec) {
-          silu_mul(a + r0, u + r0, r1 - r0);
-          continue;
-        }
         for (int64_t r = r0; r < r1; ++r) {
           const float g = a[r];
           a[r] = g / (1.0f + std::exp(-g)) * u[r];

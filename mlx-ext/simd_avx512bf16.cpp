@@ -407,15 +407,17 @@ __attribute__((always_inline)) inline void lanes_block_t(const __m512i* strips, 
   epi.template operator()<S, T>(acc, row0, nr, ys);
 }
 
+// Token tiles of at most 12, as even as the count allows (32 rows: 11 + 11 + 10, where tiles of 12
+// first left a tile of 2 whose 2 × 2 accumulators waited on the dot products' latency).
 template <int S, class Epi, class Pf>
 void lanes_block_s(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
                    float* const* ys, const Epi& epi, Pf&& pf) {
-  constexpr int TT = 12;  // tokens per tile: 2 × 12 accumulators
-  for (int t0 = 0; t0 < nt;) {
+  constexpr int TT = 12;  // tokens per tile at most: 2 × 12 accumulators
+  const int tiles = (nt + TT - 1) / TT;
+  for (int i = 0, t0 = 0; i < tiles; ++i) {
     pf();
+    const int tn = nt / tiles + (i < nt % tiles ? 1 : 0);
     const uint32_t* x[TT];
-    const int left = nt - t0;
-    const int tn = left >= TT ? TT : left >= 6 ? 6 : left;
     for (int t = 0; t < tn; ++t) x[t] = reinterpret_cast<const uint32_t*>(xb + (size_t)(t0 + t) * ld);
     float* const* y = ys + t0;
     switch (tn) {
@@ -425,6 +427,11 @@ void lanes_block_s(const __m512i* strips, size_t np, int row0, int nr, const uin
       case 4: lanes_block_t<S, 4>(strips, np, row0, nr, x, y, epi); break;
       case 5: lanes_block_t<S, 5>(strips, np, row0, nr, x, y, epi); break;
       case 6: lanes_block_t<S, 6>(strips, np, row0, nr, x, y, epi); break;
+      case 7: lanes_block_t<S, 7>(strips, np, row0, nr, x, y, epi); break;
+      case 8: lanes_block_t<S, 8>(strips, np, row0, nr, x, y, epi); break;
+      case 9: lanes_block_t<S, 9>(strips, np, row0, nr, x, y, epi); break;
+      case 10: lanes_block_t<S, 10>(strips, np, row0, nr, x, y, epi); break;
+      case 11: lanes_block_t<S, 11>(strips, np, row0, nr, x, y, epi); break;
       default: lanes_block_t<S, TT>(strips, np, row0, nr, x, y, epi); break;
     }
     t0 += tn;

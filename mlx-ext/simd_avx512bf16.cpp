@@ -407,13 +407,17 @@ __attribute__((always_inline)) inline void lanes_block_t(const __m512i* strips, 
   epi.template operator()<S, T>(acc, row0, nr, ys);
 }
 
-// Token tiles of at most 12, as even as the count allows (32 rows: 11 + 11 + 10, where tiles of 12
-// first left a tile of 2 whose 2 × 2 accumulators waited on the dot products' latency).
+// Token tiles of at most kLaneTileTokens (2 × 12 accumulators), as even as the count allows (32 rows:
+// 11 + 11 + 10, where tiles of 12 first left a tile of 2 whose 2 × 2 accumulators waited on the dot
+// products' latency). lane_tiles(nt) tiles; the callers' prefetch is spread over them.
+constexpr int kLaneTileTokens = 12;
+inline int lane_tiles(int nt) { return (nt + kLaneTileTokens - 1) / kLaneTileTokens; }
+
 template <int S, class Epi, class Pf>
 void lanes_block_s(const __m512i* strips, size_t np, int row0, int nr, const uint16_t* xb, size_t ld, int nt,
                    float* const* ys, const Epi& epi, Pf&& pf) {
-  constexpr int TT = 12;  // tokens per tile at most: 2 × 12 accumulators
-  const int tiles = (nt + TT - 1) / TT;
+  constexpr int TT = kLaneTileTokens;
+  const int tiles = lane_tiles(nt);
   for (int i = 0, t0 = 0; i < tiles; ++i) {
     pf();
     const int tn = nt / tiles + (i < nt % tiles ? 1 : 0);
@@ -582,7 +586,7 @@ void tq4_rows_lanes(const TqMat& m, int r0, int r1, const float* const* xs, floa
     const int b1 = b0 + kPanelRows < r1 ? b0 + kPanelRows : r1;
     const int n1 = b1 + kPanelRows < r1 ? b1 + kPanelRows : r1;
     lanes_block(tq4_lanes_panel(m, b0, b1 - b0, lut), k / 2, b0, b1 - b0, xb, k, nt, ys, m.norms,
-                SpreadPrefetch(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols, (nt + 11) / 12));
+                SpreadPrefetch(m.packed + (size_t)b1 * m.cols, m.packed + (size_t)n1 * m.cols, lane_tiles(nt)));
   }
 }
 
@@ -611,7 +615,7 @@ void tq4_glu_lanes(const TqMat& mg, const TqMat& mu, int r0, int r1, const uint1
   const size_t k = (size_t)mg.cols * 8, np = (size_t)mg.cols * 4;
   const __m512i lg = tq4_lut_bf(mg.codebook), lu = tq4_lut_bf(mu.codebook);
   __m512i* strips = reinterpret_cast<__m512i*>(scratch_f32(kScratchBf16Lanes, (size_t)kLaneStrips * np * 16));
-  const int tiles = (nt + 11) / 12;
+  const int tiles = lane_tiles(nt);
   for (int b0 = r0; b0 < r1; b0 += kLaneStrip) {
     const int b1 = b0 + kLaneStrip < r1 ? b0 + kLaneStrip : r1;
     const int n1 = b1 + kLaneStrip < r1 ? b1 + kLaneStrip : r1;

@@ -257,6 +257,8 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
     const uint32_t* m = packed + e * rows * cols;
     return std::pair<const void*, const void*>{m + r0 * cols, m + r1 * cols};
   };
+  // whether expert group e runs gate, up and the SwiGLU in one bf16 call (else the f32 kernels, then SiLU)
+  const auto glu_runs = [&](int e) { return glu && kern::tq_bf16_rows((int)cnt[e]); };
   std::vector<int> used;
   for (int e = 0; e < d.E; ++e)
     if (cnt[e] > 0) used.push_back(e);
@@ -278,7 +280,7 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
                            up_rows.second};
       const kern::TqMat mu{p.up + base * d.cols_gu, nu.data(), p.cbgu, d.bits_gu, d.cols_gu, next_gate.first,
                            next_gate.second};
-      if (glu && kern::tq_bf16_rows((int)cnt[e])) {  // gate, up and the SwiGLU (bf16)
+      if (glu_runs(e)) {
         glu(mg, mu, (int)r0, (int)r1, xs.data() + start[e], ya.data() + start[e], yu.data() + start[e], (int)cnt[e]);
         continue;
       }
@@ -287,7 +289,7 @@ void run_tq(const TqPtrs& p, const TqDims& d, const kern::Table* tab) {
     }
     // SwiGLU of the experts the f32 kernels ran
     for (int e : used) {
-      if (glu && kern::tq_bf16_rows((int)cnt[e])) continue;
+      if (glu_runs(e)) continue;
       for (int64_t q = start[e]; q < start[e + 1]; ++q) {
         float* a = ya[q];
         const float* u = yu[q];
